@@ -31,12 +31,18 @@ fn next_message(buf: &mut BytesMut) -> Option<Decoded> {
     let before = buf.len();
     let (ttheader, message) = match sniffed {
         Message::TTHeader { .. } => {
-            let f = Decoder::default().decode(buf).unwrap().expect("whole frame");
+            let f = Decoder::default()
+                .decode(buf)
+                .unwrap()
+                .expect("whole frame");
             let m = f.payload.clone();
             (Some(f), m)
         }
         Message::Framed { .. } => {
-            let m = FramedCodec::default().decode(buf).unwrap().expect("whole frame");
+            let m = FramedCodec::default()
+                .decode(buf)
+                .unwrap()
+                .expect("whole frame");
             (None, m.message)
         }
         Message::Buffered => (None, BufferedCodec::default().decode(buf).unwrap().unwrap()),
@@ -69,7 +75,12 @@ fn check(exp: &Expected, got: &Decoded, what: &str) {
         let strs: std::collections::BTreeMap<String, String> = h
             .str_kvs
             .iter()
-            .map(|(k, v)| (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap()))
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(strs, exp.str_kvs, "{what}: string key/values");
         let ints: std::collections::BTreeMap<u16, String> = h
@@ -86,7 +97,9 @@ fn check(exp: &Expected, got: &Decoded, what: &str) {
         if let Some(n) = exp.inner_framed_len {
             assert_eq!(f.payload.len(), n as usize, "{what}: inner length");
         }
-        assert!(matches!(got.sniffed, Message::TTHeader { framed, .. } if framed == f.inner_framed));
+        assert!(
+            matches!(got.sniffed, Message::TTHeader { framed, .. } if framed == f.inner_framed)
+        );
         // Kitex's encoding rules reproduce the frame byte for byte when the pairs keep their order.
         let mut out = BytesMut::new();
         f.encode(&mut out).unwrap();
@@ -97,11 +110,18 @@ fn check(exp: &Expected, got: &Decoded, what: &str) {
         Codec::Thrift => envelope::decode_header(&got.message).unwrap(),
         Codec::KitexProtobuf => kitex_pb::decode_header(&got.message).unwrap(),
     };
-    assert_eq!(Some(hdr.msg_type as u8), exp.msg_type, "{what}: message type");
+    assert_eq!(
+        Some(hdr.msg_type as u8),
+        exp.msg_type,
+        "{what}: message type"
+    );
     assert_eq!(Some(hdr.name), exp.method.as_deref(), "{what}: method");
     assert_eq!(Some(hdr.seq_id), exp.msg_seq_id, "{what}: message seq id");
     if let Some(f) = &got.ttheader {
-        assert_eq!(f.header.seq_id, hdr.seq_id, "{what}: TTHeader seq equals payload seq");
+        assert_eq!(
+            f.header.seq_id, hdr.seq_id,
+            "{what}: TTHeader seq equals payload seq"
+        );
     }
     let body = &got.message[hdr.body_offset..];
     match (hdr.msg_type, codec) {
@@ -150,14 +170,25 @@ fn every_pingpong_capture_decodes_as_decoded_md_says() {
                 let mut buf = BytesMut::from(conn.bytes(dir));
                 let mut offset = 0;
                 for exp in &expected {
-                    let what = format!("{name} conn{} {} frame #{}", conn.index, dir.as_str(), exp.index);
+                    let what = format!(
+                        "{name} conn{} {} frame #{}",
+                        conn.index,
+                        dir.as_str(),
+                        exp.index
+                    );
                     assert_eq!(offset, exp.offset, "{what}: offset");
                     let got = next_message(&mut buf).unwrap_or_else(|| panic!("{what}: missing"));
                     check(exp, &got, &what);
                     offset += got.frame_len;
                     frames_checked += 1;
                 }
-                assert!(buf.is_empty(), "{name} conn{} {}: {} bytes left over", conn.index, dir.as_str(), buf.len());
+                assert!(
+                    buf.is_empty(),
+                    "{name} conn{} {}: {} bytes left over",
+                    conn.index,
+                    dir.as_str(),
+                    buf.len()
+                );
             }
         }
     }
@@ -179,7 +210,13 @@ fn ttheader_capture_frames_re_encode_byte_for_byte() {
                 while let Some(f) = Decoder::default().decode(&mut buf).unwrap() {
                     f.encode(&mut out).unwrap();
                 }
-                assert_eq!(&out[..], bytes, "{name} conn{} {}", conn.index, dir.as_str());
+                assert_eq!(
+                    &out[..],
+                    bytes,
+                    "{name} conn{} {}",
+                    conn.index,
+                    dir.as_str()
+                );
             }
         }
     }

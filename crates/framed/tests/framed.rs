@@ -6,7 +6,8 @@ use sluice_framed::{mesh, BufferedCodec, Codec, Error, FramedCodec};
 use sluice_testkit::{chunks, hex, split_points, Capture, Dir};
 
 const REQ_8_3: &str = "0000002180010001000000044563686f000000010c00010b00010000000568656c6c6f0000";
-const ONEWAY_8_3: &str = "0000002780010004 0000000a 4563686f4f6e65776179 00000002 0c00010b00010000000568656c6c6f0000";
+const ONEWAY_8_3: &str =
+    "0000002780010004 0000000a 4563686f4f6e65776179 00000002 0c00010b00010000000568656c6c6f0000";
 
 #[test]
 fn framed_vectors() {
@@ -26,7 +27,10 @@ fn framed_vectors() {
         .unwrap()
         .unwrap();
     let h = sluice_thrift::envelope::decode_header(&m.message).unwrap();
-    assert_eq!((h.name, h.msg_type), ("EchoOneway", sluice_thrift::MessageType::Oneway));
+    assert_eq!(
+        (h.name, h.msg_type),
+        ("EchoOneway", sluice_thrift::MessageType::Oneway)
+    );
 
     let pb = hex("00000017900100010000000445636 86f000000010a0568656c6c6f");
     let m = FramedCodec::default()
@@ -65,7 +69,10 @@ fn mesh_vector_8_6() {
     assert_eq!(mesh::decode(&mut BytesMut::from(&v[..10])), Ok(None));
     let mut bad = v.clone();
     bad[5] = 2; // two pairs claimed, one present
-    assert!(matches!(mesh::decode(&mut BytesMut::from(&bad[..])), Err(Error::Mesh(_))));
+    assert!(matches!(
+        mesh::decode(&mut BytesMut::from(&bad[..])),
+        Err(Error::Mesh(_))
+    ));
 }
 
 #[test]
@@ -81,9 +88,15 @@ fn bad_input_named_errors() {
         })
     );
     assert!(buf.capacity() < 64);
-    assert_eq!(codec.decode(&mut BytesMut::from(&[0, 0, 0, 3][..])), Err(Error::TooShort(3)));
+    assert_eq!(
+        codec.decode(&mut BytesMut::from(&[0, 0, 0, 3][..])),
+        Err(Error::TooShort(3))
+    );
     let mut compact = hex("00000012 8221010445636 86f1c180568656c6c6f0000");
-    assert_eq!(codec.decode(&mut BytesMut::from(&compact[..])), Err(Error::BadMagic(0x8221_0104)));
+    assert_eq!(
+        codec.decode(&mut BytesMut::from(&compact[..])),
+        Err(Error::BadMagic(0x8221_0104))
+    );
     compact[4] = 0x80;
     compact[5] = 0x01;
     assert!(codec.decode(&mut BytesMut::from(&compact[..])).is_ok());
@@ -110,7 +123,10 @@ fn bad_input_named_errors() {
     let mut big = hex("80010001000000044563686f000000010b0001 7fffffff");
     assert!(matches!(b.message_len(&big), Err(Error::TooLarge { .. })));
     big[0] = 0x81;
-    assert!(matches!(b.message_len(&big), Err(Error::Thrift(sluice_thrift::Error::BadVersion(_)))));
+    assert!(matches!(
+        b.message_len(&big),
+        Err(Error::Thrift(sluice_thrift::Error::BadVersion(_)))
+    ));
 }
 
 fn feed_framed(stream: &[u8], points: &[usize]) -> Vec<bytes::Bytes> {

@@ -190,10 +190,20 @@ fn refusal_of(b: &[u8]) -> Refusal {
         return Refusal::Unknown;
     }
     const METHODS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
         b"TRACE ",
     ];
-    if METHODS.iter().any(|m| b.starts_with(&m[..m.len().min(b.len())])) {
+    if METHODS
+        .iter()
+        .any(|m| b.starts_with(&m[..m.len().min(b.len())]))
+    {
         return Refusal::Http1;
     }
     if b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 {

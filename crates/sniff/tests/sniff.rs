@@ -56,10 +56,16 @@ fn spec_vectors_per_message() {
             codec: Codec::Thrift
         })
     );
-    assert_eq!(sniff_connection(&mesh), Ok(Detection::Protocol(Family::PingPong)));
+    assert_eq!(
+        sniff_connection(&mesh),
+        Ok(Detection::Protocol(Family::PingPong))
+    );
     // 8.7 S1 TTStream header frame
     let s1 = hex("000000361000000200000001000b1000010001000369736e000b4563686f5365727669636510000200090008 4563686f42696469001b00013200");
-    assert_eq!(sniff_connection(&s1), Ok(Detection::Protocol(Family::TTStream)));
+    assert_eq!(
+        sniff_connection(&s1),
+        Ok(Detection::Protocol(Family::TTStream))
+    );
     assert_eq!(msg(&s1), Detection::Protocol(Message::TTStream));
 }
 
@@ -67,24 +73,41 @@ fn spec_vectors_per_message() {
 fn http2_preface_needs_8_bytes() {
     let preface = sluice_sniff::HTTP2_PREFACE;
     for n in 0..8 {
-        assert_eq!(sniff_connection(&preface[..n]), Err(Incomplete { needed: 8 }));
+        assert_eq!(
+            sniff_connection(&preface[..n]),
+            Err(Incomplete { needed: 8 })
+        );
     }
-    assert_eq!(sniff_connection(preface), Ok(Detection::Protocol(Family::Http2)));
+    assert_eq!(
+        sniff_connection(preface),
+        Ok(Detection::Protocol(Family::Http2))
+    );
 }
 
 #[test]
 fn mux_flag_is_not_streaming() {
     // FLAGS 0x0001 (mux client) stays ping-pong, as Kitex's detection decides.
     let mut a = hex("000000 2f10000001000000010001000000008001000100000004 4563686f000000010c00010b00010000000568656c6c6f0000");
-    assert_eq!(sniff_connection(&a), Ok(Detection::Protocol(Family::PingPong)));
+    assert_eq!(
+        sniff_connection(&a),
+        Ok(Detection::Protocol(Family::PingPong))
+    );
     a[7] = 0x03;
-    assert_eq!(sniff_connection(&a), Ok(Detection::Protocol(Family::TTStream)));
+    assert_eq!(
+        sniff_connection(&a),
+        Ok(Detection::Protocol(Family::TTStream))
+    );
 }
 
 #[test]
 fn ttheader_needs_its_header_and_eight_payload_bytes() {
     let b = hex("000000671000000000000001000f0000010001000369736e000b4563686f536572766963651000040001000875 6e6672616d6564000600046563686f000900044563686f00160001310080010001000000044563686f000000010c00010b00010000000568656c6c6f0000");
-    assert_eq!(sniff_message(&b[..40]), Err(Incomplete { needed: 14 + 60 + 8 }));
+    assert_eq!(
+        sniff_message(&b[..40]),
+        Err(Incomplete {
+            needed: 14 + 60 + 8
+        })
+    );
     assert!(sniff_message(&b[..82]).is_ok());
 }
 
@@ -92,25 +115,46 @@ fn ttheader_needs_its_header_and_eight_payload_bytes() {
 fn named_refusals() {
     // Thrift compact, buffered and framed (8.9).
     let compact = hex("8221010445636 86f1c180568656c6c6f0000");
-    assert_eq!(sniff_connection(&compact), Ok(Detection::NotOurs(Refusal::ThriftCompact)));
+    assert_eq!(
+        sniff_connection(&compact),
+        Ok(Detection::NotOurs(Refusal::ThriftCompact))
+    );
     assert_eq!(msg(&compact), Detection::NotOurs(Refusal::ThriftCompact));
     let mut framed_compact = vec![0, 0, 0, 18];
     framed_compact.extend_from_slice(&compact);
-    assert_eq!(msg(&framed_compact), Detection::NotOurs(Refusal::ThriftCompact));
+    assert_eq!(
+        msg(&framed_compact),
+        Detection::NotOurs(Refusal::ThriftCompact)
+    );
     // Non-strict binary: name length first.
     let non_strict = hex("000000044563686f01000000010c0001");
-    assert_eq!(sniff_connection(&non_strict), Ok(Detection::NotOurs(Refusal::ThriftNonStrict)));
+    assert_eq!(
+        sniff_connection(&non_strict),
+        Ok(Detection::NotOurs(Refusal::ThriftNonStrict))
+    );
     let mut framed_ns = vec![0, 0, 0, 16];
     framed_ns.extend_from_slice(&non_strict);
-    assert_eq!(msg(&framed_ns), Detection::NotOurs(Refusal::ThriftNonStrict));
+    assert_eq!(
+        msg(&framed_ns),
+        Detection::NotOurs(Refusal::ThriftNonStrict)
+    );
     // HTTP/1 and TLS.
-    assert_eq!(sniff_connection(b"GET / HTTP/1.1\r\n"), Ok(Detection::NotOurs(Refusal::Http1)));
-    assert_eq!(sniff_connection(b"POST /x HTTP/1.1"), Ok(Detection::NotOurs(Refusal::Http1)));
+    assert_eq!(
+        sniff_connection(b"GET / HTTP/1.1\r\n"),
+        Ok(Detection::NotOurs(Refusal::Http1))
+    );
+    assert_eq!(
+        sniff_connection(b"POST /x HTTP/1.1"),
+        Ok(Detection::NotOurs(Refusal::Http1))
+    );
     let tls = hex("160301020001 0001fc0303");
     assert_eq!(sniff_connection(&tls), Ok(Detection::NotOurs(Refusal::Tls)));
     // Kitex protobuf without the length.
     let pb = hex("900100010000000445636 86f00000001");
-    assert_eq!(sniff_connection(&pb), Ok(Detection::NotOurs(Refusal::BufferedProtobuf)));
+    assert_eq!(
+        sniff_connection(&pb),
+        Ok(Detection::NotOurs(Refusal::BufferedProtobuf))
+    );
     // TTHeader with a compact protocol id or a non-thrift payload.
     let mut c = hex("0000002f1000000000000001000100000000 80010001000000044563686f000000010c00010b00010000000568656c6c6f0000");
     c[14] = 0x02;
@@ -123,5 +167,8 @@ fn named_refusals() {
     h[12] = 0xff;
     assert_eq!(msg(&h), Detection::NotOurs(Refusal::TTHeaderMalformed));
     // Garbage.
-    assert_eq!(sniff_connection(&[0x42; 8]), Ok(Detection::NotOurs(Refusal::Unknown)));
+    assert_eq!(
+        sniff_connection(&[0x42; 8]),
+        Ok(Detection::NotOurs(Refusal::Unknown))
+    );
 }

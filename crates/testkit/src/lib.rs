@@ -427,13 +427,22 @@ mod tests {
         assert_eq!(c.conns.len(), 1);
         assert_eq!(c.frames.len(), 4);
         let f = &c.frames[0];
-        assert_eq!((f.conn, f.dir, f.offset, f.len), (0, Some(Dir::C2s), 0, 178));
+        assert_eq!(
+            (f.conn, f.dir, f.offset, f.len),
+            (0, Some(Dir::C2s), 0, 178)
+        );
         assert_eq!(f.length, Some(174));
         assert_eq!(f.flags, Some(0));
         assert_eq!(f.seq_id, Some(1));
         assert_eq!(f.header_words, Some(29));
-        assert_eq!(f.str_kvs.get("isn").map(String::as_str), Some("EchoService"));
-        assert_eq!(f.str_kvs.get("RPC_TRANSIT_KX_REQ_ID").map(String::as_str), Some("req-0"));
+        assert_eq!(
+            f.str_kvs.get("isn").map(String::as_str),
+            Some("EchoService")
+        );
+        assert_eq!(
+            f.str_kvs.get("RPC_TRANSIT_KX_REQ_ID").map(String::as_str),
+            Some("req-0")
+        );
         assert_eq!(f.int_kvs.len(), 8);
         assert_eq!(f.int_kvs.get(&3).map(String::as_str), Some(""));
         assert_eq!(f.int_kvs.get(&12).map(String::as_str), Some("5000"));
@@ -451,6 +460,10 @@ mod tests {
         assert_eq!(f.int_kvs.get(&27).map(String::as_str), Some("5"));
         assert_eq!(f.payload_len, Some(165));
         assert_eq!(f.exception_type, Some(12007));
-        assert!(f.exception_message.as_deref().unwrap().starts_with("user code invoking"));
+        assert!(f
+            .exception_message
+            .as_deref()
+            .unwrap()
+            .starts_with("user code invoking"));
     }
 }

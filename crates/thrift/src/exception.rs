@@ -158,7 +158,10 @@ mod tests {
         let (name, seq, ex) = ApplicationException::decode_message(&frame[4..]).unwrap();
         assert_eq!(name, "Foo");
         assert_eq!(seq, 7);
-        assert_eq!(ex, ApplicationException::new(ExceptionKind::UNKNOWN_METHOD, "unknown method Foo"));
+        assert_eq!(
+            ex,
+            ApplicationException::new(ExceptionKind::UNKNOWN_METHOD, "unknown method Foo")
+        );
         let mut out = Vec::new();
         ex.encode_message(&mut out, "Foo", 7);
         assert_eq!(&out[..], &frame[4..]);
@@ -169,11 +172,28 @@ mod tests {
     fn any_field_order_and_unknown_fields() {
         let mut b = vec![];
         b.extend_from_slice(&[ttype::I32, 0, 2, 0, 0, 0, 6]);
-        b.extend_from_slice(&[ttype::LIST, 0, 9, ttype::STRING, 0, 0, 0, 1, 0, 0, 0, 1, b'x']);
+        b.extend_from_slice(&[
+            ttype::LIST,
+            0,
+            9,
+            ttype::STRING,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            1,
+            b'x',
+        ]);
         b.extend_from_slice(&[ttype::STRING, 0, 1, 0, 0, 0, 2, b'h', b'i']);
         b.push(0);
         let (ex, used) = ApplicationException::decode(&b).unwrap();
         assert_eq!(used, b.len());
-        assert_eq!(ex, ApplicationException::new(ExceptionKind::INTERNAL_ERROR, "hi"));
+        assert_eq!(
+            ex,
+            ApplicationException::new(ExceptionKind::INTERNAL_ERROR, "hi")
+        );
     }
 }

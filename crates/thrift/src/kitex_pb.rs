@@ -126,13 +126,22 @@ mod tests {
             b'h', b'e', b'l', b'l', b'o',
         ];
         let h = decode_header(&msg).unwrap();
-        assert_eq!((h.name, h.msg_type, h.seq_id), ("Echo", MessageType::Call, 1));
-        assert_eq!(&msg[h.body_offset..], &[0x0a, 0x05, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(
+            (h.name, h.msg_type, h.seq_id),
+            ("Echo", MessageType::Call, 1)
+        );
+        assert_eq!(
+            &msg[h.body_offset..],
+            &[0x0a, 0x05, b'h', b'e', b'l', b'l', b'o']
+        );
         let mut out = Vec::new();
         write_header(&mut out, "Echo", MessageType::Call, 1);
         assert_eq!(&out[..], &msg[..16]);
         // A thrift reader refuses the pb magic and vice versa.
-        assert!(matches!(envelope::decode_header(&msg), Err(Error::BadVersion(_))));
+        assert!(matches!(
+            envelope::decode_header(&msg),
+            Err(Error::BadVersion(_))
+        ));
     }
 
     #[test]

@@ -238,7 +238,10 @@ mod tests {
     fn every_prefix_is_incomplete() {
         for n in 0..ARGS.len() {
             assert!(
-                matches!(skip_struct(&ARGS[..n], 64, 1 << 20), Err(Error::Incomplete { .. })),
+                matches!(
+                    skip_struct(&ARGS[..n], 64, 1 << 20),
+                    Err(Error::Incomplete { .. })
+                ),
                 "prefix {n}"
             );
         }
@@ -267,7 +270,24 @@ mod tests {
         v.extend_from_slice(&[ttype::MAP, 0, 6, ttype::STRING, ttype::I32, 0, 0, 0, 1]);
         v.extend_from_slice(&[0, 0, 0, 1, b'a', 0, 0, 0, 1]);
         // list<i32>[1,2]
-        v.extend_from_slice(&[ttype::LIST, 0, 7, ttype::I32, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2]);
+        v.extend_from_slice(&[
+            ttype::LIST,
+            0,
+            7,
+            ttype::I32,
+            0,
+            0,
+            0,
+            2,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            2,
+        ]);
         // set<struct>{ {} }
         v.extend_from_slice(&[ttype::SET, 0, 8, ttype::STRUCT, 0, 0, 0, 1, 0]);
         // empty map with garbage types is fine (count 0), as in Kitex
@@ -280,26 +300,43 @@ mod tests {
     fn refuses_bad_input_by_name() {
         // negative string length
         let neg = [ttype::STRING, 0, 1, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(skip_struct(&neg, 64, 1 << 20), Err(Error::NegativeLength(-1)));
+        assert_eq!(
+            skip_struct(&neg, 64, 1 << 20),
+            Err(Error::NegativeLength(-1))
+        );
         // unknown field type 16 (UUID) is rejected like Kitex does
-        assert_eq!(skip_struct(&[16, 0, 1], 64, 1 << 20), Err(Error::UnknownType(16)));
+        assert_eq!(
+            skip_struct(&[16, 0, 1], 64, 1 << 20),
+            Err(Error::UnknownType(16))
+        );
         // a claimed huge string is refused at once, not waited for
         let huge = [ttype::STRING, 0, 1, 0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(skip_struct(&huge, 64, 1 << 20), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            skip_struct(&huge, 64, 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
         // a claimed huge list of i64 is refused at once too
         let list = [ttype::LIST, 0, 1, ttype::I64, 0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(skip_struct(&list, 64, 1 << 20), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            skip_struct(&list, 64, 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn message_len_of_buffered_vector() {
-        let mut msg = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 4, b'E', b'c', b'h', b'o', 0, 0, 0, 1];
+        let mut msg = vec![
+            0x80, 0x01, 0x00, 0x01, 0, 0, 0, 4, b'E', b'c', b'h', b'o', 0, 0, 0, 1,
+        ];
         msg.extend_from_slice(ARGS);
         assert_eq!(message_len(&msg, 64, 1 << 20), Ok(33));
         assert_eq!(
             message_len(&msg[..20], 64, 1 << 20),
             Err(Error::Incomplete { needed: 22 })
         );
-        assert!(matches!(message_len(&msg, 64, 32), Err(Error::TooLarge { .. })));
+        assert!(matches!(
+            message_len(&msg, 64, 32),
+            Err(Error::TooLarge { .. })
+        ));
     }
 }

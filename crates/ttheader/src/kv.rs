@@ -21,6 +21,11 @@ impl StrKvs {
         Self(Vec::with_capacity(n))
     }
 
+    /// Reserves room for `n` more entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
+    }
+
     /// Value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&Bytes> {
         self.0
@@ -46,7 +51,10 @@ impl StrKvs {
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Bytes> {
-        let i = self.0.iter().position(|(k, _)| k.as_ref() == key.as_bytes())?;
+        let i = self
+            .0
+            .iter()
+            .position(|(k, _)| k.as_ref() == key.as_bytes())?;
         Some(self.0.remove(i).1)
     }
 
@@ -84,6 +92,11 @@ impl IntKvs {
     /// An empty list with room for `n` entries.
     pub fn with_capacity(n: usize) -> Self {
         Self(Vec::with_capacity(n))
+    }
+
+    /// Reserves room for `n` more entries.
+    pub fn reserve(&mut self, n: usize) {
+        self.0.reserve(n);
     }
 
     /// Value of `key`, if present.

@@ -22,8 +22,8 @@
 //! returns `Ok(None)` until a frame is whole, and checks every length before using it.
 #![forbid(unsafe_code)]
 
-mod kv;
 pub mod keys;
+mod kv;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -249,7 +249,10 @@ impl Decoder {
     }
 
     /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` if it is not all there
-    /// yet (reserving room for the rest). On error `buf` is left as it was.
+    /// yet (reserving room for the rest).
+    ///
+    /// On error the offending frame has been taken off `buf` when its length was known: the
+    /// stream cannot be resynchronised after a malformed frame, so the caller closes it.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
         let Some(len) = self.frame_len(buf)? else {
             return Ok(None);
@@ -258,10 +261,8 @@ impl Decoder {
             buf.reserve(len - buf.len());
             return Ok(None);
         }
-        // Validate before splitting so that a bad frame leaves the buffer untouched.
-        let parsed = self.parse(&buf[..len])?;
         let frame = buf.split_to(len).freeze();
-        Ok(Some(parsed.into_frame(&frame)))
+        self.parse(&frame).map(Some)
     }
 
     /// Decodes one frame that is exactly `frame` (no bytes before or after).
@@ -276,15 +277,13 @@ impl Decoder {
             }
             None => return Err(Error::FrameTooShort(frame.len() as u32)),
         }
-        Ok(self.parse(frame)?.into_frame(frame))
+        self.parse(frame)
     }
 
-    /// Parses a frame whose length is already known to be `buf.len()`, recording ranges only.
-    fn parse(&self, buf: &[u8]) -> Result<Parsed, Error> {
+    /// Parses a frame whose length is already known to be `buf.len()` (>= 18 bytes, checked by
+    /// [`Self::frame_len`]). Keys, values and payload are slices of `buf`.
+    fn parse(&self, buf: &Bytes) -> Result<Frame, Error> {
         let flags = u16::from_be_bytes([buf[6], buf[7]]);
-        if buf.len() < PREFIX_LEN {
-            return Err(Error::FrameTooShort(buf.len() as u32 - 4));
-        }
         let seq_id = i32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         let header_len = usize::from(u16::from_be_bytes([buf[12], buf[13]])) * 4;
         if header_len < 2 {
@@ -312,19 +311,16 @@ impl Decoder {
         if 2 + n_transforms > section.len() {
             return Err(Error::TransformsOverrun);
         }
-        let transforms = (PREFIX_LEN + 2, PREFIX_LEN + 2 + n_transforms);
-        let mut p = Parsed {
-            len: buf.len(),
+        let mut header = Header {
             flags,
             seq_id,
             protocol_id,
-            transforms,
-            acl: None,
-            strs: Vec::new(),
-            ints: Vec::new(),
-            payload_start: header_end,
-            inner_framed: false,
+            transforms: section[2..2 + n_transforms].to_vec(),
+            acl_token: None,
+            str_kvs: StrKvs::new(),
+            int_kvs: IntKvs::new(),
         };
+        let slice = |(a, b): Range| buf.slice(PREFIX_LEN + a..PREFIX_LEN + b);
         let mut pos = 2 + n_transforms;
         while pos < section.len() {
             let id = section[pos];
@@ -335,27 +331,31 @@ impl Decoder {
                     let count = read_u16(section, pos, id)?;
                     pos += 2;
                     // Each pair needs at least 4 bytes: bound the reservation by what is left.
-                    p.strs.reserve(usize::from(count).min((section.len() - pos) / 4));
+                    header
+                        .str_kvs
+                        .reserve(usize::from(count).min((section.len() - pos) / 4));
                     for _ in 0..count {
                         let k = read_str(section, &mut pos, id)?;
                         let v = read_str(section, &mut pos, id)?;
-                        p.strs.push((offset(k, PREFIX_LEN), offset(v, PREFIX_LEN)));
+                        header.str_kvs.insert(slice(k), slice(v));
                     }
                 }
                 info_id::INT_KEY_VALUE => {
                     let count = read_u16(section, pos, id)?;
                     pos += 2;
-                    p.ints.reserve(usize::from(count).min((section.len() - pos) / 4));
+                    header
+                        .int_kvs
+                        .reserve(usize::from(count).min((section.len() - pos) / 4));
                     for _ in 0..count {
                         let key = read_u16(section, pos, id)?;
                         pos += 2;
                         let v = read_str(section, &mut pos, id)?;
-                        p.ints.push((key, offset(v, PREFIX_LEN)));
+                        header.int_kvs.insert(key, slice(v));
                     }
                 }
                 info_id::ACL_TOKEN => {
                     let t = read_str(section, &mut pos, id)?;
-                    p.acl = Some(offset(t, PREFIX_LEN));
+                    header.acl_token = Some(slice(t));
                 }
                 other => return Err(Error::UnknownInfoId(other)),
             }
@@ -363,8 +363,13 @@ impl Decoder {
         // Inner framing (kitex-wire.md 1.5, 2.8): ping-pong payloads only. TTStream payloads are
         // bare structs, never framed.
         let payload = &buf[header_end..];
+        let mut payload_start = header_end;
+        let mut inner_framed = false;
         if flags & flags::STREAMING == 0
-            && !matches!(protocol_id, protocol_id::THRIFT_STRUCT | protocol_id::PROTOBUF_STRUCT)
+            && !matches!(
+                protocol_id,
+                protocol_id::THRIFT_STRUCT | protocol_id::PROTOBUF_STRUCT
+            )
             && payload.len() >= 8
             && !is_message_magic(&payload[0..4])
             && is_message_magic(&payload[4..8])
@@ -377,10 +382,14 @@ impl Decoder {
                     payload: payload.len() - 4,
                 });
             }
-            p.inner_framed = true;
-            p.payload_start += 4;
+            inner_framed = true;
+            payload_start += 4;
         }
-        Ok(p)
+        Ok(Frame {
+            header,
+            inner_framed,
+            payload: buf.slice(payload_start..),
+        })
     }
 }
 
@@ -390,51 +399,6 @@ fn is_message_magic(b: &[u8]) -> bool {
 }
 
 type Range = (usize, usize);
-
-/// A validated frame as byte ranges, turned into `Bytes` slices once the frame is split off.
-struct Parsed {
-    len: usize,
-    flags: u16,
-    seq_id: i32,
-    protocol_id: u8,
-    transforms: Range,
-    acl: Option<Range>,
-    strs: Vec<(Range, Range)>,
-    ints: Vec<(u16, Range)>,
-    payload_start: usize,
-    inner_framed: bool,
-}
-
-impl Parsed {
-    fn into_frame(self, frame: &Bytes) -> Frame {
-        let slice = |(a, b): Range| frame.slice(a..b);
-        let mut str_kvs = StrKvs::with_capacity(self.strs.len());
-        for (k, v) in self.strs {
-            str_kvs.insert(slice(k), slice(v));
-        }
-        let mut int_kvs = IntKvs::with_capacity(self.ints.len());
-        for (k, v) in self.ints {
-            int_kvs.insert(k, slice(v));
-        }
-        Frame {
-            header: Header {
-                flags: self.flags,
-                seq_id: self.seq_id,
-                protocol_id: self.protocol_id,
-                transforms: frame[self.transforms.0..self.transforms.1].to_vec(),
-                acl_token: self.acl.map(slice),
-                str_kvs,
-                int_kvs,
-            },
-            inner_framed: self.inner_framed,
-            payload: frame.slice(self.payload_start..self.len),
-        }
-    }
-}
-
-fn offset((a, b): Range, by: usize) -> Range {
-    (a + by, b + by)
-}
 
 fn read_u16(section: &[u8], pos: usize, id: u8) -> Result<u16, Error> {
     section

@@ -140,12 +140,17 @@ fn inner_length_mismatch() {
 }
 
 #[test]
-fn error_leaves_the_buffer_untouched() {
+fn a_bad_frame_is_consumed_and_the_next_one_is_not() {
     let mut v = minimal();
     v[16] = 0x07;
-    let mut buf = BytesMut::from(&v[..]);
-    assert!(Decoder::default().decode(&mut buf).is_err());
-    assert_eq!(&buf[..], &v[..]);
+    let mut two = v.clone();
+    two.extend_from_slice(&minimal());
+    let mut buf = BytesMut::from(&two[..]);
+    assert_eq!(
+        Decoder::default().decode(&mut buf),
+        Err(Error::UnknownInfoId(0x07))
+    );
+    assert_eq!(&buf[..], &minimal()[..]);
 }
 
 /// Decodes a whole stream fed in the given chunks; returns the frames.
@@ -188,7 +193,11 @@ fn ttheader_streams() -> Vec<(String, Vec<u8>, Vec<usize>)> {
 #[test]
 fn every_split_of_every_capture_yields_the_same_frames() {
     let streams = ttheader_streams();
-    assert!(streams.len() >= 30, "found {} TTHeader streams", streams.len());
+    assert!(
+        streams.len() >= 30,
+        "found {} TTHeader streams",
+        streams.len()
+    );
     for (what, bytes, bounds) in streams {
         let whole = feed(&bytes, &[]);
         assert_eq!(whole.len(), bounds.len(), "{what}");

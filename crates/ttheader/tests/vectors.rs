@@ -9,7 +9,10 @@ use sluice_ttheader::{encode, flags, int_key, str_key, Decoder, Frame};
 
 fn decode(v: &[u8]) -> Frame {
     let mut buf = BytesMut::from(v);
-    let f = Decoder::default().decode(&mut buf).unwrap().expect("whole frame");
+    let f = Decoder::default()
+        .decode(&mut buf)
+        .unwrap()
+        .expect("whole frame");
     assert!(buf.is_empty(), "leftover bytes");
     f
 }
@@ -18,7 +21,12 @@ fn strs(f: &Frame) -> BTreeMap<String, String> {
     f.header
         .str_kvs
         .iter()
-        .map(|(k, v)| (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into()))
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into(),
+                String::from_utf8_lossy(v).into(),
+            )
+        })
         .collect()
 }
 
@@ -31,7 +39,10 @@ fn ints(f: &Frame) -> BTreeMap<u16, String> {
 }
 
 fn map<K: Ord + Clone, const N: usize>(pairs: [(K, &str); N]) -> BTreeMap<K, String> {
-    pairs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect()
 }
 
 /// Re-encodes and checks the result decodes to the same frame; returns the bytes.
@@ -65,16 +76,28 @@ fn a_ttheader_framed_request() {
         68 65 6c 6c 6f 00 00");
     assert_eq!(v.len(), 119);
     let f = decode(&v);
-    assert_eq!((f.header.flags, f.header.seq_id, f.header.protocol_id), (0, 1, 0));
+    assert_eq!(
+        (f.header.flags, f.header.seq_id, f.header.protocol_id),
+        (0, 1, 0)
+    );
     assert!(f.header.transforms.is_empty());
     assert_eq!(strs(&f), map([("isn".to_string(), "EchoService")]));
     assert_eq!(
         ints(&f),
-        map([(1, "framed"), (3, "client"), (6, "echo"), (9, "Echo"), (22, "1")])
+        map([
+            (1, "framed"),
+            (3, "client"),
+            (6, "echo"),
+            (9, "Echo"),
+            (22, "1")
+        ])
     );
     assert!(f.inner_framed);
     assert_eq!(&f.payload[..], &hex(CALL_8_2)[..]);
-    assert_eq!(f.header.str_kvs.get_str(str_key::IDL_SERVICE_NAME), Some("EchoService"));
+    assert_eq!(
+        f.header.str_kvs.get_str(str_key::IDL_SERVICE_NAME),
+        Some("EchoService")
+    );
     assert_eq!(f.header.int_kvs.get_str(int_key::TO_METHOD), Some("Echo"));
     // Pairs are kept in wire order, so this vector re-encodes byte for byte.
     assert_eq!(round_trip(&f), v);
@@ -93,7 +116,10 @@ fn b_ttheader_unframed_request() {
     assert_eq!(v.len(), 107);
     let f = decode(&v);
     assert!(!f.inner_framed);
-    assert_eq!(ints(&f), map([(1, "unframed"), (6, "echo"), (9, "Echo"), (22, "1")]));
+    assert_eq!(
+        ints(&f),
+        map([(1, "unframed"), (6, "echo"), (9, "Echo"), (22, "1")])
+    );
     assert_eq!(&f.payload[..], &hex(CALL_8_2)[..]);
     assert_eq!(round_trip(&f), v);
 }
@@ -186,10 +212,16 @@ fn pb_request_8_5() {
         68 65 6c 6c 6f");
     let f = decode(&v);
     assert_eq!(f.header.protocol_id, 0);
-    assert!(f.inner_framed, "Kitex protobuf always carries the inner length");
+    assert!(
+        f.inner_framed,
+        "Kitex protobuf always carries the inner length"
+    );
     let h = sluice_thrift::kitex_pb::decode_header(&f.payload).unwrap();
     assert_eq!((h.name, h.seq_id), ("Echo", 1));
-    assert_eq!(&f.payload[h.body_offset..], &hex("0a 05 68 65 6c 6c 6f")[..]);
+    assert_eq!(
+        &f.payload[h.body_offset..],
+        &hex("0a 05 68 65 6c 6c 6f")[..]
+    );
     assert_eq!(round_trip(&f), v);
 }
 
@@ -216,7 +248,10 @@ fn ttstream_vectors_8_7_are_ttheader_frames() {
         1b 00 01 33 00 00 0b 00 01 00 00 00 05 68 65 6c
         6c 6f 00");
     let f = decode(&s2);
-    assert_eq!(&f.payload[..], &hex("0b 00 01 00 00 00 05 68 65 6c 6c 6f 00")[..]);
+    assert_eq!(
+        &f.payload[..],
+        &hex("0b 00 01 00 00 00 05 68 65 6c 6c 6f 00")[..]
+    );
     assert_eq!(round_trip(&f), s2);
 }
 
@@ -250,11 +285,15 @@ fn acl_token_transforms_padding_and_repeats_are_kept() {
 #[test]
 fn encoder_pads_and_mirrors_framing() {
     let mut h = sluice_ttheader::Header::new(42, 0);
-    h.int_kvs.insert(int_key::MSG_TYPE, Bytes::from_static(b"2"));
+    h.int_kvs
+        .insert(int_key::MSG_TYPE, Bytes::from_static(b"2"));
     let mut out = BytesMut::new();
     let payload = hex(REPLY_8_2);
     encode(&h, true, &payload, &mut out).unwrap();
-    assert_eq!(u16::from_be_bytes([out[12], out[13]]) as usize * 4, h.encoded_section_len());
+    assert_eq!(
+        u16::from_be_bytes([out[12], out[13]]) as usize * 4,
+        h.encoded_section_len()
+    );
     let f = decode(&out);
     assert!(f.inner_framed);
     assert_eq!(&f.payload[..], &payload[..]);
