@@ -1,0 +1,50 @@
+//! Graceful drain: one handle signals, every connection watches.
+
+use tokio::sync::watch;
+
+/// Held by whoever decides when to drain.
+#[derive(Debug)]
+pub struct DrainHandle(watch::Sender<bool>);
+
+/// Watched by the accept loop and every connection.
+#[derive(Debug, Clone)]
+pub struct Drain(watch::Receiver<bool>);
+
+/// A new drain pair.
+pub(crate) fn channel() -> (DrainHandle, Drain) {
+    let (tx, rx) = watch::channel(false);
+    (DrainHandle(tx), Drain(rx))
+}
+
+impl DrainHandle {
+    /// A new pair.
+    pub fn new() -> (DrainHandle, Drain) {
+        channel()
+    }
+
+    /// Starts draining everything that watches this handle.
+    pub fn drain(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drain {
+    /// A drain that is never signalled.
+    pub fn never() -> Drain {
+        let (tx, rx) = watch::channel(false);
+        // Keep the sender alive for the life of the process: `signaled` must never resolve.
+        std::mem::forget(tx);
+        Drain(rx)
+    }
+
+    /// True once draining has started.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once draining starts (or the handle is dropped).
+    pub async fn signaled(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+}

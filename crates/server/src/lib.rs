@@ -1,0 +1,152 @@
+//! Sluice's binary-generic server.
+//!
+//! A [`Server`] accepts connections, sniffs each one (with a timeout), and runs the driver of its
+//! protocol family. Ping-pong traffic (TTHeader with or without the inner framed length, Framed,
+//! Buffered, Kitex protobuf, mesh header) goes to a [`DefaultHandler`] one request at a time, with
+//! the envelope already separated out, as Kitex's binary generic does: the handler sees the args
+//! struct bytes and returns the result struct bytes (or an exception), and the server writes the
+//! reply in the request's own shape with the request's seq id.
+//!
+//! * TTHeader requests on one connection are served concurrently and answered by seq id (Kitex
+//!   mux clients pipeline them); Framed and Buffered requests are answered in order.
+//! * Oneway requests run the handler and write nothing back.
+//! * While draining, TTHeader replies carry `crrst: 1`, then connections close.
+#![forbid(unsafe_code)]
+
+mod conn;
+mod drain;
+mod pingpong;
+mod request;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use drain::{Drain, DrainHandle};
+pub use request::{DefaultHandler, Request, Response, ResponseBody, Transport};
+
+/// Server settings. Defaults are documented per field.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Name of the listener, for logs.
+    pub name: String,
+    /// Time a new connection has to send enough bytes to be recognised. Default 5 s.
+    pub sniff_timeout: Duration,
+    /// A connection with no request in flight and nothing read for this long is closed.
+    /// Default 10 min, as Kitex servers.
+    pub idle_timeout: Duration,
+    /// Largest frame or message accepted, any transport. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// Requests served at once on one TTHeader connection; reading pauses beyond it. Default 256.
+    pub max_in_flight_per_conn: usize,
+    /// Connections served at once; accepting pauses beyond it. Default 10 000.
+    pub max_connections: usize,
+    /// Service name given to requests that carry none (Framed, Buffered, TTHeader without
+    /// `isn`). Default none (empty string).
+    pub default_service: Option<String>,
+    /// After a drain starts, how long connections may take to finish. Default 10 s.
+    pub drain_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            name: "sluice".to_owned(),
+            sniff_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
+            max_in_flight_per_conn: 256,
+            max_connections: 10_000,
+            default_service: None,
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The binary-generic server.
+#[derive(Debug)]
+pub struct Server<H> {
+    config: Arc<ServerConfig>,
+    handler: Arc<H>,
+}
+
+impl<H: DefaultHandler> Server<H> {
+    /// A server that hands ping-pong requests to `handler`.
+    pub fn new(config: ServerConfig, handler: Arc<H>) -> Self {
+        Self {
+            config: Arc::new(config),
+            handler,
+        }
+    }
+
+    /// Accepts and serves connections on `listener` until `drain` is signalled, then lets the
+    /// open connections finish (up to the grace period) and returns.
+    pub async fn serve(self, listener: TcpListener, drain: Drain) {
+        let local = listener.local_addr().ok();
+        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut tasks = tokio::task::JoinSet::new();
+        tracing::info!(listener = %self.config.name, addr = ?local, "listening");
+        loop {
+            let permit = tokio::select! {
+                _ = drain.signaled() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = drain.signaled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let config = self.config.clone();
+                    let handler = self.handler.clone();
+                    let drain = drain.clone();
+                    tasks.spawn(async move {
+                        conn::serve_connection(stream, peer, config, handler, drain).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // Accept errors (EMFILE, ECONNABORTED...) are per connection: log, back off
+                    // a moment so a full fd table does not spin, and keep serving.
+                    tracing::warn!(listener = %self.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let grace = self.config.drain_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(listener = %self.config.name, open = tasks.len(), "drain grace ended; closing connections");
+            tasks.abort_all();
+        }
+    }
+
+    /// Serves one already-accepted connection (for embedding with a custom accept loop).
+    pub async fn serve_connection(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        drain: Drain,
+    ) {
+        conn::serve_connection(
+            stream,
+            peer,
+            self.config.clone(),
+            self.handler.clone(),
+            drain,
+        )
+        .await;
+    }
+}

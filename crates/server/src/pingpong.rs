@@ -1,0 +1,373 @@
+//! The ping-pong driver: TTHeader, Framed, Buffered, Kitex protobuf and mesh-header requests on
+//! one connection.
+//!
+//! Each message is detected on its own (kitex-wire.md 2.8), its envelope read, and the request
+//! handed to the [`DefaultHandler`]. TTHeader requests run concurrently, bounded by
+//! `max_in_flight_per_conn`, and are answered as they finish (callers match by seq id); Framed
+//! and Buffered requests are handled one at a time, so they are answered in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sluice_framed::{mesh, BufferedCodec, FramedCodec};
+use sluice_sniff::{Codec, Detection, Message, Refusal};
+use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
+use sluice_ttheader::{int_key, str_key, Header};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::writer::{self, Chunks};
+use crate::{DefaultHandler, Drain, Request, Response, ResponseBody, ServerConfig, Transport};
+
+/// Why a connection is closed. Each names the peer's mistake for the log line.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("TTStream frame on a ping-pong connection")]
+    StreamFrame,
+    #[error("malformed TTHeader: {0}")]
+    TTHeader(#[from] sluice_ttheader::Error),
+    #[error("malformed message: {0}")]
+    Framing(#[from] sluice_framed::Error),
+    #[error("malformed envelope: {0}")]
+    Envelope(#[from] sluice_thrift::Error),
+    #[error("message of at least {0} bytes exceeds the frame limit")]
+    TooLarge(usize),
+}
+
+/// What the reply to a request needs to know about it.
+#[derive(Debug, Clone)]
+struct ReplyTo {
+    method: String,
+    seq_id: i32,
+    codec: Codec,
+    transport: Transport,
+}
+
+enum Incoming {
+    Request(Request),
+    /// Understood well enough to answer with an exception, then close (as Kitex does after a
+    /// decode error).
+    Reject(ReplyTo, ApplicationException),
+}
+
+pub(crate) async fn run<H: DefaultHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut buf: BytesMut,
+    config: Arc<ServerConfig>,
+    handler: Arc<H>,
+    drain: Drain,
+) {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Chunks>(config.max_in_flight_per_conn.max(1));
+    let writer = tokio::spawn(writer::run(wr, rx));
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_conn.max(1)));
+    let codecs = Codecs::new(config.max_frame_size);
+    let mut draining = drain.is_draining();
+
+    let outcome: Result<(), ConnError> = 'conn: loop {
+        // Serve every whole request already buffered.
+        loop {
+            let incoming = match next_request(&mut buf, &codecs, peer, &config) {
+                Ok(Some(i)) => i,
+                Ok(None) => break,
+                Err(e) => break 'conn Err(e),
+            };
+            match incoming {
+                Incoming::Reject(to, ex) => {
+                    let resp = Response::error(ex.clone());
+                    let _ = tx.send(encode_reply(&to, resp, true)).await;
+                    tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
+                    break 'conn Ok(());
+                }
+                Incoming::Request(req) if req.transport.is_ttheader() => {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break 'conn Ok(());
+                    };
+                    let handler = handler.clone();
+                    let tx = tx.clone();
+                    let drain = drain.clone();
+                    tokio::spawn(async move {
+                        let (to, oneway) = reply_to(&req);
+                        let resp = handler.handle(req).await;
+                        if !oneway {
+                            let _ = tx.send(encode_reply(&to, resp, drain.is_draining())).await;
+                        }
+                        drop(permit);
+                    });
+                }
+                Incoming::Request(req) => {
+                    // Framed / Buffered callers match replies by order: answer before reading on.
+                    let (to, oneway) = reply_to(&req);
+                    let resp = handler.handle(req).await;
+                    if !oneway
+                        && tx
+                            .send(encode_reply(&to, resp, drain.is_draining()))
+                            .await
+                            .is_err()
+                    {
+                        break 'conn Ok(());
+                    }
+                }
+            }
+        }
+
+        let idle = in_flight.available_permits() == config.max_in_flight_per_conn.max(1);
+        if draining && idle && buf.is_empty() {
+            break Ok(());
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout(config.idle_timeout, rd.read_buf(&mut buf)) => r,
+            _ = drain.signaled(), if !draining => {
+                draining = true;
+                continue;
+            }
+            // While draining, wake up now and then to close once the last reply is out.
+            _ = tokio::time::sleep(Duration::from_millis(20)), if draining => continue,
+        };
+        match read {
+            Err(_) if idle => {
+                tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+                break Ok(());
+            }
+            Err(_) => continue,
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a message");
+                }
+                break Ok(());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, listener = %config.name, error = %e, "read failed");
+                break Ok(());
+            }
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
+    }
+    // Let in-flight handlers finish and their replies drain before the write half closes,
+    // bounded by the drain grace.
+    let all = config.max_in_flight_per_conn.max(1) as u32;
+    let _ = tokio::time::timeout(config.drain_grace, in_flight.acquire_many(all)).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn reply_to(req: &Request) -> (ReplyTo, bool) {
+    (
+        ReplyTo {
+            method: req.method.clone(),
+            seq_id: req.seq_id,
+            codec: req.codec,
+            transport: req.transport,
+        },
+        req.msg_type == MessageType::Oneway,
+    )
+}
+
+struct Codecs {
+    ttheader: sluice_ttheader::Decoder,
+    framed: FramedCodec,
+    buffered: BufferedCodec,
+    max: usize,
+}
+
+impl Codecs {
+    fn new(max: usize) -> Self {
+        Self {
+            ttheader: sluice_ttheader::Decoder::new(sluice_ttheader::Limits {
+                max_frame_size: max,
+                ..Default::default()
+            }),
+            framed: FramedCodec::new(max),
+            buffered: BufferedCodec::new(max),
+            max,
+        }
+    }
+}
+
+/// Takes the next whole request off `buf`, if there is one.
+fn next_request(
+    buf: &mut BytesMut,
+    c: &Codecs,
+    peer: SocketAddr,
+    config: &ServerConfig,
+) -> Result<Option<Incoming>, ConnError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let shape = match sluice_sniff::sniff_message(buf) {
+        Err(inc) if inc.needed > c.max => return Err(ConnError::TooLarge(inc.needed)),
+        Err(_) => return Ok(None),
+        Ok(Detection::NotOurs(r)) => return Err(ConnError::Refused(r)),
+        Ok(Detection::Protocol(m)) => m,
+    };
+    let read_at = Instant::now();
+    let (header, message, transport, codec) = match shape {
+        Message::TTStream => return Err(ConnError::StreamFrame),
+        Message::TTHeader { codec, .. } => {
+            let Some(frame) = c.ttheader.decode(buf)? else {
+                return Ok(None);
+            };
+            let transport = if frame.inner_framed {
+                Transport::TTHeaderFramed
+            } else {
+                Transport::TTHeader
+            };
+            (frame.header, frame.payload, transport, codec)
+        }
+        Message::Framed { codec } => {
+            let Some(m) = c.framed.decode(buf)? else {
+                return Ok(None);
+            };
+            (Header::default(), m.message, Transport::Framed, codec)
+        }
+        Message::Buffered => {
+            let Some(m) = c.buffered.decode(buf)? else {
+                return Ok(None);
+            };
+            (Header::default(), m, Transport::Buffered, Codec::Thrift)
+        }
+        Message::Mesh { framed, codec } => {
+            // Consume nothing until the mesh header and the message after it are both whole.
+            let Some(hl) = mesh::header_len(buf)? else {
+                return Ok(None);
+            };
+            let rest = &buf[hl..];
+            let whole = if framed {
+                c.framed.frame_len(rest)?.is_some_and(|n| rest.len() >= n)
+            } else {
+                c.buffered.message_len(rest)?.is_some()
+            };
+            if !whole {
+                return Ok(None);
+            }
+            let mh = mesh::decode(buf)?.ok_or(sluice_framed::Error::Mesh("vanished"))?;
+            let message = if framed {
+                c.framed.decode(buf)?.map(|m| m.message)
+            } else {
+                c.buffered.decode(buf)?
+            }
+            .ok_or(sluice_framed::Error::Mesh("message vanished"))?;
+            let header = Header {
+                str_kvs: mh.str_kvs,
+                ..Header::default()
+            };
+            (header, message, Transport::Mesh(framed), codec)
+        }
+    };
+    let env = match codec {
+        Codec::Thrift => envelope::decode_header(&message)?,
+        Codec::KitexProtobuf => kitex_pb::decode_header(&message)?,
+    };
+    let method = env.name.to_owned();
+    if !env.msg_type.is_request() {
+        let to = ReplyTo {
+            method,
+            seq_id: env.seq_id,
+            codec,
+            transport,
+        };
+        let ex = ApplicationException::new(
+            ExceptionKind::INVALID_MESSAGE_TYPE,
+            format!("message type {} is not a request", env.msg_type.as_str()),
+        );
+        return Ok(Some(Incoming::Reject(to, ex)));
+    }
+    let service = header
+        .str_kvs
+        .get_str(str_key::IDL_SERVICE_NAME)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| config.default_service.clone())
+        .unwrap_or_default();
+    let deadline = header
+        .int_kvs
+        .get_str(int_key::RPC_TIMEOUT)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(|ms| read_at + Duration::from_millis(ms));
+    let args = message.slice(env.body_offset..);
+    Ok(Some(Incoming::Request(Request {
+        peer,
+        service,
+        method,
+        seq_id: env.seq_id,
+        msg_type: env.msg_type,
+        codec,
+        transport,
+        header,
+        deadline,
+        args,
+    })))
+}
+
+static MSG_TYPE_REPLY: Bytes = Bytes::from_static(b"2");
+static MSG_TYPE_EXCEPTION: Bytes = Bytes::from_static(b"3");
+
+/// Encodes a reply in the request's own shape: the head (framing, header, envelope) in one
+/// buffer, the body as the handler's own `Bytes`.
+fn encode_reply(to: &ReplyTo, resp: Response, draining: bool) -> Chunks {
+    let (msg_type, body) = match resp.body {
+        ResponseBody::Reply(b) => (MessageType::Reply, b),
+        ResponseBody::RawException(b) => (MessageType::Exception, b),
+        ResponseBody::Error(ex) => (MessageType::Exception, render_error(to.codec, &ex)),
+    };
+    let env_len = envelope::header_len(&to.method);
+    let message_len = env_len + body.len();
+    let mut head = BytesMut::with_capacity(64 + env_len + resp.str_kvs.len() * 32);
+    match to.transport {
+        Transport::TTHeaderFramed | Transport::TTHeader => {
+            let mut h = Header::new(to.seq_id, 0);
+            h.str_kvs = resp.str_kvs;
+            if draining {
+                h.str_kvs
+                    .insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
+            }
+            let mt = if msg_type == MessageType::Reply {
+                MSG_TYPE_REPLY.clone()
+            } else {
+                MSG_TYPE_EXCEPTION.clone()
+            };
+            h.int_kvs.insert(int_key::MSG_TYPE, mt);
+            let framed = to.transport == Transport::TTHeaderFramed;
+            if let Err(e) = sluice_ttheader::encode_head(&h, framed, message_len, &mut head) {
+                // Only oversized handler-supplied headers can fail here: answer without them.
+                tracing::warn!(error = %e, "reply header not encodable; sending it without key/values");
+                head.clear();
+                let mut h = Header::new(to.seq_id, 0);
+                h.int_kvs
+                    .insert(int_key::MSG_TYPE, MSG_TYPE_EXCEPTION.clone());
+                let _ = sluice_ttheader::encode_head(&h, framed, message_len, &mut head);
+            }
+        }
+        Transport::Framed | Transport::Mesh(true) => head.put_u32(message_len as u32),
+        Transport::Buffered | Transport::Mesh(false) => {}
+    }
+    match to.codec {
+        Codec::Thrift => envelope::write_header(&mut head, &to.method, msg_type, to.seq_id),
+        Codec::KitexProtobuf => kitex_pb::write_header(&mut head, &to.method, msg_type, to.seq_id),
+    }
+    vec![head.freeze(), body]
+}
+
+/// An exception body in the request's codec.
+fn render_error(codec: Codec, ex: &ApplicationException) -> Bytes {
+    let mut b = BytesMut::new();
+    match codec {
+        Codec::Thrift => ex.encode(&mut b),
+        Codec::KitexProtobuf => kitex_pb::ErrorProto {
+            type_id: ex.kind.0,
+            message: ex.message.clone(),
+        }
+        .encode(&mut b),
+    }
+    b.freeze()
+}
