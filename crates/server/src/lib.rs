@@ -15,6 +15,7 @@
 
 mod conn;
 mod drain;
+pub mod echo;
 mod pingpong;
 mod request;
 mod writer;

@@ -4,9 +4,7 @@
 //! and written with vectored writes, several replies per syscall when they queue up, so a
 //! payload is never copied into a reply buffer.
 
-use std::io::IoSlice;
-
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -14,8 +12,7 @@ use tokio::sync::mpsc;
 /// One reply's buffers, in order.
 pub(crate) type Chunks = Vec<Bytes>;
 
-/// Most buffers handed to one `writev`.
-const MAX_IOV: usize = 64;
+use sluice_io::{write_all_vectored, MAX_IOV};
 
 pub(crate) async fn run(
     mut w: OwnedWriteHalf,
@@ -30,45 +27,7 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        write_all(&mut w, &mut pending).await?;
+        write_all_vectored(&mut w, &mut pending).await?;
     }
     w.shutdown().await
-}
-
-/// Writes every buffer in `bufs`, in order, leaving `bufs` empty.
-pub(crate) async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    bufs: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        if bufs[first].is_empty() {
-            first += 1;
-            continue;
-        }
-        let n = {
-            let slices: Vec<IoSlice<'_>> = bufs[first..]
-                .iter()
-                .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            w.write_vectored(&slices).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = n;
-        while left > 0 {
-            let b = &mut bufs[first];
-            if left >= b.len() {
-                left -= b.len();
-                first += 1;
-            } else {
-                b.advance(left);
-                left = 0;
-            }
-        }
-    }
-    bufs.clear();
-    Ok(())
 }

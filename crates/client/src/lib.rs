@@ -1,0 +1,331 @@
+//! Sluice's generic clients: one per downstream service, sending raw args bytes and returning
+//! the result bytes, an exception, or a biz-status reply, without IDL.
+//!
+//! * Transports: `ttheader` (Kitex's default: TTHeader with the inner framed length),
+//!   `ttheader-unframed`, `framed`, `buffered`.
+//! * Connections: a pool of long connections per endpoint with one request in flight each, as a
+//!   plain Kitex server expects; or, for TTHeader, one multiplexed connection per endpoint whose
+//!   requests are matched by seq id (Kitex mux servers, and any server that answers in order).
+//! * Seq ids are unique per client (hence per connection) and never 0 (0 is Kitex's control
+//!   frame id).
+//! * A connect timeout and a request deadline; a reply carrying `crrst` retires its connection.
+//! * Static endpoints, round-robin or weighted-random; an endpoint that fails to connect is
+//!   skipped for a backoff period.
+//! * [`ClientCache`] creates clients on demand, one per downstream, and reuses them.
+#![forbid(unsafe_code)]
+
+mod balance;
+mod cache;
+mod codec;
+mod mux;
+mod pool;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_sniff::Codec;
+use sluice_thrift::MessageType;
+use sluice_ttheader::Header;
+
+pub use balance::Balance;
+pub use cache::ClientCache;
+
+/// Downstream ping-pong transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// TTHeader with the inner u32 length: what Kitex clients send by default.
+    TTHeader,
+    /// TTHeader with the message right after the header.
+    TTHeaderUnframed,
+    /// `u32 length` + message.
+    Framed,
+    /// The bare message (thrift only).
+    Buffered,
+}
+
+impl Transport {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::TTHeader => "ttheader",
+            Transport::TTHeaderUnframed => "ttheader-unframed",
+            Transport::Framed => "framed",
+            Transport::Buffered => "buffered",
+        }
+    }
+
+    /// True for both TTHeader forms.
+    pub fn is_ttheader(self) -> bool {
+        matches!(self, Transport::TTHeader | Transport::TTHeaderUnframed)
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ttheader" => Ok(Transport::TTHeader),
+            "ttheader-unframed" => Ok(Transport::TTHeaderUnframed),
+            "framed" => Ok(Transport::Framed),
+            "buffered" => Ok(Transport::Buffered),
+            other => Err(format!(
+                "unknown transport {other:?} (expected ttheader, ttheader-unframed, framed or buffered)"
+            )),
+        }
+    }
+}
+
+/// One downstream address and its weight (for weighted-random balancing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Relative weight, at least 1.
+    pub weight: u32,
+}
+
+/// Client settings; defaults are documented per field.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Downstream name, for errors and logs.
+    pub name: String,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// Wire transport. Default `ttheader`.
+    pub transport: Transport,
+    /// Endpoint choice. Default round-robin.
+    pub balance: Balance,
+    /// Connect timeout. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Deadline for a call when the caller gives none. Default 30 s.
+    pub request_timeout: Duration,
+    /// One multiplexed TTHeader connection per endpoint instead of a pool. Default false.
+    pub multiplex: bool,
+    /// Idle pooled connections kept per endpoint. Default 64.
+    pub max_idle_per_endpoint: usize,
+    /// Pooled connections idle longer than this are closed instead of reused. Default 60 s.
+    pub idle_timeout: Duration,
+    /// How long an endpoint that failed to connect is skipped. Default 1 s.
+    pub failure_backoff: Duration,
+    /// Largest reply accepted. Default 16 MiB.
+    pub max_frame_size: usize,
+}
+
+impl ClientConfig {
+    /// A config for `name` with `endpoints` and every other setting at its default.
+    pub fn new(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        Self {
+            name: name.into(),
+            endpoints,
+            transport: Transport::TTHeader,
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            multiplex: false,
+            max_idle_per_endpoint: 64,
+            idle_timeout: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(1),
+            max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
+/// One call: what to send.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Method name.
+    pub method: String,
+    /// [`MessageType::Call`] or [`MessageType::Oneway`].
+    pub msg_type: MessageType,
+    /// Thrift or Kitex protobuf.
+    pub codec: Codec,
+    /// Args struct / request message bytes (after the envelope).
+    pub args: Bytes,
+    /// Key/values to send (TTHeader only). Flags and seq id are the client's own; int keys 1
+    /// (transport type), 9 (method), 22 (message type) and 12 (timeout, from `deadline`) are
+    /// set by the client.
+    pub header: Header,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
+}
+
+/// A reply: REPLY or EXCEPTION, body after the envelope, and the reply header (TTHeader only).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// [`MessageType::Reply`] or [`MessageType::Exception`].
+    pub msg_type: MessageType,
+    /// Result struct / response message / exception body.
+    pub body: Bytes,
+    /// Reply header as received (`biz-*`, backward metainfo, `crrst`).
+    pub header: Header,
+}
+
+/// Why a call failed. Each variant names the downstream and, where there is one, the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No endpoint is configured.
+    #[error("downstream {downstream:?} has no endpoints")]
+    NoEndpoint {
+        /// Downstream name.
+        downstream: String,
+    },
+    /// Connecting failed.
+    #[error("downstream {downstream:?} at {addr}: connect failed: {source}")]
+    Connect {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("downstream {downstream:?} at {addr}: connect timed out after {after:?}")]
+    ConnectTimeout {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The connection failed or closed before the reply.
+    #[error("downstream {downstream:?} at {addr}: {what}")]
+    Io {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// What happened.
+        what: String,
+    },
+    /// The deadline passed before the reply.
+    #[error("downstream {downstream:?}: deadline exceeded after {after:?}")]
+    Timeout {
+        /// Downstream name.
+        downstream: String,
+        /// Time spent.
+        after: Duration,
+    },
+    /// The reply was not a well-formed reply to this call.
+    #[error("downstream {downstream:?} at {addr}: bad reply: {reason}")]
+    Protocol {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be encoded (e.g. a header too large for Kitex).
+    #[error("downstream {downstream:?}: request not encodable: {reason}")]
+    Encode {
+        /// Downstream name.
+        downstream: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// True for a timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::ConnectTimeout { .. })
+    }
+}
+
+/// A generic client for one downstream service.
+#[derive(Debug)]
+pub struct GenericClient {
+    config: Arc<ClientConfig>,
+    endpoints: Vec<Arc<pool::EndpointState>>,
+    balance: balance::Balancer,
+    seq: AtomicI32,
+}
+
+impl GenericClient {
+    /// A client; no connection is made until the first call.
+    pub fn new(config: ClientConfig) -> Self {
+        let config = Arc::new(config);
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| Arc::new(pool::EndpointState::new(*e, config.clone())))
+            .collect();
+        let balance = balance::Balancer::new(config.balance, &config.endpoints);
+        Self {
+            config,
+            endpoints,
+            balance,
+            seq: AtomicI32::new(0),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Next seq id: unique across this client's connections, never 0, wrapping to negative
+    /// values like Kitex's counter.
+    fn next_seq(&self) -> i32 {
+        loop {
+            let s = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if s != 0 {
+                return s;
+            }
+        }
+    }
+
+    /// Sends `call` and waits for its reply (`None` for oneway calls, which get none).
+    pub async fn call(&self, call: Call) -> Result<Option<Reply>, Error> {
+        let start = Instant::now();
+        // The caller's deadline wins; the configured timeout is the default when there is none.
+        let deadline = call.deadline.unwrap_or(start + self.config.request_timeout);
+        let mut call = call;
+        call.deadline = Some(deadline);
+        match tokio::time::timeout_at(deadline.into(), self.call_inner(call)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                downstream: self.config.name.clone(),
+                after: start.elapsed(),
+            }),
+        }
+    }
+
+    async fn call_inner(&self, call: Call) -> Result<Option<Reply>, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::NoEndpoint {
+                downstream: self.config.name.clone(),
+            });
+        }
+        // Try each endpoint at most once: a refused connection moves on to the next one.
+        let mut last_err = None;
+        for attempt in 0..self.endpoints.len() {
+            let ep = &self.endpoints[self.balance.pick(&self.endpoints, attempt)];
+            let seq = self.next_seq();
+            let result = if self.config.multiplex && self.config.transport.is_ttheader() {
+                ep.call_mux(&call, seq).await
+            } else {
+                ep.call_pooled(&call, seq).await
+            };
+            match result {
+                Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. })) => {
+                    ep.mark_down();
+                    tracing::debug!(error = %e, "endpoint unavailable, trying the next one");
+                    last_err = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last_err.unwrap_or(Error::NoEndpoint {
+            downstream: self.config.name.clone(),
+        }))
+    }
+}

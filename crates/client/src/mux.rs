@@ -1,0 +1,183 @@
+//! A multiplexed TTHeader connection: many requests in flight, replies matched by seq id.
+//!
+//! Requests carry FLAGS `0x0001` like a Kitex mux client's. A writer task sends queued requests;
+//! a reader task routes each reply to its waiting call by the TTHeader seq id. When the
+//! connection fails every waiting call fails with it; a reply with `crrst` stops new calls from
+//! using the connection while the replies still owed on it are read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use sluice_thrift::MessageType;
+use sluice_ttheader::str_key;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{self, RawReply, ReplyDecoder};
+use crate::{Call, ClientConfig, Error, Reply};
+
+type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<RawReply>>>>;
+
+#[derive(Debug)]
+pub(crate) struct MuxConn {
+    tx: mpsc::Sender<Vec<Bytes>>,
+    waiters: Waiters,
+    usable: Arc<AtomicBool>,
+    config: Arc<ClientConfig>,
+    addr: SocketAddr,
+}
+
+/// Removes a waiter when its call is dropped (deadline) before the reply came.
+struct WaiterGuard<'a>(&'a Waiters, i32);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+impl MuxConn {
+    pub(crate) fn start(
+        stream: TcpStream,
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+    ) -> Arc<Self> {
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1024);
+        let waiters: Waiters = Arc::default();
+        let usable = Arc::new(AtomicBool::new(true));
+        {
+            let usable = usable.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                while let Some(first) = rx.recv().await {
+                    pending.extend(first);
+                    while pending.len() < sluice_io::MAX_IOV {
+                        match rx.try_recv() {
+                            Ok(more) => pending.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    if sluice_io::write_all_vectored(&mut wr, &mut pending)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                usable.store(false, Ordering::Release);
+            });
+        }
+        {
+            let waiters = waiters.clone();
+            let usable = usable.clone();
+            let decoder = ReplyDecoder::new(config.max_frame_size);
+            let transport = config.transport;
+            tokio::spawn(async move {
+                let mut buf = BytesMut::with_capacity(16 * 1024);
+                'read: loop {
+                    loop {
+                        match decoder.decode(&mut buf, transport) {
+                            Ok(Some(raw)) => {
+                                if raw.reply.header.str_kvs.get(str_key::CONN_RESET).is_some() {
+                                    usable.store(false, Ordering::Release);
+                                }
+                                let w = waiters
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .remove(&raw.frame_seq);
+                                match w {
+                                    Some(w) => {
+                                        let _ = w.send(raw);
+                                    }
+                                    None => {
+                                        tracing::debug!(%addr, seq = raw.frame_seq, "reply for no waiting call (late or unknown seq id)")
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(reason) => {
+                                tracing::warn!(%addr, %reason, "bad reply on multiplexed connection; closing it");
+                                break 'read;
+                            }
+                        }
+                    }
+                    match rd.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                usable.store(false, Ordering::Release);
+                // Dropping the senders fails every call still waiting on this connection.
+                waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            });
+        }
+        Arc::new(Self {
+            tx,
+            waiters,
+            usable,
+            config,
+            addr,
+        })
+    }
+
+    pub(crate) fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+    }
+
+    fn io_error(&self, what: &str) -> Error {
+        Error::Io {
+            downstream: self.config.name.clone(),
+            addr: self.addr,
+            what: what.to_owned(),
+        }
+    }
+
+    pub(crate) async fn call(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+        let head = codec::encode_request(call, self.config.transport, seq, true).map_err(|e| {
+            Error::Encode {
+                downstream: self.config.name.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let chunks = vec![head.freeze(), call.args.clone()];
+        if call.msg_type == MessageType::Oneway {
+            self.tx
+                .send(chunks)
+                .await
+                .map_err(|_| self.io_error("multiplexed connection closed"))?;
+            return Ok(None);
+        }
+        let (wtx, wrx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, wtx);
+        let _guard = WaiterGuard(&self.waiters, seq);
+        self.tx
+            .send(chunks)
+            .await
+            .map_err(|_| self.io_error("multiplexed connection closed"))?;
+        let raw = wrx
+            .await
+            .map_err(|_| self.io_error("multiplexed connection closed before the reply"))?;
+        if raw.reply.msg_type == MessageType::Reply && raw.envelope_seq != seq {
+            return Err(Error::Protocol {
+                downstream: self.config.name.clone(),
+                addr: self.addr,
+                reason: format!(
+                    "reply seq id {} does not match request seq id {seq}",
+                    raw.envelope_seq
+                ),
+            });
+        }
+        Ok(Some(raw.reply))
+    }
+}

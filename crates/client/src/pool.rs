@@ -1,0 +1,235 @@
+//! Per-endpoint state: idle pooled connections, the multiplexed connection, failure backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use sluice_thrift::MessageType;
+use sluice_ttheader::str_key;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::codec::{self, ReplyDecoder};
+use crate::mux::MuxConn;
+use crate::{Call, ClientConfig, Endpoint, Error, Reply};
+
+/// A pooled connection and its read buffer.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    idle_since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    pub(crate) endpoint: Endpoint,
+    config: Arc<ClientConfig>,
+    idle: Mutex<Vec<Conn>>,
+    down_until: Mutex<Option<Instant>>,
+    mux: tokio::sync::Mutex<Option<Arc<MuxConn>>>,
+    decoder: ReplyDecoder,
+}
+
+/// How an exchange on a pooled connection failed.
+enum Failure {
+    /// Nothing of a reply arrived: on a reused connection the server most likely closed it
+    /// while idle, and one retry on a fresh connection is safe enough.
+    BeforeReply(String),
+    Other(Error),
+}
+
+impl EndpointState {
+    pub(crate) fn new(endpoint: Endpoint, config: Arc<ClientConfig>) -> Self {
+        let decoder = ReplyDecoder::new(config.max_frame_size);
+        Self {
+            endpoint,
+            config,
+            idle: Mutex::new(Vec::new()),
+            down_until: Mutex::new(None),
+            mux: tokio::sync::Mutex::new(None),
+            decoder,
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        match *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(t) => Instant::now() >= t,
+            None => true,
+        }
+    }
+
+    pub(crate) fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + self.config.failure_backoff);
+    }
+
+    pub(crate) async fn connect(&self) -> Result<TcpStream, Error> {
+        let addr = self.endpoint.addr;
+        let stream =
+            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => {
+                    return Err(Error::Connect {
+                        downstream: self.config.name.clone(),
+                        addr,
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(Error::ConnectTimeout {
+                        downstream: self.config.name.clone(),
+                        addr,
+                        after: self.config.connect_timeout,
+                    })
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(stream)
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.idle_since.elapsed() < self.config.idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, mut c: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.config.max_idle_per_endpoint {
+            c.idle_since = Instant::now();
+            idle.push(c);
+        }
+    }
+
+    /// One request on a pooled connection, one in flight per connection.
+    pub(crate) async fn call_pooled(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+        if let Some(conn) = self.take_idle() {
+            match self.exchange(conn, call, seq).await {
+                Err(Failure::BeforeReply(why)) => {
+                    tracing::debug!(addr = %self.endpoint.addr, why, "pooled connection went stale; retrying on a new one");
+                }
+                Err(Failure::Other(e)) => return Err(e),
+                Ok(r) => return Ok(r),
+            }
+        }
+        let conn = Conn {
+            stream: self.connect().await?,
+            buf: BytesMut::with_capacity(8 * 1024),
+            idle_since: Instant::now(),
+        };
+        match self.exchange(conn, call, seq).await {
+            Ok(r) => Ok(r),
+            Err(Failure::BeforeReply(what)) => Err(self.io_error(what)),
+            Err(Failure::Other(e)) => Err(e),
+        }
+    }
+
+    fn io_error(&self, what: String) -> Error {
+        Error::Io {
+            downstream: self.config.name.clone(),
+            addr: self.endpoint.addr,
+            what,
+        }
+    }
+
+    fn protocol_error(&self, reason: String) -> Error {
+        Error::Protocol {
+            downstream: self.config.name.clone(),
+            addr: self.endpoint.addr,
+            reason,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        call: &Call,
+        seq: i32,
+    ) -> Result<Option<Reply>, Failure> {
+        let transport = codec::effective(self.config.transport, call.codec);
+        let head = codec::encode_request(call, transport, seq, false).map_err(|e| {
+            Failure::Other(Error::Encode {
+                downstream: self.config.name.clone(),
+                reason: e.to_string(),
+            })
+        })?;
+        let mut bufs: Vec<Bytes> = vec![head.freeze(), call.args.clone()];
+        if let Err(e) = sluice_io::write_all_vectored(&mut conn.stream, &mut bufs).await {
+            return Err(Failure::BeforeReply(format!("write failed: {e}")));
+        }
+        if call.msg_type == MessageType::Oneway {
+            // No reply comes; like Kitex, do not reuse the connection (a binary-generic server
+            // may still answer, and that answer must not be read as the next call's reply).
+            return Ok(None);
+        }
+        conn.buf.clear();
+        loop {
+            match self.decoder.decode(&mut conn.buf, transport) {
+                Ok(Some(raw)) => {
+                    if raw.reply.msg_type == MessageType::Reply
+                        && (raw.envelope_seq != seq || raw.frame_seq != seq)
+                    {
+                        return Err(Failure::Other(self.protocol_error(format!(
+                            "reply seq id {} does not match request seq id {seq}",
+                            raw.envelope_seq
+                        ))));
+                    }
+                    if raw.reply.msg_type == MessageType::Reply && raw.method != call.method {
+                        return Err(Failure::Other(self.protocol_error(format!(
+                            "reply method {:?} does not match {:?}",
+                            raw.method, call.method
+                        ))));
+                    }
+                    let retire = raw.reply.header.str_kvs.get(str_key::CONN_RESET).is_some();
+                    if !retire && conn.buf.is_empty() {
+                        self.put_idle(conn);
+                    }
+                    return Ok(Some(raw.reply));
+                }
+                Ok(None) => {}
+                Err(reason) => return Err(Failure::Other(self.protocol_error(reason))),
+            }
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) if conn.buf.is_empty() => {
+                    return Err(Failure::BeforeReply(
+                        "connection closed before the reply".into(),
+                    ))
+                }
+                Ok(0) => {
+                    return Err(Failure::Other(
+                        self.io_error("connection closed in the middle of the reply".into()),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if conn.buf.is_empty() => {
+                    return Err(Failure::BeforeReply(format!("read failed: {e}")))
+                }
+                Err(e) => return Err(Failure::Other(self.io_error(format!("read failed: {e}")))),
+            }
+        }
+    }
+
+    /// One request on the endpoint's multiplexed connection.
+    pub(crate) async fn call_mux(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+        let conn = {
+            let mut slot = self.mux.lock().await;
+            match slot.as_ref() {
+                Some(c) if c.is_usable() => c.clone(),
+                _ => {
+                    let stream = self.connect().await?;
+                    let c = MuxConn::start(stream, self.config.clone(), self.endpoint.addr);
+                    *slot = Some(c.clone());
+                    c
+                }
+            }
+        };
+        conn.call(call, seq).await
+    }
+}

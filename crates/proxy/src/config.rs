@@ -1,0 +1,442 @@
+//! The TOML configuration: listeners, routes, downstreams, limits.
+//!
+//! Every key, its default and an example are in `docs/configuration.md`. Loading checks the
+//! whole file and reports the first problem with the key that holds it, e.g.
+//! `downstreams.echo.transport: unknown transport "tcp" (...)`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_client::{Balance, ClientConfig, Endpoint, Transport};
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`routes[2].downstream`).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The raw file, as written.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    downstreams: BTreeMap<String, RawDownstream>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<String>,
+    address: String,
+    cluster: String,
+    default_service: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    service: Option<String>,
+    method: Option<String>,
+    header: Option<RawHeaderMatch>,
+    downstream: String,
+    timeout_ms: Option<u64>,
+    max_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    key: String,
+    value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawEndpoint {
+    Address(String),
+    Weighted {
+        address: String,
+        weight: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownstream {
+    endpoints: Vec<RawEndpoint>,
+    transport: Option<String>,
+    balance: Option<String>,
+    multiplex: Option<bool>,
+    connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    max_idle_per_endpoint: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    failure_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame_size: Option<usize>,
+    sniff_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight_per_conn: Option<usize>,
+    drain_grace_ms: Option<u64>,
+}
+
+/// Which protocol family a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cluster {
+    /// TTStream streaming and all ping-pong traffic.
+    TTStream,
+    /// gRPC.
+    Grpc,
+}
+
+impl Cluster {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cluster::TTStream => "ttstream",
+            Cluster::Grpc => "grpc",
+        }
+    }
+}
+
+/// A listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name for logs (defaults to the address).
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Protocol family.
+    pub cluster: Cluster,
+    /// Service for requests that carry no name (Framed, Buffered).
+    pub default_service: Option<String>,
+}
+
+/// A header/metainfo match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// String key (TTHeader info block 0x01, or mesh header).
+    pub key: String,
+    /// Exact value.
+    pub value: String,
+}
+
+/// A route: the first that matches a request wins.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Exact service name, or `None` for `"*"` (any, including none).
+    pub service: Option<String>,
+    /// Exact method name, if set.
+    pub method: Option<String>,
+    /// Header match, if set.
+    pub header: Option<HeaderMatch>,
+    /// Downstream name.
+    pub downstream: String,
+    /// Deadline for requests that carry none.
+    pub timeout: Option<Duration>,
+    /// Upper bound on any request's deadline.
+    pub max_timeout: Option<Duration>,
+}
+
+/// Server-side limits, shared by all listeners.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame or message. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// Sniff timeout. Default 5 s.
+    pub sniff_timeout: Duration,
+    /// Idle connection timeout. Default 10 min.
+    pub idle_timeout: Duration,
+    /// Connections per listener. Default 10 000.
+    pub max_connections: usize,
+    /// Requests in flight per TTHeader connection. Default 256.
+    pub max_in_flight_per_conn: usize,
+    /// Drain grace period. Default 10 s.
+    pub drain_grace: Duration,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listeners.
+    pub listeners: Vec<Listener>,
+    /// Routes, in match order.
+    pub routes: Vec<Route>,
+    /// Downstream clients' settings, by name.
+    pub downstreams: BTreeMap<String, ClientConfig>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+fn ms(v: Option<u64>, default_ms: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default_ms))
+}
+
+impl Config {
+    /// Parses and checks a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml reports the key path and position in its message.
+            let msg = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "config".to_owned());
+            err(at, msg)
+        })?;
+        Self::check(raw)
+    }
+
+    /// Reads and checks a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+        Self::from_toml(&text)
+    }
+
+    fn check(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut downstreams = BTreeMap::new();
+        for (name, d) in &raw.downstreams {
+            let key = |k: &str| format!("downstreams.{name}.{k}");
+            if d.endpoints.is_empty() {
+                return Err(err(key("endpoints"), "at least one endpoint is needed"));
+            }
+            let mut endpoints = Vec::new();
+            for (i, e) in d.endpoints.iter().enumerate() {
+                let (address, weight) = match e {
+                    RawEndpoint::Address(a) => (a, 1),
+                    RawEndpoint::Weighted { address, weight } => (address, weight.unwrap_or(1)),
+                };
+                if weight == 0 {
+                    return Err(err(
+                        format!("{}[{i}].weight", key("endpoints")),
+                        "weight must be at least 1",
+                    ));
+                }
+                let addr =
+                    resolve(address).map_err(|m| err(format!("{}[{i}]", key("endpoints")), m))?;
+                endpoints.push(Endpoint { addr, weight });
+            }
+            let mut c = ClientConfig::new(name.clone(), endpoints);
+            if let Some(t) = &d.transport {
+                c.transport = t
+                    .parse::<Transport>()
+                    .map_err(|m| err(key("transport"), m))?;
+            }
+            if let Some(b) = &d.balance {
+                c.balance = b.parse::<Balance>().map_err(|m| err(key("balance"), m))?;
+            }
+            c.multiplex = d.multiplex.unwrap_or(false);
+            if c.multiplex && !c.transport.is_ttheader() {
+                return Err(err(
+                    key("multiplex"),
+                    "multiplexing needs a ttheader transport",
+                ));
+            }
+            c.connect_timeout = ms(d.connect_timeout_ms, 1000);
+            c.request_timeout = ms(d.request_timeout_ms, 30_000);
+            if c.connect_timeout.is_zero() {
+                return Err(err(key("connect_timeout_ms"), "must be greater than 0"));
+            }
+            if c.request_timeout.is_zero() {
+                return Err(err(key("request_timeout_ms"), "must be greater than 0"));
+            }
+            c.max_idle_per_endpoint = d.max_idle_per_endpoint.unwrap_or(64);
+            c.idle_timeout = ms(d.idle_timeout_ms, 60_000);
+            c.failure_backoff = ms(d.failure_backoff_ms, 1000);
+            downstreams.insert(name.clone(), c);
+        }
+
+        let limits = Limits {
+            max_frame_size: raw
+                .limits
+                .max_frame_size
+                .unwrap_or(sluice_ttheader::DEFAULT_MAX_FRAME_SIZE),
+            sniff_timeout: ms(raw.limits.sniff_timeout_ms, 5000),
+            idle_timeout: ms(raw.limits.idle_timeout_ms, 600_000),
+            max_connections: raw.limits.max_connections.unwrap_or(10_000),
+            max_in_flight_per_conn: raw.limits.max_in_flight_per_conn.unwrap_or(256),
+            drain_grace: ms(raw.limits.drain_grace_ms, 10_000),
+        };
+        if limits.max_frame_size < 64 {
+            return Err(err("limits.max_frame_size", "must be at least 64 bytes"));
+        }
+        if limits.max_connections == 0 {
+            return Err(err("limits.max_connections", "must be at least 1"));
+        }
+        if limits.max_in_flight_per_conn == 0 {
+            return Err(err("limits.max_in_flight_per_conn", "must be at least 1"));
+        }
+        for d in downstreams.values_mut() {
+            d.max_frame_size = limits.max_frame_size;
+        }
+
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listeners[{i}].{k}");
+            let address = resolve(&l.address).map_err(|m| err(key("address"), m))?;
+            let cluster = match l.cluster.as_str() {
+                "ttstream" => Cluster::TTStream,
+                "grpc" => Cluster::Grpc,
+                other => {
+                    return Err(err(
+                        key("cluster"),
+                        format!("unknown cluster {other:?} (expected \"ttstream\" or \"grpc\")"),
+                    ))
+                }
+            };
+            let name = l.name.clone().unwrap_or_else(|| l.address.clone());
+            if listeners.iter().any(|x: &Listener| x.name == name) {
+                return Err(err(
+                    key("name"),
+                    format!("duplicate listener name {name:?}"),
+                ));
+            }
+            listeners.push(Listener {
+                name,
+                address,
+                cluster,
+                default_service: l.default_service.clone(),
+            });
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            if !downstreams.contains_key(&r.downstream) {
+                return Err(err(
+                    key("downstream"),
+                    format!("no [downstreams.{}] is defined", r.downstream),
+                ));
+            }
+            let service = match r.service.as_deref() {
+                None | Some("*") => None,
+                Some(s) => Some(s.to_owned()),
+            };
+            let timeout = r.timeout_ms.map(Duration::from_millis);
+            let max_timeout = r.max_timeout_ms.map(Duration::from_millis);
+            if let (Some(t), Some(m)) = (timeout, max_timeout) {
+                if t > m {
+                    return Err(err(key("timeout_ms"), "is larger than max_timeout_ms"));
+                }
+            }
+            routes.push(Route {
+                service,
+                method: r.method.clone(),
+                header: r.header.as_ref().map(|h| HeaderMatch {
+                    key: h.key.clone(),
+                    value: h.value.clone(),
+                }),
+                downstream: r.downstream.clone(),
+                timeout,
+                max_timeout,
+            });
+        }
+        Ok(Config {
+            listeners,
+            routes,
+            downstreams,
+            limits,
+        })
+    }
+
+    /// The effective configuration, one line per listener, route and downstream.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for l in &self.listeners {
+            let _ = writeln!(
+                s,
+                "listener {:<12} {:<21} cluster={}{}",
+                l.name,
+                l.address,
+                l.cluster.as_str(),
+                l.default_service
+                    .as_deref()
+                    .map(|d| format!(" default_service={d}"))
+                    .unwrap_or_default()
+            );
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "route[{i}] service={} method={}{} -> {}{}{}",
+                r.service.as_deref().unwrap_or("*"),
+                r.method.as_deref().unwrap_or("*"),
+                r.header
+                    .as_ref()
+                    .map(|h| format!(" header {}={}", h.key, h.value))
+                    .unwrap_or_default(),
+                r.downstream,
+                r.timeout
+                    .map(|t| format!(" timeout={t:?}"))
+                    .unwrap_or_default(),
+                r.max_timeout
+                    .map(|t| format!(" max_timeout={t:?}"))
+                    .unwrap_or_default(),
+            );
+        }
+        for (name, d) in &self.downstreams {
+            let eps: Vec<String> = d
+                .endpoints
+                .iter()
+                .map(|e| {
+                    if e.weight == 1 {
+                        e.addr.to_string()
+                    } else {
+                        format!("{}*{}", e.addr, e.weight)
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]",
+                d.transport.as_str(),
+                d.balance,
+                d.multiplex,
+                d.connect_timeout,
+                d.request_timeout,
+                eps.join(", ")
+            );
+        }
+        s
+    }
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address:?} resolves to no address"))
+}
