@@ -28,6 +28,7 @@ pub struct EchoHandler {
     oneway: AtomicU64,
     requests: AtomicU64,
     last_str_kvs: std::sync::Mutex<Vec<(String, String)>>,
+    last_int_kvs: std::sync::Mutex<Vec<(u16, String)>>,
 }
 
 impl EchoHandler {
@@ -44,6 +45,14 @@ impl EchoHandler {
     /// Requests received, oneway included.
     pub fn requests_seen(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The integer key/values of the last request.
+    pub fn last_int_kvs(&self) -> Vec<(u16, String)> {
+        self.last_int_kvs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The string key/values of the last request (to check what a proxy forwarded).
@@ -79,6 +88,12 @@ impl DefaultHandler for EchoHandler {
                     String::from_utf8_lossy(v).into(),
                 )
             })
+            .collect();
+        *self.last_int_kvs.lock().unwrap_or_else(|e| e.into_inner()) = req
+            .header
+            .int_kvs
+            .iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(v).into()))
             .collect();
         if req.msg_type == MessageType::Oneway {
             self.oneway.fetch_add(1, Ordering::Relaxed);

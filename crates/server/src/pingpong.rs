@@ -203,6 +203,11 @@ fn next_request(
     if buf.is_empty() {
         return Ok(None);
     }
+    // Refuse an oversized TTHeader frame from its first 8 bytes, before the sniffer (which needs
+    // the header to decide the payload shape) waits for more.
+    if sluice_ttheader::is_ttheader(buf) {
+        c.ttheader.frame_len(buf)?;
+    }
     let shape = match sluice_sniff::sniff_message(buf) {
         Err(inc) if inc.needed > c.max => return Err(ConnError::TooLarge(inc.needed)),
         Err(_) => return Ok(None),

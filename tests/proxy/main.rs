@@ -1,0 +1,687 @@
+//! The ping-pong proxy end to end: the real `sluice` binary over loopback sockets, in front of
+//! in-process downstreams.
+
+mod kitex_replay;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use sluice_server::echo::echo_result;
+use sluice_thrift::{ExceptionKind, MessageType};
+use sluice_ttheader::{int_key, Header};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn matrix_config(echo: std::net::SocketAddr, dead: u16) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "pingpong"
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+default_service = "DefaultSvc"
+
+[[routes]]
+header = {{ key = "x-route", value = "buffered" }}
+downstream = "echo-buffered"
+
+[[routes]]
+service = "via-unframed"
+downstream = "echo-unframed"
+
+[[routes]]
+service = "via-framed"
+downstream = "echo-framed"
+
+[[routes]]
+service = "via-buffered"
+downstream = "echo-buffered"
+
+[[routes]]
+service = "via-mux"
+downstream = "echo-mux"
+
+[[routes]]
+service = "down"
+downstream = "dead"
+
+[[routes]]
+service = "capped"
+downstream = "echo"
+max_timeout_ms = 150
+
+[[routes]]
+service = "*"
+downstream = "echo"
+
+[downstreams.echo]
+endpoints = ["{echo}"]
+
+[downstreams.echo-unframed]
+endpoints = ["{echo}"]
+transport = "ttheader-unframed"
+
+[downstreams.echo-framed]
+endpoints = ["{echo}"]
+transport = "framed"
+
+[downstreams.echo-buffered]
+endpoints = ["{echo}"]
+transport = "buffered"
+
+[downstreams.echo-mux]
+endpoints = ["{echo}"]
+multiplex = true
+
+[downstreams.dead]
+endpoints = ["127.0.0.1:{dead}"]
+connect_timeout_ms = 500
+"#
+    )
+}
+
+fn svc(name: &str) -> Header {
+    let mut h = Header::default();
+    h.str_kvs.insert("isn", name.to_owned());
+    h
+}
+
+const SHAPES: [Shape; 5] = [
+    Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    },
+    Shape::TTHeader {
+        framed: false,
+        flags: 0,
+    },
+    Shape::TTHeader {
+        framed: true,
+        flags: 1,
+    },
+    Shape::Framed,
+    Shape::Buffered,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_shape_through_every_downstream_transport() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    for shape in SHAPES {
+        for service in [
+            "EchoService",
+            "via-unframed",
+            "via-framed",
+            "via-buffered",
+            "via-mux",
+        ] {
+            // Framed/Buffered carry no service name: they all take the default route.
+            let args = thrift_args(format!("{shape:?} {service}").as_bytes());
+            let r = roundtrip(sluice.addr, shape, &svc(service), "Echo", &args).await;
+            assert_eq!(r.msg_type, MessageType::Reply, "{shape:?} {service}");
+            assert_eq!(r.seq, 7, "the caller's seq id comes back");
+            assert_eq!(r.method, "Echo");
+            assert_eq!(r.body, echo_result(&args), "{shape:?} {service}");
+            if let Some(f) = &r.header {
+                assert_eq!(f.header.seq_id, 7);
+                assert_eq!(f.header.flags, 0, "replies carry flags 0, as Kitex's");
+                assert_eq!(f.header.int_kvs.get_str(int_key::MSG_TYPE), Some("2"));
+                let Shape::TTHeader { framed, .. } = shape else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    f.inner_framed, framed,
+                    "reply mirrors the request's framing"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kitex_protobuf_over_ttheader_and_framed() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let pb = [0x0a, 0x05, b'h', b'e', b'l', b'l', b'o'];
+    for (shape, service) in [
+        (
+            Shape::TTHeader {
+                framed: true,
+                flags: 0,
+            },
+            "EchoService",
+        ),
+        (
+            Shape::TTHeader {
+                framed: true,
+                flags: 0,
+            },
+            "via-buffered",
+        ),
+        (
+            Shape::TTHeader {
+                framed: true,
+                flags: 0,
+            },
+            "via-unframed",
+        ),
+        (Shape::Framed, ""),
+    ] {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        s.write_all(&request(
+            shape,
+            &svc(service),
+            true,
+            "Echo",
+            MessageType::Call,
+            3,
+            &pb,
+        ))
+        .await
+        .unwrap();
+        let r = read_reply(&mut s, &mut BytesMut::new(), shape, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.msg_type, r.seq),
+            (MessageType::Reply, 3),
+            "{shape:?} {service}"
+        );
+        assert_eq!(&r.body[..], &pb[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metainfo_goes_down_backward_keys_come_back_hop_keys_stay() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let mut h = svc("EchoService");
+    h.str_kvs.insert("RPC_TRANSIT_REQ_ID", "r-1");
+    h.str_kvs.insert("RPC_PERSIST_TENANT", "t-9");
+    h.str_kvs.insert("custom", "c");
+    h.str_kvs.insert("crrst", "1");
+    h.str_kvs.insert("crc32c", "deadbeef");
+    h.int_kvs.insert(int_key::FROM_SERVICE, "caller");
+    h.int_kvs.insert(int_key::CONNECT_TIMEOUT, "1000");
+    h.int_kvs.insert(int_key::RPC_TIMEOUT, "4000");
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let r = roundtrip(sluice.addr, shape, &h, "EchoBizError", &thrift_args(b"x")).await;
+    let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+    assert_eq!(
+        got.get("RPC_TRANSIT_REQ_ID").map(String::as_str),
+        Some("r-1")
+    );
+    assert_eq!(
+        got.get("RPC_PERSIST_TENANT").map(String::as_str),
+        Some("t-9")
+    );
+    assert_eq!(got.get("custom").map(String::as_str), Some("c"));
+    assert_eq!(got.get("isn").map(String::as_str), Some("EchoService"));
+    assert!(!got.contains_key("crrst"), "crrst is per hop");
+    assert!(
+        !got.contains_key("crc32c"),
+        "the checksum covers a re-created envelope"
+    );
+    let ints: std::collections::HashMap<_, _> = handler.last_int_kvs().into_iter().collect();
+    assert_eq!(
+        ints.get(&int_key::FROM_SERVICE).map(String::as_str),
+        Some("caller")
+    );
+    assert!(
+        !ints.contains_key(&int_key::CONNECT_TIMEOUT),
+        "connect timeout is per hop"
+    );
+    let left: u64 = ints[&int_key::RPC_TIMEOUT].parse().unwrap();
+    assert!(
+        left <= 4000 && left > 3000,
+        "the downstream gets what remains: {left}"
+    );
+    assert_eq!(ints.get(&int_key::MSG_TYPE).map(String::as_str), Some("1"));
+    // biz-status keys from the downstream reach the caller unchanged.
+    let f = r.header.unwrap();
+    assert_eq!(r.msg_type, MessageType::Reply);
+    assert_eq!(f.header.str_kvs.get_str("biz-status"), Some("502"));
+    assert_eq!(
+        f.header.str_kvs.get_str("biz-message"),
+        Some("injected biz error")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_by_header_and_default_service() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let mut h = svc("Anything");
+    h.str_kvs.insert("x-route", "buffered");
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let r = roundtrip(sluice.addr, shape, &h, "Echo", &thrift_args(b"hdr")).await;
+    assert_eq!(r.msg_type, MessageType::Reply);
+    // Buffered downstreams carry no header at all: the header route was taken.
+    assert!(handler.last_str_kvs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_unknown_method_naming_service_and_method() {
+    let (echo, _h, _d) = start_echo().await;
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+[[routes]]
+service = "EchoService"
+method = "Echo"
+downstream = "echo"
+[downstreams.echo]
+endpoints = ["{echo}"]
+"#
+    );
+    let sluice = Sluice::start(&toml);
+    for shape in SHAPES {
+        let r = roundtrip(
+            sluice.addr,
+            shape,
+            &svc("Nope"),
+            "Missing",
+            &thrift_args(b"x"),
+        )
+        .await;
+        let ex = exception(&r);
+        assert_eq!(ex.kind, ExceptionKind::UNKNOWN_METHOD, "{shape:?}");
+        assert!(ex.message.contains("Missing"), "{}", ex.message);
+        if matches!(shape, Shape::TTHeader { .. }) {
+            assert!(ex.message.contains("Nope"), "{}", ex.message);
+            let f = r.header.unwrap();
+            assert_eq!(f.header.int_kvs.get_str(int_key::MSG_TYPE), Some("3"));
+        }
+        assert_eq!((r.seq, r.method.as_str()), (7, "Missing"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_down_names_the_downstream_and_cause() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let r = roundtrip(sluice.addr, shape, &svc("down"), "Echo", &thrift_args(b"x")).await;
+    let ex = exception(&r);
+    assert_eq!(ex.kind, ExceptionKind::INTERNAL_ERROR);
+    assert!(ex.message.contains("\"dead\""), "{}", ex.message);
+    assert!(ex.message.contains("connect"), "{}", ex.message);
+    // The proxy itself keeps working.
+    let r = roundtrip(
+        sluice.addr,
+        shape,
+        &svc("EchoService"),
+        "Echo",
+        &thrift_args(b"y"),
+    )
+    .await;
+    assert_eq!(r.msg_type, MessageType::Reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_from_int_key_12_and_route_maximum() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let mut h = svc("EchoService");
+    h.int_kvs.insert(int_key::RPC_TIMEOUT, "100");
+    let start = Instant::now();
+    let r = roundtrip(sluice.addr, shape, &h, "Sleep2000", &thrift_args(b"x")).await;
+    let took = start.elapsed();
+    let ex = exception(&r);
+    assert!(ex.message.contains("timeout"), "{}", ex.message);
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered at the deadline, took {took:?}"
+    );
+    // A route maximum applies when the caller sets no deadline.
+    let start = Instant::now();
+    let r = roundtrip(
+        sluice.addr,
+        shape,
+        &svc("capped"),
+        "Sleep2000",
+        &thrift_args(b"x"),
+    )
+    .await;
+    assert!(exception(&r).message.contains("timeout"));
+    assert!(start.elapsed() < Duration::from_millis(3000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneway_reaches_the_downstream_and_nothing_comes_back() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    for (i, shape) in [
+        Shape::Framed,
+        Shape::TTHeader {
+            framed: true,
+            flags: 0,
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        let req = request(
+            shape,
+            &svc("EchoService"),
+            false,
+            "EchoOneway",
+            MessageType::Oneway,
+            2,
+            &thrift_args(b"ow"),
+        );
+        s.write_all(&req).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert!(
+            read_reply(&mut s, &mut buf, shape, Duration::from_millis(400))
+                .await
+                .is_none(),
+            "no reply to a oneway call"
+        );
+        let start = Instant::now();
+        while handler.oneway_seen() < i as u64 + 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "downstream never saw the oneway call"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mib_payload() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let args = thrift_args(&big);
+    for shape in [
+        Shape::TTHeader {
+            framed: true,
+            flags: 0,
+        },
+        Shape::Framed,
+        Shape::Buffered,
+    ] {
+        let r = roundtrip(sluice.addr, shape, &svc("EchoService"), "Echo", &args).await;
+        assert_eq!(r.msg_type, MessageType::Reply);
+        assert_eq!(r.body, echo_result(&args), "{shape:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kitex_mux_pipeline_answered_out_of_order_by_seq() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 1,
+    };
+    // Six pipelined requests in one write; the first sleeps longest.
+    let mut all = BytesMut::new();
+    for (i, seq) in [3, 1, 2, 4, 6, 5].into_iter().enumerate() {
+        let method = format!("Sleep{}", (6 - i) * 60);
+        all.extend_from_slice(&request(
+            shape,
+            &svc("EchoService"),
+            false,
+            &method,
+            MessageType::Call,
+            seq,
+            &thrift_args(format!("m{seq}").as_bytes()),
+        ));
+    }
+    s.write_all(&all).await.unwrap();
+    let mut buf = BytesMut::new();
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let r = read_reply(&mut s, &mut buf, shape, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.msg_type, MessageType::Reply);
+        assert_eq!(r.header.as_ref().unwrap().header.seq_id, r.seq);
+        assert_eq!(
+            r.body,
+            echo_result(&thrift_args(format!("m{}", r.seq).as_bytes())),
+            "reply {} carries its own request's payload",
+            r.seq
+        );
+        order.push(r.seq);
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![1, 2, 3, 4, 5, 6]);
+    assert_ne!(
+        order,
+        vec![3, 1, 2, 4, 6, 5],
+        "served concurrently, answered as they finish"
+    );
+    assert_eq!(order[0], 5, "the shortest sleep answers first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_closes_only_its_connection_with_a_log_line() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let mut good = TcpStream::connect(sluice.addr).await.unwrap();
+    let mut bad = TcpStream::connect(sluice.addr).await.unwrap();
+    let bad_port = bad.local_addr().unwrap().port();
+    let mut req = request(
+        shape,
+        &svc("EchoService"),
+        false,
+        "Echo",
+        MessageType::Call,
+        1,
+        &thrift_args(b"x"),
+    );
+    req[16] = 0x07; // info id 0x07 does not exist
+    bad.write_all(&req).await.unwrap();
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut sink))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the bad connection is closed without a reply");
+    // Oversized frame: refused from its first bytes.
+    let mut huge = TcpStream::connect(sluice.addr).await.unwrap();
+    huge.write_all(&[
+        0x7f, 0xff, 0xff, 0xff, 0x10, 0x00, 0x00, 0x00, 0, 0, 0, 1, 0, 1,
+    ])
+    .await
+    .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), huge.read_to_end(&mut sink))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        good.write_all(&request(
+            shape,
+            &svc("EchoService"),
+            false,
+            "Echo",
+            MessageType::Call,
+            i + 1,
+            &thrift_args(b"ok"),
+        ))
+        .await
+        .unwrap();
+        let r = read_reply(
+            &mut good,
+            &mut BytesMut::new(),
+            shape,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.msg_type, MessageType::Reply);
+    }
+    let log = sluice.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!(":{bad_port}")) && l.contains("closing connection"))
+        .unwrap_or_else(|| panic!("no log line naming the peer: {log}"));
+    assert!(
+        line.contains("unknown info id"),
+        "the reason is named: {line}"
+    );
+    assert!(log.contains("exceeds"), "oversized frame logged: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let addr = sluice.addr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..200 {
+        tasks.spawn(async move {
+            let shape = SHAPES[c % SHAPES.len()];
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = BytesMut::new();
+            for i in 0..5 {
+                let args = thrift_args(format!("c{c} i{i}").as_bytes());
+                s.write_all(&request(
+                    shape,
+                    &svc("EchoService"),
+                    false,
+                    "Echo",
+                    MessageType::Call,
+                    i + 1,
+                    &args,
+                ))
+                .await
+                .unwrap();
+                let r = read_reply(&mut s, &mut buf, shape, Duration::from_secs(20))
+                    .await
+                    .expect("reply");
+                assert_eq!(r.body, echo_result(&args));
+                assert_eq!(r.seq, i + 1);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(handler.requests_seen(), 1000);
+}
+
+#[test]
+fn check_reports_the_effective_config_or_the_bad_key() {
+    let dir = std::env::temp_dir();
+    let good = dir.join(format!("sluice-check-good-{}.toml", std::process::id()));
+    std::fs::write(
+        &good,
+        matrix_config("127.0.0.1:8888".parse().unwrap(), 9).replace("{port}", "7000"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("listener pingpong"), "{stdout}");
+    assert!(
+        stdout.contains("route[7] service=* method=* -> echo"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("downstream echo-buffered: transport=buffered"),
+        "{stdout}"
+    );
+    for (bad, key) in [
+        ("transport = \"ttheader\"", "transport = \"tcp\""),
+        ("cluster = \"ttstream\"", "cluster = \"http\""),
+        ("downstream = \"dead\"", "downstream = \"nowhere\""),
+    ] {
+        let text = std::fs::read_to_string(&good).unwrap();
+        let changed = if bad.starts_with("transport") {
+            text.replacen("transport = \"ttheader-unframed\"", key, 1)
+        } else {
+            text.replacen(bad, key, 1)
+        };
+        let path = dir.join(format!("sluice-check-bad-{}.toml", std::process::id()));
+        std::fs::write(&path, changed).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let expect = if key.starts_with("transport") {
+            "downstreams.echo-unframed.transport"
+        } else if key.starts_with("cluster") {
+            "listeners[0].cluster"
+        } else {
+            "routes[5].downstream"
+        };
+        assert!(err.contains(expect), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+    let _ = std::fs::remove_file(&good);
+}
+
+#[test]
+fn demo_prints_a_table_with_every_request_ok() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--exit", "--requests", "200", "--concurrency", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "TTHeader + Framed",
+        "TTHeader unframed",
+        "Framed ",
+        "Buffered",
+        "TTHeader + Kitex protobuf",
+        "Framed Kitex protobuf",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}: {stdout}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let n = cols.len();
+        assert_eq!(cols[n - 4], "200", "{line}");
+        assert_eq!(cols[n - 3], "200", "all ok: {line}");
+    }
+    assert!(
+        stdout.contains("[downstreams.echo]"),
+        "prints a ready config"
+    );
+}

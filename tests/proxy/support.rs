@@ -1,0 +1,249 @@
+//! Test support: the real `sluice` binary as a child process, in-process echo downstreams, and
+//! raw-socket request helpers built on the codec crates.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sluice_server::echo::EchoHandler;
+use sluice_server::{DefaultHandler, Drain, DrainHandle, Server, ServerConfig};
+use sluice_thrift::{envelope, kitex_pb, MessageType};
+use sluice_ttheader::Header;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An in-process downstream server with `handler`.
+pub async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, DrainHandle) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (h, d): (DrainHandle, Drain) = DrainHandle::new();
+    let s = Server::new(
+        ServerConfig {
+            name: "downstream".into(),
+            ..ServerConfig::default()
+        },
+        handler,
+    );
+    tokio::spawn(s.serve(l, d));
+    (addr, h)
+}
+
+/// An in-process echo downstream.
+pub async fn start_echo() -> (SocketAddr, Arc<EchoHandler>, DrainHandle) {
+    let h = Arc::new(EchoHandler::new());
+    let (addr, d) = start_server(h.clone()).await;
+    (addr, h, d)
+}
+
+/// The `sluice` binary running `run --config` on a temporary file; killed on drop.
+pub struct Sluice {
+    child: Child,
+    pub addr: SocketAddr,
+    config_path: PathBuf,
+}
+
+impl Sluice {
+    /// Starts the binary with `toml`, where `{port}` is replaced by a free port for the first
+    /// listener; waits until it accepts connections.
+    pub fn start(toml: &str) -> Sluice {
+        let port = free_port();
+        let toml = toml.replace("{port}", &port.to_string());
+        let path =
+            std::env::temp_dir().join(format!("sluice-test-{}-{}.toml", std::process::id(), port));
+        std::fs::write(&path, &toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sluice binary starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sluice did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sluice {
+            child,
+            addr,
+            config_path: path,
+        }
+    }
+
+    /// Stops the process and returns what it logged.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// `Echo_args{1: EchoRequest{1: msg}}`.
+pub fn thrift_args(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_slice(&[0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01]);
+    b.put_i32(msg.len() as i32);
+    b.put_slice(msg);
+    b.put_slice(&[0, 0]);
+    b.freeze()
+}
+
+/// The ping-pong framings a raw test client can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    TTHeader { framed: bool, flags: u16 },
+    Framed,
+    Buffered,
+}
+
+/// Encodes one request message (thrift or Kitex pb) in `shape`.
+pub fn request(
+    shape: Shape,
+    header: &Header,
+    pb: bool,
+    method: &str,
+    msg_type: MessageType,
+    seq: i32,
+    args: &[u8],
+) -> BytesMut {
+    let mut msg = BytesMut::new();
+    if pb {
+        kitex_pb::write_header(&mut msg, method, msg_type, seq);
+    } else {
+        envelope::write_header(&mut msg, method, msg_type, seq);
+    }
+    msg.put_slice(args);
+    let mut out = BytesMut::new();
+    match shape {
+        Shape::TTHeader { framed, flags } => {
+            let mut h = header.clone();
+            h.seq_id = seq;
+            h.flags = flags;
+            sluice_ttheader::encode(&h, framed, &msg, &mut out).unwrap();
+        }
+        Shape::Framed => {
+            out.put_u32(msg.len() as u32);
+            out.put_slice(&msg);
+        }
+        Shape::Buffered => out.put_slice(&msg),
+    }
+    out
+}
+
+/// A decoded reply.
+#[derive(Debug)]
+pub struct RawReply {
+    pub header: Option<sluice_ttheader::Frame>,
+    pub method: String,
+    pub msg_type: MessageType,
+    pub seq: i32,
+    pub body: Bytes,
+}
+
+/// Reads one reply of `shape` from `stream`, within `timeout`.
+pub async fn read_reply(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shape: Shape,
+    timeout: Duration,
+) -> Option<RawReply> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let message = match shape {
+            Shape::TTHeader { .. } => sluice_ttheader::Decoder::default()
+                .decode(buf)
+                .unwrap()
+                .map(|f| (Some(f.clone()), f.payload)),
+            Shape::Framed => sluice_framed::FramedCodec::default()
+                .decode(buf)
+                .unwrap()
+                .map(|m| (None, m.message)),
+            Shape::Buffered => sluice_framed::BufferedCodec::default()
+                .decode(buf)
+                .unwrap()
+                .map(|m| (None, m)),
+        };
+        if let Some((header, message)) = message {
+            let env = if message[0] == 0x90 {
+                kitex_pb::decode_header(&message).unwrap()
+            } else {
+                envelope::decode_header(&message).unwrap()
+            };
+            return Some(RawReply {
+                header,
+                method: env.name.to_owned(),
+                msg_type: env.msg_type,
+                seq: env.seq_id,
+                body: message.slice(env.body_offset..),
+            });
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends one request and reads its reply on a fresh connection.
+pub async fn roundtrip(
+    addr: SocketAddr,
+    shape: Shape,
+    header: &Header,
+    method: &str,
+    args: &[u8],
+) -> RawReply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&request(
+        shape,
+        header,
+        false,
+        method,
+        MessageType::Call,
+        7,
+        args,
+    ))
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    read_reply(&mut s, &mut buf, shape, Duration::from_secs(10))
+        .await
+        .expect("a reply")
+}
+
+/// The TApplicationException in a thrift EXCEPTION reply.
+pub fn exception(r: &RawReply) -> sluice_thrift::ApplicationException {
+    assert_eq!(r.msg_type, MessageType::Exception, "expected an exception");
+    sluice_thrift::ApplicationException::decode(&r.body)
+        .unwrap()
+        .0
+}
