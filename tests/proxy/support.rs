@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -26,7 +26,7 @@ pub fn free_port() -> u16 {
 }
 
 /// An in-process downstream server with `handler`.
-pub async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, DrainHandle) {
+pub(crate) async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, DrainHandle) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (h, d): (DrainHandle, Drain) = DrainHandle::new();
@@ -42,23 +42,23 @@ pub async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, Dr
 }
 
 /// An in-process echo downstream.
-pub async fn start_echo() -> (SocketAddr, Arc<EchoHandler>, DrainHandle) {
+pub(crate) async fn start_echo() -> (SocketAddr, Arc<EchoHandler>, DrainHandle) {
     let h = Arc::new(EchoHandler::new());
     let (addr, d) = start_server(h.clone()).await;
     (addr, h, d)
 }
 
 /// The `sluice` binary running `run --config` on a temporary file; killed on drop.
-pub struct Sluice {
+pub(crate) struct Sluice {
     child: Child,
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     config_path: PathBuf,
 }
 
 impl Sluice {
     /// Starts the binary with `toml`, where `{port}` is replaced by a free port for the first
     /// listener; waits until it accepts connections.
-    pub fn start(toml: &str) -> Sluice {
+    pub(crate) fn start(toml: &str) -> Sluice {
         let port = free_port();
         let toml = toml.replace("{port}", &port.to_string());
         let path =
@@ -89,7 +89,7 @@ impl Sluice {
     }
 
     /// Stops the process and returns what it logged.
-    pub fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let mut s = String::new();
@@ -109,7 +109,7 @@ impl Drop for Sluice {
 }
 
 /// `Echo_args{1: EchoRequest{1: msg}}`.
-pub fn thrift_args(msg: &[u8]) -> Bytes {
+pub(crate) fn thrift_args(msg: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
     b.put_slice(&[0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01]);
     b.put_i32(msg.len() as i32);
@@ -120,14 +120,14 @@ pub fn thrift_args(msg: &[u8]) -> Bytes {
 
 /// The ping-pong framings a raw test client can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     TTHeader { framed: bool, flags: u16 },
     Framed,
     Buffered,
 }
 
 /// Encodes one request message (thrift or Kitex pb) in `shape`.
-pub fn request(
+pub(crate) fn request(
     shape: Shape,
     header: &Header,
     pb: bool,
@@ -162,16 +162,16 @@ pub fn request(
 
 /// A decoded reply.
 #[derive(Debug)]
-pub struct RawReply {
-    pub header: Option<sluice_ttheader::Frame>,
-    pub method: String,
-    pub msg_type: MessageType,
-    pub seq: i32,
-    pub body: Bytes,
+pub(crate) struct RawReply {
+    pub(crate) header: Option<sluice_ttheader::Frame>,
+    pub(crate) method: String,
+    pub(crate) msg_type: MessageType,
+    pub(crate) seq: i32,
+    pub(crate) body: Bytes,
 }
 
 /// Reads one reply of `shape` from `stream`, within `timeout`.
-pub async fn read_reply(
+pub(crate) async fn read_reply(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shape: Shape,
@@ -215,7 +215,7 @@ pub async fn read_reply(
 }
 
 /// Sends one request and reads its reply on a fresh connection.
-pub async fn roundtrip(
+pub(crate) async fn roundtrip(
     addr: SocketAddr,
     shape: Shape,
     header: &Header,
@@ -241,7 +241,7 @@ pub async fn roundtrip(
 }
 
 /// The TApplicationException in a thrift EXCEPTION reply.
-pub fn exception(r: &RawReply) -> sluice_thrift::ApplicationException {
+pub(crate) fn exception(r: &RawReply) -> sluice_thrift::ApplicationException {
     assert_eq!(r.msg_type, MessageType::Exception, "expected an exception");
     sluice_thrift::ApplicationException::decode(&r.body)
         .unwrap()

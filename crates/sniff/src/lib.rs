@@ -209,7 +209,7 @@ fn refusal_of(b: &[u8]) -> Refusal {
     if b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04 {
         return Refusal::Tls;
     }
-    if is_non_strict(&b[0..]) || is_non_strict(&b[4..]) {
+    if is_non_strict(&b[..8]) || is_framed_non_strict(&b[..8]) {
         return Refusal::ThriftNonStrict;
     }
     Refusal::Unknown
@@ -220,18 +220,24 @@ fn is_compact(b: &[u8]) -> bool {
     b[0] == 0x82 && b[1] & 0x1F == 1 && (1..=4).contains(&(b[1] >> 5))
 }
 
-/// Non-strict binary: an i32 name length (small, positive) followed by identifier bytes.
+/// Non-strict binary in the 8-byte window `b[..8]`: an i32 name length (small, positive) and then
+/// identifier bytes. Only the window is looked at, so the answer cannot change as more bytes
+/// arrive.
 fn is_non_strict(b: &[u8]) -> bool {
-    if b.len() < 5 {
-        return false;
-    }
     let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     if !(1..=255).contains(&n) {
         return false;
     }
-    let name = &b[4..b.len().min(4 + n as usize)];
-    name.iter()
+    b[4..4 + (n as usize).min(4)]
+        .iter()
         .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.')
+}
+
+/// Framed non-strict binary in `b[..8]`: a frame length, then a small name length.
+fn is_framed_non_strict(b: &[u8]) -> bool {
+    let frame = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let n = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    (1..=255).contains(&n) && frame >= n as u32 + 9 && frame <= 64 * 1024 * 1024
 }
 
 /// The per-message choice on a ping-pong connection, as Kitex's `DecodeMeta`/`checkPayload` make
@@ -306,7 +312,7 @@ fn payload_shape(p: &[u8]) -> Result<(bool, Codec), Refusal> {
     if magic_codec(&p[0..2]) == Some(Codec::KitexProtobuf) {
         return Err(Refusal::BufferedProtobuf);
     }
-    if is_non_strict(p) {
+    if is_non_strict(&p[..8]) || is_framed_non_strict(&p[..8]) {
         return Err(Refusal::ThriftNonStrict);
     }
     Err(Refusal::TTHeaderPayload)

@@ -172,3 +172,25 @@ fn named_refusals() {
         Ok(Detection::NotOurs(Refusal::Unknown))
     );
 }
+
+/// Found by the `sniff` fuzz target: the non-strict heuristic used to look at as much of the
+/// name as had arrived, so a longer prefix could change the answer. Every answer must be final.
+#[test]
+fn answers_never_change_with_more_bytes() {
+    let mut inputs =
+        vec![include_bytes!("../testdata/fuzz-prefix-unstable-non-strict.bin").to_vec()];
+    inputs.push(hex("000000044563686f01000000010c0001"));
+    inputs.push(hex("000000ac4661696c000000010a106b78"));
+    for input in inputs {
+        let full = sniff_message(&input);
+        for n in 0..input.len() {
+            if let Ok(early) = sniff_message(&input[..n]) {
+                assert_eq!(Ok(early), full, "prefix {n} of {input:02x?}");
+            }
+            if let (Ok(early), Ok(late)) = (sniff_connection(&input[..n]), sniff_connection(&input))
+            {
+                assert_eq!(early, late);
+            }
+        }
+    }
+}
