@@ -685,3 +685,147 @@ fn demo_prints_a_table_with_every_request_ok() {
         "prints a ready config"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_marks_replies_with_crrst_then_closes() {
+    let (echo, _h, _d) = start_echo().await;
+    let mut sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    // A reply before the drain has no crrst.
+    s.write_all(&request(
+        shape,
+        &svc("EchoService"),
+        false,
+        "Echo",
+        MessageType::Call,
+        1,
+        &thrift_args(b"a"),
+    ))
+    .await
+    .unwrap();
+    let r = read_reply(&mut s, &mut buf, shape, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(r.header.unwrap().header.str_kvs.get("crrst").is_none());
+    // A request in flight when the drain starts is answered, with crrst.
+    s.write_all(&request(
+        shape,
+        &svc("EchoService"),
+        false,
+        "Sleep400",
+        MessageType::Call,
+        2,
+        &thrift_args(b"b"),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sluice.terminate();
+    let r = read_reply(&mut s, &mut buf, shape, Duration::from_secs(5))
+        .await
+        .expect("in-flight request answered");
+    assert_eq!((r.msg_type, r.seq), (MessageType::Reply, 2));
+    assert_eq!(r.header.unwrap().header.str_kvs.get_str("crrst"), Some("1"));
+    // Then the connection closes and the process exits.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        sluice
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "sluice exits after draining"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_header_request_gets_a_plain_framed_reply() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    // kitex-wire.md 8.6: FF AF, header length 20, {isn: EchoService}, framed CALL Echo seq 1.
+    let v = sluice_testkit::hex(
+        "ff af 00 14 00 01 00 03 69 73 6e 00 0b 45 63 68
+         6f 53 65 72 76 69 63 65 00 00 00 21 80 01 00 01
+         00 00 00 04 45 63 68 6f 00 00 00 01 0c 00 01 0b
+         00 01 00 00 00 05 68 65 6c 6c 6f 00 00",
+    );
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(&v).await.unwrap();
+    let r = read_reply(
+        &mut s,
+        &mut BytesMut::new(),
+        Shape::Framed,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.msg_type, r.seq, r.method.as_str()),
+        (MessageType::Reply, 1, "Echo")
+    );
+    assert_eq!(r.body, echo_result(&thrift_args(b"hello")));
+    let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+    assert_eq!(
+        got.get("isn").map(String::as_str),
+        Some("EchoService"),
+        "mesh pairs are forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_default_service_routes_framed_and_buffered() {
+    let (echo, _h, _d) = start_echo().await;
+    let toml = |default: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+{default}
+[[routes]]
+service = "Billing"
+downstream = "echo"
+[downstreams.echo]
+endpoints = ["{echo}"]
+"#
+        )
+    };
+    let with = Sluice::start(&toml("default_service = \"Billing\""));
+    let without = Sluice::start(&toml(""));
+    for shape in [Shape::Framed, Shape::Buffered] {
+        let r = roundtrip(
+            with.addr,
+            shape,
+            &Header::default(),
+            "Echo",
+            &thrift_args(b"d"),
+        )
+        .await;
+        assert_eq!(
+            r.msg_type,
+            MessageType::Reply,
+            "{shape:?} takes the listener's default service"
+        );
+        let r = roundtrip(
+            without.addr,
+            shape,
+            &Header::default(),
+            "Echo",
+            &thrift_args(b"d"),
+        )
+        .await;
+        assert_eq!(
+            exception(&r).kind,
+            ExceptionKind::UNKNOWN_METHOD,
+            "{shape:?} without a default"
+        );
+    }
+}

@@ -88,6 +88,25 @@ impl Sluice {
         }
     }
 
+    /// Sends SIGTERM (a graceful drain).
+    pub(crate) fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit on its own, up to `timeout`.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stops the process and returns what it logged.
     pub(crate) fn stop(mut self) -> String {
         let _ = self.child.kill();

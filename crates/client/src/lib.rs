@@ -329,3 +329,34 @@ impl GenericClient {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_ids_skip_zero_and_wrap_to_negative() {
+        let c = GenericClient::new(ClientConfig::new("t", vec![]));
+        c.seq.store(i32::MAX - 1, Ordering::Relaxed);
+        assert_eq!(c.next_seq(), i32::MAX);
+        assert_eq!(c.next_seq(), i32::MIN);
+        c.seq.store(-2, Ordering::Relaxed);
+        assert_eq!(c.next_seq(), -1);
+        assert_eq!(c.next_seq(), 1, "0 is reserved for control frames");
+        let a = c.next_seq();
+        assert_ne!(a, c.next_seq());
+    }
+
+    #[test]
+    fn transport_names_round_trip() {
+        for t in [
+            Transport::TTHeader,
+            Transport::TTHeaderUnframed,
+            Transport::Framed,
+            Transport::Buffered,
+        ] {
+            assert_eq!(t.as_str().parse::<Transport>(), Ok(t));
+        }
+        assert!("tcp".parse::<Transport>().is_err());
+    }
+}

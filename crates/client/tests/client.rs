@@ -1,0 +1,245 @@
+//! Generic clients against in-process servers on loopback.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sluice_client::{Balance, Call, ClientConfig, Endpoint, Error, GenericClient, Transport};
+use sluice_server::echo::{echo_result, EchoHandler};
+use sluice_server::{DefaultHandler, DrainHandle, Request, Response, Server, ServerConfig};
+use sluice_sniff::Codec;
+use sluice_thrift::MessageType;
+use sluice_ttheader::Header;
+use tokio::net::TcpListener;
+
+/// Echoes, remembers which connection (peer address) each request came on, and optionally
+/// tags replies with `crrst`.
+#[derive(Debug, Default)]
+struct PeerHandler {
+    peers: Mutex<Vec<SocketAddr>>,
+    reset: bool,
+    echo: EchoHandler,
+}
+
+impl DefaultHandler for PeerHandler {
+    async fn handle(&self, req: Request) -> Response {
+        self.peers.lock().unwrap().push(req.peer);
+        let mut r = self.echo.handle(req).await;
+        if self.reset {
+            r.str_kvs.insert("crrst", "1");
+        }
+        r
+    }
+}
+
+async fn serve<H: DefaultHandler>(h: Arc<H>) -> (SocketAddr, DrainHandle) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (handle, drain) = DrainHandle::new();
+    tokio::spawn(Server::new(ServerConfig::default(), h).serve(l, drain));
+    (addr, handle)
+}
+
+fn args(msg: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_slice(&[0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01]);
+    b.put_i32(msg.len() as i32);
+    b.put_slice(msg.as_bytes());
+    b.put_slice(&[0, 0]);
+    b.freeze()
+}
+
+fn call(method: &str, msg: &str) -> Call {
+    Call {
+        method: method.into(),
+        msg_type: MessageType::Call,
+        codec: Codec::Thrift,
+        args: args(msg),
+        header: Header::default(),
+        deadline: None,
+    }
+}
+
+fn ep(addr: SocketAddr, weight: u32) -> Endpoint {
+    Endpoint { addr, weight }
+}
+
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn echo_ok(c: &GenericClient, msg: &str) {
+    let r = c.call(call("Echo", msg)).await.unwrap().unwrap();
+    assert_eq!(r.msg_type, MessageType::Reply);
+    assert_eq!(r.body, echo_result(&args(msg)));
+}
+
+#[tokio::test]
+async fn every_transport_round_trips_and_pools_one_connection() {
+    for t in [
+        Transport::TTHeader,
+        Transport::TTHeaderUnframed,
+        Transport::Framed,
+        Transport::Buffered,
+    ] {
+        let h = Arc::new(PeerHandler::default());
+        let (addr, _d) = serve(h.clone()).await;
+        let mut cfg = ClientConfig::new("echo", vec![ep(addr, 1)]);
+        cfg.transport = t;
+        let c = GenericClient::new(cfg);
+        for i in 0..10 {
+            echo_ok(&c, &format!("{t:?} {i}")).await;
+        }
+        let peers: HashSet<_> = h.peers.lock().unwrap().iter().copied().collect();
+        assert_eq!(
+            peers.len(),
+            1,
+            "{t:?}: sequential calls reuse one pooled connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn crrst_retires_the_connection() {
+    let h = Arc::new(PeerHandler {
+        reset: true,
+        ..Default::default()
+    });
+    let (addr, _d) = serve(h.clone()).await;
+    let c = GenericClient::new(ClientConfig::new("echo", vec![ep(addr, 1)]));
+    for i in 0..5 {
+        echo_ok(&c, &format!("{i}")).await;
+    }
+    let peers: HashSet<_> = h.peers.lock().unwrap().iter().copied().collect();
+    assert_eq!(peers.len(), 5, "each crrst reply retires its connection");
+}
+
+#[tokio::test]
+async fn round_robin_skips_a_dead_endpoint_during_its_backoff() {
+    let h = Arc::new(PeerHandler::default());
+    let (addr, _d) = serve(h.clone()).await;
+    let dead = dead_addr();
+    let mut cfg = ClientConfig::new("echo", vec![ep(dead, 1), ep(addr, 1)]);
+    cfg.failure_backoff = Duration::from_secs(30);
+    let c = GenericClient::new(cfg);
+    for i in 0..20 {
+        echo_ok(&c, &format!("{i}")).await;
+    }
+    assert_eq!(h.peers.lock().unwrap().len(), 20);
+    // With only dead endpoints the error names the downstream and the cause.
+    let c = GenericClient::new(ClientConfig::new("gone", vec![ep(dead, 1)]));
+    let e = c.call(call("Echo", "x")).await.unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("\"gone\"") && text.contains(&dead.to_string()),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn weighted_random_follows_the_weights() {
+    let light = Arc::new(PeerHandler::default());
+    let heavy = Arc::new(PeerHandler::default());
+    let (a, _da) = serve(light.clone()).await;
+    let (b, _db) = serve(heavy.clone()).await;
+    let mut cfg = ClientConfig::new("echo", vec![ep(a, 1), ep(b, 9)]);
+    cfg.balance = Balance::WeightedRandom;
+    let c = GenericClient::new(cfg);
+    for i in 0..1000 {
+        echo_ok(&c, &format!("{i}")).await;
+    }
+    let l = light.peers.lock().unwrap().len();
+    let hv = heavy.peers.lock().unwrap().len();
+    assert_eq!(l + hv, 1000);
+    assert!(
+        (40..=170).contains(&l),
+        "about 10% to the light endpoint, got {l}"
+    );
+}
+
+#[tokio::test]
+async fn multiplexed_calls_share_one_connection() {
+    let h = Arc::new(PeerHandler::default());
+    let (addr, _d) = serve(h.clone()).await;
+    let mut cfg = ClientConfig::new("echo", vec![ep(addr, 1)]);
+    cfg.multiplex = true;
+    let c = Arc::new(GenericClient::new(cfg));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let c = c.clone();
+        // Different sleeps so replies come back out of order.
+        tasks.spawn(async move {
+            let msg = format!("m{i}");
+            let r = c
+                .call(call(&format!("Sleep{}", (50 - i) % 7 * 10), &msg))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.body, echo_result(&args(&msg)));
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let peers: HashSet<_> = h.peers.lock().unwrap().iter().copied().collect();
+    assert_eq!(peers.len(), 1);
+}
+
+#[tokio::test]
+async fn deadline_gives_a_timeout_and_the_pool_recovers() {
+    let h = Arc::new(PeerHandler::default());
+    let (addr, _d) = serve(h.clone()).await;
+    for multiplex in [false, true] {
+        let mut cfg = ClientConfig::new("echo", vec![ep(addr, 1)]);
+        cfg.multiplex = multiplex;
+        let c = GenericClient::new(cfg);
+        let mut slow = call("Sleep500", "x");
+        slow.deadline = Some(Instant::now() + Duration::from_millis(50));
+        let start = Instant::now();
+        let e = c.call(slow).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(start.elapsed() < Duration::from_millis(400));
+        // The late reply must not be taken for the next call's reply.
+        echo_ok(&c, "after").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        echo_ok(&c, "later").await;
+    }
+}
+
+#[tokio::test]
+async fn oneway_gets_no_reply_and_reaches_the_server() {
+    let h = Arc::new(EchoHandler::new());
+    let (addr, _d) = serve(h.clone()).await;
+    for t in [Transport::TTHeader, Transport::Framed, Transport::Buffered] {
+        let mut cfg = ClientConfig::new("echo", vec![ep(addr, 1)]);
+        cfg.transport = t;
+        let c = GenericClient::new(cfg);
+        let mut ow = call("EchoOneway", "x");
+        ow.msg_type = MessageType::Oneway;
+        assert!(c.call(ow).await.unwrap().is_none());
+    }
+    let start = Instant::now();
+    while h.oneway_seen() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn cache_creates_one_client_per_downstream() {
+    let cache = sluice_client::ClientCache::new();
+    let mut made = 0;
+    for _ in 0..3 {
+        cache.get_or_create("a", || {
+            made += 1;
+            ClientConfig::new("a", vec![])
+        });
+    }
+    cache.get_or_create("b", || ClientConfig::new("b", vec![]));
+    assert_eq!(made, 1);
+    assert_eq!(cache.len(), 2);
+}
