@@ -1,5 +1,6 @@
 //! The `sluice` binary: `run`, `check` and `demo`. Everything else lives in the library crates.
 
+mod bench;
 mod demo;
 
 use std::path::PathBuf;
@@ -33,6 +34,45 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Runs an echo service (every ping-pong protocol on one port), for tests and benchmarks.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8888")]
+        listen: String,
+    },
+    /// Sends echo requests to a target and reports throughput, latency percentiles and errors.
+    Bench {
+        /// Address of the server or proxy.
+        #[arg(long)]
+        target: String,
+        /// ttheader | ttheader-unframed | framed | buffered.
+        #[arg(long, default_value = "ttheader")]
+        transport: String,
+        /// thrift | kitex-pb.
+        #[arg(long, default_value = "thrift")]
+        codec: String,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Concurrent callers (each with its own connection while its call is in flight).
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Seconds to run (ignored with --requests).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many requests instead of after --duration.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Open loop: total requests per second (default: closed loop).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Seconds of traffic before measuring starts.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Starts echo services and the proxy on loopback, sends traffic of every protocol through
     /// it, prints a table, then keeps serving (no configuration needed).
@@ -103,6 +143,66 @@ fn main() -> ExitCode {
             }
             rt.block_on(run(cfg))
         }
+        Command::Echo { listen } => rt.block_on(echo(listen)),
+        Command::Bench {
+            target,
+            transport,
+            codec,
+            size,
+            concurrency,
+            duration,
+            requests,
+            rate,
+            warmup,
+            json,
+        } => {
+            let target = match std::net::ToSocketAddrs::to_socket_addrs(&target)
+                .ok()
+                .and_then(|mut a| a.next())
+            {
+                Some(t) => t,
+                None => {
+                    eprintln!("sluice bench: --target: cannot resolve {target:?}");
+                    return ExitCode::from(2);
+                }
+            };
+            let transport = match transport.parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sluice bench: --transport: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let codec = match codec.as_str() {
+                "thrift" => sluice_sniff::Codec::Thrift,
+                "kitex-pb" | "pb" => sluice_sniff::Codec::KitexProtobuf,
+                other => {
+                    eprintln!(
+                        "sluice bench: --codec: unknown codec {other:?} (thrift or kitex-pb)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            let args = bench::BenchArgs {
+                target,
+                transport,
+                codec,
+                size,
+                concurrency: concurrency.max(1),
+                duration: std::time::Duration::from_secs_f64(duration.max(0.1)),
+                requests,
+                rate,
+                warmup: std::time::Duration::from_secs_f64(warmup.max(0.0)),
+                json,
+            };
+            let r = rt.block_on(bench::run(args.clone()));
+            bench::print(&args, &r);
+            if r.errors > 0 || r.ok == 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Demo {
             requests,
             concurrency,
@@ -129,6 +229,29 @@ async fn run(cfg: Config) -> ExitCode {
     handle.drain();
     let _ = serving.await;
     tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn echo(listen: String) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("sluice echo: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (handle, drain) = DrainHandle::new();
+    let server = sluice_server::Server::new(
+        sluice_server::ServerConfig {
+            name: "echo".into(),
+            ..Default::default()
+        },
+        std::sync::Arc::new(sluice_server::echo::EchoHandler::new()),
+    );
+    let serving = tokio::spawn(server.serve(listener, drain));
+    shutdown_signal().await;
+    handle.drain();
+    let _ = serving.await;
     ExitCode::SUCCESS
 }
 

@@ -829,3 +829,20 @@ endpoints = ["{echo}"]
         );
     }
 }
+
+#[test]
+fn example_configs_stay_valid() {
+    for f in ["examples/pingpong-cluster.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

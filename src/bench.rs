@@ -1,0 +1,243 @@
+//! `sluice bench`: a load generator for Sluice and for what it proxies.
+//!
+//! Closed loop (N callers, each sending its next request when the previous reply is in) or open
+//! loop (a fixed request rate; latency is counted from when each request was due, so a stalled
+//! server shows up in the percentiles instead of slowing the load). Every echoed payload is
+//! checked. Reports throughput, p50/p90/p99/p999 from an HDR histogram, errors, and this
+//! process's own CPU time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use sluice_client::{Call, ClientConfig, Endpoint, GenericClient, Transport};
+use sluice_server::echo::echo_result;
+use sluice_sniff::Codec;
+use sluice_thrift::MessageType;
+use sluice_ttheader::{str_key, Header};
+
+/// What to send and how.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchArgs {
+    pub(crate) target: SocketAddr,
+    pub(crate) transport: Transport,
+    pub(crate) codec: Codec,
+    pub(crate) size: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) duration: Duration,
+    pub(crate) requests: Option<u64>,
+    pub(crate) rate: Option<u64>,
+    pub(crate) warmup: Duration,
+    pub(crate) json: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchResult {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) p50: Duration,
+    pub(crate) p90: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) p999: Duration,
+    pub(crate) cpu: Duration,
+}
+
+/// CPU time (user + system) of this process, from /proc.
+pub(crate) fn self_cpu() -> Duration {
+    proc_cpu("self").unwrap_or_default()
+}
+
+/// CPU time (user + system) of process `pid` (`"self"` for this one), from /proc/PID/stat.
+pub(crate) fn proc_cpu(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in USER_HZ, which is 100 on every mainstream configuration.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn payload(codec: Codec, size: usize, caller: usize) -> Bytes {
+    let mut msg = vec![b'x'; size];
+    let tag = format!("c{caller}|");
+    let n = tag.len().min(size);
+    msg[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    let mut b = BytesMut::with_capacity(size + 16);
+    match codec {
+        Codec::Thrift => {
+            b.put_slice(&[0x0c, 0x00, 0x01, 0x0b, 0x00, 0x01]);
+            b.put_i32(size as i32);
+            b.put_slice(&msg);
+            b.put_slice(&[0, 0]);
+        }
+        Codec::KitexProtobuf => {
+            b.put_u8(0x0a);
+            let mut n = size;
+            while n >= 0x80 {
+                b.put_u8((n as u8) | 0x80);
+                n >>= 7;
+            }
+            b.put_u8(n as u8);
+            b.put_slice(&msg);
+        }
+    }
+    b.freeze()
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+pub(crate) async fn run(a: BenchArgs) -> BenchResult {
+    let mut cfg = ClientConfig::new(
+        "bench",
+        vec![Endpoint {
+            addr: a.target,
+            weight: 1,
+        }],
+    );
+    cfg.transport = a.transport;
+    cfg.request_timeout = Duration::from_secs(10);
+    cfg.max_idle_per_endpoint = a.concurrency.max(64);
+    let client = Arc::new(GenericClient::new(cfg));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = Arc::new(AtomicBool::new(a.warmup.is_zero()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let per_caller_interval = a
+        .rate
+        .map(|r| Duration::from_secs_f64(a.concurrency as f64 / r.max(1) as f64));
+    for caller in 0..a.concurrency {
+        let client = client.clone();
+        let stop = stop.clone();
+        let recording = recording.clone();
+        let sent = sent.clone();
+        let args = payload(a.codec, a.size, caller);
+        let expect = match a.codec {
+            Codec::Thrift => echo_result(&args),
+            Codec::KitexProtobuf => args.clone(),
+        };
+        let codec = a.codec;
+        let limit = a.requests;
+        tasks.spawn(async move {
+            let mut hist = new_hist();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            let mut header = Header::default();
+            header.str_kvs.insert(str_key::IDL_SERVICE_NAME, "EchoService");
+            let mut next_due = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(limit) = limit {
+                    if sent.fetch_add(1, Ordering::Relaxed) >= limit {
+                        break;
+                    }
+                }
+                let start = match per_caller_interval {
+                    Some(iv) => {
+                        // Open loop: wait for the slot, but time from when it was due.
+                        let due = next_due;
+                        next_due += iv;
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                let call = Call {
+                    method: "Echo".to_owned(),
+                    msg_type: MessageType::Call,
+                    codec,
+                    args: args.clone(),
+                    header: header.clone(),
+                    deadline: None,
+                };
+                let res = client.call(call).await;
+                let good = matches!(&res, Ok(Some(r)) if r.msg_type == MessageType::Reply && r.body == expect);
+                if recording.load(Ordering::Relaxed) {
+                    if good {
+                        ok += 1;
+                        let us = start.elapsed().as_micros().max(1) as u64;
+                        let _ = hist.record(us.min(60_000_000));
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (hist, ok, errors)
+        });
+    }
+    if !a.warmup.is_zero() {
+        tokio::time::sleep(a.warmup).await;
+        recording.store(true, Ordering::Relaxed);
+    }
+    let cpu0 = self_cpu();
+    let start = Instant::now();
+    if a.requests.is_none() {
+        tokio::time::sleep(a.duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut hist = new_hist();
+    let (mut ok, mut errors) = (0, 0);
+    while let Some(Ok((h, o, e))) = tasks.join_next().await {
+        let _ = hist.add(h);
+        ok += o;
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    let q = |p: f64| Duration::from_micros(hist.value_at_quantile(p));
+    BenchResult {
+        ok,
+        errors,
+        elapsed,
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        p999: q(0.999),
+        cpu: self_cpu().saturating_sub(cpu0),
+    }
+}
+
+pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
+    let rps = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
+    if a.json {
+        println!(
+            "{{\"target\":\"{}\",\"transport\":\"{}\",\"codec\":\"{:?}\",\"size\":{},\"concurrency\":{},\"ok\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"loadgen_cpu_s\":{:.3}}}",
+            a.target,
+            a.transport.as_str(),
+            a.codec,
+            a.size,
+            a.concurrency,
+            r.ok,
+            r.errors,
+            r.elapsed.as_secs_f64(),
+            rps,
+            r.p50.as_micros(),
+            r.p90.as_micros(),
+            r.p99.as_micros(),
+            r.p999.as_micros(),
+            r.cpu.as_secs_f64()
+        );
+    } else {
+        println!(
+            "target {} transport {} codec {:?} size {} B, {} callers{}",
+            a.target,
+            a.transport.as_str(),
+            a.codec,
+            a.size,
+            a.concurrency,
+            a.rate
+                .map(|r| format!(", open loop at {r}/s"))
+                .unwrap_or_default()
+        );
+        println!(
+            "{} ok, {} errors in {:.2?}: {:.0} req/s; p50 {:.3?} p90 {:.3?} p99 {:.3?} p999 {:.3?}; load generator CPU {:.2?}",
+            r.ok, r.errors, r.elapsed, rps, r.p50, r.p90, r.p99, r.p999, r.cpu
+        );
+    }
+}
