@@ -3,6 +3,7 @@
 
 mod kitex_replay;
 mod support;
+mod ttstream;
 
 use std::time::{Duration, Instant};
 

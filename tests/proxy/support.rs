@@ -41,11 +41,31 @@ pub(crate) async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketA
     (addr, h)
 }
 
-/// An in-process echo downstream.
+/// An in-process echo downstream (ping-pong and TTStream).
 pub(crate) async fn start_echo() -> (SocketAddr, Arc<EchoHandler>, DrainHandle) {
     let h = Arc::new(EchoHandler::new());
-    let (addr, d) = start_server(h.clone()).await;
+    let (addr, d) = start_streaming(h.clone(), h.clone()).await;
     (addr, h, d)
+}
+
+/// An in-process downstream with a ping-pong and a streaming handler.
+pub(crate) async fn start_streaming<H: DefaultHandler, S: sluice_stream::StreamingHandler>(
+    handler: Arc<H>,
+    streaming: Arc<S>,
+) -> (SocketAddr, DrainHandle) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (h, d): (DrainHandle, Drain) = DrainHandle::new();
+    let s = Server::new(
+        ServerConfig {
+            name: "downstream".into(),
+            ..ServerConfig::default()
+        },
+        handler,
+    )
+    .with_streaming(streaming);
+    tokio::spawn(s.serve(l, d));
+    (addr, h)
 }
 
 /// The `sluice` binary running `run --config` on a temporary file; killed on drop.
@@ -86,6 +106,11 @@ impl Sluice {
             addr,
             config_path: path,
         }
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM (a graceful drain).

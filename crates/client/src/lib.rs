@@ -19,6 +19,7 @@ mod cache;
 mod codec;
 mod mux;
 mod pool;
+pub mod ttstream;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -33,6 +34,7 @@ use sluice_ttheader::Header;
 
 pub use balance::Balance;
 pub use cache::ClientCache;
+pub use ttstream::{OpenStream, TTStreamClient};
 
 /// Downstream ping-pong transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,7 +1,26 @@
-//! gRPC over HTTP/2 as Kitex speaks it: the message-level pieces, without any I/O.
+//! gRPC over HTTP/2 as Kitex speaks it: the message-level pieces, and the HTTP/2 server driver
+//! and client built on them with the `h2` crate (h2c, prior knowledge).
 //!
-//! What lives here is everything about a gRPC call that is independent of the HTTP/2 connection
-//! itself:
+//! The connection-level parts:
+//!
+//! * [`server`]: [`serve_connection`] serves one gRPC connection, handing every call to a
+//!   `StreamingHandler` as a stream of raw messages (kitex-wire.md 5.4, 5.5, 7.9);
+//!   [`refuse_connection`] turns away an HTTP/2 connection with a GOAWAY that says why;
+//! * [`client`]: [`GrpcClient`] opens streams on one downstream over shared HTTP/2 connections
+//!   (kitex-wire.md 5.2-5.4).
+//!
+//! Both translate between h2 and the protocol-neutral events of `sluice-stream`, with
+//! backpressure end to end: a message is handed on before the peer's window is reopened, and
+//! messages are sent only as fast as the peer's window allows. They never send an empty DATA
+//! frame other than a lone END_STREAM (h2 peers close connections after 100 of them).
+//!
+//! Messages travel as bytes without their compressed flag, so both drivers derive the flag of
+//! the messages they send from `grpc-encoding` in the same direction's headers (set and not
+//! `identity`: every message is compressed, as grpc-go and Kitex do), and refuse a received
+//! message flagged compressed without such a header. A peer that mixes compressed and
+//! uncompressed messages under one `grpc-encoding` cannot be forwarded faithfully.
+//!
+//! The message-level pieces, independent of the HTTP/2 connection itself:
 //!
 //! * [`message`]: the 5-byte length-prefixed message framing carried in DATA frames
 //!   (kitex-wire.md 5.3), with a bounded, zero-copy decoder and an encoder;
@@ -15,16 +34,24 @@
 //!
 //! Wire reference: `kitex-wire.md` (section 5 "gRPC as Kitex implements it", 7.9 "gRPC details",
 //! 7.10 "Frame/message sizes", 8.8 test vectors), and the gRPC "PROTOCOL-HTTP2" document that it
-//! builds on. Everything here parses from byte slices or `BytesMut` and writes into
-//! [`bytes::BufMut`]; the HTTP/2 connection driver sits on top of these pieces.
+//! builds on. The message-level modules parse from byte slices or `BytesMut` and write into
+//! [`bytes::BufMut`]; [`server`] and [`client`] sit on top of them.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod content_type;
+mod driver;
 pub mod headers;
 pub mod message;
 pub mod path;
+pub mod server;
 pub mod status;
 pub mod timeout;
+
+pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, OpenRequest};
+pub use server::{
+    refuse_connection, serve_connection, GrpcServerConfig, GrpcServerError, REFUSE_GOAWAY_CODE,
+};
 
 pub use content_type::{Codec, GrpcContentType};
 pub use message::{

@@ -125,11 +125,15 @@ mod tests {
     #[tokio::test]
     async fn prefix_is_read_first_then_the_stream() {
         let (a, mut b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut b, b" world").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut b, b" world")
+            .await
+            .unwrap();
         drop(b);
         let mut p = PrefixedIo::new(Bytes::from_static(b"hello"), a);
         let mut got = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut p, &mut got).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_string(&mut p, &mut got)
+            .await
+            .unwrap();
         assert_eq!(got, "hello world");
     }
 

@@ -104,24 +104,7 @@ struct RawLimits {
     drain_grace_ms: Option<u64>,
 }
 
-/// Which protocol family a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cluster {
-    /// TTStream streaming and all ping-pong traffic.
-    TTStream,
-    /// gRPC.
-    Grpc,
-}
-
-impl Cluster {
-    /// The configuration spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cluster::TTStream => "ttstream",
-            Cluster::Grpc => "grpc",
-        }
-    }
-}
+pub use sluice_server::Cluster;
 
 /// A listener.
 #[derive(Debug, Clone)]

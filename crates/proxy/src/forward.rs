@@ -15,6 +15,8 @@ use crate::config::{Config, Route};
 /// Counters, for logs and the demo.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Streams handled.
+    pub streams: AtomicU64,
     /// Requests handled.
     pub requests: AtomicU64,
     /// Requests with no route.
@@ -28,6 +30,7 @@ pub struct Stats {
 pub struct Forwarder {
     config: Arc<Config>,
     clients: ClientCache,
+    pub(crate) streams: crate::stream::StreamClients,
     stats: Stats,
 }
 
@@ -37,6 +40,7 @@ impl Forwarder {
         Self {
             config,
             clients: ClientCache::new(),
+            streams: Default::default(),
             stats: Stats::default(),
         }
     }
@@ -53,16 +57,30 @@ impl Forwarder {
 
     /// The first route matching `req`.
     pub fn route(&self, req: &Request) -> Option<&Route> {
-        self.config.routes.iter().find(|r| {
-            r.service.as_deref().is_none_or(|s| s == req.service)
-                && r.method.as_deref().is_none_or(|m| m == req.method)
-                && r.header.as_ref().is_none_or(|h| {
-                    req.header
-                        .str_kvs
-                        .get(&h.key)
-                        .is_some_and(|v| v.as_ref() == h.value.as_bytes())
-                })
+        self.route_by(&req.service, &req.method, |k| {
+            req.header.str_kvs.get(k).map(|v| v.as_ref())
         })
+    }
+
+    /// The first route matching a service, a method and a header lookup.
+    pub fn route_by<'a>(
+        &self,
+        service: &str,
+        method: &str,
+        header: impl Fn(&str) -> Option<&'a [u8]>,
+    ) -> Option<&Route> {
+        self.config.routes.iter().find(|r| {
+            r.service.as_deref().is_none_or(|s| s == service)
+                && r.method.as_deref().is_none_or(|m| m == method)
+                && r.header
+                    .as_ref()
+                    .is_none_or(|h| header(&h.key).is_some_and(|v| v == h.value.as_bytes()))
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 }
 

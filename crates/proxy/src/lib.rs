@@ -12,6 +12,7 @@
 
 pub mod config;
 mod forward;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,9 +69,6 @@ impl Proxy {
     pub async fn serve(self, drain: Drain) {
         let mut tasks = tokio::task::JoinSet::new();
         for (l, tcp) in self.bound {
-            if l.cluster == Cluster::Grpc {
-                tracing::warn!(listener = %l.name, "gRPC is not served yet: connections to this listener are closed after sniffing");
-            }
             let limits = &self.config.limits;
             let sc = ServerConfig {
                 name: l.name.clone(),
@@ -81,8 +79,10 @@ impl Proxy {
                 max_connections: limits.max_connections,
                 default_service: l.default_service.clone(),
                 drain_grace: limits.drain_grace,
+                cluster: l.cluster,
             };
-            let server = Server::new(sc, self.forwarder.clone());
+            let server =
+                Server::new(sc, self.forwarder.clone()).with_streaming(self.forwarder.clone());
             let drain = drain.clone();
             tasks.spawn(server.serve(tcp, drain));
         }

@@ -1,22 +1,83 @@
-//! One accepted connection: sniff its protocol family, then run that family's driver.
+//! One accepted connection: sniff its protocol family, then run that family's driver, or refuse
+//! it in its own protocol when this listener serves the other cluster.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use sluice_sniff::{Detection, Family};
+use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
+use sluice_thrift::{ApplicationException, ExceptionKind};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::{pingpong, DefaultHandler, Drain, ServerConfig};
+use crate::{
+    pingpong, ttstream, Cluster, DefaultHandler, Drain, Request, Response, ServerConfig,
+    ServerStats,
+};
 
-pub(crate) async fn serve_connection<H: DefaultHandler>(
+/// What every connection of a server shares.
+pub(crate) struct Ctx<H, S> {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) handler: Arc<H>,
+    pub(crate) streaming: Arc<S>,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
+/// The message a caller of the wrong family gets.
+fn wrong_cluster_text(config: &ServerConfig, family: Family) -> String {
+    let right = match family {
+        Family::Http2 => "grpc",
+        Family::TTStream | Family::PingPong => "ttstream",
+    };
+    format!(
+        "sluice: listener {:?} serves the {} cluster; {} traffic is served by a {} cluster listener",
+        config.name,
+        config.cluster.as_str(),
+        match family {
+            Family::Http2 => "gRPC",
+            Family::TTStream => "TTStream",
+            Family::PingPong => "ping-pong (TTHeader/Framed/Buffered)",
+        },
+        right
+    )
+}
+
+/// Answers every ping-pong request with the wrong-cluster exception.
+struct RefusePingPong(String);
+
+impl DefaultHandler for RefusePingPong {
+    async fn handle(&self, _req: Request) -> Response {
+        Response::error(ApplicationException::new(
+            ExceptionKind::UNKNOWN_SERVICE,
+            self.0.clone(),
+        ))
+    }
+}
+
+/// Ends every stream with the wrong-cluster exception.
+struct RefuseStreams(String);
+
+impl StreamingHandler for RefuseStreams {
+    async fn handle(&self, _req: StreamRequest, stream: ServerStream) {
+        stream
+            .finish(StreamEnd::error(
+                ExceptionKind::UNKNOWN_SERVICE.0 as u32,
+                self.0.clone(),
+            ))
+            .await;
+    }
+}
+
+pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
     mut stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
-    handler: Arc<H>,
+    ctx: Ctx<H, S>,
     drain: Drain,
 ) {
+    let config = ctx.config.clone();
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
         .await
@@ -30,16 +91,78 @@ pub(crate) async fn serve_connection<H: DefaultHandler>(
             return;
         }
         Ok(Ok(Detection::NotOurs(reason))) => {
+            ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, listener = %config.name, %reason, "closing connection: not a protocol this listener serves");
             return;
         }
         Ok(Ok(Detection::Protocol(f))) => f,
     };
-    match family {
-        Family::PingPong => pingpong::run(stream, peer, buf, config, handler, drain).await,
-        Family::TTStream | Family::Http2 => {
-            tracing::warn!(%peer, listener = %config.name, ?family, "closing connection: streaming protocols are not served yet");
+    let wrong = matches!(
+        (config.cluster, family),
+        (Cluster::TTStream, Family::Http2) | (Cluster::Grpc, Family::PingPong | Family::TTStream)
+    );
+    if wrong {
+        ctx.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
+        let text = wrong_cluster_text(&config, family);
+        tracing::warn!(%peer, listener = %config.name, cluster = config.cluster.as_str(), ?family, "refusing a connection of the other cluster's family");
+        match family {
+            Family::PingPong => {
+                pingpong::run(
+                    stream,
+                    peer,
+                    buf,
+                    config,
+                    Arc::new(RefusePingPong(text)),
+                    drain,
+                )
+                .await
+            }
+            Family::TTStream => {
+                ttstream::run(
+                    stream,
+                    peer,
+                    buf,
+                    config,
+                    Arc::new(RefuseStreams(text)),
+                    drain,
+                )
+                .await
+            }
+            Family::Http2 => refuse_http2(stream, peer, buf, &text).await,
         }
+        return;
+    }
+    match family {
+        Family::PingPong => pingpong::run(stream, peer, buf, config, ctx.handler, drain).await,
+        Family::TTStream => ttstream::run(stream, peer, buf, config, ctx.streaming, drain).await,
+        Family::Http2 => serve_http2(stream, peer, buf, config, ctx.streaming, drain).await,
+    }
+}
+
+/// GOAWAY with `text` as debug data, so the caller sees why and where to go.
+async fn refuse_http2(stream: TcpStream, peer: SocketAddr, buf: BytesMut, text: &str) {
+    let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
+    if let Err(e) = sluice_http2::refuse_connection(io, peer, text).await {
+        tracing::debug!(%peer, error = %e, "refusing an HTTP/2 connection failed");
+    }
+}
+
+async fn serve_http2<S: StreamingHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    config: Arc<ServerConfig>,
+    handler: Arc<S>,
+    drain: Drain,
+) {
+    let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
+    let grpc = sluice_http2::GrpcServerConfig {
+        max_message_size: config.max_frame_size,
+        ..Default::default()
+    };
+    let shutdown = async move { drain.signaled().await };
+    if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
+        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing HTTP/2 connection");
     }
 }
 

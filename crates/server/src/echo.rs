@@ -29,6 +29,7 @@ pub struct EchoHandler {
     requests: AtomicU64,
     last_str_kvs: std::sync::Mutex<Vec<(String, String)>>,
     last_int_kvs: std::sync::Mutex<Vec<(u16, String)>>,
+    resets: std::sync::Mutex<Vec<sluice_stream::Reset>>,
 }
 
 impl EchoHandler {
@@ -47,6 +48,14 @@ impl EchoHandler {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Stream resets received from callers.
+    pub fn resets_seen(&self) -> Vec<sluice_stream::Reset> {
+        self.resets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The integer key/values of the last request.
     pub fn last_int_kvs(&self) -> Vec<(u16, String)> {
         self.last_int_kvs
@@ -55,7 +64,7 @@ impl EchoHandler {
             .clone()
     }
 
-    /// The string key/values of the last request (to check what a proxy forwarded).
+    /// The string key/values of the last request or stream (to check what a proxy forwarded).
     pub fn last_str_kvs(&self) -> Vec<(String, String)> {
         self.last_str_kvs
             .lock()
@@ -121,5 +130,79 @@ impl DefaultHandler for EchoHandler {
                 Codec::KitexProtobuf => Response::reply(req.args),
             },
         }
+    }
+}
+
+/// Streams: the same echo service, as Kitex's test server behaves per method name.
+///
+/// * `EchoClient`: reads every message, then sends the last one back and ends;
+/// * `EchoServer`: for each message sends it back twice;
+/// * a method containing `Fail` (e.g. `EchoBidiFail`): echoes one message, then ends with the
+///   error `biz error: echo: injected stream failure after 1 messages` (type 6);
+/// * anything else (`EchoBidi`): echoes each message; ends when the client half-closes.
+///
+/// Resets from the caller are recorded in [`EchoHandler::resets_seen`].
+impl sluice_stream::StreamingHandler for EchoHandler {
+    async fn handle(
+        &self,
+        req: sluice_stream::StreamRequest,
+        mut stream: sluice_stream::ServerStream,
+    ) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        *self.last_str_kvs.lock().unwrap_or_else(|e| e.into_inner()) = req
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into(),
+                    String::from_utf8_lossy(v).into(),
+                )
+            })
+            .collect();
+        let mut last = None;
+        let mut count = 0u64;
+        loop {
+            match stream.recv().await {
+                Ok(Some(m)) => {
+                    count += 1;
+                    match req.method.as_str() {
+                        "EchoClient" => last = Some(m),
+                        "EchoServer" => {
+                            if stream.send(m.clone()).await.is_err()
+                                || stream.send(m).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        _ => {
+                            if stream.send(m).await.is_err() {
+                                return;
+                            }
+                            if req.method.contains("Fail") {
+                                stream
+                                    .finish(sluice_stream::StreamEnd::error(
+                                        6,
+                                        format!("biz error: echo: injected stream failure after {count} messages"),
+                                    ))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(reset) => {
+                    self.resets
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(reset);
+                    return;
+                }
+            }
+        }
+        if let Some(m) = last {
+            let _ = stream.send(m).await;
+        }
+        stream.finish(sluice_stream::StreamEnd::ok()).await;
     }
 }

@@ -18,9 +18,11 @@ mod drain;
 pub mod echo;
 mod pingpong;
 mod request;
+mod ttstream;
 mod writer;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,50 @@ use tokio::sync::Semaphore;
 
 pub use drain::{Drain, DrainHandle};
 pub use request::{DefaultHandler, Request, Response, ResponseBody, Transport};
+pub use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
+
+/// Which protocol family a listener serves (architecture: clusters are pinned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cluster {
+    /// TTStream streaming and all ping-pong traffic.
+    #[default]
+    TTStream,
+    /// gRPC over HTTP/2.
+    Grpc,
+}
+
+impl Cluster {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cluster::TTStream => "ttstream",
+            Cluster::Grpc => "grpc",
+        }
+    }
+}
+
+/// Counters of one server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections of the other protocol family, refused with a pointer to the right cluster.
+    pub wrong_cluster: AtomicU64,
+    /// Connections that spoke no protocol Sluice serves.
+    pub not_ours: AtomicU64,
+}
+
+/// A [`StreamingHandler`] for servers that serve no streams: every stream ends with an error.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoStreaming;
+
+impl StreamingHandler for NoStreaming {
+    async fn handle(&self, _req: StreamRequest, stream: ServerStream) {
+        stream
+            .finish(StreamEnd::error(12, "this server has no streaming handler"))
+            .await;
+    }
+}
 
 /// Server settings. Defaults are documented per field.
 #[derive(Debug, Clone)]
@@ -51,6 +97,8 @@ pub struct ServerConfig {
     pub default_service: Option<String>,
     /// After a drain starts, how long connections may take to finish. Default 10 s.
     pub drain_grace: Duration,
+    /// The protocol family served. Default TTStream (TTStream and all ping-pong).
+    pub cluster: Cluster,
 }
 
 impl Default for ServerConfig {
@@ -64,24 +112,46 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             default_service: None,
             drain_grace: Duration::from_secs(10),
+            cluster: Cluster::TTStream,
         }
     }
 }
 
 /// The binary-generic server.
 #[derive(Debug)]
-pub struct Server<H> {
+pub struct Server<H, S = NoStreaming> {
     config: Arc<ServerConfig>,
     handler: Arc<H>,
+    streaming: Arc<S>,
+    stats: Arc<ServerStats>,
 }
 
 impl<H: DefaultHandler> Server<H> {
-    /// A server that hands ping-pong requests to `handler`.
+    /// A server that hands ping-pong requests to `handler` and serves no streams.
     pub fn new(config: ServerConfig, handler: Arc<H>) -> Self {
         Self {
             config: Arc::new(config),
             handler,
+            streaming: Arc::new(NoStreaming),
+            stats: Arc::default(),
         }
+    }
+}
+
+impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
+    /// The same server, handing streams (TTStream, and gRPC) to `streaming`.
+    pub fn with_streaming<S2: StreamingHandler>(self, streaming: Arc<S2>) -> Server<H, S2> {
+        Server {
+            config: self.config,
+            handler: self.handler,
+            streaming,
+            stats: self.stats,
+        }
+    }
+
+    /// Counters, shared with the running server.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
     }
 
     /// Accepts and serves connections on `listener` until `drain` is signalled, then lets the
@@ -106,11 +176,10 @@ impl<H: DefaultHandler> Server<H> {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let config = self.config.clone();
-                    let handler = self.handler.clone();
+                    let ctx = self.ctx();
                     let drain = drain.clone();
                     tasks.spawn(async move {
-                        conn::serve_connection(stream, peer, config, handler, drain).await;
+                        conn::serve_connection(stream, peer, ctx, drain).await;
                         drop(permit);
                     });
                 }
@@ -141,13 +210,15 @@ impl<H: DefaultHandler> Server<H> {
         peer: SocketAddr,
         drain: Drain,
     ) {
-        conn::serve_connection(
-            stream,
-            peer,
-            self.config.clone(),
-            self.handler.clone(),
-            drain,
-        )
-        .await;
+        conn::serve_connection(stream, peer, self.ctx(), drain).await;
+    }
+
+    fn ctx(&self) -> conn::Ctx<H, S> {
+        conn::Ctx {
+            config: self.config.clone(),
+            handler: self.handler.clone(),
+            streaming: self.streaming.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }

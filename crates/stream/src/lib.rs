@@ -197,11 +197,7 @@ pub struct DriverEnds {
 fn pair() -> (DriverEnds, mpsc::Receiver<Event>, mpsc::Sender<Event>) {
     let (to_user, user_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (user_tx, from_user) = mpsc::channel(CHANNEL_DEPTH);
-    (
-        DriverEnds { to_user, from_user },
-        user_rx,
-        user_tx,
-    )
+    (DriverEnds { to_user, from_user }, user_rx, user_tx)
 }
 
 /// The server side's handle on a stream (what a `StreamingHandler` gets).
@@ -405,6 +401,19 @@ impl ClientRecv {
     }
 }
 
+/// Handles streams: the counterpart of Kitex's `StreamingHandler`. Every TTStream stream and
+/// every gRPC call (unary included, as Kitex does in unknown-service mode) arrives here as a
+/// bidirectional stream of raw messages.
+pub trait StreamingHandler: Send + Sync + 'static {
+    /// Handles one stream until it ends. The driver ends the stream for the handler if the
+    /// handler returns without calling [`ServerStream::finish`] (with an error status).
+    fn handle(
+        &self,
+        req: StreamRequest,
+        stream: ServerStream,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,15 +421,24 @@ mod tests {
     #[tokio::test]
     async fn server_stream_recv_and_send() {
         let (mut s, mut ends) = ServerStream::new();
-        ends.to_user.send(Event::Message(Bytes::from_static(b"a"))).await.unwrap();
+        ends.to_user
+            .send(Event::Message(Bytes::from_static(b"a")))
+            .await
+            .unwrap();
         ends.to_user.send(Event::HalfClose).await.unwrap();
         assert_eq!(s.recv().await, Ok(Some(Bytes::from_static(b"a"))));
         assert_eq!(s.recv().await, Ok(None));
         assert_eq!(s.recv().await, Ok(None));
         s.send(Bytes::from_static(b"b")).await.unwrap();
         s.finish(StreamEnd::ok()).await;
-        assert_eq!(ends.from_user.recv().await, Some(Event::Message(Bytes::from_static(b"b"))));
-        assert_eq!(ends.from_user.recv().await, Some(Event::End(StreamEnd::ok())));
+        assert_eq!(
+            ends.from_user.recv().await,
+            Some(Event::Message(Bytes::from_static(b"b")))
+        );
+        assert_eq!(
+            ends.from_user.recv().await,
+            Some(Event::End(StreamEnd::ok()))
+        );
     }
 
     #[tokio::test]
@@ -429,7 +447,8 @@ mod tests {
         for _ in 0..CHANNEL_DEPTH {
             s.send(Bytes::new()).await.unwrap();
         }
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(50), s.send(Bytes::new())).await;
+        let blocked =
+            tokio::time::timeout(std::time::Duration::from_millis(50), s.send(Bytes::new())).await;
         assert!(blocked.is_err(), "the 17th event waits for the reader");
         ends.from_user.recv().await.unwrap();
         s.send(Bytes::new()).await.unwrap();
@@ -443,17 +462,4 @@ mod tests {
         assert!(matches!(recv.recv().await, Incoming::Reset(_)));
         assert_eq!(send.send(Bytes::new()).await, Err(Closed));
     }
-}
-
-/// Handles streams: the counterpart of Kitex's `StreamingHandler`. Every TTStream stream and
-/// every gRPC call (unary included, as Kitex does in unknown-service mode) arrives here as a
-/// bidirectional stream of raw messages.
-pub trait StreamingHandler: Send + Sync + 'static {
-    /// Handles one stream until it ends. The driver ends the stream for the handler if the
-    /// handler returns without calling [`ServerStream::finish`] (with an error status).
-    fn handle(
-        &self,
-        req: StreamRequest,
-        stream: ServerStream,
-    ) -> impl std::future::Future<Output = ()> + Send;
 }

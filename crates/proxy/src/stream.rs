@@ -1,0 +1,304 @@
+//! Stream forwarding: TTStream to TTStream (and gRPC to gRPC), never one into the other.
+//!
+//! Messages are pumped both ways through bounded channels, so a slow reader on either side slows
+//! the other side's reads. A half-close travels as a half-close; an upstream reset becomes a
+//! downstream reset (TTStream: with the cancel path `ttscp` extended by this proxy's name); a
+//! downstream reset ends the upstream stream with an error; a deadline ends both.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use sluice_client::{OpenStream, TTStreamClient};
+use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
+use sluice_stream::{
+    ClientStream, Incoming, Metadata, Protocol, Reset, ServerStream, StreamEnd, StreamRequest,
+    StreamingHandler,
+};
+use sluice_thrift::ExceptionKind;
+use sluice_ttheader::str_key;
+
+use crate::forward::Forwarder;
+
+/// Name this proxy adds to a TTStream cancel path.
+pub(crate) const CANCEL_PATH_NAME: &str = "sluice";
+
+/// Stream clients, created on demand per downstream and family.
+#[derive(Debug, Default)]
+pub(crate) struct StreamClients {
+    ttstream: RwLock<HashMap<String, Arc<TTStreamClient>>>,
+    grpc: RwLock<HashMap<String, Arc<GrpcClient>>>,
+}
+
+/// gRPC status codes used here.
+mod grpc_code {
+    pub(super) const CANCELLED: u32 = 1;
+    pub(super) const DEADLINE_EXCEEDED: u32 = 4;
+    pub(super) const UNIMPLEMENTED: u32 = 12;
+    pub(super) const UNAVAILABLE: u32 = 14;
+}
+
+/// An error end in the upstream's protocol.
+fn error_end(protocol: &Protocol, kind: ErrorKind, message: String) -> StreamEnd {
+    let code = match (protocol, kind) {
+        (Protocol::TTStream, ErrorKind::NoRoute) => ExceptionKind::UNKNOWN_METHOD.0 as u32,
+        (Protocol::TTStream, ErrorKind::Unavailable) => ExceptionKind::INTERNAL_ERROR.0 as u32,
+        // 12009: "canceled by downstream" in Kitex's TTStream codes.
+        (Protocol::TTStream, ErrorKind::DownstreamReset) => 12009,
+        (Protocol::TTStream, ErrorKind::Deadline) => 12015,
+        (Protocol::Grpc { .. }, ErrorKind::NoRoute) => grpc_code::UNIMPLEMENTED,
+        (Protocol::Grpc { .. }, ErrorKind::Unavailable) => grpc_code::UNAVAILABLE,
+        (Protocol::Grpc { .. }, ErrorKind::DownstreamReset) => grpc_code::CANCELLED,
+        (Protocol::Grpc { .. }, ErrorKind::Deadline) => grpc_code::DEADLINE_EXCEEDED,
+    };
+    StreamEnd::error(code, message)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ErrorKind {
+    NoRoute,
+    Unavailable,
+    DownstreamReset,
+    Deadline,
+}
+
+/// Header keys that belong to one hop.
+fn forwardable(md: &Metadata) -> Metadata {
+    let mut md = md.clone();
+    md.retain(|k, _| k != str_key::CONN_RESET.as_bytes());
+    md
+}
+
+impl Forwarder {
+    fn ttstream_client(&self, downstream: &str) -> Option<Arc<TTStreamClient>> {
+        if let Some(c) = self
+            .streams
+            .ttstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(downstream)
+        {
+            return Some(c.clone());
+        }
+        let cfg = self.config().downstreams.get(downstream)?.clone();
+        let mut w = self
+            .streams
+            .ttstream
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(
+            w.entry(downstream.to_owned())
+                .or_insert_with(|| Arc::new(TTStreamClient::new(cfg)))
+                .clone(),
+        )
+    }
+
+    fn grpc_client(&self, downstream: &str) -> Option<Arc<GrpcClient>> {
+        if let Some(c) = self
+            .streams
+            .grpc
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(downstream)
+        {
+            return Some(c.clone());
+        }
+        let d = self.config().downstreams.get(downstream)?;
+        let mut cfg = GrpcClientConfig::new(d.endpoints.iter().map(|e| e.addr).collect());
+        cfg.connect_timeout = d.connect_timeout;
+        cfg.max_message_size = d.max_frame_size;
+        let mut w = self.streams.grpc.write().unwrap_or_else(|e| e.into_inner());
+        Some(
+            w.entry(downstream.to_owned())
+                .or_insert_with(|| Arc::new(GrpcClient::new(cfg)))
+                .clone(),
+        )
+    }
+
+    async fn open_downstream(
+        &self,
+        req: &StreamRequest,
+        downstream: &str,
+    ) -> Result<ClientStream, String> {
+        match &req.protocol {
+            Protocol::TTStream => {
+                let client = self
+                    .ttstream_client(downstream)
+                    .ok_or_else(|| format!("downstream {downstream:?} is not configured"))?;
+                client
+                    .open(OpenStream {
+                        method: req.method.clone(),
+                        service: req.service.clone(),
+                        headers: forwardable(&req.headers),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Protocol::Grpc {
+                path,
+                content_type,
+                authority,
+            } => {
+                let client = self
+                    .grpc_client(downstream)
+                    .ok_or_else(|| format!("downstream {downstream:?} is not configured"))?;
+                client
+                    .open(&OpenRequest {
+                        path: path.clone(),
+                        content_type: content_type.clone(),
+                        authority: authority.clone(),
+                        headers: forwardable(&req.headers),
+                        deadline: req.deadline,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl StreamingHandler for Forwarder {
+    async fn handle(&self, req: StreamRequest, up: ServerStream) {
+        self.stats().streams.fetch_add(1, Ordering::Relaxed);
+        let route = self
+            .route_by(&req.service, &req.method, |k| {
+                req.headers.get(k).map(|v| v.as_ref())
+            })
+            .cloned();
+        let Some(route) = route else {
+            self.stats().unrouted.fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "sluice: no route for service {:?} method {:?}",
+                req.service, req.method
+            );
+            up.finish(error_end(&req.protocol, ErrorKind::NoRoute, msg))
+                .await;
+            return;
+        };
+        let down = match self.open_downstream(&req, &route.downstream).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.stats()
+                    .downstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let msg = format!("sluice: downstream {:?}: {e}", route.downstream);
+                up.finish(error_end(&req.protocol, ErrorKind::Unavailable, msg))
+                    .await;
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        let mut deadline = req.deadline.or(route.timeout.map(|t| now + t));
+        if let Some(max) = route.max_timeout {
+            deadline = Some(deadline.map_or(now + max, |d| d.min(now + max)));
+        }
+        pump(req, up, down, deadline, &route.downstream).await;
+    }
+}
+
+/// Pumps one forwarded stream until it ends on both sides.
+async fn pump(
+    req: StreamRequest,
+    up: ServerStream,
+    down: ClientStream,
+    deadline: Option<std::time::Instant>,
+    downstream: &str,
+) {
+    let (mut up_rx, up_tx) = up.split();
+    let (down_tx, mut down_rx) = down.split();
+    let protocol = req.protocol.clone();
+
+    // Upstream to downstream.
+    let forward = {
+        let down_tx = down_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match up_rx.recv().await {
+                    Ok(Some(m)) => {
+                        if down_tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = down_tx.close_send().await;
+                        return;
+                    }
+                    Err(reset) => {
+                        let cancel_path = sluice_ttstream::extend_cancel_path(
+                            reset.cancel_path.as_deref(),
+                            CANCEL_PATH_NAME,
+                        );
+                        down_tx
+                            .reset(Reset {
+                                cancel_path,
+                                ..reset
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    // Downstream to upstream, bounded by the deadline.
+    let backward = async {
+        loop {
+            match down_rx.recv().await {
+                Incoming::Headers(md) => {
+                    let _ = up_tx.send_headers(forwardable(&md)).await;
+                }
+                Incoming::Message(m) => {
+                    if up_tx.send(m).await.is_err() {
+                        // The upstream is gone: cancel downstream.
+                        down_tx
+                            .reset(Reset {
+                                code: 12007,
+                                message: "upstream went away".into(),
+                                cancel_path: Some(CANCEL_PATH_NAME.into()),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+                Incoming::End(end) => {
+                    let mut end = end;
+                    end.trailers = forwardable(&end.trailers);
+                    up_tx.finish(end).await;
+                    return;
+                }
+                Incoming::Reset(r) => {
+                    let msg = format!(
+                        "sluice: downstream {downstream:?} reset the stream: {} (code {})",
+                        r.message, r.code
+                    );
+                    up_tx
+                        .finish(error_end(&protocol, ErrorKind::DownstreamReset, msg))
+                        .await;
+                    return;
+                }
+            }
+        }
+    };
+    let timed_out = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), backward).await.is_err(),
+        None => {
+            backward.await;
+            false
+        }
+    };
+    if timed_out {
+        down_tx
+            .reset(Reset {
+                code: 12015,
+                message: "deadline exceeded".into(),
+                cancel_path: Some(CANCEL_PATH_NAME.into()),
+            })
+            .await;
+        let msg = format!("sluice: timeout: downstream {downstream:?}: deadline exceeded");
+        up_tx
+            .finish(error_end(&req.protocol, ErrorKind::Deadline, msg))
+            .await;
+    }
+    forward.abort();
+}

@@ -1,0 +1,435 @@
+//! TTStream through the `sluice` binary: our TTStream client upstream, in-process TTStream
+//! servers downstream, and real Kitex TTStream bytes replayed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_client::{ClientConfig, Endpoint, OpenStream, TTStreamClient};
+use sluice_stream::{
+    ClientRecv, Incoming, Metadata, Reset, ServerStream, StreamEnd, StreamRequest, StreamingHandler,
+};
+use sluice_testkit::{Capture, Dir, TTSTREAM};
+use sluice_ttstream::{FrameDecoder, FrameType, StreamFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{free_port, start_echo, start_streaming, Sluice};
+
+fn config(down: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "streams"
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+[[routes]]
+service = "*"
+downstream = "down"
+[downstreams.down]
+endpoints = ["{down}"]
+"#
+    )
+}
+
+fn client(addr: std::net::SocketAddr) -> TTStreamClient {
+    TTStreamClient::new(ClientConfig::new(
+        "sluice",
+        vec![Endpoint { addr, weight: 1 }],
+    ))
+}
+
+fn open(method: &str) -> OpenStream {
+    let mut headers = Metadata::new();
+    headers.push("RPC_TRANSIT_KX_REQ_ID", "s-1");
+    OpenStream {
+        method: method.into(),
+        service: "EchoService".into(),
+        headers,
+    }
+}
+
+fn msg(i: usize) -> Bytes {
+    // A bare EchoRequest{1: "m<i>"} struct, as TTStream Data frames carry.
+    let s = format!("m{i}");
+    let mut v = vec![0x0b, 0x00, 0x01];
+    v.extend_from_slice(&(s.len() as i32).to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    Bytes::from(v)
+}
+
+/// Reads until the end; returns (headers seen, messages, end).
+async fn drain(rx: &mut ClientRecv) -> (bool, Vec<Bytes>, Result<StreamEnd, Reset>) {
+    let mut headers = false;
+    let mut msgs = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("stream ends in time")
+        {
+            Incoming::Headers(_) => headers = true,
+            Incoming::Message(m) => msgs.push(m),
+            Incoming::End(e) => return (headers, msgs, Ok(e)),
+            Incoming::Reset(r) => return (headers, msgs, Err(r)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidi_client_and_server_streaming_and_errors() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let c = client(sluice.addr);
+
+    let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+    for i in 0..3 {
+        tx.send(msg(i)).await.unwrap();
+        match rx.recv().await {
+            Incoming::Headers(_) => assert_eq!(rx.recv().await, Incoming::Message(msg(i))),
+            other => assert_eq!(other, Incoming::Message(msg(i))),
+        }
+    }
+    tx.close_send().await.unwrap();
+    let (_, rest, end) = drain(&mut rx).await;
+    assert!(rest.is_empty());
+    assert_eq!(end, Ok(StreamEnd::ok()));
+    let seen: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+    assert_eq!(
+        seen.get("RPC_TRANSIT_KX_REQ_ID").map(String::as_str),
+        Some("s-1"),
+        "metainfo crosses"
+    );
+    assert_eq!(seen.get("isn").map(String::as_str), Some("EchoService"));
+
+    let (tx, mut rx) = c.open(open("EchoClient")).await.unwrap().split();
+    for i in 0..3 {
+        tx.send(msg(i)).await.unwrap();
+    }
+    tx.close_send().await.unwrap();
+    let (headers, msgs, end) = drain(&mut rx).await;
+    assert!(headers);
+    assert_eq!(msgs, vec![msg(2)]);
+    assert_eq!(end, Ok(StreamEnd::ok()));
+
+    let (tx, mut rx) = c.open(open("EchoServer")).await.unwrap().split();
+    tx.send(msg(7)).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs, vec![msg(7), msg(7)]);
+    assert_eq!(end, Ok(StreamEnd::ok()));
+
+    let (tx, mut rx) = c.open(open("EchoBidiFail")).await.unwrap().split();
+    tx.send(msg(1)).await.unwrap();
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs, vec![msg(1)]);
+    let err = end.unwrap().error.expect("error end");
+    assert_eq!(err.code, 6);
+    assert_eq!(
+        err.message, "biz error: echo: injected stream failure after 1 messages",
+        "passed through unchanged"
+    );
+    // Kitex clients still send a Trailer after the stream ended; nothing breaks.
+    let _ = tx.close_send().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_interleaved_streams() {
+    let (echo, _h, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let c = Arc::new(client(sluice.addr));
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..40 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+            for i in 0..10 {
+                tx.send(msg(s * 100 + i)).await.unwrap();
+            }
+            tx.close_send().await.unwrap();
+            let (_, msgs, end) = drain(&mut rx).await;
+            assert_eq!(msgs, (0..10).map(|i| msg(s * 100 + i)).collect::<Vec<_>>());
+            assert_eq!(end, Ok(StreamEnd::ok()));
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cancel_becomes_a_downstream_rst_with_the_cancel_path_extended() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let c = client(sluice.addr);
+    let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+    tx.send(msg(0)).await.unwrap();
+    loop {
+        if let Incoming::Message(_) = rx.recv().await {
+            break;
+        }
+    }
+    tx.reset(Reset {
+        code: 12007,
+        message: "user cancel".into(),
+        cancel_path: Some("ServiceA".into()),
+    })
+    .await;
+    let start = std::time::Instant::now();
+    while handler.resets_seen().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "downstream never saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = &handler.resets_seen()[0];
+    assert_eq!(r.code, 12007);
+    assert_eq!(r.message, "user cancel");
+    assert_eq!(r.cancel_path.as_deref(), Some("ServiceA,sluice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_that_drops_the_connection_ends_the_upstream_stream_with_an_error() {
+    // A fake downstream: reads the stream's Header frame, then closes the connection.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                drop(s);
+            });
+        }
+    });
+    let sluice = Sluice::start(&config(addr));
+    let c = client(sluice.addr);
+    let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+    tx.send(msg(0)).await.unwrap();
+    let (_, _, end) = drain(&mut rx).await;
+    let err = end
+        .expect("an error trailer, not a reset")
+        .error
+        .expect("error");
+    assert_eq!(err.code, 12009);
+    assert!(err.message.contains("\"down\""), "{}", err.message);
+}
+
+/// Sends many 16 KiB messages as fast as the stream lets it, counting them.
+struct Flood(Arc<AtomicU64>);
+
+impl StreamingHandler for Flood {
+    async fn handle(&self, _req: StreamRequest, stream: ServerStream) {
+        let big = Bytes::from(vec![7u8; 16 * 1024]);
+        for _ in 0..4000 {
+            if stream.send(big.clone()).await.is_err() {
+                return;
+            }
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        stream.finish(StreamEnd::ok()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_the_sender_and_memory_stays_bounded() {
+    let sent = Arc::new(AtomicU64::new(0));
+    let echo = Arc::new(sluice_server::echo::EchoHandler::new());
+    let (down, _d) = start_streaming(echo, Arc::new(Flood(sent.clone()))).await;
+    let sluice = Sluice::start(&config(down));
+    let c = client(sluice.addr);
+    let (_tx, mut rx) = c.open(open("Flood")).await.unwrap().split();
+    // Read nothing for a while: the downstream must stall well short of 4000 x 16 KiB.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = sent.load(Ordering::Relaxed);
+    assert!(
+        stalled_at < 2000,
+        "sender was not slowed: {stalled_at} messages sent"
+    );
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", sluice.pid()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap();
+    assert!(
+        rss < 64 * 1024,
+        "sluice RSS {rss} KiB while a stream is stalled"
+    );
+    // Now read everything: nothing was lost.
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs.len(), 4000);
+    assert_eq!(end, Ok(StreamEnd::ok()));
+}
+
+/// Replays, per stream, what the captured Kitex server sent.
+struct Replay {
+    /// By first request payload: the server's Data payloads and its end.
+    script: std::collections::HashMap<Bytes, (Vec<Bytes>, StreamEnd)>,
+}
+
+impl StreamingHandler for Replay {
+    async fn handle(&self, _req: StreamRequest, mut stream: ServerStream) {
+        let first = match stream.recv().await {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        let Some((data, end)) = self.script.get(&first).cloned() else {
+            stream.finish(StreamEnd::error(6, "no script")).await;
+            return;
+        };
+        let fails = end.error.is_some();
+        for d in data {
+            let _ = stream.send(d).await;
+        }
+        if !fails {
+            // Like Kitex's echo handlers: end once the client has half-closed.
+            while let Ok(Some(_)) = stream.recv().await {}
+        }
+        stream.finish(end).await;
+    }
+}
+
+fn frames(bytes: &[u8]) -> Vec<StreamFrame> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = FrameDecoder::default().decode(&mut buf).unwrap() {
+        out.push(f);
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+fn end_of(f: &StreamFrame) -> StreamEnd {
+    StreamEnd {
+        error: f.exception().unwrap().map(|ex| sluice_stream::ErrorStatus {
+            code: ex.kind.0 as u32,
+            message: ex.message,
+        }),
+        trailers: Metadata::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kitex_ttstream_captures_replayed_through_sluice() {
+    for name in TTSTREAM.iter().filter(|n| !n.contains("cancel")) {
+        let cap = Capture::load(name);
+        let mut script = std::collections::HashMap::new();
+        let mut conns = Vec::new();
+        for conn in &cap.conns {
+            let c2s = frames(conn.bytes(Dir::C2s));
+            let s2c = frames(conn.bytes(Dir::S2c));
+            let ids: std::collections::BTreeSet<i32> = c2s.iter().map(|f| f.stream_id).collect();
+            for id in ids {
+                let first = c2s
+                    .iter()
+                    .find(|f| f.stream_id == id && f.kind == FrameType::Data)
+                    .unwrap()
+                    .payload
+                    .clone();
+                let data: Vec<Bytes> = s2c
+                    .iter()
+                    .filter(|f| f.stream_id == id && f.kind == FrameType::Data)
+                    .map(|f| f.payload.clone())
+                    .collect();
+                let trailer = s2c
+                    .iter()
+                    .find(|f| f.stream_id == id && f.kind == FrameType::Trailer)
+                    .unwrap();
+                script.insert(first, (data, end_of(trailer)));
+            }
+            conns.push((conn.bytes(Dir::C2s).to_vec(), s2c));
+        }
+        let replay = Arc::new(Replay { script });
+        let echo = Arc::new(sluice_server::echo::EchoHandler::new());
+        let (down, _d) = start_streaming(echo, replay).await;
+        let sluice = Sluice::start(&config(down));
+        for (c2s, want) in conns {
+            let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+            s.write_all(&c2s).await.unwrap();
+            let want_ids: std::collections::BTreeSet<i32> =
+                want.iter().map(|f| f.stream_id).collect();
+            let mut got: Vec<StreamFrame> = Vec::new();
+            let mut buf = BytesMut::new();
+            let dec = FrameDecoder::default();
+            let mut ended = std::collections::BTreeSet::new();
+            while ended != want_ids {
+                let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "{name}: connection closed early");
+                while let Some(f) = dec.decode(&mut buf).unwrap() {
+                    if f.kind == FrameType::Trailer {
+                        ended.insert(f.stream_id);
+                    }
+                    got.push(f);
+                }
+            }
+            for id in want_ids {
+                let w: Vec<&StreamFrame> = want.iter().filter(|f| f.stream_id == id).collect();
+                let g: Vec<&StreamFrame> = got.iter().filter(|f| f.stream_id == id).collect();
+                let kinds = |v: &[&StreamFrame]| v.iter().map(|f| f.kind).collect::<Vec<_>>();
+                assert_eq!(kinds(&g), kinds(&w), "{name} stream {id}: frame sequence");
+                for (gf, wf) in g.iter().zip(&w) {
+                    assert_eq!(gf.method, wf.method, "{name} stream {id}");
+                    assert_eq!(gf.header.flags, wf.header.flags);
+                    assert_eq!(gf.header.protocol_id, wf.header.protocol_id);
+                    assert_eq!(gf.header.int_kvs.len(), 2, "only keys 9 and 27, as Kitex");
+                    if gf.kind == FrameType::Data {
+                        assert_eq!(gf.payload, wf.payload, "{name} stream {id}: data");
+                    }
+                    if gf.kind == FrameType::Trailer {
+                        assert_eq!(
+                            gf.exception().unwrap(),
+                            wf.exception().unwrap(),
+                            "{name} stream {id}: exception"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kitex_cancel_capture_cancels_downstream() {
+    let cap = Capture::load("ttstream-bidi-cancel");
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let c2s = cap.conns[0].bytes(Dir::C2s).to_vec();
+    // Header + Data first, then (after the echo) the RST and the Trailer, as Kitex sent them.
+    let first_two: usize = frames(&c2s).iter().take(2).map(|f| f.encoded_len()).sum();
+    s.write_all(&c2s[..first_two]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&c2s[first_two..]).await.unwrap();
+    let start = std::time::Instant::now();
+    while handler.resets_seen().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the cancel never reached the downstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = &handler.resets_seen()[0];
+    assert_eq!(r.code, 12007);
+    assert!(
+        r.message.starts_with("user code invoking stream RPC"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        r.cancel_path.as_deref(),
+        Some("sluice"),
+        "an empty path gains this proxy's name"
+    );
+    let _ = free_port();
+}
