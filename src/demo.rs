@@ -24,12 +24,17 @@ async fn bind(preferred: &str) -> std::io::Result<TcpListener> {
     }
 }
 
-fn demo_config(proxy: &str, echo: SocketAddr) -> String {
+fn demo_config(proxy: &str, grpc: &str, echo: SocketAddr) -> String {
     format!(
         r#"[[listeners]]
 name = "pingpong"
 address = "{proxy}"
 cluster = "ttstream"      # TTStream + all ping-pong; "grpc" listeners serve gRPC
+
+[[listeners]]
+name = "grpc"
+address = "{grpc}"
+cluster = "grpc"
 
 [[routes]]
 service = "*"             # any service name, including none (Framed/Buffered carry none)
@@ -155,6 +160,105 @@ async fn traffic(
     row
 }
 
+#[derive(Debug, Clone, Copy)]
+enum StreamKind {
+    TTStream,
+    GrpcUnary,
+    GrpcBidi,
+}
+
+/// One stream per request: open, one message, half-close, read the echo and the end.
+async fn stream_traffic(
+    name: &'static str,
+    addr: SocketAddr,
+    kind: StreamKind,
+    requests: usize,
+    concurrency: usize,
+) -> Row {
+    let tt = Arc::new(sluice_client::TTStreamClient::new(ClientConfig::new(
+        name,
+        vec![Endpoint { addr, weight: 1 }],
+    )));
+    let grpc = Arc::new(sluice_http2::GrpcClient::new(
+        sluice_http2::GrpcClientConfig::new(vec![addr]),
+    ));
+    let per = requests.div_ceil(concurrency);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let (tt, grpc) = (tt.clone(), grpc.clone());
+        tasks.spawn(async move {
+            let mut ok = 0;
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let msg = Bytes::from(format!("demo {name} caller {w} stream {i}"));
+                let start = Instant::now();
+                let opened = match kind {
+                    StreamKind::TTStream => tt
+                        .open(sluice_client::OpenStream {
+                            method: "EchoBidi".into(),
+                            service: "EchoService".into(),
+                            headers: sluice_stream::Metadata::new(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string()),
+                    StreamKind::GrpcUnary | StreamKind::GrpcBidi => {
+                        let (path, ct) = if matches!(kind, StreamKind::GrpcUnary) {
+                            ("/echo.EchoService/Echo", "application/grpc")
+                        } else {
+                            ("/EchoService/EchoBidi", "application/grpc+thrift")
+                        };
+                        grpc.open(&sluice_http2::OpenRequest {
+                            path: path.into(),
+                            content_type: ct.into(),
+                            authority: "EchoService".into(),
+                            headers: sluice_stream::Metadata::new(),
+                            deadline: Some(Instant::now() + Duration::from_secs(5)),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                    }
+                };
+                let Ok(stream) = opened else {
+                    lat.push(start.elapsed());
+                    continue;
+                };
+                let (tx, mut rx) = stream.split();
+                let sent = tx.send(msg.clone()).await.is_ok() && tx.close_send().await.is_ok();
+                let mut echoed = false;
+                let mut good_end = false;
+                while sent {
+                    match rx.recv().await {
+                        sluice_stream::Incoming::Headers(_) => {}
+                        sluice_stream::Incoming::Message(m) => echoed = m == msg,
+                        sluice_stream::Incoming::End(e) => {
+                            good_end = e.error.is_none();
+                            break;
+                        }
+                        sluice_stream::Incoming::Reset(_) => break,
+                    }
+                }
+                lat.push(start.elapsed());
+                if echoed && good_end {
+                    ok += 1;
+                }
+            }
+            (ok, lat)
+        });
+    }
+    let mut row = Row {
+        name,
+        requests: per * concurrency,
+        ok: 0,
+        latencies: Vec::new(),
+    };
+    while let Some(Ok((ok, lat))) = tasks.join_next().await {
+        row.ok += ok;
+        row.latencies.extend(lat);
+    }
+    row.latencies.sort();
+    row
+}
+
 pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> ExitCode {
     // The downstream: an echo service speaking every ping-pong protocol on one port.
     let echo_listener = match bind("127.0.0.1:8888").await {
@@ -166,23 +270,27 @@ pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> Exit
     };
     let echo_addr = echo_listener.local_addr().expect("bound");
     let (echo_handle, echo_drain) = DrainHandle::new();
+    let handler = Arc::new(EchoHandler::new());
     let echo = Server::new(
         ServerConfig {
             name: "echo".into(),
             ..ServerConfig::default()
         },
-        Arc::new(EchoHandler::new()),
-    );
+        handler.clone(),
+    )
+    .with_streaming(handler);
     tokio::spawn(echo.serve(echo_listener, echo_drain));
 
     // The proxy, configured from the same TOML a user would write.
-    let proxy_probe = bind("127.0.0.1:7000").await;
-    let proxy_addr = match &proxy_probe {
-        Ok(l) => l.local_addr().expect("bound").to_string(),
-        Err(_) => "127.0.0.1:0".into(),
-    };
-    drop(proxy_probe);
-    let toml = demo_config(&proxy_addr, echo_addr);
+    let mut addrs = Vec::new();
+    for preferred in ["127.0.0.1:7000", "127.0.0.1:7001"] {
+        let probe = bind(preferred).await;
+        addrs.push(match &probe {
+            Ok(l) => l.local_addr().expect("bound").to_string(),
+            Err(_) => "127.0.0.1:0".into(),
+        });
+    }
+    let toml = demo_config(&addrs[0], &addrs[1], echo_addr);
     let cfg = match Config::from_toml(&toml) {
         Ok(c) => c,
         Err(e) => {
@@ -198,10 +306,11 @@ pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> Exit
         }
     };
     let proxy_addr = proxy.local_addrs()[0].1;
+    let grpc_addr = proxy.local_addrs()[1].1;
     let (proxy_handle, proxy_drain) = DrainHandle::new();
     let serving = tokio::spawn(proxy.serve(proxy_drain));
 
-    println!("sluice demo: echo service on {echo_addr}, proxy on {proxy_addr}");
+    println!("sluice demo: echo service on {echo_addr}, proxy on {proxy_addr} (ping-pong and TTStream) and {grpc_addr} (gRPC)");
     println!("sending {requests} requests per protocol with {concurrency} concurrent callers\n");
     let cases: [(&'static str, Transport, Codec); 6] = [
         (
@@ -244,12 +353,34 @@ pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> Exit
             pct(&row.latencies, 0.99)
         );
     }
-    println!("{:<36} {:>9}", "TTStream", "not yet");
-    println!("{:<36} {:>9}", "gRPC", "not yet");
+    for (name, kind) in [
+        ("TTStream bidi (1 message per stream)", StreamKind::TTStream),
+        ("gRPC unary (protobuf)", StreamKind::GrpcUnary),
+        ("gRPC bidi (thrift, 1 message)", StreamKind::GrpcBidi),
+    ] {
+        let addr = if matches!(kind, StreamKind::TTStream) {
+            proxy_addr
+        } else {
+            grpc_addr
+        };
+        let row = stream_traffic(name, addr, kind, requests, concurrency).await;
+        all_ok &= row.ok == row.requests;
+        println!(
+            "{:<36} {:>9} {:>9} {:>10.3?} {:>10.3?}",
+            row.name,
+            row.requests,
+            row.ok,
+            pct(&row.latencies, 0.50),
+            pct(&row.latencies, 0.99)
+        );
+    }
     println!(
-        "\nPoint a Kitex client (any ping-pong transport) at {proxy_addr}. The config in use:\n"
+        "\nPoint a Kitex client at {proxy_addr} (ping-pong and TTStream) or {grpc_addr} (gRPC). The config in use:\n"
     );
-    println!("{}", demo_config(&proxy_addr.to_string(), echo_addr));
+    println!(
+        "{}",
+        demo_config(&proxy_addr.to_string(), &grpc_addr.to_string(), echo_addr)
+    );
     if exit {
         proxy_handle.drain();
         echo_handle.drain();

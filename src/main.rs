@@ -241,13 +241,15 @@ async fn echo(listen: String) -> ExitCode {
         }
     };
     let (handle, drain) = DrainHandle::new();
+    let handler = std::sync::Arc::new(sluice_server::echo::EchoHandler::new());
     let server = sluice_server::Server::new(
         sluice_server::ServerConfig {
             name: "echo".into(),
             ..Default::default()
         },
-        std::sync::Arc::new(sluice_server::echo::EchoHandler::new()),
-    );
+        handler.clone(),
+    )
+    .with_streaming(handler);
     let serving = tokio::spawn(server.serve(listener, drain));
     shutdown_signal().await;
     handle.drain();

@@ -33,11 +33,14 @@ pub use drain::{Drain, DrainHandle};
 pub use request::{DefaultHandler, Request, Response, ResponseBody, Transport};
 pub use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
 
-/// Which protocol family a listener serves (architecture: clusters are pinned).
+/// Which protocol family a listener serves. Proxy listeners are pinned to one cluster; an
+/// embedded server serves every family on one port by default, as a Kitex server does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Cluster {
-    /// TTStream streaming and all ping-pong traffic.
+    /// Every family: ping-pong, TTStream and gRPC.
     #[default]
+    All,
+    /// TTStream streaming and all ping-pong traffic.
     TTStream,
     /// gRPC over HTTP/2.
     Grpc,
@@ -47,6 +50,7 @@ impl Cluster {
     /// The configuration spelling.
     pub fn as_str(self) -> &'static str {
         match self {
+            Cluster::All => "all",
             Cluster::TTStream => "ttstream",
             Cluster::Grpc => "grpc",
         }
@@ -97,7 +101,7 @@ pub struct ServerConfig {
     pub default_service: Option<String>,
     /// After a drain starts, how long connections may take to finish. Default 10 s.
     pub drain_grace: Duration,
-    /// The protocol family served. Default TTStream (TTStream and all ping-pong).
+    /// The protocol families served. Default: all of them.
     pub cluster: Cluster,
 }
 
@@ -112,7 +116,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             default_service: None,
             drain_grace: Duration::from_secs(10),
-            cluster: Cluster::TTStream,
+            cluster: Cluster::All,
         }
     }
 }
