@@ -226,7 +226,7 @@ async fn stream_traffic(
                 let sent = tx.send(msg.clone()).await.is_ok() && tx.close_send().await.is_ok();
                 let mut echoed = false;
                 let mut good_end = false;
-                while sent {
+                while sent && !good_end {
                     match rx.recv().await {
                         sluice_stream::Incoming::Headers(_) => {}
                         sluice_stream::Incoming::Message(m) => echoed = m == msg,

@@ -672,6 +672,9 @@ fn demo_prints_a_table_with_every_request_ok() {
         "Buffered",
         "TTHeader + Kitex protobuf",
         "Framed Kitex protobuf",
+        "TTStream bidi",
+        "gRPC unary",
+        "gRPC bidi",
     ] {
         let line = stdout
             .lines()
