@@ -140,7 +140,7 @@ async fn many_interleaved_streams() {
     let sluice = Sluice::start(&config(echo));
     let c = Arc::new(client(sluice.addr));
     let mut tasks = tokio::task::JoinSet::new();
-    for s in 0..40 {
+    for s in 0..100 {
         let c = c.clone();
         tasks.spawn(async move {
             let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
@@ -269,17 +269,42 @@ async fn a_slow_reader_slows_the_sender_and_memory_stays_bounded() {
     assert_eq!(end, Ok(StreamEnd::ok()));
 }
 
-/// Replays, per stream, what the captured Kitex server sent.
+/// What the downstream received on one stream.
+#[derive(Debug, Clone)]
+struct Received {
+    method: String,
+    service: String,
+    headers: std::collections::BTreeMap<String, String>,
+    messages: Vec<Bytes>,
+}
+
+/// Replays, per stream, what the captured Kitex server sent, and records what it received.
 struct Replay {
     /// By first request payload: the server's Data payloads and its end.
     script: std::collections::HashMap<Bytes, (Vec<Bytes>, StreamEnd)>,
+    received: std::sync::Mutex<Vec<Received>>,
 }
 
 impl StreamingHandler for Replay {
-    async fn handle(&self, _req: StreamRequest, mut stream: ServerStream) {
+    async fn handle(&self, req: StreamRequest, mut stream: ServerStream) {
         let first = match stream.recv().await {
             Ok(Some(m)) => m,
             _ => return,
+        };
+        let mut got = Received {
+            method: req.method.clone(),
+            service: req.service.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into(),
+                        String::from_utf8_lossy(v).into(),
+                    )
+                })
+                .collect(),
+            messages: vec![first.clone()],
         };
         let Some((data, end)) = self.script.get(&first).cloned() else {
             stream.finish(StreamEnd::error(6, "no script")).await;
@@ -291,8 +316,11 @@ impl StreamingHandler for Replay {
         }
         if !fails {
             // Like Kitex's echo handlers: end once the client has half-closed.
-            while let Ok(Some(_)) = stream.recv().await {}
+            while let Ok(Some(m)) = stream.recv().await {
+                got.messages.push(m);
+            }
         }
+        self.received.lock().unwrap().push(got);
         stream.finish(end).await;
     }
 }
@@ -347,11 +375,16 @@ async fn kitex_ttstream_captures_replayed_through_sluice() {
             }
             conns.push((conn.bytes(Dir::C2s).to_vec(), s2c));
         }
-        let replay = Arc::new(Replay { script });
+        let replay = Arc::new(Replay {
+            script,
+            received: Default::default(),
+        });
         let echo = Arc::new(sluice_server::echo::EchoHandler::new());
-        let (down, _d) = start_streaming(echo, replay).await;
+        let (down, _d) = start_streaming(echo, replay.clone()).await;
         let sluice = Sluice::start(&config(down));
+        let mut client_frames = Vec::new();
         for (c2s, want) in conns {
+            client_frames.extend(frames(&c2s));
             let mut s = TcpStream::connect(sluice.addr).await.unwrap();
             s.write_all(&c2s).await.unwrap();
             let want_ids: std::collections::BTreeSet<i32> =
@@ -396,6 +429,55 @@ async fn kitex_ttstream_captures_replayed_through_sluice() {
                 }
             }
         }
+        // What the downstream received decodes to the captured client frames.
+        let received = replay.received.lock().unwrap().clone();
+        let ids: std::collections::BTreeSet<i32> =
+            client_frames.iter().map(|f| f.stream_id).collect();
+        assert_eq!(
+            received.len(),
+            ids.len(),
+            "{name}: one downstream stream per captured stream"
+        );
+        for id in ids {
+            let header = client_frames
+                .iter()
+                .find(|f| f.stream_id == id && f.kind == FrameType::Header)
+                .unwrap();
+            let data: Vec<Bytes> = client_frames
+                .iter()
+                .filter(|f| f.stream_id == id && f.kind == FrameType::Data)
+                .map(|f| f.payload.clone())
+                .collect();
+            let r = received
+                .iter()
+                .find(|r| r.messages[0] == data[0])
+                .unwrap_or_else(|| panic!("{name} stream {id}: never reached the downstream"));
+            assert_eq!(
+                r.method.as_bytes(),
+                header.method.as_ref(),
+                "{name} stream {id}: method"
+            );
+            assert_eq!(
+                Some(r.service.as_str()),
+                header.service(),
+                "{name} stream {id}: isn"
+            );
+            for (k, v) in header.header.str_kvs.iter() {
+                let k = String::from_utf8_lossy(k).into_owned();
+                let v = String::from_utf8_lossy(v).into_owned();
+                assert_eq!(
+                    r.headers.get(&k),
+                    Some(&v),
+                    "{name} stream {id}: header key {k}"
+                );
+            }
+            // A failing stream stops reading after its first message, as Kitex's handler did.
+            assert_eq!(
+                &r.messages[..],
+                &data[..r.messages.len()],
+                "{name} stream {id}: payloads"
+            );
+        }
     }
 }
 
@@ -432,4 +514,66 @@ async fn kitex_cancel_capture_cancels_downstream() {
         "an empty path gains this proxy's name"
     );
     let _ = free_port();
+}
+
+/// Reads slowly: one message every 2 ms, counting them.
+struct SlowReader(Arc<AtomicU64>);
+
+impl StreamingHandler for SlowReader {
+    async fn handle(&self, _req: StreamRequest, mut stream: ServerStream) {
+        while let Ok(Some(_)) = stream.recv().await {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        stream.finish(StreamEnd::ok()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_downstream_reader_slows_the_caller_and_memory_stays_bounded() {
+    let read = Arc::new(AtomicU64::new(0));
+    let echo = Arc::new(sluice_server::echo::EchoHandler::new());
+    let (down, _d) = start_streaming(echo, Arc::new(SlowReader(read.clone()))).await;
+    let sluice = Sluice::start(&config(down));
+    let c = client(sluice.addr);
+    let (tx, mut rx) = c.open(open("Sink")).await.unwrap().split();
+    let big = Bytes::from(vec![9u8; 16 * 1024]);
+    // Send as fast as the stream allows for 1.5 s.
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_millis(1500) {
+        match tokio::time::timeout(Duration::from_millis(100), tx.send(big.clone())).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => panic!("stream closed"),
+            Err(_) => {} // the send is waiting: backpressure reached the caller
+        }
+    }
+    let rss = rss_kib(sluice.pid());
+    // At 2 ms per message the reader took at most ~750 in that time; without backpressure the
+    // caller would have pushed tens of thousands of messages.
+    assert!(
+        sent < read.load(Ordering::Relaxed) + 2000,
+        "caller was not slowed: sent {sent}"
+    );
+    assert!(
+        rss < 64 * 1024,
+        "sluice RSS {rss} KiB while the downstream reads slowly"
+    );
+    tx.close_send().await.unwrap();
+    let (_, _, end) = drain(&mut rx).await;
+    assert_eq!(end, Ok(StreamEnd::ok()));
+    assert_eq!(
+        read.load(Ordering::Relaxed),
+        sent,
+        "every message arrived once the reader caught up"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap()
 }
