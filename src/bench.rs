@@ -32,6 +32,17 @@ pub(crate) struct BenchArgs {
     pub(crate) rate: Option<u64>,
     pub(crate) warmup: Duration,
     pub(crate) json: bool,
+    /// `None` for ping-pong; otherwise bidi streams of this family.
+    pub(crate) stream: Option<StreamProto>,
+    /// Messages per stream (streaming modes).
+    pub(crate) messages: usize,
+}
+
+/// Streaming families the load generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamProto {
+    TTStream,
+    Grpc,
 }
 
 /// What a run measured.
@@ -94,7 +105,139 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
+/// Bidi streams: each caller opens a stream, sends `messages` messages one at a time waiting for
+/// each echo, half-closes, reads the end, and starts over. Latency is per message.
+async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
+    let tt = Arc::new(sluice_client::TTStreamClient::new(ClientConfig::new(
+        "bench",
+        vec![Endpoint {
+            addr: a.target,
+            weight: 1,
+        }],
+    )));
+    let grpc = Arc::new(sluice_http2::GrpcClient::new(
+        sluice_http2::GrpcClientConfig::new(vec![a.target]),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = Arc::new(AtomicBool::new(a.warmup.is_zero()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..a.concurrency {
+        let (tt, grpc, stop, recording) =
+            (tt.clone(), grpc.clone(), stop.clone(), recording.clone());
+        let msg = payload(Codec::Thrift, a.size, caller);
+        let per_stream = a.messages.max(1);
+        tasks.spawn(async move {
+            let mut hist = new_hist();
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let opened = match proto {
+                    StreamProto::TTStream => tt
+                        .open(sluice_client::OpenStream {
+                            method: "EchoBidi".into(),
+                            service: "EchoService".into(),
+                            headers: sluice_stream::Metadata::new(),
+                        })
+                        .await
+                        .ok(),
+                    StreamProto::Grpc => grpc
+                        .open(&sluice_http2::OpenRequest {
+                            path: "/EchoService/EchoBidi".into(),
+                            content_type: "application/grpc+thrift".into(),
+                            authority: "EchoService".into(),
+                            headers: sluice_stream::Metadata::new(),
+                            deadline: None,
+                        })
+                        .await
+                        .ok(),
+                };
+                let Some(stream) = opened else {
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let (tx, mut rx) = stream.split();
+                for _ in 0..per_stream {
+                    let start = Instant::now();
+                    if tx.send(msg.clone()).await.is_err() {
+                        errors += 1;
+                        break;
+                    }
+                    let good = loop {
+                        match rx.recv().await {
+                            sluice_stream::Incoming::Headers(_) => continue,
+                            sluice_stream::Incoming::Message(m) => break m == msg,
+                            _ => break false,
+                        }
+                    };
+                    if recording.load(Ordering::Relaxed) {
+                        if good {
+                            ok += 1;
+                            let _ = hist.record(start.elapsed().as_micros().max(1) as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    if !good {
+                        break;
+                    }
+                }
+                let _ = tx.close_send().await;
+                loop {
+                    match rx.recv().await {
+                        sluice_stream::Incoming::End(_) | sluice_stream::Incoming::Reset(_) => {
+                            break
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            (hist, ok, errors)
+        });
+    }
+    finish(a, tasks, stop, recording).await
+}
+
+async fn finish(
+    a: BenchArgs,
+    mut tasks: tokio::task::JoinSet<(Histogram<u64>, u64, u64)>,
+    stop: Arc<AtomicBool>,
+    recording: Arc<AtomicBool>,
+) -> BenchResult {
+    if !a.warmup.is_zero() {
+        tokio::time::sleep(a.warmup).await;
+        recording.store(true, Ordering::Relaxed);
+    }
+    let cpu0 = self_cpu();
+    let start = Instant::now();
+    if a.requests.is_none() {
+        tokio::time::sleep(a.duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
+    let mut hist = new_hist();
+    let (mut ok, mut errors) = (0, 0);
+    while let Some(Ok((h, o, e))) = tasks.join_next().await {
+        let _ = hist.add(h);
+        ok += o;
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    let q = |p: f64| Duration::from_micros(hist.value_at_quantile(p));
+    BenchResult {
+        ok,
+        errors,
+        elapsed,
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        p999: q(0.999),
+        cpu: self_cpu().saturating_sub(cpu0),
+    }
+}
+
 pub(crate) async fn run(a: BenchArgs) -> BenchResult {
+    if let Some(proto) = a.stream {
+        return run_streams(a, proto).await;
+    }
     let mut cfg = ClientConfig::new(
         "bench",
         vec![Endpoint {
@@ -172,43 +315,20 @@ pub(crate) async fn run(a: BenchArgs) -> BenchResult {
             (hist, ok, errors)
         });
     }
-    if !a.warmup.is_zero() {
-        tokio::time::sleep(a.warmup).await;
-        recording.store(true, Ordering::Relaxed);
-    }
-    let cpu0 = self_cpu();
-    let start = Instant::now();
-    if a.requests.is_none() {
-        tokio::time::sleep(a.duration).await;
-        stop.store(true, Ordering::Relaxed);
-    }
-    let mut hist = new_hist();
-    let (mut ok, mut errors) = (0, 0);
-    while let Some(Ok((h, o, e))) = tasks.join_next().await {
-        let _ = hist.add(h);
-        ok += o;
-        errors += e;
-    }
-    let elapsed = start.elapsed();
-    let q = |p: f64| Duration::from_micros(hist.value_at_quantile(p));
-    BenchResult {
-        ok,
-        errors,
-        elapsed,
-        p50: q(0.50),
-        p90: q(0.90),
-        p99: q(0.99),
-        p999: q(0.999),
-        cpu: self_cpu().saturating_sub(cpu0),
-    }
+    finish(a, tasks, stop, recording).await
 }
 
 pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
     let rps = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
     if a.json {
         println!(
-            "{{\"target\":\"{}\",\"transport\":\"{}\",\"codec\":\"{:?}\",\"size\":{},\"concurrency\":{},\"ok\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"loadgen_cpu_s\":{:.3}}}",
+            "{{\"target\":\"{}\",\"protocol\":\"{}\",\"transport\":\"{}\",\"codec\":\"{:?}\",\"size\":{},\"concurrency\":{},\"ok\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"loadgen_cpu_s\":{:.3}}}",
             a.target,
+            match a.stream {
+                None => "pingpong",
+                Some(StreamProto::TTStream) => "ttstream",
+                Some(StreamProto::Grpc) => "grpc",
+            },
             a.transport.as_str(),
             a.codec,
             a.size,

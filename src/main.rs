@@ -73,6 +73,12 @@ enum Command {
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// pingpong | ttstream | grpc (the streaming ones run bidi streams).
+        #[arg(long, default_value = "pingpong")]
+        protocol: String,
+        /// Messages per stream in the streaming modes.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
     },
     /// Starts echo services and the proxy on loopback, sends traffic of every protocol through
     /// it, prints a table, then keeps serving (no configuration needed).
@@ -155,7 +161,18 @@ fn main() -> ExitCode {
             rate,
             warmup,
             json,
+            protocol,
+            messages,
         } => {
+            let stream = match protocol.as_str() {
+                "pingpong" => None,
+                "ttstream" => Some(bench::StreamProto::TTStream),
+                "grpc" => Some(bench::StreamProto::Grpc),
+                other => {
+                    eprintln!("sluice bench: --protocol: unknown protocol {other:?} (pingpong, ttstream or grpc)");
+                    return ExitCode::from(2);
+                }
+            };
             let target = match std::net::ToSocketAddrs::to_socket_addrs(&target)
                 .ok()
                 .and_then(|mut a| a.next())
@@ -194,6 +211,8 @@ fn main() -> ExitCode {
                 rate,
                 warmup: std::time::Duration::from_secs_f64(warmup.max(0.0)),
                 json,
+                stream,
+                messages,
             };
             let r = rt.block_on(bench::run(args.clone()));
             bench::print(&args, &r);

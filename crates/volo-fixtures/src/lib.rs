@@ -1,5 +1,6 @@
 //! Test-only third-party peers: a volo-thrift generated `EchoService` server and client, built
-//! from `idl/echo.thrift`, for interop tests against the `sluice` binary.
+//! from `idl/echo.thrift`, and (in [`grpc`]) a volo-grpc generated one built from
+//! `idl/echo.proto`, for interop tests against the `sluice` binary.
 //!
 //! The server's `Echo` returns the request message, with `|tenant=<v>` appended when the call
 //! carries the persistent metainfo key [`TENANT_KEY`] (sent on the wire as the TTHeader string
@@ -15,9 +16,15 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 
+pub mod grpc;
+
+pub use futures;
+pub use http;
 pub use metainfo;
 pub use pilota;
+pub use tokio_stream;
 pub use volo;
+pub use volo_grpc;
 pub use volo_thrift;
 
 use metainfo::{Forward, MetaInfo, METAINFO};
