@@ -346,3 +346,72 @@ async fn each_family_is_refused_in_its_own_protocol_on_the_other_cluster() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_with_alpn_h2() {
+    use std::sync::Arc as StdArc;
+    let (echo, _h, _d) = start_echo().await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir();
+    let tag = format!("{}-{}", std::process::id(), crate::support::free_port());
+    let cert_path = dir.join(format!("sluice-test-cert-{tag}.pem"));
+    let key_path = dir.join(format!("sluice-test-key-{tag}.pem"));
+    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
+    let toml = config(echo).replace(
+        "cluster = \"grpc\"",
+        &format!(
+            "cluster = \"grpc\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let sluice = Sluice::start(&toml);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = StdArc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(StdArc::new(tls));
+    let tcp = TcpStream::connect(sluice.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(
+        stream.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN h2 negotiated"
+    );
+
+    let (send, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post("https://localhost/echo.EchoService/Echo")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(request, false).unwrap();
+    let msg = [0x0a, 0x05, b'h', b'e', b'l', b'l', b'o'];
+    let mut framed = vec![0, 0, 0, 0, msg.len() as u8];
+    framed.extend_from_slice(&msg);
+    body.send_data(Bytes::from(framed.clone()), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut rbody = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = rbody.data().await {
+        let chunk = chunk.unwrap();
+        let _ = rbody.flow_control().release_capacity(chunk.len());
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, framed, "the echo comes back over TLS");
+    let trailers = rbody.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    let _ = std::fs::remove_file(cert_path);
+    let _ = std::fs::remove_file(key_path);
+}

@@ -620,6 +620,27 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         stdout.contains("downstream echo-buffered: transport=buffered"),
         "{stdout}"
     );
+    // TLS belongs to gRPC listeners.
+    let text = std::fs::read_to_string(&good).unwrap().replacen(
+        "default_service = \"DefaultSvc\"",
+        "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"",
+        1,
+    );
+    let path = dir.join(format!("sluice-check-tls-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("listeners[0].tls_cert: TLS is offered on grpc listeners only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&path);
     for (bad, key) in [
         ("transport = \"ttheader\"", "transport = \"tcp\""),
         ("cluster = \"ttstream\"", "cluster = \"http\""),

@@ -49,6 +49,8 @@ struct RawListener {
     address: String,
     cluster: String,
     default_service: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +119,8 @@ pub struct Listener {
     pub cluster: Cluster,
     /// Service for requests that carry no name (Framed, Buffered).
     pub default_service: Option<String>,
+    /// TLS (gRPC listeners), with ALPN `h2`.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// A header/metainfo match.
@@ -302,11 +306,26 @@ impl Config {
                     format!("duplicate listener name {name:?}"),
                 ));
             }
+            let tls = match (&l.tls_cert, &l.tls_key) {
+                (None, None) => None,
+                (Some(_), None) => return Err(err(key("tls_key"), "tls_cert needs tls_key")),
+                (None, Some(_)) => return Err(err(key("tls_cert"), "tls_key needs tls_cert")),
+                (Some(cert), Some(k)) => {
+                    if cluster != Cluster::Grpc {
+                        return Err(err(
+                            key("tls_cert"),
+                            "TLS is offered on grpc listeners only",
+                        ));
+                    }
+                    Some(load_tls(cert, k).map_err(|(which, m)| err(key(which), m))?)
+                }
+            };
             listeners.push(Listener {
                 name,
                 address,
                 cluster,
                 default_service: l.default_service.clone(),
+                tls,
             });
         }
 
@@ -357,10 +376,11 @@ impl Config {
         for l in &self.listeners {
             let _ = writeln!(
                 s,
-                "listener {:<12} {:<21} cluster={}{}",
+                "listener {:<12} {:<21} cluster={}{}{}",
                 l.name,
                 l.address,
                 l.cluster.as_str(),
+                if l.tls.is_some() { " tls=h2" } else { "" },
                 l.default_service
                     .as_deref()
                     .map(|d| format!(" default_service={d}"))
@@ -411,6 +431,37 @@ impl Config {
         }
         s
     }
+}
+
+/// A rustls server config from PEM files, offering ALPN `h2` (gRPC).
+fn load_tls(
+    cert: &str,
+    key: &str,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| ("tls_cert", format!("cannot read {cert:?}: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("tls_cert", format!("bad PEM in {cert:?}: {e}")))?;
+    if certs.is_empty() {
+        return Err(("tls_cert", format!("no certificate in {cert:?}")));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        (
+            "tls_key",
+            format!("cannot read a private key from {key:?}: {e}"),
+        )
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ("tls_key", format!("certificate and key do not fit: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(std::sync::Arc::new(cfg))
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {

@@ -80,6 +80,7 @@ impl Proxy {
                 default_service: l.default_service.clone(),
                 drain_grace: limits.drain_grace,
                 cluster: l.cluster,
+                tls: l.tls.clone(),
             };
             let server =
                 Server::new(sc, self.forwarder.clone()).with_streaming(self.forwarder.clone());

@@ -78,6 +78,10 @@ pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
 ) {
     let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    if let Some(tls) = config.tls.clone() {
+        serve_tls(stream, peer, tls, ctx, drain).await;
+        return;
+    }
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
         .await
@@ -162,6 +166,60 @@ async fn serve_http2<S: StreamingHandler>(
     };
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
+        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing HTTP/2 connection");
+    }
+}
+
+/// A TLS connection: handshake (within the sniff timeout), then HTTP/2 on the decrypted stream.
+/// TLS is offered on gRPC listeners only, so anything but the HTTP/2 preface is refused.
+async fn serve_tls<H: DefaultHandler, S: StreamingHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    ctx: Ctx<H, S>,
+    drain: Drain,
+) {
+    let config = ctx.config.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut tls_stream = match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, listener = %config.name, "closing connection: TLS handshake timed out");
+            return;
+        }
+    };
+    let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let mut buf = BytesMut::with_capacity(64);
+    let sniffed = tokio::time::timeout(config.sniff_timeout, async {
+        while buf.len() < sluice_sniff::CONNECTION_SNIFF_LEN {
+            if tls_stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(sluice_sniff::sniff_connection(&buf))
+    })
+    .await;
+    match sniffed {
+        Ok(Ok(Ok(Detection::Protocol(Family::Http2)))) => {}
+        other => {
+            ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, listener = %config.name, ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
+            return;
+        }
+    }
+    let io = sluice_io::PrefixedIo::new(buf.freeze(), tls_stream);
+    let grpc = sluice_http2::GrpcServerConfig {
+        max_message_size: config.max_frame_size,
+        ..Default::default()
+    };
+    let shutdown = async move { drain.signaled().await };
+    if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
         tracing::warn!(%peer, listener = %config.name, reason = %e, "closing HTTP/2 connection");
     }
 }

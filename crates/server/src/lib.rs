@@ -103,6 +103,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// The protocol families served. Default: all of them.
     pub cluster: Cluster,
+    /// TLS for every connection (gRPC listeners; ALPN `h2`). Default none (plaintext, h2c).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             default_service: None,
             drain_grace: Duration::from_secs(10),
             cluster: Cluster::All,
+            tls: None,
         }
     }
 }
