@@ -28,7 +28,7 @@ pub(crate) fn effective(transport: Transport, codec: Codec) -> Transport {
 /// Encodes `call` with `seq_id`: returns the head (framing, header, envelope); the args `Bytes`
 /// follow it on the wire as they are.
 pub(crate) fn encode_request(
-    call: &Call,
+    call: &mut Call,
     transport: Transport,
     seq_id: i32,
     mux: bool,
@@ -40,25 +40,26 @@ pub(crate) fn encode_request(
     match transport {
         Transport::TTHeader | Transport::TTHeaderUnframed => {
             let framed = transport == Transport::TTHeader;
-            let mut h = Header {
-                flags: if mux { flags::SUPPORT_OUT_OF_ORDER } else { 0 },
-                seq_id,
-                protocol_id: 0,
-                transforms: Vec::new(),
-                acl_token: call.header.acl_token.clone(),
-                str_kvs: call.header.str_kvs.clone(),
-                int_kvs: call.header.int_kvs.clone(),
-            };
+            // The call's own header is completed in place and encoded: no copy of its keys.
+            // (Re-encoding it for a retry sets the same keys again.)
+            let h = &mut call.header;
+            h.flags = if mux { flags::SUPPORT_OUT_OF_ORDER } else { 0 };
+            h.seq_id = seq_id;
+            h.protocol_id = 0;
+            h.transforms.clear();
             let tt = if framed {
                 FRAMED.clone()
             } else {
                 UNFRAMED.clone()
             };
             h.int_kvs.insert(int_key::TRANSPORT_TYPE, tt);
-            h.int_kvs.insert(
-                int_key::TO_METHOD,
-                Bytes::copy_from_slice(call.method.as_bytes()),
-            );
+            if h.int_kvs.get(int_key::TO_METHOD).map(|m| m.as_ref()) != Some(call.method.as_bytes())
+            {
+                h.int_kvs.insert(
+                    int_key::TO_METHOD,
+                    Bytes::copy_from_slice(call.method.as_bytes()),
+                );
+            }
             let mt = if call.msg_type == MessageType::Oneway {
                 MSG_ONEWAY.clone()
             } else {
@@ -80,7 +81,7 @@ pub(crate) fn encode_request(
                     h.int_kvs.remove(int_key::RPC_TIMEOUT);
                 }
             }
-            sluice_ttheader::encode_head(&h, framed, message_len, &mut head)?;
+            sluice_ttheader::encode_head(h, framed, message_len, &mut head)?;
         }
         Transport::Framed => head.put_u32(message_len as u32),
         Transport::Buffered => {}

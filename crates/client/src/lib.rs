@@ -301,7 +301,7 @@ impl GenericClient {
         }
     }
 
-    async fn call_inner(&self, call: Call) -> Result<Option<Reply>, Error> {
+    async fn call_inner(&self, mut call: Call) -> Result<Option<Reply>, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::NoEndpoint {
                 downstream: self.config.name.clone(),
@@ -313,9 +313,9 @@ impl GenericClient {
             let ep = &self.endpoints[self.balance.pick(&self.endpoints, attempt)];
             let seq = self.next_seq();
             let result = if self.config.multiplex && self.config.transport.is_ttheader() {
-                ep.call_mux(&call, seq).await
+                ep.call_mux(&mut call, seq).await
             } else {
-                ep.call_pooled(&call, seq).await
+                ep.call_pooled(&mut call, seq).await
             };
             match result {
                 Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. })) => {

@@ -140,7 +140,7 @@ impl MuxConn {
         }
     }
 
-    pub(crate) async fn call(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+    pub(crate) async fn call(&self, call: &mut Call, seq: i32) -> Result<Option<Reply>, Error> {
         let head = codec::encode_request(call, self.config.transport, seq, true).map_err(|e| {
             Error::Encode {
                 downstream: self.config.name.clone(),

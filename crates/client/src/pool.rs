@@ -109,7 +109,11 @@ impl EndpointState {
     }
 
     /// One request on a pooled connection, one in flight per connection.
-    pub(crate) async fn call_pooled(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+    pub(crate) async fn call_pooled(
+        &self,
+        call: &mut Call,
+        seq: i32,
+    ) -> Result<Option<Reply>, Error> {
         if let Some(conn) = self.take_idle() {
             match self.exchange(conn, call, seq).await {
                 Err(Failure::BeforeReply(why)) => {
@@ -150,7 +154,7 @@ impl EndpointState {
     async fn exchange(
         &self,
         mut conn: Conn,
-        call: &Call,
+        call: &mut Call,
         seq: i32,
     ) -> Result<Option<Reply>, Failure> {
         let transport = codec::effective(self.config.transport, call.codec);
@@ -217,7 +221,7 @@ impl EndpointState {
     }
 
     /// One request on the endpoint's multiplexed connection.
-    pub(crate) async fn call_mux(&self, call: &Call, seq: i32) -> Result<Option<Reply>, Error> {
+    pub(crate) async fn call_mux(&self, call: &mut Call, seq: i32) -> Result<Option<Reply>, Error> {
         let conn = {
             let mut slot = self.mux.lock().await;
             match slot.as_ref() {

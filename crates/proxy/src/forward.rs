@@ -91,12 +91,12 @@ fn is_hop_str_key(k: &[u8]) -> bool {
     k == str_key::CONN_RESET.as_bytes() || k == str_key::CRC32C.as_bytes() || k.starts_with(b"PV_")
 }
 
-/// Integer keys that are per hop: the client sets its own 1, 9, 12 and 22.
+/// Integer keys that are per hop: the client sets its own 1, 12 and 22 (and 9, which it keeps
+/// when the caller's already names the method).
 fn is_hop_int_key(k: u16) -> bool {
     matches!(
         k,
         int_key::TRANSPORT_TYPE
-            | int_key::TO_METHOD
             | int_key::RPC_TIMEOUT
             | int_key::CONNECT_TIMEOUT
             | int_key::MSG_TYPE
@@ -105,21 +105,22 @@ fn is_hop_int_key(k: u16) -> bool {
     )
 }
 
-fn downstream_header(up: &Header) -> Header {
-    let mut str_kvs = up.str_kvs.clone();
+/// The caller's header, minus per-hop keys, for the downstream request (moved, not copied).
+fn downstream_header(up: Header) -> Header {
+    let mut str_kvs = up.str_kvs;
     str_kvs.retain(|k, _| !is_hop_str_key(k));
-    let mut int_kvs: IntKvs = up.int_kvs.clone();
+    let mut int_kvs: IntKvs = up.int_kvs;
     int_kvs.retain(|k, _| !is_hop_int_key(k));
     Header {
-        acl_token: up.acl_token.clone(),
+        acl_token: up.acl_token,
         str_kvs,
         int_kvs,
         ..Header::default()
     }
 }
 
-fn upstream_keys(down: &Header) -> StrKvs {
-    let mut kvs = down.str_kvs.clone();
+fn upstream_keys(down: Header) -> StrKvs {
+    let mut kvs = down.str_kvs;
     kvs.retain(|k, _| !is_hop_str_key(k));
     kvs
 }
@@ -161,7 +162,7 @@ impl DefaultHandler for Forwarder {
             msg_type: req.msg_type,
             codec: req.codec,
             args: req.args,
-            header: downstream_header(&req.header),
+            header: downstream_header(req.header),
             deadline,
         };
         match client.call(call).await {
@@ -170,7 +171,7 @@ impl DefaultHandler for Forwarder {
                     MessageType::Exception => ResponseBody::RawException(reply.body),
                     _ => ResponseBody::Reply(reply.body),
                 },
-                str_kvs: upstream_keys(&reply.header),
+                str_kvs: upstream_keys(reply.header),
             },
             // Oneway: the server writes nothing back.
             Ok(None) => Response::reply(Bytes::new()),

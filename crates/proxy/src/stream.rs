@@ -119,6 +119,7 @@ impl Forwarder {
         &self,
         req: &StreamRequest,
         downstream: &str,
+        deadline: Option<std::time::Instant>,
     ) -> Result<ClientStream, String> {
         match &req.protocol {
             Protocol::TTStream => {
@@ -148,7 +149,9 @@ impl Forwarder {
                         content_type: content_type.clone(),
                         authority: authority.clone(),
                         headers: forwardable(&req.headers),
-                        deadline: req.deadline,
+                        // The effective deadline (caller's, route default, route cap): the
+                        // downstream gets what remains of it as `grpc-timeout`.
+                        deadline,
                     })
                     .await
                     .map_err(|e| e.to_string())
@@ -175,7 +178,15 @@ impl StreamingHandler for Forwarder {
                 .await;
             return;
         };
-        let down = match self.open_downstream(&req, &route.downstream).await {
+        let now = std::time::Instant::now();
+        let mut deadline = req.deadline.or(route.timeout.map(|t| now + t));
+        if let Some(max) = route.max_timeout {
+            deadline = Some(deadline.map_or(now + max, |d| d.min(now + max)));
+        }
+        let down = match self
+            .open_downstream(&req, &route.downstream, deadline)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 self.stats()
@@ -187,11 +198,6 @@ impl StreamingHandler for Forwarder {
                 return;
             }
         };
-        let now = std::time::Instant::now();
-        let mut deadline = req.deadline.or(route.timeout.map(|t| now + t));
-        if let Some(max) = route.max_timeout {
-            deadline = Some(deadline.map_or(now + max, |d| d.min(now + max)));
-        }
         pump(req, up, down, deadline, &route.downstream).await;
     }
 }

@@ -14,12 +14,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sluice_framed::{mesh, BufferedCodec, FramedCodec};
 use sluice_sniff::{Codec, Detection, Message, Refusal};
 use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
-use sluice_ttheader::{int_key, str_key, Header};
+use sluice_ttheader::{flags, int_key, str_key, Header};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::writer::{self, Chunks};
+use crate::writer::Chunks;
 use crate::{DefaultHandler, Drain, Request, Response, ResponseBody, ServerConfig, Transport};
 
 /// Why a connection is closed. Each names the peer's mistake for the log line.
@@ -63,12 +63,17 @@ pub(crate) async fn run<H: DefaultHandler>(
     handler: Arc<H>,
     drain: Drain,
 ) {
-    let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Chunks>(config.max_in_flight_per_conn.max(1));
-    let writer = tokio::spawn(writer::run(wr, rx));
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight_per_conn.max(1)));
+    let (mut rd, mut wr) = stream.into_split();
+    let max = config.max_in_flight_per_conn.max(1);
+    // Replies of requests served concurrently (Kitex mux clients) come back here and are written
+    // by this task. The channel holds as many replies as there can be requests in flight, so a
+    // handler task never waits on it.
+    let (tx, mut rx) = mpsc::channel::<Chunks>(max);
+    let in_flight = Arc::new(Semaphore::new(max));
     let codecs = Codecs::new(config.max_frame_size);
     let mut draining = drain.is_draining();
+    // Replies waiting to be written: flushed with one vectored write per batch.
+    let mut out: Vec<Bytes> = Vec::with_capacity(8);
 
     let outcome: Result<(), ConnError> = 'conn: loop {
         // Serve every whole request already buffered.
@@ -80,14 +85,31 @@ pub(crate) async fn run<H: DefaultHandler>(
             };
             match incoming {
                 Incoming::Reject(to, ex) => {
-                    let resp = Response::error(ex.clone());
-                    let _ = tx.send(encode_reply(&to, resp, true)).await;
+                    out.extend(encode_reply(&to, Response::error(ex.clone()), true));
+                    let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
                     tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
                     break 'conn Ok(());
                 }
-                Incoming::Request(req) if req.transport.is_ttheader() => {
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break 'conn Ok(());
+                Incoming::Request(req)
+                    if req.transport.is_ttheader()
+                        && req.header.flags & flags::SUPPORT_OUT_OF_ORDER != 0 =>
+                {
+                    // A Kitex mux client pipelines and matches replies by seq id: serve its
+                    // requests concurrently, up to the in-flight limit (reading waits beyond it).
+                    let permit = match in_flight.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            if sluice_io::write_all_vectored(&mut wr, &mut out)
+                                .await
+                                .is_err()
+                            {
+                                break 'conn Ok(());
+                            }
+                            match in_flight.clone().acquire_owned().await {
+                                Ok(p) => p,
+                                Err(_) => break 'conn Ok(()),
+                            }
+                        }
                     };
                     let handler = handler.clone();
                     let tx = tx.clone();
@@ -102,27 +124,47 @@ pub(crate) async fn run<H: DefaultHandler>(
                     });
                 }
                 Incoming::Request(req) => {
-                    // Framed / Buffered callers match replies by order: answer before reading on.
+                    // Plain clients have one request in flight (Framed and Buffered callers also
+                    // match by order): serve it right here, no task, no channel.
                     let (to, oneway) = reply_to(&req);
                     let resp = handler.handle(req).await;
-                    if !oneway
-                        && tx
-                            .send(encode_reply(&to, resp, drain.is_draining()))
-                            .await
-                            .is_err()
-                    {
-                        break 'conn Ok(());
+                    if !oneway {
+                        out.extend(encode_reply(&to, resp, drain.is_draining()));
                     }
                 }
             }
+            if out.len() >= sluice_io::MAX_IOV
+                && sluice_io::write_all_vectored(&mut wr, &mut out)
+                    .await
+                    .is_err()
+            {
+                break 'conn Ok(());
+            }
+        }
+        if !out.is_empty()
+            && sluice_io::write_all_vectored(&mut wr, &mut out)
+                .await
+                .is_err()
+        {
+            break Ok(());
         }
 
-        let idle = in_flight.available_permits() == config.max_in_flight_per_conn.max(1);
-        if draining && idle && buf.is_empty() {
+        let idle = in_flight.available_permits() == max;
+        if draining && idle && buf.is_empty() && rx.is_empty() {
             break Ok(());
         }
         let read = tokio::select! {
             r = tokio::time::timeout(config.idle_timeout, rd.read_buf(&mut buf)) => r,
+            Some(reply) = rx.recv() => {
+                out.extend(reply);
+                while out.len() < sluice_io::MAX_IOV {
+                    match rx.try_recv() {
+                        Ok(more) => out.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
             _ = drain.signaled(), if !draining => {
                 draining = true;
                 continue;
@@ -152,12 +194,20 @@ pub(crate) async fn run<H: DefaultHandler>(
     if let Err(e) = outcome {
         tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
     }
-    // Let in-flight handlers finish and their replies drain before the write half closes,
-    // bounded by the drain grace.
-    let all = config.max_in_flight_per_conn.max(1) as u32;
-    let _ = tokio::time::timeout(config.drain_grace, in_flight.acquire_many(all)).await;
+    // Let in-flight handlers finish and write their replies, bounded by the drain grace: the
+    // channel ends once every handler task has dropped its sender.
     drop(tx);
-    let _ = writer.await;
+    let deadline = tokio::time::Instant::now() + config.drain_grace;
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        out.extend(reply);
+        if sluice_io::write_all_vectored(&mut wr, &mut out)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
 }
 
 fn reply_to(req: &Request) -> (ReplyTo, bool) {

@@ -452,46 +452,82 @@ pub fn encode_head<B: BufMut>(
         check_str(t)?;
     }
 
-    dst.put_u32(length as u32);
-    dst.put_u16(MAGIC);
-    dst.put_u16(header.flags);
-    dst.put_i32(header.seq_id);
-    dst.put_u16((section / 4) as u16);
-    dst.put_u8(header.protocol_id);
-    dst.put_u8(header.transforms.len() as u8);
-    dst.put_slice(&header.transforms);
-    let mut written = 2 + header.transforms.len();
+    // Build the head in one contiguous buffer and hand it to `dst` with a single `put_slice`:
+    // one capacity check instead of one per field (most heads fit on the stack).
+    let head_len = PREFIX_LEN + section + if inner_framed { 4 } else { 0 };
+    let mut stack = [0u8; 512];
+    let mut heap = Vec::new();
+    let out: &mut [u8] = if head_len <= stack.len() {
+        &mut stack[..head_len]
+    } else {
+        heap.resize(head_len, 0);
+        &mut heap[..]
+    };
+    let mut w = Cursor { buf: out, pos: 0 };
+    w.u32(length as u32);
+    w.u16(MAGIC);
+    w.u16(header.flags);
+    w.u32(header.seq_id as u32);
+    w.u16((section / 4) as u16);
+    w.u8(header.protocol_id);
+    w.u8(header.transforms.len() as u8);
+    w.bytes(&header.transforms);
     // Kitex's block order: ACL token, string KVs, integer KVs.
     if let Some(t) = &header.acl_token {
-        dst.put_u8(info_id::ACL_TOKEN);
-        put_str(dst, t);
-        written += 3 + t.len();
+        w.u8(info_id::ACL_TOKEN);
+        w.str(t);
     }
     if !header.str_kvs.is_empty() {
-        dst.put_u8(info_id::KEY_VALUE);
-        dst.put_u16(header.str_kvs.len() as u16);
-        written += 3;
+        w.u8(info_id::KEY_VALUE);
+        w.u16(header.str_kvs.len() as u16);
         for (k, v) in header.str_kvs.iter() {
-            put_str(dst, k);
-            put_str(dst, v);
-            written += 4 + k.len() + v.len();
+            w.str(k);
+            w.str(v);
         }
     }
     if !header.int_kvs.is_empty() {
-        dst.put_u8(info_id::INT_KEY_VALUE);
-        dst.put_u16(header.int_kvs.len() as u16);
-        written += 3;
+        w.u8(info_id::INT_KEY_VALUE);
+        w.u16(header.int_kvs.len() as u16);
         for (k, v) in header.int_kvs.iter() {
-            dst.put_u16(k);
-            put_str(dst, v);
-            written += 4 + v.len();
+            w.u16(k);
+            w.str(v);
         }
     }
-    dst.put_bytes(0, section - written);
+    // Padding: the buffer is zeroed, so skipping to the end of the section writes it.
+    w.pos = PREFIX_LEN + section;
     if inner_framed {
-        dst.put_u32(payload_len as u32);
+        w.u32(payload_len as u32);
     }
+    debug_assert_eq!(w.pos, head_len);
+    dst.put_slice(&w.buf[..head_len]);
     Ok(())
+}
+
+/// Writes big-endian fields into a buffer sized exactly beforehand.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.buf[self.pos] = v;
+        self.pos += 1;
+    }
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_be_bytes());
+    }
+    fn str(&mut self, s: &[u8]) {
+        self.u16(s.len() as u16);
+        self.bytes(s);
+    }
 }
 
 /// Encodes a whole frame into `dst`.
@@ -526,9 +562,4 @@ fn check_str(s: &[u8]) -> Result<(), Error> {
         return Err(Error::StringTooLong(s.len()));
     }
     Ok(())
-}
-
-fn put_str<B: BufMut>(dst: &mut B, s: &[u8]) {
-    dst.put_u16(s.len() as u16);
-    dst.put_slice(s);
 }

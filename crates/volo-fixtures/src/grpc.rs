@@ -6,7 +6,7 @@
 //! * `Echo` returns the request message. A message `sleep:<ms>` makes it wait that long first
 //!   (a call dropped meanwhile counts as [`Observed::cancelled`]).
 //! * `EchoFail` fails with [`FAIL_CODE`] and [`FAIL_MESSAGE`], plus the custom metadata
-//!   [`FAIL_META_KEY`]` = `[`FAIL_META_VALUE`] (a trailers-only response).
+//!   [`FAIL_META_KEY`] set to [`FAIL_META_VALUE`] (a trailers-only response).
 //! * `EchoClient` answers the received messages joined by `,`.
 //! * `EchoServer` answers [`SERVER_STREAM_REPLIES`] messages `<message>#<i>`.
 //! * `EchoBidi` echoes every message in order. After a [`BIDI_FAIL`] message it ends the call
@@ -14,12 +14,16 @@
 //!   it keeps the reply stream open once the request stream has ended, until the call goes away
 //!   (counted as [`Observed::cancelled`]).
 //!
-//! Every successful reply carries the response header [`SERVER_HEADER`], and (except for
-//! server and bidi streaming failures) the trailer [`TRAILER_KEY`]. Request metadata whose key
-//! starts with `x-`, and `grpc-timeout`, comes back as a response header `echo-<key>`;
-//! persistent and transient metainfo the server received comes back as `echo-persist-<key>` /
-//! `echo-transit-<key>` (the key lower-cased, `_` as `-`). An `Echo` also sets the backward
-//! metainfo [`BACKWARD_KEY`] to the echoed message.
+//! Every successful reply carries the response header [`SERVER_HEADER`] and the trailer
+//! [`TRAILER_KEY`]. Request metadata whose key starts with `x-`, and `grpc-timeout`, comes back
+//! as a response header `echo-<key>`; persistent and transient metainfo the server received
+//! comes back as `echo-persist-<key>` / `echo-transit-<key>` (the key lower-cased, `_` as
+//! `-`). An `Echo` also sets the backward metainfo [`BACKWARD_KEY`] to the echoed message's
+//! length in bytes.
+
+// `volo_grpc::Status` (176 bytes) is the error type the generated service trait and client
+// dictate.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,7 +96,8 @@ pub const SERVER_HEADER: (&str, &str) = ("x-server", "volo-grpc");
 /// carry the message count instead).
 pub const TRAILER_KEY: &str = "x-echo-trailer";
 
-/// The backward metainfo key an `Echo` sets to the echoed message.
+/// The backward metainfo key an `Echo` sets to the echoed message's length in bytes (not the
+/// message itself: it travels as a response header, and a 4 MiB header exceeds h2's limits).
 pub const BACKWARD_KEY: &str = "BACK";
 
 /// What the server saw, shared with the test.
@@ -223,7 +228,7 @@ impl EchoService for GrpcEchoHandler {
         }
         let _ = METAINFO.try_with(|mi| {
             mi.borrow_mut()
-                .set_backward_transient(BACKWARD_KEY, req.message.clone())
+                .set_backward_transient(BACKWARD_KEY, req.message.len().to_string())
         });
         Ok(Self::respond(
             metadata.headers(),
@@ -448,8 +453,40 @@ pub struct StreamOutcome {
     pub end: Result<Option<HeaderMap>, Status>,
 }
 
-/// `EchoBidi` sending `requests`, through the generated client's inner `volo_grpc::Client`, so
-/// the reply's trailers can be read too.
+/// Opens an `EchoBidi` call through the generated client's inner `volo_grpc::Client`, below the
+/// generated method: `requests` may end with an error, which makes the client reset the
+/// HTTP/2 stream, and the reply stream comes back as a `RecvStream`, whose trailers can be read.
+/// Returns the response headers and the reply stream.
+///
+/// # Errors
+/// When the call fails before the response headers.
+pub async fn open_bidi<S>(
+    client: &EchoServiceClient,
+    headers: &[(&'static str, &str)],
+    requests: S,
+) -> Result<(HeaderMap, RecvStream<EchoResponse>), Status>
+where
+    S: Stream<Item = Result<EchoRequest, Status>> + Send + 'static,
+{
+    let mut req = Request::new(EchoServiceRequestSend::EchoBidi(Box::pin(requests)));
+    for (k, v) in headers {
+        req.metadata_mut()
+            .headers_mut()
+            .append(*k, HeaderValue::try_from(*v).expect("ASCII metadata value"));
+    }
+    let mut cx = client.0.make_cx("/echo.EchoService/EchoBidi");
+    let resp = volo::Service::call(&client.0, &mut cx, req).await?;
+    let (metadata, _, recv) = resp.into_parts();
+    match recv {
+        EchoServiceResponseRecv::EchoBidi(stream) => Ok((metadata.into_headers(), stream)),
+        #[allow(unreachable_patterns)]
+        _ => Err(Status::internal(
+            "an EchoBidi call got another method's reply",
+        )),
+    }
+}
+
+/// `EchoBidi` sending `requests` via [`open_bidi`], read to the end, trailers included.
 ///
 /// # Errors
 /// When the call fails before the response headers.
@@ -461,20 +498,7 @@ pub async fn bidi_with_trailers<S>(
 where
     S: Stream<Item = EchoRequest> + Send + 'static,
 {
-    let mut req = Request::new(EchoServiceRequestSend::EchoBidi(Box::pin(requests.map(Ok))));
-    for (k, v) in headers {
-        req.metadata_mut()
-            .headers_mut()
-            .append(*k, HeaderValue::try_from(*v).expect("ASCII metadata value"));
-    }
-    let mut cx = client.0.make_cx("/echo.EchoService/EchoBidi");
-    let resp = volo::Service::call(&client.0, &mut cx, req).await?;
-    let (metadata, _, recv) = resp.into_parts();
-    let EchoServiceResponseRecv::EchoBidi(mut stream) = recv else {
-        return Err(Status::internal(
-            "an EchoBidi call got another method's reply",
-        ));
-    };
+    let (headers, mut stream) = open_bidi(client, headers, requests.map(Ok)).await?;
     let mut messages = Vec::new();
     let end = loop {
         match stream.next().await {
@@ -489,7 +513,7 @@ where
         }
     };
     Ok(StreamOutcome {
-        headers: metadata.into_headers(),
+        headers,
         messages,
         end,
     })
