@@ -43,6 +43,8 @@ pub(crate) struct BenchArgs {
 pub(crate) enum StreamProto {
     TTStream,
     Grpc,
+    /// One protobuf message and a half-close per call, as a Kitex unary call sends it.
+    GrpcUnary,
 }
 
 /// What a run measured.
@@ -139,10 +141,18 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                         })
                         .await
                         .ok(),
-                    StreamProto::Grpc => grpc
+                    StreamProto::Grpc | StreamProto::GrpcUnary => grpc
                         .open(&sluice_http2::OpenRequest {
-                            path: "/EchoService/EchoBidi".into(),
-                            content_type: "application/grpc+thrift".into(),
+                            path: if proto == StreamProto::GrpcUnary {
+                                "/echo.EchoService/Echo".into()
+                            } else {
+                                "/EchoService/EchoBidi".into()
+                            },
+                            content_type: if proto == StreamProto::GrpcUnary {
+                                "application/grpc".into()
+                            } else {
+                                "application/grpc+thrift".into()
+                            },
                             authority: "EchoService".into(),
                             headers: sluice_stream::Metadata::new(),
                             deadline: None,
@@ -156,6 +166,34 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                     continue;
                 };
                 let (tx, mut rx) = stream.split();
+                if proto == StreamProto::GrpcUnary {
+                    // Unary: the message and the half-close go out together; the call ends with
+                    // the reply and the status.
+                    let start = Instant::now();
+                    let sent = tx.send(msg.clone()).await.is_ok() && tx.close_send().await.is_ok();
+                    let mut echoed = false;
+                    let mut good = false;
+                    while sent {
+                        match rx.recv().await {
+                            sluice_stream::Incoming::Headers(_) => {}
+                            sluice_stream::Incoming::Message(m) => echoed = m == msg,
+                            sluice_stream::Incoming::End(e) => {
+                                good = echoed && e.error.is_none();
+                                break;
+                            }
+                            sluice_stream::Incoming::Reset(_) => break,
+                        }
+                    }
+                    if recording.load(Ordering::Relaxed) {
+                        if good {
+                            ok += 1;
+                            let _ = hist.record(start.elapsed().as_micros().max(1) as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    continue;
+                }
                 for _ in 0..per_stream {
                     let start = Instant::now();
                     if tx.send(msg.clone()).await.is_err() {
@@ -328,6 +366,7 @@ pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
                 None => "pingpong",
                 Some(StreamProto::TTStream) => "ttstream",
                 Some(StreamProto::Grpc) => "grpc",
+                Some(StreamProto::GrpcUnary) => "grpc-unary",
             },
             a.transport.as_str(),
             a.codec,

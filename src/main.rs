@@ -73,7 +73,7 @@ enum Command {
         /// One JSON line instead of text.
         #[arg(long)]
         json: bool,
-        /// pingpong | ttstream | grpc (the streaming ones run bidi streams).
+        /// pingpong | ttstream | grpc (bidi streams) | grpc-unary.
         #[arg(long, default_value = "pingpong")]
         protocol: String,
         /// Messages per stream in the streaming modes.
@@ -168,8 +168,9 @@ fn main() -> ExitCode {
                 "pingpong" => None,
                 "ttstream" => Some(bench::StreamProto::TTStream),
                 "grpc" => Some(bench::StreamProto::Grpc),
+                "grpc-unary" => Some(bench::StreamProto::GrpcUnary),
                 other => {
-                    eprintln!("sluice bench: --protocol: unknown protocol {other:?} (pingpong, ttstream or grpc)");
+                    eprintln!("sluice bench: --protocol: unknown protocol {other:?} (pingpong, ttstream, grpc or grpc-unary)");
                     return ExitCode::from(2);
                 }
             };

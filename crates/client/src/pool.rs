@@ -104,6 +104,8 @@ impl EndpointState {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.config.max_idle_per_endpoint {
             c.idle_since = Instant::now();
+            // An idle pooled connection keeps no read buffer; the next reply takes one.
+            c.buf = BytesMut::new();
             idle.push(c);
         }
     }
@@ -125,7 +127,7 @@ impl EndpointState {
         }
         let conn = Conn {
             stream: self.connect().await?,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
             idle_since: Instant::now(),
         };
         match self.exchange(conn, call, seq).await {

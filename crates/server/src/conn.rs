@@ -79,10 +79,11 @@ pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
     let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     if let Some(tls) = config.tls.clone() {
-        serve_tls(stream, peer, tls, ctx, drain).await;
+        Box::pin(serve_tls(stream, peer, tls, ctx, drain)).await;
         return;
     }
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Sniffing needs only the first bytes; drivers grow the buffer as frames need.
+    let mut buf = BytesMut::with_capacity(512);
     let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
         .await
     {
@@ -111,35 +112,51 @@ pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
         tracing::warn!(%peer, listener = %config.name, cluster = config.cluster.as_str(), ?family, "refusing a connection of the other cluster's family");
         match family {
             Family::PingPong => {
-                pingpong::run(
+                Box::pin(pingpong::run(
                     stream,
                     peer,
                     buf,
                     config,
                     Arc::new(RefusePingPong(text)),
                     drain,
-                )
+                ))
                 .await
             }
             Family::TTStream => {
-                ttstream::run(
+                Box::pin(ttstream::run(
                     stream,
                     peer,
                     buf,
                     config,
                     Arc::new(RefuseStreams(text)),
                     drain,
-                )
+                ))
                 .await
             }
-            Family::Http2 => refuse_http2(stream, peer, buf, &text).await,
+            Family::Http2 => Box::pin(refuse_http2(stream, peer, buf, &text)).await,
         }
         return;
     }
+    // Each driver's future is boxed: a connection task is as large as its largest state, and the
+    // HTTP/2 driver's is much larger than the ping-pong one, which most connections use.
     match family {
-        Family::PingPong => pingpong::run(stream, peer, buf, config, ctx.handler, drain).await,
-        Family::TTStream => ttstream::run(stream, peer, buf, config, ctx.streaming, drain).await,
-        Family::Http2 => serve_http2(stream, peer, buf, config, ctx.streaming, drain).await,
+        Family::PingPong => {
+            Box::pin(pingpong::run(stream, peer, buf, config, ctx.handler, drain)).await
+        }
+        Family::TTStream => {
+            Box::pin(ttstream::run(
+                stream,
+                peer,
+                buf,
+                config,
+                ctx.streaming,
+                drain,
+            ))
+            .await
+        }
+        Family::Http2 => {
+            Box::pin(serve_http2(stream, peer, buf, config, ctx.streaming, drain)).await
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use sluice_framed::{mesh, BufferedCodec, FramedCodec};
 use sluice_sniff::{Codec, Detection, Message, Refusal};
 use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
 use sluice_ttheader::{flags, int_key, str_key, Header};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -68,12 +67,13 @@ pub(crate) async fn run<H: DefaultHandler>(
     // Replies of requests served concurrently (Kitex mux clients) come back here and are written
     // by this task. The channel holds as many replies as there can be requests in flight, so a
     // handler task never waits on it.
-    let (tx, mut rx) = mpsc::channel::<Chunks>(max);
+    // Created on the first mux request: most connections never need it.
+    let mut mux: Option<(mpsc::Sender<Chunks>, mpsc::Receiver<Chunks>)> = None;
     let in_flight = Arc::new(Semaphore::new(max));
     let codecs = Codecs::new(config.max_frame_size);
     let mut draining = drain.is_draining();
     // Replies waiting to be written: flushed with one vectored write per batch.
-    let mut out: Vec<Bytes> = Vec::with_capacity(8);
+    let mut out: Vec<Bytes> = Vec::new();
 
     let outcome: Result<(), ConnError> = 'conn: loop {
         // Serve every whole request already buffered.
@@ -112,7 +112,10 @@ pub(crate) async fn run<H: DefaultHandler>(
                         }
                     };
                     let handler = handler.clone();
-                    let tx = tx.clone();
+                    let tx = mux
+                        .get_or_insert_with(|| mpsc::channel::<Chunks>(max))
+                        .0
+                        .clone();
                     let drain = drain.clone();
                     tokio::spawn(async move {
                         let (to, oneway) = reply_to(&req);
@@ -127,7 +130,9 @@ pub(crate) async fn run<H: DefaultHandler>(
                     // Plain clients have one request in flight (Framed and Buffered callers also
                     // match by order): serve it right here, no task, no channel.
                     let (to, oneway) = reply_to(&req);
-                    let resp = handler.handle(req).await;
+                    // Boxed so the connection's future stays small while it is idle: the
+                    // handler's future (a whole downstream call) exists only per request.
+                    let resp = Box::pin(handler.handle(req)).await;
                     if !oneway {
                         out.extend(encode_reply(&to, resp, drain.is_draining()));
                     }
@@ -150,13 +155,24 @@ pub(crate) async fn run<H: DefaultHandler>(
         }
 
         let idle = in_flight.available_permits() == max;
-        if draining && idle && buf.is_empty() && rx.is_empty() {
+        if draining && idle && buf.is_empty() && mux.as_ref().is_none_or(|(_, rx)| rx.is_empty()) {
             break Ok(());
         }
+        // An idle connection keeps no read buffer: wait for readability with none, and only
+        // then take one (a few KiB per idle connection matters at tens of thousands of them).
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
         let read = tokio::select! {
-            r = tokio::time::timeout(config.idle_timeout, rd.read_buf(&mut buf)) => r,
-            Some(reply) = rx.recv() => {
+            r = tokio::time::timeout(config.idle_timeout, read_some(&mut rd, &mut buf)) => r,
+            Some(reply) = async {
+                match mux.as_mut() {
+                    Some((_, rx)) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 out.extend(reply);
+                let Some((_, rx)) = mux.as_mut() else { continue };
                 while out.len() < sluice_io::MAX_IOV {
                     match rx.try_recv() {
                         Ok(more) => out.extend(more),
@@ -196,18 +212,41 @@ pub(crate) async fn run<H: DefaultHandler>(
     }
     // Let in-flight handlers finish and write their replies, bounded by the drain grace: the
     // channel ends once every handler task has dropped its sender.
-    drop(tx);
-    let deadline = tokio::time::Instant::now() + config.drain_grace;
-    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        out.extend(reply);
-        if sluice_io::write_all_vectored(&mut wr, &mut out)
-            .await
-            .is_err()
-        {
-            break;
+    if let Some((tx, mut rx)) = mux.take() {
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + config.drain_grace;
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            out.extend(reply);
+            if sluice_io::write_all_vectored(&mut wr, &mut out)
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
     }
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+}
+
+/// Size of the read buffer taken when bytes arrive on an idle connection.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Waits until the socket is readable, then reads into `buf` (growing it only now).
+async fn read_some(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    loop {
+        rd.readable().await?;
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match rd.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn reply_to(req: &Request) -> (ReplyTo, bool) {
