@@ -173,7 +173,7 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                     let sent = tx.send(msg.clone()).await.is_ok() && tx.close_send().await.is_ok();
                     let mut echoed = false;
                     let mut good = false;
-                    while sent {
+                    while sent && !good {
                         match rx.recv().await {
                             sluice_stream::Incoming::Headers(_) => {}
                             sluice_stream::Incoming::Message(m) => echoed = m == msg,
