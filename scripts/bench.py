@@ -249,7 +249,7 @@ def svg_chart(rows, path):
     kinds = [("sluice", "#2b6cb0"), ("haproxy", "#999999"), ("nginx", "#c05621")]
     groups = [r for r in rows if "direct" in r["paths"]]
     bar, gap, group_gap, left, top, height = 14, 2, 22, 180, 30, 240
-    width = left + len(groups) * (3 * (bar + gap) + group_gap) + 40
+    width = left + len(groups) * (3 * (bar + gap) + group_gap) + 140
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 120}" '
            f'font-family="sans-serif" font-size="11">',
            f'<text x="{left}" y="18" font-size="13">Throughput relative to direct (1.0 = no loss)</text>']
