@@ -49,29 +49,14 @@ impl MuxConn {
         config: Arc<ClientConfig>,
         addr: SocketAddr,
     ) -> Arc<Self> {
-        let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<Bytes>>(1024);
+        let (mut rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Vec<Bytes>>(1024);
         let waiters: Waiters = Arc::default();
         let usable = Arc::new(AtomicBool::new(true));
         {
             let usable = usable.clone();
             tokio::spawn(async move {
-                let mut pending = Vec::new();
-                while let Some(first) = rx.recv().await {
-                    pending.extend(first);
-                    while pending.len() < sluice_io::MAX_IOV {
-                        match rx.try_recv() {
-                            Ok(more) => pending.extend(more),
-                            Err(_) => break,
-                        }
-                    }
-                    if sluice_io::write_all_vectored(&mut wr, &mut pending)
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+                let _ = sluice_io::write_queued(wr, rx).await;
                 usable.store(false, Ordering::Release);
             });
         }

@@ -73,10 +73,8 @@ impl std::fmt::Debug for TTStreamClient {
 }
 
 fn frame_chunks(f: StreamFrame) -> Chunks {
-    let t = f.into_ttheader();
-    let mut head = BytesMut::with_capacity(64 + t.header.str_kvs.len() * 32);
-    match sluice_ttheader::encode_head(&t.header, false, t.payload.len(), &mut head) {
-        Ok(()) => vec![head.freeze(), t.payload],
+    match f.into_chunks() {
+        Ok(chunks) => chunks.into(),
         Err(e) => {
             tracing::warn!(error = %e, "TTStream frame not encodable; dropped");
             Vec::new()
@@ -202,29 +200,14 @@ impl TTStreamClient {
 
 /// Starts a connection's reader and writer tasks.
 fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamConn {
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Chunks>(256);
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Chunks>(256);
     let streams: Arc<Mutex<HashMap<i32, Slot>>> = Arc::default();
     let alive = Arc::new(AtomicBool::new(true));
     {
         let alive = alive.clone();
         tokio::spawn(async move {
-            let mut pending = Vec::new();
-            while let Some(first) = rx.recv().await {
-                pending.extend(first);
-                while pending.len() < sluice_io::MAX_IOV {
-                    match rx.try_recv() {
-                        Ok(more) => pending.extend(more),
-                        Err(_) => break,
-                    }
-                }
-                if sluice_io::write_all_vectored(&mut wr, &mut pending)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            let _ = sluice_io::write_queued(wr, rx).await;
             alive.store(false, Ordering::Release);
         });
     }

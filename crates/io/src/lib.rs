@@ -77,6 +77,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
 /// Most buffers handed to one vectored write.
 pub const MAX_IOV: usize = 64;
 
+/// Owns a connection's write half: writes every list of buffers queued on `rx`, batching what
+/// has queued up into one vectored write, until the channel closes (then shuts the write side
+/// down) or a write fails.
+pub async fn write_queued<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+) -> std::io::Result<()> {
+    let mut pending: Vec<Bytes> = Vec::with_capacity(MAX_IOV);
+    while let Some(first) = rx.recv().await {
+        pending.extend(first);
+        while pending.len() < MAX_IOV {
+            match rx.try_recv() {
+                Ok(more) => pending.extend(more),
+                Err(_) => break,
+            }
+        }
+        write_all_vectored(&mut w, &mut pending).await?;
+    }
+    w.shutdown().await
+}
+
 /// Writes every buffer in `bufs`, in order, with vectored writes, leaving `bufs` empty.
 ///
 /// Frames are queued as an encoded head plus the payload `Bytes` they carry; writing them this

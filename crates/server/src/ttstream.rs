@@ -40,10 +40,8 @@ struct Entry {
 
 /// Encodes a frame as a head plus its payload `Bytes` (no payload copy).
 pub(crate) fn frame_chunks(f: StreamFrame) -> Chunks {
-    let t = f.into_ttheader();
-    let mut head = BytesMut::with_capacity(64 + t.header.str_kvs.len() * 32);
-    match sluice_ttheader::encode_head(&t.header, false, t.payload.len(), &mut head) {
-        Ok(()) => vec![head.freeze(), t.payload],
+    match f.into_chunks() {
+        Ok(chunks) => chunks.into(),
         Err(e) => {
             tracing::warn!(error = %e, "TTStream frame not encodable; dropped");
             Vec::new()

@@ -321,6 +321,15 @@ impl StreamFrame {
         Ok(())
     }
 
+    /// The encoded head (everything but the payload) and the payload `Bytes`, for a vectored
+    /// write that never copies the payload.
+    pub fn into_chunks(self) -> Result<[Bytes; 2], Error> {
+        let t = self.into_ttheader();
+        let mut head = BytesMut::with_capacity(64 + t.header.str_kvs.len() * 32);
+        ttheader::encode_head(&t.header, false, t.payload.len(), &mut head)?;
+        Ok([head.freeze(), t.payload])
+    }
+
     /// The encoded frame as one buffer.
     pub fn to_bytes(&self) -> Result<Bytes, Error> {
         let mut dst = BytesMut::with_capacity(self.encoded_len());
