@@ -289,9 +289,9 @@ impl GenericClient {
     pub async fn call(&self, call: Call) -> Result<Option<Reply>, Error> {
         let start = Instant::now();
         // The caller's deadline wins; the configured timeout is the default when there is none.
+        // Only a caller's deadline travels downstream (TTHeader key 12): the default is this
+        // client's own safety bound, as a Kitex client sends key 12 only when a timeout was set.
         let deadline = call.deadline.unwrap_or(start + self.config.request_timeout);
-        let mut call = call;
-        call.deadline = Some(deadline);
         match tokio::time::timeout_at(deadline.into(), self.call_inner(call)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {

@@ -18,6 +18,8 @@ use crate::{Call, ClientConfig, Endpoint, Error, Reply};
 pub(crate) struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Reused list of buffers for the request's vectored write.
+    iov: Vec<Bytes>,
     idle_since: Instant,
 }
 
@@ -128,6 +130,7 @@ impl EndpointState {
         let conn = Conn {
             stream: self.connect().await?,
             buf: BytesMut::new(),
+            iov: Vec::with_capacity(2),
             idle_since: Instant::now(),
         };
         match self.exchange(conn, call, seq).await {
@@ -166,8 +169,9 @@ impl EndpointState {
                 reason: e.to_string(),
             })
         })?;
-        let mut bufs: Vec<Bytes> = vec![head.freeze(), call.args.clone()];
-        if let Err(e) = sluice_io::write_all_vectored(&mut conn.stream, &mut bufs).await {
+        conn.iov.push(head.freeze());
+        conn.iov.push(call.args.clone());
+        if let Err(e) = sluice_io::write_all_vectored(&mut conn.stream, &mut conn.iov).await {
             return Err(Failure::BeforeReply(format!("write failed: {e}")));
         }
         if call.msg_type == MessageType::Oneway {

@@ -85,7 +85,7 @@ pub(crate) async fn run<H: DefaultHandler>(
             };
             match incoming {
                 Incoming::Reject(to, ex) => {
-                    out.extend(encode_reply(&to, Response::error(ex.clone()), true));
+                    encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
                     let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
                     tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
                     break 'conn Ok(());
@@ -134,7 +134,7 @@ pub(crate) async fn run<H: DefaultHandler>(
                     // handler's future (a whole downstream call) exists only per request.
                     let resp = Box::pin(handler.handle(req)).await;
                     if !oneway {
-                        out.extend(encode_reply(&to, resp, drain.is_draining()));
+                        encode_reply_into(&to, resp, drain.is_draining(), &mut out);
                     }
                 }
             }
@@ -408,7 +408,8 @@ static MSG_TYPE_EXCEPTION: Bytes = Bytes::from_static(b"3");
 
 /// Encodes a reply in the request's own shape: the head (framing, header, envelope) in one
 /// buffer, the body as the handler's own `Bytes`.
-fn encode_reply(to: &ReplyTo, resp: Response, draining: bool) -> Chunks {
+/// Appends the reply's buffers to `out` (no list of its own: replies of one read share one).
+fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec<Bytes>) {
     let (msg_type, body) = match resp.body {
         ResponseBody::Reply(b) => (MessageType::Reply, b),
         ResponseBody::RawException(b) => (MessageType::Exception, b),
@@ -449,7 +450,14 @@ fn encode_reply(to: &ReplyTo, resp: Response, draining: bool) -> Chunks {
         Codec::Thrift => envelope::write_header(&mut head, &to.method, msg_type, to.seq_id),
         Codec::KitexProtobuf => kitex_pb::write_header(&mut head, &to.method, msg_type, to.seq_id),
     }
-    vec![head.freeze(), body]
+    out.push(head.freeze());
+    out.push(body);
+}
+
+fn encode_reply(to: &ReplyTo, resp: Response, draining: bool) -> Chunks {
+    let mut out = Vec::with_capacity(2);
+    encode_reply_into(to, resp, draining, &mut out);
+    out
 }
 
 /// An exception body in the request's codec.
