@@ -122,16 +122,34 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let recording = Arc::new(AtomicBool::new(a.warmup.is_zero()));
+    let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for caller in 0..a.concurrency {
-        let (tt, grpc, stop, recording) =
-            (tt.clone(), grpc.clone(), stop.clone(), recording.clone());
+        let (tt, grpc, stop, recording, sent) = (
+            tt.clone(),
+            grpc.clone(),
+            stop.clone(),
+            recording.clone(),
+            sent.clone(),
+        );
         let msg = payload(Codec::Thrift, a.size, caller);
         let per_stream = a.messages.max(1);
+        let limit = a.requests;
         tasks.spawn(async move {
             let mut hist = new_hist();
             let (mut ok, mut errors) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
+                // With --requests, count messages (a unary call is one), a stream at a time.
+                if let Some(limit) = limit {
+                    let take = if proto == StreamProto::GrpcUnary {
+                        1
+                    } else {
+                        per_stream
+                    };
+                    if sent.fetch_add(take as u64, Ordering::Relaxed) >= limit {
+                        break;
+                    }
+                }
                 let opened = match proto {
                     StreamProto::TTStream => tt
                         .open(sluice_client::OpenStream {

@@ -61,7 +61,7 @@ enum Command {
         /// Seconds to run (ignored with --requests).
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// Stop after this many requests instead of after --duration.
+        /// Stop after this many requests (streams: messages) instead of after --duration.
         #[arg(long)]
         requests: Option<u64>,
         /// Open loop: total requests per second (default: closed loop).

@@ -13,6 +13,9 @@ use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
 use crate::{Call, ClientConfig, Endpoint, Error, Reply};
 
+/// Read buffer taken when a reply starts arriving.
+const READ_CHUNK: usize = 8 * 1024;
+
 /// A pooled connection and its read buffer.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -205,6 +208,12 @@ impl EndpointState {
                 }
                 Ok(None) => {}
                 Err(reason) => return Err(Failure::Other(self.protocol_error(reason))),
+            }
+            // Idle connections hold no buffer: take a real one before reading, or the first read
+            // would fill only a small default reservation (and a Buffered reply, whose length
+            // is unknown until parsed, would grow it in many small reads).
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(READ_CHUNK);
             }
             match conn.stream.read_buf(&mut conn.buf).await {
                 Ok(0) if conn.buf.is_empty() => {

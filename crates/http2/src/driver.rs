@@ -195,10 +195,27 @@ pub(crate) async fn read_messages(
             }
         };
         let len = chunk.len();
-        buf.extend_from_slice(&chunk);
-        drop(chunk);
+        let mut chunk = chunk;
         loop {
-            match decoder.decode(&mut buf) {
+            // Whole messages come straight out of the DATA frame's bytes (no copy); only a
+            // message split across frames is gathered in `buf`.
+            let next = if buf.is_empty() {
+                match decoder.decode_bytes(&mut chunk) {
+                    Ok(None) if !chunk.is_empty() => {
+                        buf.extend_from_slice(&chunk);
+                        chunk.clear();
+                        decoder.decode(&mut buf)
+                    }
+                    other => other,
+                }
+            } else {
+                if !chunk.is_empty() {
+                    buf.extend_from_slice(&chunk);
+                    chunk.clear();
+                }
+                decoder.decode(&mut buf)
+            };
+            match next {
                 Ok(Some(m)) => {
                     if m.compressed && !compression_allowed {
                         return ReadEnd::Bad(Status::new(

@@ -110,6 +110,38 @@ impl MessageDecoder {
     /// The flag byte is checked as soon as it arrives and the length as soon as the prefix is
     /// complete, so a bad prefix fails before any of its body is waited for.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Message>, MessageError> {
+        let Some((compressed, len)) = self.prefix(buf)? else {
+            buf.reserve(PREFIX_LEN.saturating_sub(buf.len()));
+            return Ok(None);
+        };
+        let total = PREFIX_LEN + len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(PREFIX_LEN);
+        let data = buf.split_to(len).freeze();
+        Ok(Some(Message { compressed, data }))
+    }
+
+    /// Like [`Self::decode`], but takes the message straight out of `src` without copying it:
+    /// for bytes that arrive whole, as an HTTP/2 DATA frame usually carries whole messages.
+    /// Returns `Ok(None)` (leaving `src` as it was) when `src` does not hold a whole message.
+    pub fn decode_bytes(&self, src: &mut Bytes) -> Result<Option<Message>, MessageError> {
+        let Some((compressed, len)) = self.prefix(src)? else {
+            return Ok(None);
+        };
+        if src.len() < PREFIX_LEN + len {
+            return Ok(None);
+        }
+        src.advance(PREFIX_LEN);
+        let data = src.split_to(len);
+        Ok(Some(Message { compressed, data }))
+    }
+
+    /// The compressed flag and the checked length, once the 5-byte prefix is there. The flag
+    /// byte is checked as soon as it arrives, so a bad prefix fails before the rest is awaited.
+    fn prefix(&self, buf: &[u8]) -> Result<Option<(bool, usize)>, MessageError> {
         let Some(&flag) = buf.first() else {
             return Ok(None);
         };
@@ -120,24 +152,19 @@ impl MessageDecoder {
             other => return Err(MessageError::BadCompressedFlag(other)),
         };
         let Some(prefix) = buf.get(..PREFIX_LEN) else {
-            buf.reserve(PREFIX_LEN - buf.len());
             return Ok(None);
         };
         let declared = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
         let len = self.check_len(declared)?;
-        // `len <= max_message_size`, a `usize`, so the sum cannot overflow in practice; checked
-        // anyway so that a limit near `usize::MAX` cannot wrap.
-        let total = PREFIX_LEN.checked_add(len).ok_or(MessageError::TooLarge {
-            len: u64::from(declared),
-            max: self.max_message_size as u64,
-        })?;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
+        // `len <= max_message_size`, so `PREFIX_LEN + len` cannot overflow unless the limit is
+        // within 5 of `usize::MAX`; refuse that rather than wrap.
+        if len > usize::MAX - PREFIX_LEN {
+            return Err(MessageError::TooLarge {
+                len: u64::from(declared),
+                max: self.max_message_size as u64,
+            });
         }
-        buf.advance(PREFIX_LEN);
-        let data = buf.split_to(len).freeze();
-        Ok(Some(Message { compressed, data }))
+        Ok(Some((compressed, len)))
     }
 
     /// Checks what is left in `buf` when the stream has ended (END_STREAM or trailers).
@@ -209,6 +236,39 @@ pub fn encode<B: BufMut + ?Sized>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn decode_bytes_takes_whole_messages_without_copying() {
+        let mut wire = vec![0u8, 0, 0, 0, 3, b'a', b'b', b'c', 1, 0, 0, 0, 2, b'x'];
+        wire.push(b'y');
+        wire.extend_from_slice(&[0, 0, 0, 0, 9, b'p']); // a partial third message
+        let mut src = Bytes::from(wire);
+        let base = src.as_ptr() as usize;
+        let dec = MessageDecoder::new();
+        let m = dec.decode_bytes(&mut src).unwrap().unwrap();
+        assert_eq!((m.compressed, &m.data[..]), (false, &b"abc"[..]));
+        assert_eq!(
+            m.data.as_ptr() as usize,
+            base + 5,
+            "a slice of the source, not a copy"
+        );
+        let m = dec.decode_bytes(&mut src).unwrap().unwrap();
+        assert_eq!((m.compressed, &m.data[..]), (true, &b"xy"[..]));
+        let rest = src.clone();
+        assert_eq!(dec.decode_bytes(&mut src).unwrap(), None);
+        assert_eq!(src, rest, "a partial message is left where it was");
+        let mut bad = Bytes::from_static(&[7, 0, 0, 0, 0]);
+        assert_eq!(
+            dec.decode_bytes(&mut bad),
+            Err(MessageError::BadCompressedFlag(7))
+        );
+        let mut big = Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            dec.decode_bytes(&mut big),
+            Err(MessageError::TooLarge { .. })
+        ));
+    }
+
     use super::*;
 
     fn decode_all(dec: &MessageDecoder, buf: &mut BytesMut) -> Vec<Message> {

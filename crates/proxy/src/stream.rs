@@ -198,13 +198,13 @@ impl StreamingHandler for Forwarder {
                 return;
             }
         };
-        pump(req, up, down, deadline, &route.downstream).await;
+        pump(&req.protocol, up, down, deadline, &route.downstream).await;
     }
 }
 
 /// Pumps one forwarded stream until it ends on both sides.
 async fn pump(
-    req: StreamRequest,
+    protocol: &Protocol,
     up: ServerStream,
     down: ClientStream,
     deadline: Option<std::time::Instant>,
@@ -212,7 +212,6 @@ async fn pump(
 ) {
     let (mut up_rx, up_tx) = up.split();
     let (down_tx, mut down_rx) = down.split();
-    let protocol = req.protocol.clone();
 
     // Upstream to downstream.
     let forward = {
@@ -279,7 +278,7 @@ async fn pump(
                         r.message, r.code
                     );
                     up_tx
-                        .finish(error_end(&protocol, ErrorKind::DownstreamReset, msg))
+                        .finish(error_end(protocol, ErrorKind::DownstreamReset, msg))
                         .await;
                     return;
                 }
@@ -303,7 +302,7 @@ async fn pump(
             .await;
         let msg = format!("sluice: timeout: downstream {downstream:?}: deadline exceeded");
         up_tx
-            .finish(error_end(&req.protocol, ErrorKind::Deadline, msg))
+            .finish(error_end(protocol, ErrorKind::Deadline, msg))
             .await;
     }
     forward.abort();

@@ -7,8 +7,8 @@
 //! struct bytes and returns the result struct bytes (or an exception), and the server writes the
 //! reply in the request's own shape with the request's seq id.
 //!
-//! * TTHeader requests on one connection are served concurrently and answered by seq id (Kitex
-//!   mux clients pipeline them); Framed and Buffered requests are answered in order.
+//! * Requests of Kitex mux clients (TTHeader FLAGS `0x0001`, which pipeline) are served
+//!   concurrently and answered by seq id; everything else is answered in order.
 //! * Oneway requests run the handler and write nothing back.
 //! * While draining, TTHeader replies carry `crrst: 1`, then connections close.
 #![forbid(unsafe_code)]
@@ -19,7 +19,9 @@ pub mod echo;
 mod pingpong;
 mod request;
 mod ttstream;
-mod writer;
+
+/// One outgoing frame or reply: an encoded head and the payload `Bytes` it carries.
+type Chunks = Vec<bytes::Bytes>;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;

@@ -2,9 +2,12 @@
 //! one connection.
 //!
 //! Each message is detected on its own (kitex-wire.md 2.8), its envelope read, and the request
-//! handed to the [`DefaultHandler`]. TTHeader requests run concurrently, bounded by
-//! `max_in_flight_per_conn`, and are answered as they finish (callers match by seq id); Framed
-//! and Buffered requests are handled one at a time, so they are answered in order.
+//! handed to the [`DefaultHandler`]. Requests of Kitex mux clients (TTHeader FLAGS `0x0001`) run
+//! concurrently as tasks, bounded by `max_in_flight_per_conn`, and are answered as they finish
+//! (those clients match replies by seq id). Every other request (plain TTHeader clients, Framed,
+//! Buffered) is served inline by the connection task, one at a time and answered in order, as
+//! those clients never pipeline. The connection task writes all replies itself, batching the
+//! replies of one read into one vectored write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use sluice_ttheader::{flags, int_key, str_key, Header};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::writer::Chunks;
+use crate::Chunks;
 use crate::{DefaultHandler, Drain, Request, Response, ResponseBody, ServerConfig, Transport};
 
 /// Why a connection is closed. Each names the peer's mistake for the log line.
@@ -406,9 +409,8 @@ fn next_request(
 static MSG_TYPE_REPLY: Bytes = Bytes::from_static(b"2");
 static MSG_TYPE_EXCEPTION: Bytes = Bytes::from_static(b"3");
 
-/// Encodes a reply in the request's own shape: the head (framing, header, envelope) in one
-/// buffer, the body as the handler's own `Bytes`.
-/// Appends the reply's buffers to `out` (no list of its own: replies of one read share one).
+/// Encodes a reply in the request's own shape and appends it to `out`: the head (framing,
+/// header, envelope) as one buffer, then the body as the handler's own `Bytes`.
 fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec<Bytes>) {
     let (msg_type, body) = match resp.body {
         ResponseBody::Reply(b) => (MessageType::Reply, b),
@@ -434,12 +436,14 @@ fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec
             h.int_kvs.insert(int_key::MSG_TYPE, mt);
             let framed = to.transport == Transport::TTHeaderFramed;
             if let Err(e) = sluice_ttheader::encode_head(&h, framed, message_len, &mut head) {
-                // Only oversized handler-supplied headers can fail here: answer without them.
-                tracing::warn!(error = %e, "reply header not encodable; sending it without key/values");
+                // Only oversized handler-supplied keys can fail here: answer without them.
+                tracing::warn!(error = %e, "reply header not encodable; sending it without its string keys");
                 head.clear();
-                let mut h = Header::new(to.seq_id, 0);
-                h.int_kvs
-                    .insert(int_key::MSG_TYPE, MSG_TYPE_EXCEPTION.clone());
+                h.str_kvs = Default::default();
+                if draining {
+                    h.str_kvs
+                        .insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
+                }
                 let _ = sluice_ttheader::encode_head(&h, framed, message_len, &mut head);
             }
         }

@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::writer::{self, Chunks};
+use crate::Chunks;
 use crate::{Drain, ServerConfig};
 
 /// TTStream type id for "illegal frame" (kitex-wire.md 4.4).
@@ -69,7 +69,7 @@ pub(crate) async fn run<S: StreamingHandler>(
 ) {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Chunks>(256);
-    let writer = tokio::spawn(writer::run(wr, rx));
+    let writer = tokio::spawn(sluice_io::write_queued(wr, rx));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i32>();
     let decoder = FrameDecoder::new(Limits {
         max_frame_size: config.max_frame_size,
@@ -109,15 +109,11 @@ pub(crate) async fn run<S: StreamingHandler>(
                     },
                     Err(e) => {
                         tracing::debug!(%peer, stream = id, error = %e, "frame not allowed in this stream state");
-                        let ex = ApplicationException::new(
-                            ExceptionKind(ILLEGAL_FRAME),
-                            format!("illegal frame: {e}"),
-                        );
                         let _ = entry
                             .to_user
                             .send(Event::Reset(Reset {
                                 code: ILLEGAL_FRAME as u32,
-                                message: ex.message.clone(),
+                                message: format!("illegal frame: {e}"),
                                 cancel_path: None,
                             }))
                             .await;
