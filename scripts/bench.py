@@ -15,6 +15,9 @@ proxy's CPU seconds per 10k requests (utime+stime from /proc/PID/stat over the m
 and its peak RSS (VmHWM, a fresh proxy process per round). It also measures the resident memory
 of each proxy with 1000 idle connections open.
 
+Every proxy gets one thread: Sluice `worker_threads = 1`, HAProxy `nbthread 1`, nginx one
+worker process.
+
 Pinning: by default nothing is pinned and all processes share the 2 cores, as in the reference
 measurements the performance targets come from. With --pin, the load generator runs on CPU 0 and
 the echo server and the proxy share CPU 1: the proxy's cost then shows up as throughput the echo
@@ -120,6 +123,8 @@ downstream = "echo"
 [downstreams.echo]
 endpoints = ["127.0.0.1:{ECHO_PORT}"]
 max_idle_per_endpoint = 256
+[runtime]
+worker_threads = 1
 """)
     p = Proc(pinned(1, [BIN, "run", "--config", cfg]), PROXY_PORT)
     wait_port(GRPC_PORT)
@@ -305,16 +310,20 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print, do not rewrite the docs")
     ap.add_argument("--pin", action="store_true",
                     help="pin the load generator to CPU 0 and echo server + proxy to CPU 1")
+    ap.add_argument("--only", default="",
+                    help="comma-separated protocol names (case-insensitive prefixes) to measure")
     a = ap.parse_args()
     global PIN
     PIN = a.pin
+    only = [o.strip().lower() for o in a.only.split(",") if o.strip()]
+    protocols = [p for p in PROTOCOLS if not only or any(p[0].lower().startswith(o) for o in only)]
     sizes = [1024] if a.quick else SIZES
     rounds, seconds = (2, 3) if a.quick else (a.rounds, a.seconds)
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     echo = Proc(pinned(1, [BIN, "echo", "--listen", f"127.0.0.1:{ECHO_PORT}"]), ECHO_PORT)
     rows = []
     try:
-        for proto in PROTOCOLS:
+        for proto in protocols:
             for size in sizes:
                 kinds = ["direct", "sluice", "haproxy"] + (["nginx"] if proto[0] == "gRPC unary" else [])
                 runs = {k: [] for k in kinds}

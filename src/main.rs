@@ -110,10 +110,22 @@ fn init_logs() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` reads its configuration first: it says how many worker threads to start.
+    let run_config = match &cli.command {
+        Command::Run { config } => match Config::load(config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("sluice: {}: {e}", config.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = run_config.as_ref().and_then(|c| c.worker_threads) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the runtime: {e}");
@@ -133,12 +145,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("sluice: {}: {e}", config.display());
-                    return ExitCode::FAILURE;
-                }
+            // Loaded above, before the runtime.
+            let Some(cfg) = run_config else {
+                return ExitCode::FAILURE;
             };
             if cfg.listeners.is_empty() {
                 eprintln!(

@@ -620,6 +620,33 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         stdout.contains("downstream echo-buffered: transport=buffered"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("runtime worker_threads=one per core"),
+        "{stdout}"
+    );
+    // `[runtime] worker_threads` is shown when set, and must be at least 1.
+    for (threads, expect_ok, expect) in [
+        (2, true, "runtime worker_threads=2"),
+        (0, false, "runtime.worker_threads: must be at least 1"),
+    ] {
+        let text = std::fs::read_to_string(&good).unwrap()
+            + &format!("\n[runtime]\nworker_threads = {threads}\n");
+        let path = dir.join(format!("sluice-check-rt-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), expect_ok, "{all}");
+        assert!(all.contains(expect), "{all}");
+    }
     // TLS belongs to gRPC listeners.
     let text = std::fs::read_to_string(&good).unwrap().replacen(
         "default_service = \"DefaultSvc\"",

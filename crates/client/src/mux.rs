@@ -66,7 +66,7 @@ impl MuxConn {
             let decoder = ReplyDecoder::new(config.max_frame_size);
             let transport = config.transport;
             tokio::spawn(async move {
-                let mut buf = BytesMut::with_capacity(16 * 1024);
+                let mut buf = BytesMut::new();
                 'read: loop {
                     loop {
                         match decoder.decode(&mut buf, transport) {
@@ -94,6 +94,7 @@ impl MuxConn {
                             }
                         }
                     }
+                    sluice_io::reserve_read(&mut buf, sluice_io::STREAM_READ_CHUNK);
                     match rd.read_buf(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}

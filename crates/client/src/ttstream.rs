@@ -219,7 +219,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                 max_frame_size,
                 ..Limits::default()
             });
-            let mut buf = BytesMut::with_capacity(16 * 1024);
+            let mut buf = BytesMut::new();
             'read: loop {
                 loop {
                     let f = match decoder.decode(&mut buf) {
@@ -285,6 +285,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                             .remove(&f.stream_id);
                     }
                 }
+                sluice_io::reserve_read(&mut buf, sluice_io::STREAM_READ_CHUNK);
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}

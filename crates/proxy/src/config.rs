@@ -40,6 +40,14 @@ struct RawConfig {
     downstreams: BTreeMap<String, RawDownstream>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +185,8 @@ pub struct Config {
     pub downstreams: BTreeMap<String, ClientConfig>,
     /// Limits.
     pub limits: Limits,
+    /// Runtime worker threads (`[runtime] worker_threads`); `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 fn ms(v: Option<u64>, default_ms: u64) -> Duration {
@@ -361,11 +371,15 @@ impl Config {
                 max_timeout,
             });
         }
+        if raw.runtime.worker_threads == Some(0) {
+            return Err(err("runtime.worker_threads", "must be at least 1"));
+        }
         Ok(Config {
             listeners,
             routes,
             downstreams,
             limits,
+            worker_threads: raw.runtime.worker_threads,
         })
     }
 
@@ -429,6 +443,12 @@ impl Config {
                 eps.join(", ")
             );
         }
+        let _ = writeln!(
+            s,
+            "runtime worker_threads={}",
+            self.worker_threads
+                .map_or_else(|| "one per core".to_owned(), |n| n.to_string())
+        );
         s
     }
 }

@@ -184,7 +184,10 @@ pub(crate) async fn run<S: StreamingHandler>(
             break None;
         }
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = async {
+                sluice_io::reserve_read(&mut buf, sluice_io::STREAM_READ_CHUNK);
+                rd.read_buf(&mut buf).await
+            } => match r {
                 Ok(0) => break None,
                 Ok(_) => {}
                 Err(e) => break Some(format!("read failed: {e}")),
