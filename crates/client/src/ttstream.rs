@@ -4,21 +4,24 @@
 //! [`CONNS_PER_ENDPOINT`] connections used in turn; stream ids come from one client-wide counter
 //! starting at 1 (0 is reserved), so they are unique on every connection. A reader task per
 //! connection routes frames to streams by id; frames of unknown or finished streams are ignored.
-//! A closed connection ends each of its streams with a reset.
+//! What the user sends is encoded in the user's own task (or, for a forwarded stream, in the
+//! upstream connection's reader) and queued on the connection's writer. A closed connection
+//! ends each of its streams with a reset.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use sluice_stream::{ClientStream, Event, Metadata, Reset, StreamEnd};
+use sluice_io::QueueTx;
+use sluice_stream::{ClientStream, Closed, Event, EventSink, Metadata, PipeTx, Reset, StreamEnd};
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
 use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState, StreamFrame};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::{ClientConfig, Error};
 
@@ -40,13 +43,15 @@ pub struct OpenStream {
 type Chunks = Vec<Bytes>;
 
 struct Slot {
-    to_user: mpsc::Sender<Event>,
+    to_user: Arc<PipeTx>,
     state: Arc<Mutex<StreamState>>,
 }
 
+type Streams = Arc<Mutex<HashMap<i32, Slot>>>;
+
 struct StreamConn {
-    tx: mpsc::Sender<Chunks>,
-    streams: Arc<Mutex<HashMap<i32, Slot>>>,
+    tx: QueueTx,
+    streams: Streams,
     alive: Arc<AtomicBool>,
 }
 
@@ -170,30 +175,31 @@ impl TTStreamClient {
         let mut state = StreamState::new(Side::Client, id).expect("stream id is never 0");
         let _ = state.send(FrameType::Header);
         let state = Arc::new(Mutex::new(state));
-        let (client, ends) = ClientStream::new();
+        let has_isn = req.headers.get(str_key::IDL_SERVICE_NAME).is_some();
+        let service = if has_isn { "" } else { req.service.as_str() };
+        let header = StreamFrame::client_header(id, req.method.clone(), service, req.headers.0);
+        let sink = Arc::new(ClientSink {
+            id,
+            method: Bytes::from(req.method),
+            state: state.clone(),
+            half_closed: AtomicBool::new(false),
+            out: conn.tx.clone(),
+            streams: Arc::downgrade(&conn.streams),
+        });
+        let (client, to_user) = ClientStream::new(sink);
         conn.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
                 id,
                 Slot {
-                    to_user: ends.to_user,
-                    state: state.clone(),
+                    to_user: Arc::new(to_user),
+                    state,
                 },
             );
-        let has_isn = req.headers.get(str_key::IDL_SERVICE_NAME).is_some();
-        let service = if has_isn { "" } else { req.service.as_str() };
-        let header = StreamFrame::client_header(id, req.method.clone(), service, req.headers.0);
-        let method = Bytes::from(req.method);
-        let _ = conn.tx.send(frame_chunks(header)).await;
-        tokio::spawn(pump(
-            id,
-            method,
-            ends.from_user,
-            state,
-            conn.tx.clone(),
-            conn.streams.clone(),
-        ));
+        // The Header goes out before anything the stream sends: both are queued in order.
+        std::future::poll_fn(|cx| conn.tx.poll_ready(cx)).await;
+        let _ = conn.tx.push(frame_chunks(header));
         client
     }
 }
@@ -201,13 +207,13 @@ impl TTStreamClient {
 /// Starts a connection's reader and writer tasks.
 fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamConn {
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Chunks>(256);
-    let streams: Arc<Mutex<HashMap<i32, Slot>>> = Arc::default();
+    let (tx, writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
+    let streams: Streams = Arc::default();
     let alive = Arc::new(AtomicBool::new(true));
     {
         let alive = alive.clone();
         tokio::spawn(async move {
-            let _ = sluice_io::write_queued(wr, rx).await;
+            let _ = writer.run(wr).await;
             alive.store(false, Ordering::Release);
         });
     }
@@ -279,10 +285,12 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                     // connection's reader (TTStream has no per-stream flow control).
                     let _ = to_user.send(ev).await;
                     if ends {
-                        streams
+                        // Dropped after the lock: dropping a slot may run sinks that lock it.
+                        let slot = streams
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&f.stream_id);
+                        drop(slot);
                     }
                 }
                 sluice_io::reserve_read(&mut buf, sluice_io::STREAM_READ_CHUNK);
@@ -292,8 +300,15 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                 }
             }
             alive.store(false, Ordering::Release);
-            // Dropping the senders ends every open stream with a reset.
-            streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // Dropping the senders ends every open stream with a reset (after the lock:
+            // dropping a slot may run sinks that lock it).
+            let slots: Vec<Slot> = streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, slot)| slot)
+                .collect();
+            drop(slots);
         });
     }
     StreamConn { tx, streams, alive }
@@ -309,91 +324,109 @@ fn str_metadata(f: &StreamFrame) -> Metadata {
     )
 }
 
-/// Turns the user's events into frames for stream `id`.
-async fn pump(
+/// The outgoing side of one client stream: encodes the user's events into frames, keeping the
+/// client's side of the stream state, and queues them on the connection's writer.
+struct ClientSink {
     id: i32,
     method: Bytes,
-    mut from_user: mpsc::Receiver<Event>,
     state: Arc<Mutex<StreamState>>,
-    tx: mpsc::Sender<Chunks>,
-    streams: Arc<Mutex<HashMap<i32, Slot>>>,
-) {
-    let send = |kind: FrameType| -> bool {
+    half_closed: AtomicBool,
+    out: QueueTx,
+    /// Weak: the map holds this stream's incoming pipe, which a forwarder may have spliced into
+    /// a sink that holds this one.
+    streams: Weak<Mutex<HashMap<i32, Slot>>>,
+}
+
+impl ClientSink {
+    fn may_send(&self, kind: FrameType) -> bool {
         matches!(
-            state.lock().unwrap_or_else(|e| e.into_inner()).send(kind),
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).send(kind),
             Ok(s) if s != Step::Ignored
         )
-    };
-    let mut half_closed = false;
-    loop {
-        let frames: Vec<StreamFrame> = match from_user.recv().await {
-            Some(Event::Message(m)) => {
-                if !send(FrameType::Data) {
-                    continue;
+    }
+
+    fn forget(&self) {
+        if let Some(streams) = self.streams.upgrade() {
+            // Taken out under the lock, dropped after it: dropping the slot may run sinks.
+            let slot = streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+            drop(slot);
+        }
+    }
+
+    fn queue(&self, frames: Vec<StreamFrame>) -> Result<(), Closed> {
+        let mut bufs = Vec::with_capacity(frames.len() * 2);
+        for f in frames {
+            bufs.extend(frame_chunks(f));
+        }
+        self.out.push(bufs).map_err(|_| Closed)
+    }
+}
+
+impl EventSink for ClientSink {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        match ev {
+            Event::Message(m) => {
+                if self.half_closed.load(Ordering::Acquire) || !self.may_send(FrameType::Data) {
+                    return Ok(());
                 }
-                vec![StreamFrame::data(id, method.clone(), m)]
+                self.queue(vec![StreamFrame::data(self.id, self.method.clone(), m)])
             }
-            Some(Event::HalfClose) => {
-                if half_closed || !send(FrameType::Trailer) {
-                    continue;
+            Event::HalfClose => {
+                if self.half_closed.swap(true, Ordering::AcqRel)
+                    || !self.may_send(FrameType::Trailer)
+                {
+                    return Ok(());
                 }
-                half_closed = true;
-                vec![StreamFrame::trailer(id, method.clone())]
+                self.queue(vec![StreamFrame::trailer(self.id, self.method.clone())])
             }
-            Some(Event::Reset(r)) => {
-                let mut v = Vec::new();
-                if send(FrameType::Rst) {
+            Event::Reset(r) => {
+                let mut frames = Vec::new();
+                if self.may_send(FrameType::Rst) {
                     let code = if r.code == 0 { 12007 } else { r.code as i32 };
                     let ex = ApplicationException::new(ExceptionKind(code), r.message);
-                    v.push(StreamFrame::rst(
-                        id,
-                        method.clone(),
+                    frames.push(StreamFrame::rst(
+                        self.id,
+                        self.method.clone(),
                         Some(&ex),
                         r.cancel_path.as_deref(),
                     ));
                     // Kitex clients follow an Rst with a Trailer for peers that wait for one.
-                    if !half_closed {
-                        v.push(StreamFrame::trailer(id, method.clone()));
+                    if !self.half_closed.swap(true, Ordering::AcqRel) {
+                        frames.push(StreamFrame::trailer(self.id, self.method.clone()));
                     }
                 }
-                streams
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                for f in v {
-                    let _ = tx.send(frame_chunks(f)).await;
-                }
-                return;
+                let r = self.queue(frames);
+                self.forget();
+                r
             }
-            Some(Event::Headers(_) | Event::End(_)) => continue,
-            None => {
-                // The user dropped the stream: cancel it downstream unless it already ended.
-                let ended = state.lock().unwrap_or_else(|e| e.into_inner()).is_ended();
-                if !ended && send(FrameType::Rst) {
-                    let ex = ApplicationException::new(
-                        ExceptionKind(12007),
-                        "stream dropped by the caller",
-                    );
-                    let _ = tx
-                        .send(frame_chunks(StreamFrame::rst(
-                            id,
-                            method.clone(),
-                            Some(&ex),
-                            None,
-                        )))
-                        .await;
-                }
-                streams
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
-                return;
-            }
-        };
-        for f in frames {
-            if tx.send(frame_chunks(f)).await.is_err() {
-                return;
-            }
+            Event::Headers(_) | Event::End(_) => Ok(()),
         }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.out.poll_ready(cx)
+    }
+
+    fn release(&self) {
+        // The user dropped the stream: cancel it downstream unless it already ended.
+        let ended = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_ended();
+        if !ended && self.may_send(FrameType::Rst) {
+            let ex =
+                ApplicationException::new(ExceptionKind(12007), "stream dropped by the caller");
+            let _ = self.queue(vec![StreamFrame::rst(
+                self.id,
+                self.method.clone(),
+                Some(&ex),
+                None,
+            )]);
+        }
+        self.forget();
     }
 }

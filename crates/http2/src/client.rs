@@ -32,9 +32,9 @@ use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, TE};
 use http::{Method, Request, Uri};
-use sluice_stream::{ClientStream, DriverEnds, Event, Metadata, StreamEnd};
+use sluice_stream::{pipe, ClientStream, Event, Metadata, PipeRx, PipeTx, StreamEnd};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 
 use crate::content_type::GrpcContentType;
 use crate::driver::{
@@ -238,13 +238,17 @@ impl GrpcClient {
             .await;
             match started {
                 Ok((response, send_stream)) => {
-                    let (stream, ends) = ClientStream::new();
+                    // The user's events are queued for the stream's task, which waits on h2's
+                    // flow control.
+                    let (out_tx, from_user) = pipe(sluice_stream::CHANNEL_DEPTH);
+                    let (stream, to_user) = ClientStream::new(std::sync::Arc::new(out_tx));
                     let decoder =
                         MessageDecoder::with_max_message_size(self.inner.config.max_message_size);
                     tokio::spawn(drive(
                         response,
                         send_stream,
-                        ends,
+                        to_user,
+                        from_user,
                         compress_out,
                         decoder,
                         req.deadline,
@@ -300,7 +304,7 @@ impl GrpcClient {
                 .max_frame_size(config.max_frame_size)
                 .max_header_list_size(config.max_header_list_size);
             builder
-                .handshake::<_, Payload>(tcp)
+                .handshake::<_, Payload>(sluice_io::GatherWrites::new(tcp))
                 .await
                 .map_err(|source| GrpcClientError::H2 { addr, source })
         })
@@ -310,7 +314,7 @@ impl GrpcClient {
         let closed = Arc::new(AtomicBool::new(false));
         let flag = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = sluice_io::coalesce_wakeups(connection).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
             }
             flag.store(true, Ordering::Release);
@@ -379,20 +383,15 @@ enum Stop {
 async fn drive(
     response: ResponseFuture,
     mut send: SendStream<Payload>,
-    ends: DriverEnds,
+    to_user: PipeTx,
+    from_user: PipeRx,
     compress_out: bool,
     decoder: MessageDecoder,
     deadline: Option<Instant>,
 ) {
-    let DriverEnds { to_user, from_user } = ends;
     let stop = {
-        let mut inbound = std::pin::pin!(inbound(response, to_user.clone(), decoder));
-        let mut outbound = std::pin::pin!(outbound(
-            &mut send,
-            from_user,
-            to_user.clone(),
-            compress_out
-        ));
+        let mut inbound = std::pin::pin!(inbound(response, &to_user, decoder));
+        let mut outbound = std::pin::pin!(outbound(&mut send, from_user, &to_user, compress_out));
         let mut timer = std::pin::pin!(async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -426,8 +425,8 @@ async fn drive(
 /// after a half-close it keeps listening, for a reset.
 async fn outbound(
     send: &mut SendStream<Payload>,
-    mut from_user: mpsc::Receiver<Event>,
-    to_user: mpsc::Sender<Event>,
+    mut from_user: PipeRx,
+    to_user: &PipeTx,
     compress: bool,
 ) {
     let mut half_closed = false;
@@ -442,9 +441,9 @@ async fn outbound(
                 // A half-close already waiting behind the message rides on its last frame.
                 let mut end = false;
                 match from_user.try_recv() {
-                    Ok(Event::HalfClose) => end = true,
-                    Ok(other) => queued = Some(other),
-                    Err(_) => {}
+                    Some(Event::HalfClose) => end = true,
+                    Some(other) => queued = Some(other),
+                    None => {}
                 }
                 let payload = match Payload::message(m, compress) {
                     Ok(p) => p,
@@ -488,7 +487,7 @@ async fn outbound(
 }
 
 /// The server-to-user direction: response head, messages, trailers.
-async fn inbound(response: ResponseFuture, to_user: mpsc::Sender<Event>, decoder: MessageDecoder) {
+async fn inbound(response: ResponseFuture, to_user: &PipeTx, decoder: MessageDecoder) {
     let response = match response.await {
         Ok(r) => r,
         Err(e) => {
@@ -528,7 +527,7 @@ async fn inbound(response: ResponseFuture, to_user: mpsc::Sender<Event>, decoder
         return;
     }
     let compressed_in = compressed_in_map(&parts.headers);
-    match read_messages(&mut body, &to_user, &decoder, compressed_in, false).await {
+    match read_messages(&mut body, to_user, &decoder, compressed_in, false).await {
         ReadEnd::Eof => {}
         ReadEnd::Reset | ReadEnd::UserGone => return,
         ReadEnd::Bad(status) => {

@@ -9,7 +9,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use sluice_stream::{Event, Metadata, Reset};
-use tokio::sync::mpsc;
 
 use crate::headers::GRPC_ENCODING;
 use crate::message::{encode_prefix, MessageDecoder, MessageError, PREFIX_LEN};
@@ -167,7 +166,7 @@ pub(crate) enum ReadEnd {
 /// listening, so the peer is not blocked on a window nobody will open.
 pub(crate) async fn read_messages(
     body: &mut RecvStream,
-    to_user: &mpsc::Sender<Event>,
+    to_user: &sluice_stream::PipeTx,
     decoder: &MessageDecoder,
     compression_allowed: bool,
     drain_if_gone: bool,

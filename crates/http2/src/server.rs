@@ -43,10 +43,11 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use sluice_stream::{
-    DriverEnds, Event, Metadata, Protocol, ServerStream, StreamEnd, StreamRequest, StreamingHandler,
+    pipe, Event, Metadata, PipeRx, PipeTx, Protocol, ServerStream, StreamEnd, StreamRequest,
+    StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::content_type::GrpcContentType;
 use crate::driver::{
@@ -156,7 +157,7 @@ where
         .max_header_list_size(config.max_header_list_size);
     let handshake = tokio::time::timeout(
         config.handshake_timeout,
-        builder.handshake::<T, Payload>(io),
+        builder.handshake::<_, Payload>(sluice_io::GatherWrites::new(io)),
     );
     let mut conn = tokio::select! {
         r = handshake => match r {
@@ -175,7 +176,7 @@ where
     let mut shutting_down = false;
     loop {
         tokio::select! {
-            accepted = conn.accept() => match accepted {
+            accepted = sluice_io::coalesce_wakeups(conn.accept()) => match accepted {
                 Some(Ok((req, respond))) => {
                     tokio::spawn(serve_stream(req, respond, peer, handler.clone(), max_message_size));
                 }
@@ -333,12 +334,15 @@ async fn serve_stream<H: StreamingHandler>(
         }),
         deadline: call.deadline,
     };
-    let (stream, ends) = ServerStream::new();
+    // The handler's events are queued for this stream's task, which waits on h2's flow control.
+    let (out_tx, from_user) = pipe(sluice_stream::CHANNEL_DEPTH);
+    let (stream, to_user) = ServerStream::new(std::sync::Arc::new(out_tx));
     tokio::spawn(async move { handler.handle(request, stream).await });
     drive(
         body,
         respond,
-        ends,
+        to_user,
+        from_user,
         reply_content_type,
         compressed_in,
         MessageDecoder::with_max_message_size(max_message_size),
@@ -384,12 +388,12 @@ enum Outcome {
 async fn drive(
     body: RecvStream,
     respond: SendResponse<Payload>,
-    ends: DriverEnds,
+    to_user: PipeTx,
+    from_user: PipeRx,
     content_type: HeaderValue,
     compressed_in: bool,
     decoder: MessageDecoder,
 ) {
-    let DriverEnds { to_user, from_user } = ends;
     let (abort_tx, abort_rx) = oneshot::channel();
     let mut inbound = std::pin::pin!(inbound(body, to_user, decoder, compressed_in, abort_tx));
     let mut outbound = std::pin::pin!(outbound(respond, from_user, abort_rx, content_type));
@@ -413,7 +417,7 @@ async fn drive(
 /// The client-to-handler direction.
 async fn inbound(
     mut body: RecvStream,
-    to_user: mpsc::Sender<Event>,
+    to_user: PipeTx,
     decoder: MessageDecoder,
     compressed_in: bool,
     abort: oneshot::Sender<Status>,
@@ -511,7 +515,7 @@ impl Responder {
 /// The handler-to-client direction.
 async fn outbound(
     respond: SendResponse<Payload>,
-    mut from_user: mpsc::Receiver<Event>,
+    mut from_user: PipeRx,
     mut abort: oneshot::Receiver<Status>,
     content_type: HeaderValue,
 ) -> Outcome {

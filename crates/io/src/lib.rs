@@ -3,7 +3,8 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -117,6 +118,336 @@ pub async fn write_queued<W: AsyncWrite + Unpin>(
     w.shutdown().await
 }
 
+/// The write queue of a connection that many streams write to (TTStream): producers append
+/// encoded frames without waiting, one writer task sends whatever has queued up in one
+/// vectored write.
+///
+/// Room is bounded in bytes: [`QueueTx::poll_ready`] is pending while `limit` bytes or more are
+/// queued or being written, and producers (connection readers forwarding frames, stream
+/// handlers) wait on it before pushing, so a peer that does not read stops them instead of
+/// growing the queue. The writer ends, after writing what is queued, once every producer is
+/// gone; a failed write fails every later push.
+pub fn out_queue(limit: usize) -> (QueueTx, QueueWriter) {
+    let q = Arc::new(OutQueue {
+        state: Mutex::new(OutState {
+            bufs: Vec::new(),
+            queued: 0,
+            writer: None,
+            waiters: Vec::new(),
+            producers: 1,
+            failed: false,
+        }),
+        limit,
+    });
+    (QueueTx(q.clone()), QueueWriter(q))
+}
+
+/// Default byte limit of an [`out_queue`].
+pub const OUT_QUEUE_LIMIT: usize = 1024 * 1024;
+
+struct OutQueue {
+    state: Mutex<OutState>,
+    limit: usize,
+}
+
+struct OutState {
+    bufs: Vec<Bytes>,
+    /// Bytes queued or in the write under way.
+    queued: usize,
+    writer: Option<Waker>,
+    waiters: Vec<Waker>,
+    producers: usize,
+    failed: bool,
+}
+
+impl OutQueue {
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The connection's write side is gone (a write failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueClosed;
+
+/// A producer of an [`out_queue`]; clones are producers too.
+pub struct QueueTx(Arc<OutQueue>);
+
+impl std::fmt::Debug for QueueTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueTx")
+    }
+}
+
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.0.lock().producers += 1;
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.producers -= 1;
+        if st.producers == 0 {
+            let w = st.writer.take();
+            drop(st);
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl QueueTx {
+    /// Appends `bufs` (one or more frames) now, whatever is queued already.
+    pub fn push(&self, bufs: impl IntoIterator<Item = Bytes>) -> Result<(), QueueClosed> {
+        let mut st = self.0.lock();
+        if st.failed {
+            return Err(QueueClosed);
+        }
+        for b in bufs {
+            st.queued += b.len();
+            st.bufs.push(b);
+        }
+        let w = st.writer.take();
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Ready while fewer than the limit's bytes are queued, or once the queue failed.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.0.lock();
+        if st.failed || st.queued < self.0.limit {
+            Poll::Ready(())
+        } else {
+            st.waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// True once a write failed.
+    pub fn is_closed(&self) -> bool {
+        self.0.lock().failed
+    }
+}
+
+/// The writing end of an [`out_queue`].
+pub struct QueueWriter(Arc<OutQueue>);
+
+impl std::fmt::Debug for QueueWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueWriter")
+    }
+}
+
+impl QueueWriter {
+    /// Writes until every producer is gone and the queue is empty (then shuts the write side
+    /// down), or a write fails.
+    pub async fn run<W: AsyncWrite + Unpin>(self, mut w: W) -> std::io::Result<()> {
+        let q = self.0;
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            std::future::poll_fn(|cx| {
+                let mut st = q.lock();
+                if !st.bufs.is_empty() || st.producers == 0 {
+                    Poll::Ready(())
+                } else {
+                    st.writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            // Tasks woken by the same read are about to queue their frames: let them, so the
+            // frames leave in one write instead of one write each.
+            tokio::task::yield_now().await;
+            {
+                let mut st = q.lock();
+                if st.bufs.is_empty() {
+                    if st.producers == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                std::mem::swap(&mut st.bufs, &mut batch);
+            }
+            let bytes: usize = batch.iter().map(Bytes::len).sum();
+            let result = write_all_vectored(&mut w, &mut batch).await;
+            let mut st = q.lock();
+            st.queued -= bytes;
+            if result.is_err() {
+                st.failed = true;
+                st.bufs.clear();
+                st.queued = 0;
+            }
+            let waiters = std::mem::take(&mut st.waiters);
+            drop(st);
+            for waker in waiters {
+                waker.wake();
+            }
+            result?;
+        }
+        w.shutdown().await
+    }
+}
+
+/// Runs `f` (a connection's I/O future, such as an h2 connection) so that each time it is woken,
+/// the other tasks that are ready to run go first.
+///
+/// Streams hand their frames to the connection from their own tasks, and each hand-over wakes
+/// the connection; polled at once, it writes each frame in a syscall of its own. Yielding once
+/// per wake-up lets the streams woken by the same read queue theirs first, and the connection
+/// then writes them together.
+pub async fn coalesce_wakeups<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+        {
+            return out;
+        }
+        // `f` is waiting and holds this task's waker: sleep until something wakes the task.
+        let mut slept = false;
+        std::future::poll_fn(|_| {
+            if slept {
+                Poll::Ready(())
+            } else {
+                slept = true;
+                Poll::Pending
+            }
+        })
+        .await;
+        tokio::task::yield_now().await;
+    }
+}
+
+/// An I/O object that gathers small writes and sends them together, for protocol stacks that
+/// flush after every frame (h2 writes each DATA frame larger than 256 bytes in a write of its
+/// own, and flushes after it).
+///
+/// Writes are copied into a buffer (up to [`GATHER_LIMIT`] bytes; larger ones go straight
+/// through once the buffer is out). A flush with less than that gathered does not write at
+/// once: it wakes the task and reports success, and the bytes go out at the task's next read
+/// or write, after the other ready tasks had a chance to hand over their frames (see
+/// [`coalesce_wakeups`]). Everything is written before the next read, so a peer never waits
+/// for bytes held here while this side waits for its answer.
+#[derive(Debug)]
+pub struct GatherWrites<T> {
+    inner: T,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    sent: usize,
+}
+
+/// What [`GatherWrites`] holds before it writes regardless of flushes.
+pub const GATHER_LIMIT: usize = 64 * 1024;
+
+impl<T> GatherWrites<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// The wrapped I/O object.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncWrite + Unpin> GatherWrites<T> {
+    /// Writes what is gathered; `Pending` if the socket is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        if self.buf.capacity() > GATHER_LIMIT * 2 {
+            self.buf.shrink_to(GATHER_LIMIT);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GatherWrites<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // Gathered bytes go out before reading: the peer may be waiting for them. A full
+        // socket does not stop the read (the write is retried when it drains).
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for GatherWrites<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.buf.len() + len > GATHER_LIMIT {
+            std::task::ready!(self.poll_write_out(cx))?;
+            if len > GATHER_LIMIT {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            self.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.buf.len() - self.sent >= GATHER_LIMIT / 2 {
+            std::task::ready!(self.poll_write_out(cx))?;
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        if self.sent < self.buf.len() {
+            // Written at the next read or write, after the task is polled again.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_write_out(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Writes every buffer in `bufs`, in order, with vectored writes, leaving `bufs` empty.
 ///
 /// Frames are queued as an encoded head plus the payload `Bytes` they carry; writing them this
@@ -215,5 +546,110 @@ mod tests {
         let cap = buf.capacity();
         reserve_read(&mut buf, 64);
         assert_eq!(buf.capacity(), cap);
+    }
+
+    #[tokio::test]
+    async fn queued_frames_from_many_producers_leave_in_order_and_the_writer_ends_with_them() {
+        use tokio::io::AsyncReadExt;
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let (tx, writer) = out_queue(1024);
+        let writer = tokio::spawn(writer.run(a));
+        let tx2 = tx.clone();
+        tx.push([Bytes::from_static(b"one "), Bytes::from_static(b"two ")])
+            .unwrap();
+        tx2.push([Bytes::from_static(b"three")]).unwrap();
+        drop(tx);
+        drop(tx2);
+        // Every producer is gone: the writer writes what is queued, then shuts down.
+        writer.await.unwrap().unwrap();
+        let mut got = String::new();
+        b.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "one two three");
+    }
+
+    #[tokio::test]
+    async fn a_queue_over_its_limit_holds_producers_until_the_writer_drains_it() {
+        use tokio::io::AsyncReadExt;
+        // The peer reads nothing yet and its pipe holds 16 bytes.
+        let (a, mut b) = tokio::io::duplex(16);
+        let (tx, writer) = out_queue(100);
+        tokio::spawn(writer.run(a));
+        tx.push([Bytes::from(vec![1u8; 150])]).unwrap();
+        let ready = std::future::poll_fn(|cx| tx.poll_ready(cx));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), ready)
+                .await
+                .is_err(),
+            "150 queued bytes are over the 100-byte limit"
+        );
+        let mut got = vec![0u8; 150];
+        b.read_exact(&mut got).await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| tx.poll_ready(cx)),
+        )
+        .await
+        .expect("room once the bytes are written");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_later_pushes() {
+        let (a, b) = tokio::io::duplex(16);
+        drop(b);
+        let (tx, writer) = out_queue(1024);
+        let writer = tokio::spawn(writer.run(a));
+        tx.push([Bytes::from_static(b"lost")]).unwrap();
+        assert!(writer.await.unwrap().is_err());
+        assert!(tx.is_closed());
+        assert_eq!(tx.push([Bytes::from_static(b"x")]), Err(QueueClosed));
+    }
+
+    #[tokio::test]
+    async fn gathered_writes_go_out_together_before_the_next_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut peer) = tokio::io::duplex(1 << 20);
+        let mut io = GatherWrites::new(a);
+        for frame in [&b"frame-1 "[..], b"frame-2 ", b"frame-3"] {
+            io.write_all(frame).await.unwrap();
+            io.flush().await.unwrap();
+        }
+        // Flushed, but held: nothing has reached the peer.
+        let mut got = vec![0u8; 64];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), peer.read(&mut got)).await;
+        assert!(early.is_err(), "small flushed writes are gathered");
+        // The next read sends them first, in one piece.
+        let reading = tokio::spawn(async move {
+            let mut one = [0u8; 1];
+            io.read_exact(&mut one).await.unwrap();
+            (io, one)
+        });
+        let n = peer.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"frame-1 frame-2 frame-3");
+        peer.write_all(b"!").await.unwrap();
+        let (mut io, one) = reading.await.unwrap();
+        assert_eq!(&one, b"!");
+        // A flush with half the limit gathered writes at once; shutdown writes the rest.
+        io.write_all(&vec![7u8; GATHER_LIMIT / 2]).await.unwrap();
+        io.flush().await.unwrap();
+        let mut big = vec![0u8; GATHER_LIMIT / 2];
+        tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_exact(&mut big))
+            .await
+            .expect("written at the flush")
+            .unwrap();
+        io.write_all(b"tail").await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        peer.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"tail");
+    }
+
+    #[tokio::test]
+    async fn coalesced_futures_still_complete_when_woken() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn(coalesce_wakeups(rx));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx.send(42).unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(42));
     }
 }

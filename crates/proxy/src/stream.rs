@@ -1,22 +1,25 @@
 //! Stream forwarding: TTStream to TTStream (and gRPC to gRPC), never one into the other.
 //!
-//! Messages are pumped both ways through bounded channels, so a slow reader on either side slows
-//! the other side's reads. A half-close travels as a half-close; an upstream reset becomes a
+//! Each side's incoming events are spliced into the other side's outgoing sink, so messages go
+//! from one connection's reader to the other connection without a task in between; room is
+//! bounded on both sides, so a slow reader on either side slows the other side's reads. A half-close travels as a half-close; an upstream reset becomes a
 //! downstream reset (TTStream: with the cancel path `ttscp` extended by this proxy's name); a
 //! downstream reset ends the upstream stream with an error; a deadline ends both.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
 use sluice_client::{OpenStream, TTStreamClient};
 use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
 use sluice_stream::{
-    ClientStream, Incoming, Metadata, Protocol, Reset, ServerStream, StreamEnd, StreamRequest,
-    StreamingHandler,
+    ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ServerSend,
+    ServerStream, StreamEnd, StreamRequest, StreamingHandler,
 };
 use sluice_thrift::ExceptionKind;
 use sluice_ttheader::str_key;
+use tokio::sync::oneshot;
 
 use crate::forward::Forwarder;
 
@@ -202,7 +205,109 @@ impl StreamingHandler for Forwarder {
     }
 }
 
-/// Pumps one forwarded stream until it ends on both sides.
+/// Upstream events, handed to the downstream stream as they are read.
+struct ToDownstream {
+    down: ClientSend,
+}
+
+impl EventSink for ToDownstream {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        match ev {
+            Event::Message(_) | Event::HalfClose => self.down.push(ev),
+            Event::Reset(reset) => {
+                // The caller reset the stream (or its connection went away, code 0): reset it
+                // downstream, with this proxy added to the cancel path.
+                let cancel_path = sluice_ttstream::extend_cancel_path(
+                    reset.cancel_path.as_deref(),
+                    CANCEL_PATH_NAME,
+                );
+                self.down.push(Event::Reset(Reset {
+                    cancel_path,
+                    ..reset
+                }))
+            }
+            // Not sent by callers.
+            Event::Headers(_) | Event::End(_) => Ok(()),
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.down.poll_ready(cx)
+    }
+}
+
+/// Downstream events, handed to the upstream stream as they are read.
+struct ToUpstream {
+    up: ServerSend,
+    down: ClientSend,
+    protocol: Protocol,
+    downstream: String,
+    /// Told when the stream has ended on the upstream side.
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl ToUpstream {
+    fn finished(&self) {
+        if let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl EventSink for ToUpstream {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        match ev {
+            Event::Headers(md) => {
+                let _ = self.up.push(Event::Headers(forwardable(&md)));
+                Ok(())
+            }
+            Event::Message(m) => {
+                if self.up.push(Event::Message(m)).is_err() {
+                    // The upstream is gone: cancel downstream.
+                    let _ = self.down.push(Event::Reset(Reset {
+                        code: 12007,
+                        message: "upstream went away".into(),
+                        cancel_path: Some(CANCEL_PATH_NAME.into()),
+                    }));
+                    self.finished();
+                    return Err(Closed);
+                }
+                Ok(())
+            }
+            Event::End(mut end) => {
+                end.trailers = forwardable(&end.trailers);
+                let _ = self.up.push(Event::End(end));
+                self.finished();
+                Ok(())
+            }
+            Event::Reset(r) => {
+                let msg = format!(
+                    "sluice: downstream {:?} reset the stream: {} (code {})",
+                    self.downstream, r.message, r.code
+                );
+                let _ = self.up.push(Event::End(error_end(
+                    &self.protocol,
+                    ErrorKind::DownstreamReset,
+                    msg,
+                )));
+                self.finished();
+                Ok(())
+            }
+            Event::HalfClose => Ok(()),
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.up.poll_ready(cx)
+    }
+}
+
+/// Forwards one stream until it ends on both sides.
+///
+/// No task of its own carries messages: each side's incoming events are spliced into a sink
+/// that hands them to the other side, so a message goes from one connection's reader straight
+/// onto the other connection's write queue (TTStream) or stream task (gRPC). This task only
+/// waits for the end, and for the deadline.
 async fn pump(
     protocol: &Protocol,
     up: ServerStream,
@@ -210,85 +315,25 @@ async fn pump(
     deadline: Option<std::time::Instant>,
     downstream: &str,
 ) {
-    let (mut up_rx, up_tx) = up.split();
-    let (down_tx, mut down_rx) = down.split();
-
-    // Upstream to downstream.
-    let forward = {
-        let down_tx = down_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match up_rx.recv().await {
-                    Ok(Some(m)) => {
-                        if down_tx.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = down_tx.close_send().await;
-                        return;
-                    }
-                    Err(reset) => {
-                        let cancel_path = sluice_ttstream::extend_cancel_path(
-                            reset.cancel_path.as_deref(),
-                            CANCEL_PATH_NAME,
-                        );
-                        down_tx
-                            .reset(Reset {
-                                cancel_path,
-                                ..reset
-                            })
-                            .await;
-                        return;
-                    }
-                }
-            }
-        })
-    };
-
-    // Downstream to upstream, bounded by the deadline.
-    let backward = async {
-        loop {
-            match down_rx.recv().await {
-                Incoming::Headers(md) => {
-                    let _ = up_tx.send_headers(forwardable(&md)).await;
-                }
-                Incoming::Message(m) => {
-                    if up_tx.send(m).await.is_err() {
-                        // The upstream is gone: cancel downstream.
-                        down_tx
-                            .reset(Reset {
-                                code: 12007,
-                                message: "upstream went away".into(),
-                                cancel_path: Some(CANCEL_PATH_NAME.into()),
-                            })
-                            .await;
-                        return;
-                    }
-                }
-                Incoming::End(end) => {
-                    let mut end = end;
-                    end.trailers = forwardable(&end.trailers);
-                    up_tx.finish(end).await;
-                    return;
-                }
-                Incoming::Reset(r) => {
-                    let msg = format!(
-                        "sluice: downstream {downstream:?} reset the stream: {} (code {})",
-                        r.message, r.code
-                    );
-                    up_tx
-                        .finish(error_end(protocol, ErrorKind::DownstreamReset, msg))
-                        .await;
-                    return;
-                }
-            }
-        }
-    };
+    let (up_rx, up_tx) = up.split();
+    let (down_tx, down_rx) = down.split();
+    let (done_tx, done_rx) = oneshot::channel();
+    up_rx.splice(Arc::new(ToDownstream {
+        down: down_tx.clone(),
+    }));
+    down_rx.splice(Arc::new(ToUpstream {
+        up: up_tx.clone(),
+        down: down_tx.clone(),
+        protocol: protocol.clone(),
+        downstream: downstream.to_owned(),
+        done: Mutex::new(Some(done_tx)),
+    }));
+    // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
+    // end reaching the upstream: it was reset from the upstream side.
     let timed_out = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), backward).await.is_err(),
+        Some(d) => tokio::time::timeout_at(d.into(), done_rx).await.is_err(),
         None => {
-            backward.await;
+            let _ = done_rx.await;
             false
         }
     };
@@ -305,5 +350,4 @@ async fn pump(
             .finish(error_end(protocol, ErrorKind::Deadline, msg))
             .await;
     }
-    forward.abort();
 }

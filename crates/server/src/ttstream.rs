@@ -1,22 +1,28 @@
 //! The TTStream driver: many streams per connection, each handed to the [`StreamingHandler`].
 //!
-//! One reader takes frames off the connection and routes them by stream id; each stream has a
-//! pump task that turns the handler's events into frames. Per kitex-wire.md 4.3:
+//! One reader takes frames off the connection and routes them by stream id into each stream's
+//! incoming pipe; what a handler sends is encoded into frames in the handler's own task (or, for
+//! a forwarded stream, in the other connection's reader) and queued on the connection's writer.
+//! Per kitex-wire.md 4.3:
 //!
 //! * a client Header opens a stream; Data, Trailer (half-close) and Rst follow;
 //! * the server's Header is sent lazily, before its first Data or its Trailer;
 //! * frames of unknown or finished streams are ignored, late Trailer and Rst frames included;
 //! * TTStream has no flow control, so backpressure is ours: a message is handed to a stream's
-//!   bounded channel before the next frame is read, so a handler that does not read stops the
-//!   connection's reader (memory stays bounded by the channel depth times the frame limit).
+//!   bounded pipe before the next frame is read, so a handler that does not read stops the
+//!   connection's reader (memory stays bounded by the pipe depth times the frame limit).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
+use sluice_io::QueueTx;
 use sluice_stream::{
-    Event, Metadata, Protocol, Reset, ServerStream, StreamEnd, StreamRequest, StreamingHandler,
+    Closed, Event, EventSink, Metadata, PipeTx, Protocol, Reset, ServerStream, StreamEnd,
+    StreamRequest, StreamingHandler,
 };
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
@@ -35,7 +41,7 @@ const ILLEGAL_FRAME: i32 = 12004;
 
 struct Entry {
     state: Arc<Mutex<StreamState>>,
-    to_user: mpsc::Sender<Event>,
+    to_user: PipeTx,
 }
 
 /// Encodes a frame as a head plus its payload `Bytes` (no payload copy).
@@ -68,8 +74,8 @@ pub(crate) async fn run<S: StreamingHandler>(
     drain: Drain,
 ) {
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Chunks>(256);
-    let writer = tokio::spawn(sluice_io::write_queued(wr, rx));
+    let (tx, queue_writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
+    let writer = tokio::spawn(queue_writer.run(wr));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i32>();
     let decoder = FrameDecoder::new(Limits {
         max_frame_size: config.max_frame_size,
@@ -142,14 +148,10 @@ pub(crate) async fn run<S: StreamingHandler>(
                     ExceptionKind::INTERNAL_ERROR,
                     "server is draining; retry on another connection",
                 );
-                let _ = tx
-                    .send(frame_chunks(StreamFrame::server_header(id, method.clone())))
-                    .await;
-                let _ = tx
-                    .send(frame_chunks(StreamFrame::trailer_with_exception(
-                        id, method, &ex,
-                    )))
-                    .await;
+                let _ = tx.push(frame_chunks(StreamFrame::server_header(id, method.clone())));
+                let _ = tx.push(frame_chunks(StreamFrame::trailer_with_exception(
+                    id, method, &ex,
+                )));
                 continue;
             }
             let req = StreamRequest {
@@ -160,25 +162,19 @@ pub(crate) async fn run<S: StreamingHandler>(
                 headers: metadata_of(&frame),
                 deadline: None,
             };
-            let (server_stream, ends) = ServerStream::new();
             let state = Arc::new(Mutex::new(state));
-            streams.insert(
-                id,
-                Entry {
-                    state: state.clone(),
-                    to_user: ends.to_user,
-                },
-            );
-            let h = handler.clone();
-            tokio::spawn(async move { h.handle(req, server_stream).await });
-            tokio::spawn(pump(
+            let sink = Arc::new(ServerSink {
                 id,
                 method,
-                ends.from_user,
-                state,
-                tx.clone(),
-                done_tx.clone(),
-            ));
+                state: state.clone(),
+                header_sent: Mutex::new(false),
+                out: tx.clone(),
+                done: done_tx.clone(),
+            });
+            let (server_stream, to_user) = ServerStream::new(sink);
+            streams.insert(id, Entry { state, to_user });
+            let h = handler.clone();
+            tokio::spawn(async move { h.handle(req, server_stream).await });
         }
         if draining && streams.is_empty() && buf.is_empty() {
             break None;
@@ -207,94 +203,106 @@ pub(crate) async fn run<S: StreamingHandler>(
     let _ = tokio::time::timeout(config.drain_grace, writer).await;
 }
 
-/// Turns one stream's handler events into frames, keeping the server's side of the state.
-async fn pump(
+/// The outgoing side of one server stream: encodes the handler's events into frames, keeping
+/// the server's side of the stream state, and queues them on the connection's writer.
+struct ServerSink {
     id: i32,
     method: Bytes,
-    mut from_user: mpsc::Receiver<Event>,
     state: Arc<Mutex<StreamState>>,
-    tx: mpsc::Sender<Chunks>,
+    /// The server's Header goes out once, before its first Data or its Trailer.
+    header_sent: Mutex<bool>,
+    out: QueueTx,
+    /// Tells the reader the stream has ended on this side.
     done: mpsc::UnboundedSender<i32>,
-) {
-    let send = |kind: FrameType| -> bool {
+}
+
+impl ServerSink {
+    /// Whether the state machine lets this side send `kind` now (and records it).
+    fn may_send(&self, kind: FrameType) -> bool {
         !matches!(
-            state.lock().unwrap_or_else(|e| e.into_inner()).send(kind),
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(kind),
             Err(_) | Ok(Step::Ignored)
         )
-    };
-    let mut header_sent = false;
-    loop {
-        let ev = from_user.recv().await;
-        let mut frames: Vec<StreamFrame> = Vec::with_capacity(2);
-        let header =
-            |frames: &mut Vec<StreamFrame>, md: Option<Metadata>, header_sent: &mut bool| {
-                if !*header_sent && send(FrameType::Header) {
-                    let mut f = StreamFrame::server_header(id, method.clone());
-                    for (k, v) in md.unwrap_or_default().0 {
-                        f.header.str_kvs.insert(k, v);
-                    }
-                    frames.push(f);
-                }
-                *header_sent = true;
-            };
+    }
+
+    fn header(&self, frames: &mut Vec<Bytes>, md: Option<Metadata>) {
+        let mut sent = self.header_sent.lock().unwrap_or_else(|e| e.into_inner());
+        if !*sent && self.may_send(FrameType::Header) {
+            let mut f = StreamFrame::server_header(self.id, self.method.clone());
+            for (k, v) in md.unwrap_or_default().0 {
+                f.header.str_kvs.insert(k, v);
+            }
+            frames.extend(frame_chunks(f));
+        }
+        *sent = true;
+    }
+}
+
+impl EventSink for ServerSink {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        let mut frames: Vec<Bytes> = Vec::new();
         let finished = match ev {
-            Some(Event::Headers(md)) => {
-                header(&mut frames, Some(md), &mut header_sent);
+            Event::Headers(md) => {
+                self.header(&mut frames, Some(md));
                 false
             }
-            Some(Event::Message(m)) => {
-                header(&mut frames, None, &mut header_sent);
-                if send(FrameType::Data) {
-                    frames.push(StreamFrame::data(id, method.clone(), m));
+            Event::Message(m) => {
+                self.header(&mut frames, None);
+                if self.may_send(FrameType::Data) {
+                    frames.extend(frame_chunks(StreamFrame::data(
+                        self.id,
+                        self.method.clone(),
+                        m,
+                    )));
                 }
                 false
             }
-            Some(Event::End(end)) => {
-                header(&mut frames, None, &mut header_sent);
-                if send(FrameType::Trailer) {
-                    frames.push(trailer(id, &method, end));
+            Event::End(end) => {
+                self.header(&mut frames, None);
+                if self.may_send(FrameType::Trailer) {
+                    frames.extend(frame_chunks(trailer(self.id, &self.method, end)));
                 }
                 true
             }
-            Some(Event::Reset(r)) => {
-                if send(FrameType::Rst) {
+            Event::Reset(r) => {
+                if self.may_send(FrameType::Rst) {
                     let ex = ApplicationException::new(ExceptionKind(r.code as i32), r.message);
-                    frames.push(StreamFrame::rst(
-                        id,
-                        method.clone(),
+                    frames.extend(frame_chunks(StreamFrame::rst(
+                        self.id,
+                        self.method.clone(),
                         Some(&ex),
                         r.cancel_path.as_deref(),
-                    ));
+                    )));
                 }
                 true
             }
-            Some(Event::HalfClose) => false,
-            None => {
-                // The handler returned without ending the stream: end it for it.
-                header(&mut frames, None, &mut header_sent);
-                if send(FrameType::Trailer) {
-                    frames.push(trailer(
-                        id,
-                        &method,
-                        StreamEnd::error(
-                            ExceptionKind::INTERNAL_ERROR.0 as u32,
-                            "stream handler ended without a status",
-                        ),
-                    ));
-                }
-                true
-            }
+            Event::HalfClose => false,
         };
-        for f in frames {
-            if tx.send(frame_chunks(f)).await.is_err() {
-                let _ = done.send(id);
-                return;
-            }
+        let result = if frames.is_empty() {
+            Ok(())
+        } else {
+            self.out.push(frames).map_err(|_| Closed)
+        };
+        if finished || result.is_err() {
+            let _ = self.done.send(self.id);
         }
-        if finished {
-            let _ = done.send(id);
-            return;
-        }
+        result
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.out.poll_ready(cx)
+    }
+
+    fn release(&self) {
+        // The handler returned without ending the stream: end it for it. (A stream that has
+        // ended refuses the Trailer; nothing is sent then.)
+        let _ = self.push(Event::End(StreamEnd::error(
+            ExceptionKind::INTERNAL_ERROR.0 as u32,
+            "stream handler ended without a status",
+        )));
     }
 }
 

@@ -2,14 +2,21 @@
 //!
 //! A stream is a bidirectional sequence of raw messages with headers at the start and an end
 //! status with trailers, as Kitex's binary-generic `BidiStreamingServer` sees it (gRPC unary
-//! calls included). Drivers (one per protocol) translate between the wire and [`Event`]s on two
-//! bounded channels; handlers and forwarders use the handles:
+//! calls included). Drivers (one per protocol) translate between the wire and [`Event`]s;
+//! handlers and forwarders use the handles:
 //!
 //! * [`ServerStream`]: the server side's handle, given to a `StreamingHandler`;
 //! * [`ClientStream`]: a client's handle on a stream it opened downstream.
 //!
-//! Channels are bounded ([`CHANNEL_DEPTH`] events), so a slow reader on one side slows the other
-//! side's reads instead of growing a queue: backpressure is end to end.
+//! Incoming events reach a handle through a bounded [`pipe`] ([`CHANNEL_DEPTH`] events) filled
+//! by the connection's reader; outgoing events go to the driver's [`EventSink`], which encodes
+//! them onto the connection (TTStream) or queues them for the stream's task (gRPC), and whose
+//! room is bounded too. A slow reader on one side therefore slows the other side's reads instead
+//! of growing a queue: backpressure is end to end.
+//!
+//! A forwarder splices ([`ServerRecv::splice`], [`ClientRecv::splice`]): each side's incoming
+//! events then go from that side's connection reader straight into a sink that hands them to
+//! the other side, with no task of its own in between.
 //!
 //! Protocol families are never converted: a TTStream stream is forwarded to a TTStream
 //! downstream, a gRPC stream to a gRPC downstream, so [`StreamEnd`] and [`Metadata`] carry each
@@ -17,10 +24,14 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+
+mod pipe;
+pub use pipe::{pipe, PipeRx, PipeTx};
 
 /// Events queued per direction of a stream before the sender waits.
 pub const CHANNEL_DEPTH: usize = 16;
@@ -184,41 +195,101 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-/// A driver's ends of one stream: what it delivers to the user (`to_user`) and what it takes
-/// from the user (`from_user`).
-#[derive(Debug)]
-pub struct DriverEnds {
-    /// Events from the wire to the handle.
-    pub to_user: mpsc::Sender<Event>,
-    /// Events from the handle to the wire.
-    pub from_user: mpsc::Receiver<Event>,
+/// Where a stream's events go: a driver's encoder (frames straight onto the connection's write
+/// queue), a [`pipe`] read by a task, or a forwarder's mapping into another stream.
+///
+/// `push` never waits: it takes the event or fails. Room is awaited separately with
+/// `poll_ready`, so a producer can wait first and then push without holding anything across
+/// the wait, and a sink can be called from inside another sink (a spliced pipe).
+pub trait EventSink: Send + Sync + 'static {
+    /// Takes one event now. `Err(Closed)` once the stream or its connection takes no more.
+    fn push(&self, ev: Event) -> Result<(), Closed>;
+
+    /// Ready when there is room for another event (or the sink is closed: `push` then fails).
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Ready once the other side stopped taking events, where the sink can tell (a pipe whose
+    /// reader is gone). Sinks that cannot tell never resolve; their stream's end shows on the
+    /// receiving side.
+    fn poll_closed(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+
+    /// The user dropped its last handle on the stream. A sink whose stream has not ended
+    /// ends it here: a server stream with an error status, a client stream with a reset.
+    fn release(&self) {}
 }
 
-fn pair() -> (DriverEnds, mpsc::Receiver<Event>, mpsc::Sender<Event>) {
-    let (to_user, user_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let (user_tx, from_user) = mpsc::channel(CHANNEL_DEPTH);
-    (DriverEnds { to_user, from_user }, user_rx, user_tx)
+/// A user's handle on a stream's outgoing side; the last one dropped releases the sink.
+struct OutboundInner(Arc<dyn EventSink>);
+
+impl Drop for OutboundInner {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+#[derive(Clone)]
+struct Outbound(Arc<OutboundInner>);
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outbound")
+    }
+}
+
+impl Outbound {
+    fn new(sink: Arc<dyn EventSink>) -> Self {
+        Self(Arc::new(OutboundInner(sink)))
+    }
+
+    async fn send(&self, ev: Event) -> Result<(), Closed> {
+        std::future::poll_fn(|cx| self.0 .0.poll_ready(cx)).await;
+        self.0 .0.push(ev)
+    }
+
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        self.0 .0.push(ev)
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0 .0.poll_ready(cx)
+    }
+
+    async fn closed(&self) {
+        std::future::poll_fn(|cx| self.0 .0.poll_closed(cx)).await
+    }
 }
 
 /// The server side's handle on a stream (what a `StreamingHandler` gets).
 #[derive(Debug)]
 pub struct ServerStream {
-    rx: mpsc::Receiver<Event>,
-    tx: mpsc::Sender<Event>,
+    rx: PipeRx,
+    tx: Outbound,
     recv_done: bool,
 }
 
+/// What a closed connection looks like to a receiver.
+fn closed_reset() -> Reset {
+    Reset {
+        code: 0,
+        message: "connection closed".into(),
+        cancel_path: None,
+    }
+}
+
 impl ServerStream {
-    /// A handle and the driver's ends.
-    pub fn new() -> (ServerStream, DriverEnds) {
-        let (ends, rx, tx) = pair();
+    /// A handle whose outgoing events go to `outbound`, and the producer of its incoming
+    /// events (the driver's end).
+    pub fn new(outbound: Arc<dyn EventSink>) -> (ServerStream, PipeTx) {
+        let (in_tx, rx) = pipe(CHANNEL_DEPTH);
         (
             ServerStream {
                 rx,
-                tx,
+                tx: Outbound::new(outbound),
                 recv_done: false,
             },
-            ends,
+            in_tx,
         )
     }
 
@@ -242,11 +313,7 @@ impl ServerStream {
                 Some(Event::Headers(_) | Event::End(_)) => continue,
                 None => {
                     self.recv_done = true;
-                    return Err(Reset {
-                        code: 0,
-                        message: "connection closed".into(),
-                        cancel_path: None,
-                    });
+                    return Err(closed_reset());
                 }
             }
         }
@@ -255,23 +322,22 @@ impl ServerStream {
     /// Splits into a receiving half and a sending half, for pumping both ways at once.
     pub fn split(self) -> (ServerRecv, ServerSend) {
         (
-            ServerRecv(ServerStream {
+            ServerRecv {
                 rx: self.rx,
-                tx: self.tx.clone(),
                 recv_done: self.recv_done,
-            }),
+            },
             ServerSend { tx: self.tx },
         )
     }
 
     /// Sends response headers (optional: drivers send empty ones before the first message).
     pub async fn send_headers(&self, md: Metadata) -> Result<(), Closed> {
-        self.tx.send(Event::Headers(md)).await.map_err(|_| Closed)
+        self.tx.send(Event::Headers(md)).await
     }
 
     /// Sends one message, waiting while the peer is slow.
     pub async fn send(&self, msg: Bytes) -> Result<(), Closed> {
-        self.tx.send(Event::Message(msg)).await.map_err(|_| Closed)
+        self.tx.send(Event::Message(msg)).await
     }
 
     /// Ends the stream with `end`.
@@ -282,30 +348,64 @@ impl ServerStream {
 
 /// The receiving half of a [`ServerStream`].
 #[derive(Debug)]
-pub struct ServerRecv(ServerStream);
+pub struct ServerRecv {
+    rx: PipeRx,
+    recv_done: bool,
+}
 
 impl ServerRecv {
     /// See [`ServerStream::recv`].
     pub async fn recv(&mut self) -> Result<Option<Bytes>, Reset> {
-        self.0.recv().await
+        if self.recv_done {
+            return Ok(None);
+        }
+        loop {
+            match self.rx.recv().await {
+                Some(Event::Message(m)) => return Ok(Some(m)),
+                Some(Event::HalfClose) => {
+                    self.recv_done = true;
+                    return Ok(None);
+                }
+                Some(Event::Reset(r)) => {
+                    self.recv_done = true;
+                    return Err(r);
+                }
+                Some(Event::Headers(_) | Event::End(_)) => continue,
+                None => {
+                    self.recv_done = true;
+                    return Err(closed_reset());
+                }
+            }
+        }
+    }
+
+    /// Hands every later incoming event (messages, the half-close, a reset, or a "connection
+    /// closed" reset if the connection goes away first) to `target`, directly from the
+    /// connection's reader; events already received but not yet read go first.
+    pub fn splice(self, target: Arc<dyn EventSink>) {
+        if self.recv_done {
+            // Nothing more will be read from this side.
+            return;
+        }
+        self.rx.splice(target);
     }
 }
 
 /// The sending half of a [`ServerStream`].
 #[derive(Debug, Clone)]
 pub struct ServerSend {
-    tx: mpsc::Sender<Event>,
+    tx: Outbound,
 }
 
 impl ServerSend {
     /// See [`ServerStream::send_headers`].
     pub async fn send_headers(&self, md: Metadata) -> Result<(), Closed> {
-        self.tx.send(Event::Headers(md)).await.map_err(|_| Closed)
+        self.tx.send(Event::Headers(md)).await
     }
 
     /// See [`ServerStream::send`].
     pub async fn send(&self, msg: Bytes) -> Result<(), Closed> {
-        self.tx.send(Event::Message(msg)).await.map_err(|_| Closed)
+        self.tx.send(Event::Message(msg)).await
     }
 
     /// See [`ServerStream::finish`].
@@ -313,7 +413,18 @@ impl ServerSend {
         let _ = self.tx.send(Event::End(end)).await;
     }
 
-    /// Resolves when the driver has stopped taking events (stream or connection gone).
+    /// Hands `ev` over now, without waiting for room (see [`EventSink::push`]).
+    pub fn push(&self, ev: Event) -> Result<(), Closed> {
+        self.tx.push(ev)
+    }
+
+    /// Ready when there is room for another event (see [`EventSink::poll_ready`]).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.tx.poll_ready(cx)
+    }
+
+    /// Resolves when the driver has stopped taking events, where it can tell (see
+    /// [`EventSink::poll_closed`]).
     pub async fn closed(&self) {
         self.tx.closed().await
     }
@@ -322,8 +433,8 @@ impl ServerSend {
 /// A client's handle on a stream it opened.
 #[derive(Debug)]
 pub struct ClientStream {
-    rx: mpsc::Receiver<Event>,
-    tx: mpsc::Sender<Event>,
+    rx: PipeRx,
+    tx: Outbound,
 }
 
 /// What a client stream delivers.
@@ -340,10 +451,17 @@ pub enum Incoming {
 }
 
 impl ClientStream {
-    /// A handle and the driver's ends.
-    pub fn new() -> (ClientStream, DriverEnds) {
-        let (ends, rx, tx) = pair();
-        (ClientStream { rx, tx }, ends)
+    /// A handle whose outgoing events go to `outbound`, and the producer of its incoming
+    /// events (the driver's end).
+    pub fn new(outbound: Arc<dyn EventSink>) -> (ClientStream, PipeTx) {
+        let (in_tx, rx) = pipe(CHANNEL_DEPTH);
+        (
+            ClientStream {
+                rx,
+                tx: Outbound::new(outbound),
+            },
+            in_tx,
+        )
     }
 
     /// Splits into a sending half and a receiving half.
@@ -355,30 +473,40 @@ impl ClientStream {
 /// The sending half of a [`ClientStream`].
 #[derive(Debug, Clone)]
 pub struct ClientSend {
-    tx: mpsc::Sender<Event>,
+    tx: Outbound,
 }
 
 impl ClientSend {
     /// Sends one message, waiting while the downstream is slow.
     pub async fn send(&self, msg: Bytes) -> Result<(), Closed> {
-        self.tx.send(Event::Message(msg)).await.map_err(|_| Closed)
+        self.tx.send(Event::Message(msg)).await
     }
 
     /// Half-closes: no more messages.
     pub async fn close_send(&self) -> Result<(), Closed> {
-        self.tx.send(Event::HalfClose).await.map_err(|_| Closed)
+        self.tx.send(Event::HalfClose).await
     }
 
     /// Aborts the stream.
     pub async fn reset(&self, r: Reset) {
         let _ = self.tx.send(Event::Reset(r)).await;
     }
+
+    /// Hands `ev` over now, without waiting for room (see [`EventSink::push`]).
+    pub fn push(&self, ev: Event) -> Result<(), Closed> {
+        self.tx.push(ev)
+    }
+
+    /// Ready when there is room for another event (see [`EventSink::poll_ready`]).
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.tx.poll_ready(cx)
+    }
 }
 
 /// The receiving half of a [`ClientStream`].
 #[derive(Debug)]
 pub struct ClientRecv {
-    rx: mpsc::Receiver<Event>,
+    rx: PipeRx,
 }
 
 impl ClientRecv {
@@ -391,13 +519,16 @@ impl ClientRecv {
                 Some(Event::End(e)) => Incoming::End(e),
                 Some(Event::Reset(r)) => Incoming::Reset(r),
                 Some(Event::HalfClose) => continue,
-                None => Incoming::Reset(Reset {
-                    code: 0,
-                    message: "connection closed".into(),
-                    cancel_path: None,
-                }),
+                None => Incoming::Reset(closed_reset()),
             };
         }
+    }
+
+    /// Hands every later incoming event (headers, messages, the end or a reset; a "connection
+    /// closed" reset if the connection goes away first) to `target`, directly from the
+    /// connection's reader; events already received but not yet read go first.
+    pub fn splice(self, target: Arc<dyn EventSink>) {
+        self.rx.splice(target);
     }
 }
 
@@ -418,48 +549,85 @@ pub trait StreamingHandler: Send + Sync + 'static {
 mod tests {
     use super::*;
 
+    /// A handle's outgoing side read by a test through a pipe, as a driver with a task would.
+    fn server() -> (ServerStream, PipeTx, PipeRx) {
+        let (out_tx, out_rx) = pipe(CHANNEL_DEPTH);
+        let (s, in_tx) = ServerStream::new(Arc::new(out_tx));
+        (s, in_tx, out_rx)
+    }
+
     #[tokio::test]
     async fn server_stream_recv_and_send() {
-        let (mut s, mut ends) = ServerStream::new();
-        ends.to_user
+        let (mut s, in_tx, mut out) = server();
+        in_tx
             .send(Event::Message(Bytes::from_static(b"a")))
             .await
             .unwrap();
-        ends.to_user.send(Event::HalfClose).await.unwrap();
+        in_tx.send(Event::HalfClose).await.unwrap();
         assert_eq!(s.recv().await, Ok(Some(Bytes::from_static(b"a"))));
         assert_eq!(s.recv().await, Ok(None));
         assert_eq!(s.recv().await, Ok(None));
         s.send(Bytes::from_static(b"b")).await.unwrap();
         s.finish(StreamEnd::ok()).await;
         assert_eq!(
-            ends.from_user.recv().await,
+            out.recv().await,
             Some(Event::Message(Bytes::from_static(b"b")))
         );
-        assert_eq!(
-            ends.from_user.recv().await,
-            Some(Event::End(StreamEnd::ok()))
-        );
+        assert_eq!(out.recv().await, Some(Event::End(StreamEnd::ok())));
+        // The handle is gone: the driver's side ends.
+        assert_eq!(out.recv().await, None);
     }
 
     #[tokio::test]
     async fn a_full_channel_makes_the_sender_wait() {
-        let (s, mut ends) = ServerStream::new();
+        let (s, _in_tx, mut out) = server();
         for _ in 0..CHANNEL_DEPTH {
             s.send(Bytes::new()).await.unwrap();
         }
         let blocked =
             tokio::time::timeout(std::time::Duration::from_millis(50), s.send(Bytes::new())).await;
         assert!(blocked.is_err(), "the 17th event waits for the reader");
-        ends.from_user.recv().await.unwrap();
+        out.recv().await.unwrap();
         s.send(Bytes::new()).await.unwrap();
     }
 
     #[tokio::test]
     async fn dropped_driver_reads_as_reset() {
-        let (c, ends) = ClientStream::new();
-        drop(ends);
+        let (out_tx, out_rx) = pipe(CHANNEL_DEPTH);
+        let (c, in_tx) = ClientStream::new(Arc::new(out_tx));
+        drop(in_tx);
+        drop(out_rx);
         let (send, mut recv) = c.split();
         assert!(matches!(recv.recv().await, Incoming::Reset(_)));
         assert_eq!(send.send(Bytes::new()).await, Err(Closed));
+    }
+
+    /// Counts releases.
+    #[derive(Default)]
+    struct Releases(std::sync::atomic::AtomicUsize);
+
+    impl EventSink for Releases {
+        fn push(&self, _: Event) -> Result<(), Closed> {
+            Ok(())
+        }
+        fn poll_ready(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+        fn release(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sink_is_released_once_when_the_last_handle_goes() {
+        let sink = Arc::new(Releases::default());
+        let (s, _in_tx) = ServerStream::new(sink.clone());
+        let (recv, send) = s.split();
+        let send2 = send.clone();
+        drop(recv);
+        drop(send);
+        assert_eq!(sink.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(send2);
+        assert_eq!(sink.0.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
