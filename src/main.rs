@@ -121,8 +121,15 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = run_config.as_ref().and_then(|c| c.worker_threads) {
+    let threads = run_config.as_ref().and_then(|c| c.worker_threads);
+    let mut builder = if threads == Some(1) {
+        // One thread: the runtime runs on the main thread itself, and a task woken by another
+        // never has to be handed across threads.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = threads.filter(|&n| n > 1) {
         builder.worker_threads(n);
     }
     let rt = match builder.enable_all().build() {

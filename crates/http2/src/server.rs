@@ -337,17 +337,20 @@ async fn serve_stream<H: StreamingHandler>(
     // The handler's events are queued for this stream's task, which waits on h2's flow control.
     let (out_tx, from_user) = pipe(sluice_stream::CHANNEL_DEPTH);
     let (stream, to_user) = ServerStream::new(std::sync::Arc::new(out_tx));
-    tokio::spawn(async move { handler.handle(request, stream).await });
-    drive(
-        body,
-        respond,
-        to_user,
-        from_user,
-        reply_content_type,
-        compressed_in,
-        MessageDecoder::with_max_message_size(max_message_size),
-    )
-    .await;
+    // The handler runs in this task beside the stream's driver (one task per stream, not two);
+    // when the driver is done first, its h2 handles are dropped at once all the same.
+    tokio::join!(
+        handler.handle(request, stream),
+        drive(
+            body,
+            respond,
+            to_user,
+            from_user,
+            reply_content_type,
+            compressed_in,
+            MessageDecoder::with_max_message_size(max_message_size),
+        )
+    );
 }
 
 /// A Trailers-Only response: one HEADERS frame with the status fields.
