@@ -191,6 +191,46 @@ async fn upstream_cancel_becomes_a_downstream_rst_with_the_cancel_path_extended(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_deadline_ends_the_stream_upstream_and_resets_it_downstream() {
+    let (echo, handler, _d) = start_echo().await;
+    let cfg = config(echo).replace(
+        "downstream = \"down\"\n[downstreams",
+        "downstream = \"down\"\ntimeout_ms = 300\n[downstreams",
+    );
+    assert!(cfg.contains("timeout_ms = 300"));
+    let sluice = Sluice::start(&cfg);
+    let c = client(sluice.addr);
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+    // One echo, then the stream stays open past the route's 300 ms.
+    tx.send(msg(0)).await.unwrap();
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs, vec![msg(0)]);
+    let err = end
+        .expect("an error trailer, not a reset")
+        .error
+        .expect("error");
+    assert_eq!(
+        err.code, 12015,
+        "deadline, not a downstream reset: {}",
+        err.message
+    );
+    assert!(err.message.contains("deadline exceeded"), "{}", err.message);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    while handler.resets_seen().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "downstream never saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = &handler.resets_seen()[0];
+    assert_eq!(r.code, 12015);
+    assert_eq!(r.cancel_path.as_deref(), Some("sluice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downstream_that_drops_the_connection_ends_the_upstream_stream_with_an_error() {
     // A fake downstream: reads the stream's Header frame, then closes the connection.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

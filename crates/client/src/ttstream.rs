@@ -183,11 +183,15 @@ impl TTStreamClient {
             method: Bytes::from(req.method),
             state: state.clone(),
             half_closed: AtomicBool::new(false),
+            sending: Mutex::new(()),
             out: conn.tx.clone(),
             streams: Arc::downgrade(&conn.streams),
         });
         let (client, to_user) = ClientStream::new(sink);
-        conn.streams
+        // A slot replaced after the ids wrapped around is dropped after the lock: dropping it
+        // may run sinks that lock the map.
+        let replaced = conn
+            .streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
@@ -197,6 +201,7 @@ impl TTStreamClient {
                     state,
                 },
             );
+        drop(replaced);
         // The Header goes out before anything the stream sends: both are queued in order.
         std::future::poll_fn(|cx| conn.tx.poll_ready(cx)).await;
         let _ = conn.tx.push(frame_chunks(header));
@@ -331,6 +336,10 @@ struct ClientSink {
     method: Bytes,
     state: Arc<Mutex<StreamState>>,
     half_closed: AtomicBool,
+    /// Held while an event is turned into frames and queued, so that events pushed from two
+    /// tasks at once (a forwarded message and a deadline's reset) leave in the order they were
+    /// encoded.
+    sending: Mutex<()>,
     out: QueueTx,
     /// Weak: the map holds this stream's incoming pipe, which a forwarder may have spliced into
     /// a sink that holds this one.
@@ -367,6 +376,7 @@ impl ClientSink {
 
 impl EventSink for ClientSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
+        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
             Event::Message(m) => {
                 if self.half_closed.load(Ordering::Acquire) || !self.may_send(FrameType::Data) {
@@ -399,6 +409,8 @@ impl EventSink for ClientSink {
                     }
                 }
                 let r = self.queue(frames);
+                // Forgetting the stream may run other sinks: not under `sending`.
+                drop(sending);
                 self.forget();
                 r
             }
@@ -412,6 +424,7 @@ impl EventSink for ClientSink {
 
     fn release(&self) {
         // The user dropped the stream: cancel it downstream unless it already ended.
+        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
         let ended = self
             .state
             .lock()
@@ -427,6 +440,7 @@ impl EventSink for ClientSink {
                 None,
             )]);
         }
+        drop(sending);
         self.forget();
     }
 }

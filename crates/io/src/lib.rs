@@ -225,7 +225,10 @@ impl QueueTx {
         if st.failed || st.queued < self.0.limit {
             Poll::Ready(())
         } else {
-            st.waiters.push(cx.waker().clone());
+            // A task that polls again while it waits is not added twice.
+            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.waiters.push(cx.waker().clone());
+            }
             Poll::Pending
         }
     }
@@ -340,6 +343,9 @@ pub struct GatherWrites<T> {
     buf: Vec<u8>,
     /// Bytes of `buf` already written.
     sent: usize,
+    /// The last write attempt found the socket full: a flush then waits for it to drain
+    /// instead of waking the task to try again (which would spin until the peer reads).
+    blocked: bool,
 }
 
 /// What [`GatherWrites`] holds before it writes regardless of flushes.
@@ -352,6 +358,7 @@ impl<T> GatherWrites<T> {
             inner,
             buf: Vec::new(),
             sent: 0,
+            blocked: false,
         }
     }
 
@@ -368,8 +375,12 @@ impl<T: AsyncWrite + Unpin> GatherWrites<T> {
             let n = match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]) {
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.blocked = true;
+                    return Poll::Pending;
+                }
             };
+            self.blocked = false;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -431,7 +442,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GatherWrites<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.buf.len() - self.sent >= GATHER_LIMIT / 2 {
+        if self.buf.len() - self.sent >= GATHER_LIMIT / 2 || self.blocked {
+            // Much gathered, or the socket is full: write (or wait until it can be written).
             std::task::ready!(self.poll_write_out(cx))?;
             return Pin::new(&mut self.inner).poll_flush(cx);
         }
@@ -492,6 +504,7 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn prefix_is_read_first_then_the_stream() {
@@ -651,5 +664,32 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         tx.send(42).unwrap();
         assert_eq!(waiter.await.unwrap(), Ok(42));
+    }
+
+    #[tokio::test]
+    async fn a_flush_against_a_full_socket_waits_instead_of_spinning() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The peer's pipe takes 16 bytes and nobody reads it.
+        let (a, mut peer) = tokio::io::duplex(16);
+        let mut io = GatherWrites::new(a);
+        io.write_all(&[1u8; 100]).await.unwrap();
+        io.flush().await.unwrap();
+        // A read tries to send the gathered bytes first and finds the socket full.
+        let mut one = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(20), io.read(&mut one)).await;
+        assert!(read.is_err(), "nothing to read");
+        // Now a flush waits for room: it does not report success (and wake itself) at once.
+        let flush = tokio::time::timeout(Duration::from_millis(50), io.flush()).await;
+        assert!(flush.is_err(), "a flush against a full socket waits");
+        let draining = tokio::spawn(async move {
+            let mut got = vec![0u8; 100];
+            peer.read_exact(&mut got).await.unwrap();
+            got
+        });
+        tokio::time::timeout(Duration::from_secs(5), io.flush())
+            .await
+            .expect("flushed once the peer reads")
+            .unwrap();
+        assert_eq!(draining.await.unwrap(), vec![1u8; 100]);
     }
 }

@@ -244,6 +244,9 @@ struct ToUpstream {
     downstream: String,
     /// Told when the stream has ended on the upstream side.
     done: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set when the forwarder ended the upstream side itself (deadline): what the downstream
+    /// sends or how it ends no longer reaches the caller.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl ToUpstream {
@@ -256,6 +259,9 @@ impl ToUpstream {
 
 impl EventSink for ToUpstream {
     fn push(&self, ev: Event) -> Result<(), Closed> {
+        if self.cut.load(Ordering::Acquire) {
+            return Err(Closed);
+        }
         match ev {
             Event::Headers(md) => {
                 let _ = self.up.push(Event::Headers(forwardable(&md)));
@@ -321,13 +327,15 @@ async fn pump(
     up_rx.splice(Arc::new(ToDownstream {
         down: down_tx.clone(),
     }));
-    down_rx.splice(Arc::new(ToUpstream {
+    let to_up = Arc::new(ToUpstream {
         up: up_tx.clone(),
         down: down_tx.clone(),
         protocol: protocol.clone(),
         downstream: downstream.to_owned(),
         done: Mutex::new(Some(done_tx)),
-    }));
+        cut: std::sync::atomic::AtomicBool::new(false),
+    });
+    down_rx.splice(to_up.clone());
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
     // end reaching the upstream: it was reset from the upstream side.
     let timed_out = match deadline {
@@ -338,16 +346,20 @@ async fn pump(
         }
     };
     if timed_out {
+        // The caller hears of the deadline, not of the downstream reset that follows from it
+        // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
+        // otherwise report as a downstream reset).
+        to_up.cut.store(true, Ordering::Release);
+        let msg = format!("sluice: timeout: downstream {downstream:?}: deadline exceeded");
+        up_tx
+            .finish(error_end(protocol, ErrorKind::Deadline, msg))
+            .await;
         down_tx
             .reset(Reset {
                 code: 12015,
                 message: "deadline exceeded".into(),
                 cancel_path: Some(CANCEL_PATH_NAME.into()),
             })
-            .await;
-        let msg = format!("sluice: timeout: downstream {downstream:?}: deadline exceeded");
-        up_tx
-            .finish(error_end(protocol, ErrorKind::Deadline, msg))
             .await;
     }
 }

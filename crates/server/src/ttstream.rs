@@ -209,7 +209,10 @@ struct ServerSink {
     id: i32,
     method: Bytes,
     state: Arc<Mutex<StreamState>>,
-    /// The server's Header goes out once, before its first Data or its Trailer.
+    /// Whether the server's Header went out (once, before the first Data or the Trailer).
+    /// Held for a whole push: events pushed from two tasks at once (the forwarder ending a
+    /// stream at its deadline while the other side's reader forwards a message) are encoded
+    /// and queued one after the other, never interleaved.
     header_sent: Mutex<bool>,
     out: QueueTx,
     /// Tells the reader the stream has ended on this side.
@@ -228,8 +231,7 @@ impl ServerSink {
         )
     }
 
-    fn header(&self, frames: &mut Vec<Bytes>, md: Option<Metadata>) {
-        let mut sent = self.header_sent.lock().unwrap_or_else(|e| e.into_inner());
+    fn header(&self, sent: &mut bool, frames: &mut Vec<Bytes>, md: Option<Metadata>) {
         if !*sent && self.may_send(FrameType::Header) {
             let mut f = StreamFrame::server_header(self.id, self.method.clone());
             for (k, v) in md.unwrap_or_default().0 {
@@ -243,14 +245,15 @@ impl ServerSink {
 
 impl EventSink for ServerSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
+        let mut sent = self.header_sent.lock().unwrap_or_else(|e| e.into_inner());
         let mut frames: Vec<Bytes> = Vec::new();
         let finished = match ev {
             Event::Headers(md) => {
-                self.header(&mut frames, Some(md));
+                self.header(&mut sent, &mut frames, Some(md));
                 false
             }
             Event::Message(m) => {
-                self.header(&mut frames, None);
+                self.header(&mut sent, &mut frames, None);
                 if self.may_send(FrameType::Data) {
                     frames.extend(frame_chunks(StreamFrame::data(
                         self.id,
@@ -261,7 +264,7 @@ impl EventSink for ServerSink {
                 false
             }
             Event::End(end) => {
-                self.header(&mut frames, None);
+                self.header(&mut sent, &mut frames, None);
                 if self.may_send(FrameType::Trailer) {
                     frames.extend(frame_chunks(trailer(self.id, &self.method, end)));
                 }
@@ -286,6 +289,7 @@ impl EventSink for ServerSink {
         } else {
             self.out.push(frames).map_err(|_| Closed)
         };
+        drop(sent);
         if finished || result.is_err() {
             let _ = self.done.send(self.id);
         }

@@ -15,6 +15,9 @@ use crate::{Closed, Event, EventSink, Reset};
 
 struct State {
     queue: VecDeque<Event>,
+    // One consumer, so one waker. Producers' wakers are a list: besides the producer, a task
+    // ending the stream from outside (a forwarder's deadline) may wait for room through a
+    // splice. A task that polls again does not add a second copy of its waker.
     rx_waker: Option<Waker>,
     tx_wakers: Vec<Waker>,
     closed_wakers: Vec<Waker>,
@@ -36,17 +39,33 @@ impl Shared {
     }
 }
 
-/// What a consumer sees when the producer goes away without a terminal event.
+/// What a splice target is told when the producer goes away without a terminal event: its
+/// connection closed, or the stream ended on the producer's side (its reader dropped it).
 fn connection_closed() -> Event {
     Event::Reset(Reset {
         code: 0,
-        message: "connection closed".into(),
+        message: "stream closed".into(),
         cancel_path: None,
     })
 }
 
 fn is_terminal(ev: &Event) -> bool {
     matches!(ev, Event::HalfClose | Event::End(_) | Event::Reset(_))
+}
+
+/// Stores `cx`'s waker in `slot` unless the one there already wakes the same task.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// Adds `cx`'s waker to `list` unless a waker of the same task is there already.
+fn register_in(list: &mut Vec<Waker>, cx: &Context<'_>) {
+    if !list.iter().any(|w| w.will_wake(cx.waker())) {
+        list.push(cx.waker().clone());
+    }
 }
 
 fn wake_all(wakers: Vec<Waker>) {
@@ -103,7 +122,7 @@ impl PipeTx {
             if st.rx_closed {
                 Poll::Ready(())
             } else {
-                st.closed_wakers.push(cx.waker().clone());
+                register_in(&mut st.closed_wakers, cx);
                 Poll::Pending
             }
         })
@@ -171,7 +190,7 @@ impl EventSink for PipeTx {
         if st.queue.len() < self.0.depth {
             return Poll::Ready(());
         }
-        st.tx_wakers.push(cx.waker().clone());
+        register_in(&mut st.tx_wakers, cx);
         Poll::Pending
     }
 
@@ -180,7 +199,7 @@ impl EventSink for PipeTx {
         if st.rx_closed {
             Poll::Ready(())
         } else {
-            st.closed_wakers.push(cx.waker().clone());
+            register_in(&mut st.closed_wakers, cx);
             Poll::Pending
         }
     }
@@ -225,7 +244,7 @@ impl PipeRx {
         if st.tx_closed {
             return Poll::Ready(None);
         }
-        st.rx_waker = Some(cx.waker().clone());
+        register(&mut st.rx_waker, cx);
         Poll::Pending
     }
 
@@ -411,5 +430,34 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Err(Closed));
         assert!(tx.is_closed());
         tx.closed().await;
+    }
+
+    #[tokio::test]
+    async fn every_task_waiting_for_room_is_woken() {
+        let (tx, mut rx) = pipe(1);
+        tx.send(msg("0")).await.unwrap();
+        let tx = Arc::new(tx);
+        let waiting: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|m| {
+                let tx = tx.clone();
+                tokio::spawn(async move { tx.send(msg(m)).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(
+                tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                    .await
+                    .expect("no waiter is forgotten")
+                    .unwrap(),
+            );
+        }
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(got[0], msg("0"));
+        assert!(got.contains(&msg("a")) && got.contains(&msg("b")));
     }
 }
