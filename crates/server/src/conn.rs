@@ -108,55 +108,61 @@ pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
     );
     if wrong {
         ctx.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
-        let text = wrong_cluster_text(&config, family);
         tracing::warn!(%peer, listener = %config.name, cluster = config.cluster.as_str(), ?family, "refusing a connection of the other cluster's family");
-        match family {
-            Family::PingPong => {
-                Box::pin(pingpong::run(
-                    stream,
-                    peer,
-                    buf,
-                    config,
-                    Arc::new(RefusePingPong(text)),
-                    drain,
-                ))
-                .await
-            }
-            Family::TTStream => {
-                Box::pin(ttstream::run(
-                    stream,
-                    peer,
-                    buf,
-                    config,
-                    Arc::new(RefuseStreams(text)),
-                    drain,
-                ))
-                .await
-            }
-            Family::Http2 => Box::pin(refuse_http2(stream, peer, buf, &text)).await,
-        }
-        return;
     }
-    // Each driver's future is boxed: a connection task is as large as its largest state, and the
-    // HTTP/2 driver's is much larger than the ping-pong one, which most connections use.
-    match family {
-        Family::PingPong => {
-            Box::pin(pingpong::run(stream, peer, buf, config, ctx.handler, drain)).await
-        }
-        Family::TTStream => {
-            Box::pin(ttstream::run(
+    // The driver's future is built and boxed outside this async fn, so the connection task holds
+    // only a pointer to it: a task is as large as its largest state, and every idle connection
+    // keeps one.
+    driver(family, wrong, stream, peer, buf, config, ctx, drain).await
+}
+
+type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The boxed driver future for a sniffed connection (or the refusal of the other family).
+#[allow(clippy::too_many_arguments)]
+fn driver<H: DefaultHandler, S: StreamingHandler>(
+    family: Family,
+    wrong: bool,
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    config: Arc<ServerConfig>,
+    ctx: Ctx<H, S>,
+    drain: Drain,
+) -> Driver {
+    if wrong {
+        let text = wrong_cluster_text(&config, family);
+        return match family {
+            Family::PingPong => Box::pin(pingpong::run(
                 stream,
                 peer,
                 buf,
                 config,
-                ctx.streaming,
+                Arc::new(RefusePingPong(text)),
                 drain,
-            ))
-            .await
-        }
-        Family::Http2 => {
-            Box::pin(serve_http2(stream, peer, buf, config, ctx.streaming, drain)).await
-        }
+            )),
+            Family::TTStream => Box::pin(ttstream::run(
+                stream,
+                peer,
+                buf,
+                config,
+                Arc::new(RefuseStreams(text)),
+                drain,
+            )),
+            Family::Http2 => Box::pin(async move { refuse_http2(stream, peer, buf, &text).await }),
+        };
+    }
+    match family {
+        Family::PingPong => Box::pin(pingpong::run(stream, peer, buf, config, ctx.handler, drain)),
+        Family::TTStream => Box::pin(ttstream::run(
+            stream,
+            peer,
+            buf,
+            config,
+            ctx.streaming,
+            drain,
+        )),
+        Family::Http2 => Box::pin(serve_http2(stream, peer, buf, config, ctx.streaming, drain)),
     }
 }
 

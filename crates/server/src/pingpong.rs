@@ -57,199 +57,218 @@ enum Incoming {
     Reject(ReplyTo, ApplicationException),
 }
 
-pub(crate) async fn run<H: DefaultHandler>(
+// A plain fn returning an `async move` block rather than an `async fn`: the arguments are then
+// the future's captures, where an `async fn` keeps each argument twice (as argument and as the
+// body's local), and every idle connection holds this future.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run<H: DefaultHandler>(
     stream: TcpStream,
     peer: SocketAddr,
     mut buf: BytesMut,
     config: Arc<ServerConfig>,
     handler: Arc<H>,
     drain: Drain,
-) {
-    let (mut rd, mut wr) = stream.into_split();
-    let max = config.max_in_flight_per_conn.max(1);
-    // Replies of requests served concurrently (Kitex mux clients) come back here and are written
-    // by this task. The channel holds as many replies as there can be requests in flight, so a
-    // handler task never waits on it.
-    // Created on the first mux request: most connections never need it.
-    let mut mux: Option<(mpsc::Sender<Chunks>, mpsc::Receiver<Chunks>)> = None;
-    let in_flight = Arc::new(Semaphore::new(max));
-    let codecs = Codecs::new(config.max_frame_size);
-    let mut draining = drain.is_draining();
-    // Replies waiting to be written: flushed with one vectored write per batch.
-    let mut out: Vec<Bytes> = Vec::new();
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let (rd, mut wr) = stream.into_split();
+        let max = config.max_in_flight_per_conn.max(1);
+        // Replies of requests served concurrently (Kitex mux clients) come back here and are written
+        // by this task. The channel holds as many replies as there can be requests in flight, so a
+        // handler task never waits on it.
+        // Created on the first mux request: most connections never need it.
+        let mut mux: Option<(mpsc::Sender<Chunks>, mpsc::Receiver<Chunks>)> = None;
+        let in_flight = Arc::new(Semaphore::new(max));
+        let codecs = Codecs::new(config.max_frame_size);
+        let mut draining = drain.is_draining();
+        // Replies waiting to be written: flushed with one vectored write per batch.
+        let mut out: Vec<Bytes> = Vec::new();
 
-    let outcome: Result<(), ConnError> = 'conn: loop {
-        // Serve every whole request already buffered.
-        loop {
-            let incoming = match next_request(&mut buf, &codecs, peer, &config) {
-                Ok(Some(i)) => i,
-                Ok(None) => break,
-                Err(e) => break 'conn Err(e),
-            };
-            match incoming {
-                Incoming::Reject(to, ex) => {
-                    encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
-                    let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
-                    tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
-                    break 'conn Ok(());
-                }
-                Incoming::Request(req)
-                    if req.transport.is_ttheader()
-                        && req.header.flags & flags::SUPPORT_OUT_OF_ORDER != 0 =>
-                {
-                    // A Kitex mux client pipelines and matches replies by seq id: serve its
-                    // requests concurrently, up to the in-flight limit (reading waits beyond it).
-                    let permit = match in_flight.clone().try_acquire_owned() {
-                        Ok(p) => p,
-                        Err(_) => {
-                            if sluice_io::write_all_vectored(&mut wr, &mut out)
-                                .await
-                                .is_err()
-                            {
-                                break 'conn Ok(());
+        let outcome: Result<(), ConnError> = 'conn: loop {
+            // Serve every whole request already buffered.
+            loop {
+                let incoming = match next_request(&mut buf, &codecs, peer, &config) {
+                    Ok(Some(i)) => i,
+                    Ok(None) => break,
+                    Err(e) => break 'conn Err(e),
+                };
+                match incoming {
+                    Incoming::Reject(to, ex) => {
+                        encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
+                        let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
+                        tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
+                        break 'conn Ok(());
+                    }
+                    Incoming::Request(req)
+                        if req.transport.is_ttheader()
+                            && req.header.flags & flags::SUPPORT_OUT_OF_ORDER != 0 =>
+                    {
+                        // A Kitex mux client pipelines and matches replies by seq id: serve its
+                        // requests concurrently, up to the in-flight limit (reading waits beyond it).
+                        // Boxed while it may wait for a permit: the connection's future keeps no
+                        // room for a whole request.
+                        let req = Box::new(req);
+                        let permit = match in_flight.clone().try_acquire_owned() {
+                            Ok(p) => p,
+                            Err(_) => {
+                                if sluice_io::write_all_vectored(&mut wr, &mut out)
+                                    .await
+                                    .is_err()
+                                {
+                                    break 'conn Ok(());
+                                }
+                                match in_flight.clone().acquire_owned().await {
+                                    Ok(p) => p,
+                                    Err(_) => break 'conn Ok(()),
+                                }
                             }
-                            match in_flight.clone().acquire_owned().await {
-                                Ok(p) => p,
-                                Err(_) => break 'conn Ok(()),
+                        };
+                        let handler = handler.clone();
+                        let tx = mux
+                            .get_or_insert_with(|| mpsc::channel::<Chunks>(max))
+                            .0
+                            .clone();
+                        let drain = drain.clone();
+                        tokio::spawn(async move {
+                            let (to, oneway) = reply_to(&req);
+                            let resp = handler.handle(*req).await;
+                            if !oneway {
+                                let _ = tx.send(encode_reply(&to, resp, drain.is_draining())).await;
                             }
-                        }
-                    };
-                    let handler = handler.clone();
-                    let tx = mux
-                        .get_or_insert_with(|| mpsc::channel::<Chunks>(max))
-                        .0
-                        .clone();
-                    let drain = drain.clone();
-                    tokio::spawn(async move {
+                            drop(permit);
+                        });
+                    }
+                    Incoming::Request(req) => {
+                        // Plain clients have one request in flight (Framed and Buffered callers also
+                        // match by order): serve it right here, no task, no channel.
                         let (to, oneway) = reply_to(&req);
-                        let resp = handler.handle(req).await;
+                        // Boxed so the connection's future stays small while it is idle: the
+                        // handler's future (a whole downstream call) exists only per request.
+                        let resp = Box::pin(handler.handle(req)).await;
                         if !oneway {
-                            let _ = tx.send(encode_reply(&to, resp, drain.is_draining())).await;
+                            encode_reply_into(&to, resp, drain.is_draining(), &mut out);
                         }
-                        drop(permit);
-                    });
-                }
-                Incoming::Request(req) => {
-                    // Plain clients have one request in flight (Framed and Buffered callers also
-                    // match by order): serve it right here, no task, no channel.
-                    let (to, oneway) = reply_to(&req);
-                    // Boxed so the connection's future stays small while it is idle: the
-                    // handler's future (a whole downstream call) exists only per request.
-                    let resp = Box::pin(handler.handle(req)).await;
-                    if !oneway {
-                        encode_reply_into(&to, resp, drain.is_draining(), &mut out);
                     }
                 }
+                if out.len() >= sluice_io::MAX_IOV
+                    && sluice_io::write_all_vectored(&mut wr, &mut out)
+                        .await
+                        .is_err()
+                {
+                    break 'conn Ok(());
+                }
             }
-            if out.len() >= sluice_io::MAX_IOV
+            if !out.is_empty()
                 && sluice_io::write_all_vectored(&mut wr, &mut out)
                     .await
                     .is_err()
             {
-                break 'conn Ok(());
+                break Ok(());
             }
-        }
-        if !out.is_empty()
-            && sluice_io::write_all_vectored(&mut wr, &mut out)
-                .await
-                .is_err()
-        {
-            break Ok(());
-        }
 
-        let idle = in_flight.available_permits() == max;
-        if draining && idle && buf.is_empty() && mux.as_ref().is_none_or(|(_, rx)| rx.is_empty()) {
-            break Ok(());
-        }
-        // An idle connection keeps no read buffer: wait for readability with none, and only
-        // then take one (a few KiB per idle connection matters at tens of thousands of them).
-        if buf.is_empty() && buf.capacity() > 0 {
-            buf = BytesMut::new();
-        }
-        let read = tokio::select! {
-            r = tokio::time::timeout(config.idle_timeout, read_some(&mut rd, &mut buf)) => r,
-            Some(reply) = async {
-                match mux.as_mut() {
-                    Some((_, rx)) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                out.extend(reply);
-                let Some((_, rx)) = mux.as_mut() else { continue };
-                while out.len() < sluice_io::MAX_IOV {
-                    match rx.try_recv() {
-                        Ok(more) => out.extend(more),
-                        Err(_) => break,
-                    }
-                }
-                continue;
-            }
-            _ = drain.signaled(), if !draining => {
-                draining = true;
-                continue;
-            }
-            // While draining, wake up now and then to close once the last reply is out.
-            _ = tokio::time::sleep(Duration::from_millis(20)), if draining => continue,
-        };
-        match read {
-            Err(_) if idle => {
-                tracing::debug!(%peer, listener = %config.name, "closing idle connection");
-                break Ok(());
-            }
-            Err(_) => continue,
-            Ok(Ok(0)) => {
-                if !buf.is_empty() {
-                    tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a message");
-                }
-                break Ok(());
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, listener = %config.name, error = %e, "read failed");
-                break Ok(());
-            }
-        }
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
-    }
-    // Let in-flight handlers finish and write their replies, bounded by the drain grace: the
-    // channel ends once every handler task has dropped its sender.
-    if let Some((tx, mut rx)) = mux.take() {
-        drop(tx);
-        let deadline = tokio::time::Instant::now() + config.drain_grace;
-        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            out.extend(reply);
-            if sluice_io::write_all_vectored(&mut wr, &mut out)
-                .await
-                .is_err()
+            let idle = in_flight.available_permits() == max;
+            if draining
+                && idle
+                && buf.is_empty()
+                && mux.as_ref().is_none_or(|(_, rx)| rx.is_empty())
             {
-                break;
+                break Ok(());
+            }
+            // An idle connection keeps no read buffer: wait for readability with none, and only
+            // then take one (a few KiB per idle connection matters at tens of thousands of them).
+            if buf.is_empty() && buf.capacity() > 0 {
+                buf = BytesMut::new();
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout(config.idle_timeout, read_some(&rd, &mut buf)) => r,
+                Some(reply) = async {
+                    match mux.as_mut() {
+                        Some((_, rx)) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    out.extend(reply);
+                    let Some((_, rx)) = mux.as_mut() else { continue };
+                    while out.len() < sluice_io::MAX_IOV {
+                        match rx.try_recv() {
+                            Ok(more) => out.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    continue;
+                }
+                _ = drain.signaled(), if !draining => {
+                    draining = true;
+                    continue;
+                }
+                // While draining, wake up now and then to close once the last reply is out (the
+                // timer is boxed: select! builds every branch's future, and most connections never
+                // drain).
+                _ = async { Box::pin(tokio::time::sleep(Duration::from_millis(20))).await }, if draining => continue,
+            };
+            match read {
+                Err(_) if idle => {
+                    tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+                    break Ok(());
+                }
+                Err(_) => continue,
+                Ok(Ok(0)) => {
+                    if !buf.is_empty() {
+                        tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a message");
+                    }
+                    break Ok(());
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, listener = %config.name, error = %e, "read failed");
+                    break Ok(());
+                }
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
+        }
+        // Let in-flight handlers finish and write their replies, bounded by the drain grace: the
+        // channel ends once every handler task has dropped its sender.
+        if let Some((tx, mut rx)) = mux.take() {
+            drop(tx);
+            let deadline = tokio::time::Instant::now() + config.drain_grace;
+            while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                out.extend(reply);
+                if sluice_io::write_all_vectored(&mut wr, &mut out)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
         }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
     }
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
 }
 
 /// Size of the read buffer taken when bytes arrive on an idle connection.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Waits until the socket is readable, then reads into `buf` (growing it only now).
-async fn read_some(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
-    loop {
-        rd.readable().await?;
+///
+/// Polls readiness instead of awaiting `readable()`, whose future carries a waiter node of its
+/// own: this one is a few pointers, and an idle connection waits in it.
+fn read_some<'a>(
+    rd: &'a tokio::net::tcp::OwnedReadHalf,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| loop {
+        std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
         match rd.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
+            Ok(n) => return std::task::Poll::Ready(Ok(n)),
+            // Readiness was stale; it is cleared now, so the next poll waits for new data.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return std::task::Poll::Ready(Err(e)),
         }
-    }
+    })
 }
 
 fn reply_to(req: &Request) -> (ReplyTo, bool) {
