@@ -208,11 +208,16 @@ impl StreamingHandler for Forwarder {
 /// Upstream events, handed to the downstream stream as they are read.
 struct ToDownstream {
     down: ClientSend,
+    /// Set once the downstream ended the stream: later messages from the caller are dropped.
+    down_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EventSink for ToDownstream {
     fn push(&self, ev: Event) -> Result<(), Closed> {
         match ev {
+            Event::Message(_) | Event::HalfClose if self.down_ended.load(Ordering::Acquire) => {
+                Ok(())
+            }
             Event::Message(_) | Event::HalfClose => self.down.push(ev),
             Event::Reset(reset) => {
                 // The caller reset the stream (or its connection went away, code 0): reset it
@@ -247,10 +252,13 @@ struct ToUpstream {
     /// Set when the forwarder ended the upstream side itself (deadline): what the downstream
     /// sends or how it ends no longer reaches the caller.
     cut: std::sync::atomic::AtomicBool,
+    /// Shared with `ToDownstream`: set when the downstream ended the stream.
+    down_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ToUpstream {
     fn finished(&self) {
+        self.down_ended.store(true, Ordering::Release);
         if let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = tx.send(());
         }
@@ -324,8 +332,10 @@ async fn pump(
     let (up_rx, up_tx) = up.split();
     let (down_tx, down_rx) = down.split();
     let (done_tx, done_rx) = oneshot::channel();
+    let down_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     up_rx.splice(Arc::new(ToDownstream {
         down: down_tx.clone(),
+        down_ended: down_ended.clone(),
     }));
     let to_up = Arc::new(ToUpstream {
         up: up_tx.clone(),
@@ -334,6 +344,7 @@ async fn pump(
         downstream: downstream.to_owned(),
         done: Mutex::new(Some(done_tx)),
         cut: std::sync::atomic::AtomicBool::new(false),
+        down_ended,
     });
     down_rx.splice(to_up.clone());
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
