@@ -591,6 +591,19 @@ async fn two_hundred_concurrent_connections() {
     assert_eq!(handler.requests_seen(), 1000);
 }
 
+/// Runs `sluice check` on `text` written to a file of its own.
+fn check_text(dir: &std::path::Path, tag: &str, text: &str) -> std::process::Output {
+    let path = dir.join(format!("sluice-check-{tag}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
 #[test]
 fn check_reports_the_effective_config_or_the_bad_key() {
     let dir = std::env::temp_dir();
@@ -631,14 +644,7 @@ fn check_reports_the_effective_config_or_the_bad_key() {
     ] {
         let text = std::fs::read_to_string(&good).unwrap()
             + &format!("\n[runtime]\nworker_threads = {threads}\n");
-        let path = dir.join(format!("sluice-check-rt-{}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
+        let out = check_text(&dir, "rt", &text);
         let all = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -653,13 +659,7 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"",
         1,
     );
-    let path = dir.join(format!("sluice-check-tls-{}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_text(&dir, "tls", &text);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -667,7 +667,6 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_file(&path);
     for (bad, key) in [
         ("transport = \"ttheader\"", "transport = \"tcp\""),
         ("cluster = \"ttstream\"", "cluster = \"http\""),
@@ -679,13 +678,7 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         } else {
             text.replacen(bad, key, 1)
         };
-        let path = dir.join(format!("sluice-check-bad-{}.toml", std::process::id()));
-        std::fs::write(&path, changed).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_text(&dir, "bad", &changed);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         let expect = if key.starts_with("transport") {
@@ -696,7 +689,6 @@ fn check_reports_the_effective_config_or_the_bad_key() {
             "routes[5].downstream"
         };
         assert!(err.contains(expect), "{err}");
-        let _ = std::fs::remove_file(&path);
     }
     let _ = std::fs::remove_file(&good);
 }

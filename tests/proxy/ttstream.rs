@@ -60,6 +60,21 @@ fn msg(i: usize) -> Bytes {
     Bytes::from(v)
 }
 
+/// The first reset the downstream echo handler saw, waiting up to 5 s for one.
+async fn first_reset_seen(handler: &sluice_server::echo::EchoHandler) -> Reset {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = handler.resets_seen().into_iter().next() {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "downstream never saw the reset"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Reads until the end; returns (headers seen, messages, end).
 async fn drain(rx: &mut ClientRecv) -> (bool, Vec<Bytes>, Result<StreamEnd, Reset>) {
     let mut headers = false;
@@ -176,15 +191,7 @@ async fn upstream_cancel_becomes_a_downstream_rst_with_the_cancel_path_extended(
         cancel_path: Some("ServiceA".into()),
     })
     .await;
-    let start = std::time::Instant::now();
-    while handler.resets_seen().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "downstream never saw the reset"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let r = &handler.resets_seen()[0];
+    let r = &first_reset_seen(&handler).await;
     assert_eq!(r.code, 12007);
     assert_eq!(r.message, "user cancel");
     assert_eq!(r.cancel_path.as_deref(), Some("ServiceA,sluice"));
@@ -217,15 +224,7 @@ async fn a_route_deadline_ends_the_stream_upstream_and_resets_it_downstream() {
     );
     assert!(err.message.contains("deadline exceeded"), "{}", err.message);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    let start = std::time::Instant::now();
-    while handler.resets_seen().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "downstream never saw the reset"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let r = &handler.resets_seen()[0];
+    let r = &first_reset_seen(&handler).await;
     assert_eq!(r.code, 12015);
     assert_eq!(r.cancel_path.as_deref(), Some("sluice"));
 }

@@ -269,6 +269,31 @@ pub struct ServerStream {
     recv_done: bool,
 }
 
+/// The next message of a server stream's incoming side (see [`ServerStream::recv`]).
+async fn recv_message(rx: &mut PipeRx, done: &mut bool) -> Result<Option<Bytes>, Reset> {
+    if *done {
+        return Ok(None);
+    }
+    loop {
+        match rx.recv().await {
+            Some(Event::Message(m)) => return Ok(Some(m)),
+            Some(Event::HalfClose) => {
+                *done = true;
+                return Ok(None);
+            }
+            Some(Event::Reset(r)) => {
+                *done = true;
+                return Err(r);
+            }
+            Some(Event::Headers(_) | Event::End(_)) => continue,
+            None => {
+                *done = true;
+                return Err(closed_reset());
+            }
+        }
+    }
+}
+
 /// What a closed connection looks like to a receiver.
 fn closed_reset() -> Reset {
     Reset {
@@ -296,27 +321,7 @@ impl ServerStream {
     /// The next message; `Ok(None)` once the client half-closed; `Err` if it reset the stream
     /// (or the connection went away).
     pub async fn recv(&mut self) -> Result<Option<Bytes>, Reset> {
-        if self.recv_done {
-            return Ok(None);
-        }
-        loop {
-            match self.rx.recv().await {
-                Some(Event::Message(m)) => return Ok(Some(m)),
-                Some(Event::HalfClose) => {
-                    self.recv_done = true;
-                    return Ok(None);
-                }
-                Some(Event::Reset(r)) => {
-                    self.recv_done = true;
-                    return Err(r);
-                }
-                Some(Event::Headers(_) | Event::End(_)) => continue,
-                None => {
-                    self.recv_done = true;
-                    return Err(closed_reset());
-                }
-            }
-        }
+        recv_message(&mut self.rx, &mut self.recv_done).await
     }
 
     /// Splits into a receiving half and a sending half, for pumping both ways at once.
@@ -356,27 +361,7 @@ pub struct ServerRecv {
 impl ServerRecv {
     /// See [`ServerStream::recv`].
     pub async fn recv(&mut self) -> Result<Option<Bytes>, Reset> {
-        if self.recv_done {
-            return Ok(None);
-        }
-        loop {
-            match self.rx.recv().await {
-                Some(Event::Message(m)) => return Ok(Some(m)),
-                Some(Event::HalfClose) => {
-                    self.recv_done = true;
-                    return Ok(None);
-                }
-                Some(Event::Reset(r)) => {
-                    self.recv_done = true;
-                    return Err(r);
-                }
-                Some(Event::Headers(_) | Event::End(_)) => continue,
-                None => {
-                    self.recv_done = true;
-                    return Err(closed_reset());
-                }
-            }
-        }
+        recv_message(&mut self.rx, &mut self.recv_done).await
     }
 
     /// Hands every later incoming event (messages, the half-close, a reset, or a "connection

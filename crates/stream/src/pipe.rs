@@ -117,16 +117,7 @@ impl PipeTx {
 
     /// Resolves once the consumer is gone.
     pub async fn closed(&self) {
-        std::future::poll_fn(|cx| {
-            let mut st = self.0.lock();
-            if st.rx_closed {
-                Poll::Ready(())
-            } else {
-                register_in(&mut st.closed_wakers, cx);
-                Poll::Pending
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
     }
 
     /// Ends the stream from the producer's side (idempotent).
@@ -399,8 +390,12 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_waiting_producer_is_released_by_the_splice() {
+    /// A pipe of depth 1 holding "1", and a task waiting to send "2".
+    async fn full_pipe_with_a_waiting_producer() -> (
+        Arc<PipeTx>,
+        PipeRx,
+        tokio::task::JoinHandle<Result<(), Closed>>,
+    ) {
         let (tx, rx) = pipe(1);
         tx.send(msg("1")).await.unwrap();
         let tx = Arc::new(tx);
@@ -409,6 +404,12 @@ mod tests {
             tokio::spawn(async move { tx.send(msg("2")).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        (tx, rx, waiting)
+    }
+
+    #[tokio::test]
+    async fn a_waiting_producer_is_released_by_the_splice() {
+        let (tx, rx, waiting) = full_pipe_with_a_waiting_producer().await;
         assert!(!waiting.is_finished());
         let rec = Arc::new(Record::default());
         rx.splice(rec.clone());
@@ -418,14 +419,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_consumer_fails_pushes_and_wakes_waiters() {
-        let (tx, rx) = pipe(1);
-        tx.send(msg("1")).await.unwrap();
-        let tx = Arc::new(tx);
-        let waiting = {
-            let tx = tx.clone();
-            tokio::spawn(async move { tx.send(msg("2")).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let (tx, rx, waiting) = full_pipe_with_a_waiting_producer().await;
         drop(rx);
         assert_eq!(waiting.await.unwrap(), Err(Closed));
         assert!(tx.is_closed());
