@@ -409,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_producer_is_released_by_the_splice() {
-        let (tx, rx, waiting) = full_pipe_with_a_waiting_producer().await;
+        let (_tx, rx, waiting) = full_pipe_with_a_waiting_producer().await;
         assert!(!waiting.is_finished());
         let rec = Arc::new(Record::default());
         rx.splice(rec.clone());
