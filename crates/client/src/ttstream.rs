@@ -233,7 +233,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
             let mut buf = BytesMut::new();
             'read: loop {
                 loop {
-                    let f = match decoder.decode(&mut buf) {
+                    let mut f = match decoder.decode(&mut buf) {
                         Ok(Some(f)) => f,
                         Ok(None) => break,
                         Err(e) => {
@@ -260,7 +260,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                             continue;
                         }
                         Ok(_) => match f.kind {
-                            FrameType::Header => Event::Headers(str_metadata(&f)),
+                            FrameType::Header => Event::Headers(Metadata(f.take_str_kvs())),
                             FrameType::Data => Event::Message(f.payload.clone()),
                             FrameType::Trailer => {
                                 let error = f.exception().ok().flatten().map(|ex| {
@@ -271,7 +271,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                                 });
                                 Event::End(StreamEnd {
                                     error,
-                                    trailers: str_metadata(&f),
+                                    trailers: Metadata(f.take_str_kvs()),
                                 })
                             }
                             FrameType::Rst => {
@@ -317,16 +317,6 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
         });
     }
     StreamConn { tx, streams, alive }
-}
-
-fn str_metadata(f: &StreamFrame) -> Metadata {
-    Metadata(
-        f.header
-            .str_kvs
-            .iter()
-            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
-            .collect(),
-    )
 }
 
 /// The outgoing side of one client stream: encodes the user's events into frames, keeping the

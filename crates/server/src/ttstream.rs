@@ -55,16 +55,6 @@ pub(crate) fn frame_chunks(f: StreamFrame) -> Chunks {
     }
 }
 
-fn metadata_of(f: &StreamFrame) -> Metadata {
-    Metadata(
-        f.header
-            .str_kvs
-            .iter()
-            .map(|(k, v)| (Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
-            .collect(),
-    )
-}
-
 pub(crate) async fn run<S: StreamingHandler>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -86,7 +76,7 @@ pub(crate) async fn run<S: StreamingHandler>(
 
     let reason: Option<String> = 'conn: loop {
         loop {
-            let frame = match decoder.decode(&mut buf) {
+            let mut frame = match decoder.decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => break 'conn Some(format!("malformed TTStream frame: {e}")),
@@ -159,7 +149,7 @@ pub(crate) async fn run<S: StreamingHandler>(
                 protocol: Protocol::TTStream,
                 service: frame.service().unwrap_or_default().to_owned(),
                 method: String::from_utf8_lossy(&method).into_owned(),
-                headers: metadata_of(&frame),
+                headers: Metadata(frame.take_str_kvs()),
                 deadline: None,
             };
             let state = Arc::new(Mutex::new(state));

@@ -68,6 +68,11 @@ impl StrKvs {
         self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 
+    /// The pairs, in order (no copy: the `Bytes` are moved out).
+    pub fn into_vec(self) -> Vec<(Bytes, Bytes)> {
+        self.0
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.0.len()

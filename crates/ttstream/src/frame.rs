@@ -352,6 +352,11 @@ impl StreamFrame {
         self.header.str_kvs.get_str(str_key::IDL_SERVICE_NAME)
     }
 
+    /// Moves the string keys out of the frame, in order (no copy), leaving none.
+    pub fn take_str_kvs(&mut self) -> Vec<(Bytes, Bytes)> {
+        std::mem::take(&mut self.header.str_kvs).into_vec()
+    }
+
     /// The cancel path (`ttscp`) of an Rst frame.
     pub fn cancel_path(&self) -> Option<&str> {
         self.header.str_kvs.get_str(str_key::TTSTREAM_CANCEL_PATH)
