@@ -182,8 +182,6 @@ impl TTStreamClient {
             id,
             method: Bytes::from(req.method),
             state: state.clone(),
-            half_closed: AtomicBool::new(false),
-            sending: Mutex::new(()),
             out: conn.tx.clone(),
             streams: Arc::downgrade(&conn.streams),
         });
@@ -324,26 +322,22 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
 struct ClientSink {
     id: i32,
     method: Bytes,
+    /// Shared with the connection's reader. Locked for a whole push, so that events pushed from
+    /// two tasks at once (a forwarded message and a deadline's reset) leave in the order they
+    /// were encoded.
     state: Arc<Mutex<StreamState>>,
-    half_closed: AtomicBool,
-    /// Held while an event is turned into frames and queued, so that events pushed from two
-    /// tasks at once (a forwarded message and a deadline's reset) leave in the order they were
-    /// encoded.
-    sending: Mutex<()>,
     out: QueueTx,
     /// Weak: the map holds this stream's incoming pipe, which a forwarder may have spliced into
     /// a sink that holds this one.
     streams: Weak<Mutex<HashMap<i32, Slot>>>,
 }
 
-impl ClientSink {
-    fn may_send(&self, kind: FrameType) -> bool {
-        matches!(
-            self.state.lock().unwrap_or_else(|e| e.into_inner()).send(kind),
-            Ok(s) if s != Step::Ignored
-        )
-    }
+/// Whether the state machine lets the client send `kind` now (and records it).
+fn may_send(state: &mut StreamState, kind: FrameType) -> bool {
+    matches!(state.send(kind), Ok(s) if s != Step::Ignored)
+}
 
+impl ClientSink {
     fn forget(&self) {
         if let Some(streams) = self.streams.upgrade() {
             // Taken out under the lock, dropped after it: dropping the slot may run sinks.
@@ -362,47 +356,62 @@ impl ClientSink {
         }
         self.out.push(bufs).map_err(|_| Closed)
     }
+
+    /// An Rst with `code` and `message` (nothing once the stream has ended), followed by a
+    /// Trailer when `then_trailer` is set and the client had not half-closed yet.
+    fn reset_frames(
+        &self,
+        state: &mut StreamState,
+        code: i32,
+        message: String,
+        cancel_path: Option<&str>,
+        then_trailer: bool,
+    ) -> Vec<StreamFrame> {
+        let half_closed = state.client_done();
+        // An ended stream takes no Rst: the state machine ignores it.
+        if !may_send(state, FrameType::Rst) {
+            return Vec::new();
+        }
+        let ex = ApplicationException::new(ExceptionKind(code), message);
+        let mut frames = vec![StreamFrame::rst(
+            self.id,
+            self.method.clone(),
+            Some(&ex),
+            cancel_path,
+        )];
+        if then_trailer && !half_closed {
+            frames.push(StreamFrame::trailer(self.id, self.method.clone()));
+        }
+        frames
+    }
 }
 
 impl EventSink for ClientSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
-        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
             Event::Message(m) => {
-                if self.half_closed.load(Ordering::Acquire) || !self.may_send(FrameType::Data) {
+                if !may_send(&mut state, FrameType::Data) {
                     return Ok(());
                 }
                 self.queue(vec![StreamFrame::data(self.id, self.method.clone(), m)])
             }
             Event::HalfClose => {
-                if self.half_closed.swap(true, Ordering::AcqRel)
-                    || !self.may_send(FrameType::Trailer)
-                {
+                if !may_send(&mut state, FrameType::Trailer) {
                     return Ok(());
                 }
                 self.queue(vec![StreamFrame::trailer(self.id, self.method.clone())])
             }
             Event::Reset(r) => {
-                let mut frames = Vec::new();
-                if self.may_send(FrameType::Rst) {
-                    let code = if r.code == 0 { 12007 } else { r.code as i32 };
-                    let ex = ApplicationException::new(ExceptionKind(code), r.message);
-                    frames.push(StreamFrame::rst(
-                        self.id,
-                        self.method.clone(),
-                        Some(&ex),
-                        r.cancel_path.as_deref(),
-                    ));
-                    // Kitex clients follow an Rst with a Trailer for peers that wait for one.
-                    if !self.half_closed.swap(true, Ordering::AcqRel) {
-                        frames.push(StreamFrame::trailer(self.id, self.method.clone()));
-                    }
-                }
-                let r = self.queue(frames);
-                // Forgetting the stream may run other sinks: not under `sending`.
-                drop(sending);
+                let code = if r.code == 0 { 12007 } else { r.code as i32 };
+                // Kitex clients follow an Rst with a Trailer for peers that wait for one.
+                let frames =
+                    self.reset_frames(&mut state, code, r.message, r.cancel_path.as_deref(), true);
+                let result = self.queue(frames);
+                // Forgetting the stream may run other sinks: not under the state's lock.
+                drop(state);
                 self.forget();
-                r
+                result
             }
             Event::Headers(_) | Event::End(_) => Ok(()),
         }
@@ -414,23 +423,16 @@ impl EventSink for ClientSink {
 
     fn release(&self) {
         // The user dropped the stream: cancel it downstream unless it already ended.
-        let sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
-        let ended = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_ended();
-        if !ended && self.may_send(FrameType::Rst) {
-            let ex =
-                ApplicationException::new(ExceptionKind(12007), "stream dropped by the caller");
-            let _ = self.queue(vec![StreamFrame::rst(
-                self.id,
-                self.method.clone(),
-                Some(&ex),
-                None,
-            )]);
-        }
-        drop(sending);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let frames = self.reset_frames(
+            &mut state,
+            12007,
+            "stream dropped by the caller".into(),
+            None,
+            false,
+        );
+        let _ = self.queue(frames);
+        drop(state);
         self.forget();
     }
 }

@@ -40,8 +40,23 @@ use crate::{Drain, ServerConfig};
 const ILLEGAL_FRAME: i32 = 12004;
 
 struct Entry {
-    state: Arc<Mutex<StreamState>>,
+    side: Arc<Mutex<ServerSide>>,
     to_user: PipeTx,
+}
+
+/// One stream's state, shared by the connection's reader (frames received) and the stream's
+/// sink (frames sent).
+struct ServerSide {
+    state: StreamState,
+    /// The server's Header went out (once, before the first Data or the Trailer).
+    header_sent: bool,
+}
+
+impl ServerSide {
+    /// Whether the state machine lets this side send `kind` now (and records it).
+    fn may_send(&mut self, kind: FrameType) -> bool {
+        !matches!(self.state.send(kind), Err(_) | Ok(Step::Ignored))
+    }
 }
 
 /// Encodes a frame as a head plus its payload `Bytes` (no payload copy).
@@ -84,9 +99,10 @@ pub(crate) async fn run<S: StreamingHandler>(
             let id = frame.stream_id;
             if let Some(entry) = streams.get(&id) {
                 let step = entry
-                    .state
+                    .side
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
+                    .state
                     .recv(frame.kind);
                 let event = match step {
                     Ok(Step::Ignored) => None,
@@ -152,17 +168,19 @@ pub(crate) async fn run<S: StreamingHandler>(
                 headers: Metadata(frame.take_str_kvs()),
                 deadline: None,
             };
-            let state = Arc::new(Mutex::new(state));
+            let side = Arc::new(Mutex::new(ServerSide {
+                state,
+                header_sent: false,
+            }));
             let sink = Arc::new(ServerSink {
                 id,
                 method,
-                state: state.clone(),
-                header_sent: Mutex::new(false),
+                side: side.clone(),
                 out: tx.clone(),
                 done: done_tx.clone(),
             });
             let (server_stream, to_user) = ServerStream::new(sink);
-            streams.insert(id, Entry { state, to_user });
+            streams.insert(id, Entry { side, to_user });
             let h = handler.clone();
             tokio::spawn(async move { h.handle(req, server_stream).await });
         }
@@ -198,53 +216,41 @@ pub(crate) async fn run<S: StreamingHandler>(
 struct ServerSink {
     id: i32,
     method: Bytes,
-    state: Arc<Mutex<StreamState>>,
-    /// Whether the server's Header went out (once, before the first Data or the Trailer).
-    /// Held for a whole push: events pushed from two tasks at once (the forwarder ending a
+    /// Locked for a whole push: events pushed from two tasks at once (the forwarder ending a
     /// stream at its deadline while the other side's reader forwards a message) are encoded
     /// and queued one after the other, never interleaved.
-    header_sent: Mutex<bool>,
+    side: Arc<Mutex<ServerSide>>,
     out: QueueTx,
     /// Tells the reader the stream has ended on this side.
     done: mpsc::UnboundedSender<i32>,
 }
 
 impl ServerSink {
-    /// Whether the state machine lets this side send `kind` now (and records it).
-    fn may_send(&self, kind: FrameType) -> bool {
-        !matches!(
-            self.state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(kind),
-            Err(_) | Ok(Step::Ignored)
-        )
-    }
-
-    fn header(&self, sent: &mut bool, frames: &mut Vec<Bytes>, md: Option<Metadata>) {
-        if !*sent && self.may_send(FrameType::Header) {
+    fn header(&self, side: &mut ServerSide, frames: &mut Vec<Bytes>, md: Option<Metadata>) {
+        if !side.header_sent && side.may_send(FrameType::Header) {
             let mut f = StreamFrame::server_header(self.id, self.method.clone());
             for (k, v) in md.unwrap_or_default().0 {
                 f.header.str_kvs.insert(k, v);
             }
             frames.extend(frame_chunks(f));
         }
-        *sent = true;
+        side.header_sent = true;
     }
 }
 
 impl EventSink for ServerSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
-        let mut sent = self.header_sent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.side.lock().unwrap_or_else(|e| e.into_inner());
+        let side = &mut *guard;
         let mut frames: Vec<Bytes> = Vec::new();
         let finished = match ev {
             Event::Headers(md) => {
-                self.header(&mut sent, &mut frames, Some(md));
+                self.header(side, &mut frames, Some(md));
                 false
             }
             Event::Message(m) => {
-                self.header(&mut sent, &mut frames, None);
-                if self.may_send(FrameType::Data) {
+                self.header(side, &mut frames, None);
+                if side.may_send(FrameType::Data) {
                     frames.extend(frame_chunks(StreamFrame::data(
                         self.id,
                         self.method.clone(),
@@ -254,14 +260,14 @@ impl EventSink for ServerSink {
                 false
             }
             Event::End(end) => {
-                self.header(&mut sent, &mut frames, None);
-                if self.may_send(FrameType::Trailer) {
+                self.header(side, &mut frames, None);
+                if side.may_send(FrameType::Trailer) {
                     frames.extend(frame_chunks(trailer(self.id, &self.method, end)));
                 }
                 true
             }
             Event::Reset(r) => {
-                if self.may_send(FrameType::Rst) {
+                if side.may_send(FrameType::Rst) {
                     let ex = ApplicationException::new(ExceptionKind(r.code as i32), r.message);
                     frames.extend(frame_chunks(StreamFrame::rst(
                         self.id,
@@ -279,7 +285,7 @@ impl EventSink for ServerSink {
         } else {
             self.out.push(frames).map_err(|_| Closed)
         };
-        drop(sent);
+        drop(guard);
         if finished || result.is_err() {
             let _ = self.done.send(self.id);
         }
