@@ -66,8 +66,7 @@ enum ErrorKind {
 }
 
 /// Header keys that belong to one hop.
-fn forwardable(md: &Metadata) -> Metadata {
-    let mut md = md.clone();
+fn forwardable(mut md: Metadata) -> Metadata {
     md.retain(|k, _| k != str_key::CONN_RESET.as_bytes());
     md
 }
@@ -133,7 +132,7 @@ impl Forwarder {
                     .open(OpenStream {
                         method: req.method.clone(),
                         service: req.service.clone(),
-                        headers: forwardable(&req.headers),
+                        headers: forwardable(req.headers.clone()),
                     })
                     .await
                     .map_err(|e| e.to_string())
@@ -151,7 +150,7 @@ impl Forwarder {
                         path: path.clone(),
                         content_type: content_type.clone(),
                         authority: authority.clone(),
-                        headers: forwardable(&req.headers),
+                        headers: forwardable(req.headers.clone()),
                         // The effective deadline (caller's, route default, route cap): the
                         // downstream gets what remains of it as `grpc-timeout`.
                         deadline,
@@ -272,7 +271,7 @@ impl EventSink for ToUpstream {
         }
         match ev {
             Event::Headers(md) => {
-                let _ = self.up.push(Event::Headers(forwardable(&md)));
+                let _ = self.up.push(Event::Headers(forwardable(md)));
                 Ok(())
             }
             Event::Message(m) => {
@@ -289,7 +288,7 @@ impl EventSink for ToUpstream {
                 Ok(())
             }
             Event::End(mut end) => {
-                end.trailers = forwardable(&end.trailers);
+                end.trailers = forwardable(std::mem::take(&mut end.trailers));
                 let _ = self.up.push(Event::End(end));
                 self.finished();
                 Ok(())
