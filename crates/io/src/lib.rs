@@ -661,9 +661,13 @@ mod tests {
     async fn coalesced_futures_still_complete_when_woken() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let waiter = tokio::spawn(coalesce_wakeups(rx));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "nothing to wake it yet");
         tx.send(42).unwrap();
-        assert_eq!(waiter.await.unwrap(), Ok(42));
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once the value is sent");
+        assert_eq!(got.unwrap(), Ok(42));
     }
 
     #[tokio::test]
