@@ -32,11 +32,25 @@ pub(crate) fn encode_request(
     transport: Transport,
     seq_id: i32,
     mux: bool,
-) -> Result<BytesMut, sluice_ttheader::Error> {
+) -> Result<Bytes, sluice_ttheader::Error> {
     let transport = effective(transport, call.codec);
     let env_len = envelope::header_len(&call.method);
     let message_len = env_len + call.args.len();
-    let mut head = BytesMut::with_capacity(128 + env_len + call.header.str_kvs.len() * 32);
+    let hint = 128 + env_len + call.header.str_kvs.len() * 32;
+    // Cut from the thread's head arena: a request head costs no allocation of its own.
+    sluice_io::carve_head(hint, |head| {
+        encode_head_into(call, transport, seq_id, mux, message_len, head)
+    })
+}
+
+fn encode_head_into(
+    call: &mut Call,
+    transport: Transport,
+    seq_id: i32,
+    mux: bool,
+    message_len: usize,
+    head: &mut BytesMut,
+) -> Result<(), sluice_ttheader::Error> {
     match transport {
         Transport::TTHeader | Transport::TTHeaderUnframed => {
             let framed = transport == Transport::TTHeader;
@@ -81,18 +95,16 @@ pub(crate) fn encode_request(
                     h.int_kvs.remove(int_key::RPC_TIMEOUT);
                 }
             }
-            sluice_ttheader::encode_head(h, framed, message_len, &mut head)?;
+            sluice_ttheader::encode_head(h, framed, message_len, head)?;
         }
         Transport::Framed => head.put_u32(message_len as u32),
         Transport::Buffered => {}
     }
     match call.codec {
-        Codec::Thrift => envelope::write_header(&mut head, &call.method, call.msg_type, seq_id),
-        Codec::KitexProtobuf => {
-            kitex_pb::write_header(&mut head, &call.method, call.msg_type, seq_id)
-        }
+        Codec::Thrift => envelope::write_header(head, &call.method, call.msg_type, seq_id),
+        Codec::KitexProtobuf => kitex_pb::write_header(head, &call.method, call.msg_type, seq_id),
     }
-    Ok(head)
+    Ok(())
 }
 
 /// Reply decoders for one connection.
@@ -109,7 +121,7 @@ pub(crate) struct RawReply {
     /// TTHeader seq (the envelope seq for other transports).
     pub(crate) frame_seq: i32,
     pub(crate) envelope_seq: i32,
-    pub(crate) method: String,
+    pub(crate) method: Bytes,
     pub(crate) reply: Reply,
 }
 
@@ -164,7 +176,8 @@ impl ReplyDecoder {
         Ok(Some(RawReply {
             frame_seq,
             envelope_seq: env.seq_id,
-            method: env.name.to_owned(),
+            // A slice of the message: the method is only compared, so it is not copied.
+            method: message.slice_ref(env.name.as_bytes()),
             reply: Reply {
                 msg_type: env.msg_type,
                 body: message.slice(env.body_offset..),

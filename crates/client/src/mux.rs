@@ -133,7 +133,7 @@ impl MuxConn {
                 reason: e.to_string(),
             }
         })?;
-        let chunks = vec![head.freeze(), call.args.clone()];
+        let chunks = vec![head, call.args.clone()];
         if call.msg_type == MessageType::Oneway {
             self.tx
                 .send(chunks)

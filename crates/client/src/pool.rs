@@ -110,7 +110,7 @@ impl EndpointState {
         if idle.len() < self.config.max_idle_per_endpoint {
             c.idle_since = Instant::now();
             // An idle pooled connection keeps no read buffer; the next reply takes one.
-            c.buf = BytesMut::new();
+            sluice_io::give_back_read_buf(std::mem::take(&mut c.buf));
             idle.push(c);
         }
     }
@@ -172,7 +172,7 @@ impl EndpointState {
                 reason: e.to_string(),
             })
         })?;
-        conn.iov.push(head.freeze());
+        conn.iov.push(head);
         conn.iov.push(call.args.clone());
         if let Err(e) = sluice_io::write_all_vectored(&mut conn.stream, &mut conn.iov).await {
             return Err(Failure::BeforeReply(format!("write failed: {e}")));
@@ -194,10 +194,13 @@ impl EndpointState {
                             raw.envelope_seq
                         ))));
                     }
-                    if raw.reply.msg_type == MessageType::Reply && raw.method != call.method {
+                    if raw.reply.msg_type == MessageType::Reply
+                        && raw.method != call.method.as_bytes()
+                    {
                         return Err(Failure::Other(self.protocol_error(format!(
                             "reply method {:?} does not match {:?}",
-                            raw.method, call.method
+                            String::from_utf8_lossy(&raw.method),
+                            call.method
                         ))));
                     }
                     let retire = raw.reply.header.str_kvs.get(str_key::CONN_RESET).is_some();
@@ -212,7 +215,9 @@ impl EndpointState {
             // Idle connections hold no buffer: take a real one before reading, or the first read
             // would fill only a small default reservation (and a Buffered reply, whose length
             // is unknown until parsed, would grow it in many small reads).
-            if conn.buf.capacity() - conn.buf.len() < 1024 {
+            if conn.buf.capacity() == 0 {
+                conn.buf = sluice_io::take_read_buf(READ_CHUNK);
+            } else if conn.buf.capacity() - conn.buf.len() < 1024 {
                 conn.buf.reserve(READ_CHUNK);
             }
             match conn.stream.read_buf(&mut conn.buf).await {

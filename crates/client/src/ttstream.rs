@@ -87,6 +87,20 @@ fn frame_chunks(f: StreamFrame) -> Chunks {
     }
 }
 
+/// A Data frame as its head (cut from the thread's head arena) and the payload `Bytes`: no
+/// allocation and no payload copy.
+fn data_chunks(id: i32, method: &[u8], payload: Bytes) -> Option<[Bytes; 2]> {
+    match sluice_io::carve_head(64 + method.len(), |head| {
+        sluice_ttstream::encode_data_head(id, method, payload.len(), head)
+    }) {
+        Ok(head) => Some([head, payload]),
+        Err(e) => {
+            tracing::warn!(error = %e, "TTStream Data frame not encodable; dropped");
+            None
+        }
+    }
+}
+
 impl TTStreamClient {
     /// A client; connections are made on first use.
     pub fn new(config: ClientConfig) -> Self {
@@ -394,7 +408,11 @@ impl EventSink for ClientSink {
                 if !may_send(&mut state, FrameType::Data) {
                     return Ok(());
                 }
-                self.queue(vec![StreamFrame::data(self.id, self.method.clone(), m)])
+                // One Data frame: its head and payload go on the queue without building a list.
+                match data_chunks(self.id, &self.method, m) {
+                    Some(chunks) => self.out.push(chunks).map_err(|_| Closed),
+                    None => Ok(()),
+                }
             }
             Event::HalfClose => {
                 if !may_send(&mut state, FrameType::Trailer) {

@@ -93,6 +93,79 @@ pub fn reserve_read(buf: &mut BytesMut, chunk: usize) {
 /// Most buffers handed to one vectored write.
 pub const MAX_IOV: usize = 64;
 
+/// Read buffers a thread keeps for connections that come back from idle.
+const SPARE_READ_BUFS: usize = 32;
+
+/// Largest read buffer kept for reuse; a buffer grown for one large message is freed instead.
+const SPARE_READ_BUF_MAX: usize = 16 * 1024;
+
+/// Room carved heads are taken from; a new piece this size is taken when one runs out.
+const HEAD_ARENA_CHUNK: usize = 4 * 1024;
+
+std::thread_local! {
+    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+    static HEAD_ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// A read buffer with room for at least `chunk` bytes: one given back on this thread with
+/// [`give_back_read_buf`] whose memory is free again, or a new one.
+///
+/// Connections that sit idle between requests hold no buffer (a few KiB each matters at tens of
+/// thousands of them); taking one from here when bytes arrive, instead of allocating it, keeps
+/// that from costing an allocation per request.
+pub fn take_read_buf(chunk: usize) -> BytesMut {
+    let reused = SPARE_READ.with(|s| {
+        let mut s = s.borrow_mut();
+        // Newest first: a buffer given back by a reader whose messages are gone is reusable at
+        // once; one whose last message is still being forwarded becomes so a little later.
+        let i = s.iter_mut().rposition(|b| b.try_reclaim(chunk))?;
+        Some(s.swap_remove(i))
+    });
+    reused.unwrap_or_else(|| BytesMut::with_capacity(chunk))
+}
+
+/// Gives an emptied read buffer back for reuse by [`take_read_buf`] on this thread.
+///
+/// Its memory may still be in use by messages split off it: it is reused only once they are
+/// gone. A thread keeps a few dozen such buffers at most (the oldest is freed to make room), and
+/// none larger than a few read chunks.
+pub fn give_back_read_buf(buf: BytesMut) {
+    if !buf.is_empty() || buf.capacity() > SPARE_READ_BUF_MAX {
+        return;
+    }
+    SPARE_READ.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() >= SPARE_READ_BUFS {
+            s.remove(0);
+        }
+        s.push(buf);
+    });
+}
+
+/// Encodes a small piece, such as a frame head, with `encode` and returns it as `Bytes` cut from
+/// a per-thread arena, so that a frame head costs no allocation of its own.
+///
+/// Arena pieces are freed when every head cut from them has been dropped (written), so what
+/// this holds is bounded by the heads still queued. On error, nothing is kept.
+pub fn carve_head<E>(
+    size_hint: usize,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Result<Bytes, E> {
+    HEAD_ARENA.with(|a| {
+        let mut a = a.borrow_mut();
+        if a.capacity() - a.len() < size_hint {
+            a.reserve(HEAD_ARENA_CHUNK.max(size_hint));
+        }
+        match encode(&mut a) {
+            Ok(()) => Ok(a.split().freeze()),
+            Err(e) => {
+                a.clear();
+                Err(e)
+            }
+        }
+    })
+}
+
 /// Owns a connection's write half: writes every list of buffers queued on `rx`, batching what
 /// has queued up into one vectored write, until the channel closes (then shuts the write side
 /// down) or a write fails.
@@ -474,14 +547,18 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
             first += 1;
             continue;
         }
-        let n = {
-            let slices: Vec<IoSlice<'_>> = bufs[first..]
-                .iter()
-                .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            w.write_vectored(&slices).await?
-        };
+        // The slices are built inside each poll, on the stack: no list is allocated per write,
+        // and none is kept in the caller's future while the write waits.
+        let n = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for b in bufs[first..].iter().take(MAX_IOV) {
+                slices[k] = IoSlice::new(b);
+                k += 1;
+            }
+            Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k])
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -505,6 +582,61 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_read_buffer_given_back_is_reused_once_its_messages_are_gone() {
+        let mut buf = take_read_buf(8192);
+        buf.extend_from_slice(&[1u8; 1000]);
+        let base = buf.as_ptr();
+        let message = buf.split_to(1000).freeze();
+        give_back_read_buf(buf);
+        // The message still uses the memory: a reader gets another buffer.
+        let other = take_read_buf(8192);
+        assert_ne!(other.as_ptr(), base);
+        assert!(other.capacity() >= 8192);
+        drop(message);
+        // Now it is free again, and handed out whole instead of a new allocation.
+        let again = take_read_buf(8192);
+        assert_eq!(again.as_ptr(), base);
+        assert!(again.capacity() >= 8192 && again.is_empty());
+        // A buffer that still holds bytes, or grew large, is not kept.
+        let mut big = BytesMut::with_capacity(1 << 20);
+        give_back_read_buf(big.split_off(0));
+        big.extend_from_slice(b"x");
+        give_back_read_buf(big);
+        assert_ne!(take_read_buf(8192).capacity(), 1 << 20);
+    }
+
+    #[test]
+    fn heads_are_cut_one_after_another_from_one_arena_piece() {
+        let a = carve_head::<()>(16, |b| {
+            b.extend_from_slice(b"first");
+            Ok(())
+        })
+        .unwrap();
+        // A failed encoding leaves nothing behind for the next head.
+        assert!(carve_head(16, |b| {
+            b.extend_from_slice(b"junk");
+            Err(())
+        })
+        .is_err());
+        let b = carve_head::<()>(16, |b| {
+            b.extend_from_slice(b"second");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
+        // Adjacent in memory: the second head took no allocation of its own.
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
+        // A head larger than what is left gets room of its own.
+        let big = carve_head::<()>(10_000, |b| {
+            b.extend_from_slice(&[9u8; 10_000]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(big.len(), 10_000);
+        assert_eq!(&a[..], b"first");
+    }
 
     #[tokio::test]
     async fn prefix_is_read_first_then_the_stream() {

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use sluice_framed::{mesh, BufferedCodec, FramedCodec};
 use sluice_sniff::{Codec, Detection, Message, Refusal};
 use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
-use sluice_ttheader::{flags, int_key, str_key, Header};
+use sluice_ttheader::{encode_head_ref, flags, int_key, str_key, HeadRef, Header, StrKvs};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -176,7 +176,7 @@ pub(crate) fn run<H: DefaultHandler>(
             // An idle connection keeps no read buffer: wait for readability with none, and only
             // then take one (a few KiB per idle connection matters at tens of thousands of them).
             if buf.is_empty() && buf.capacity() > 0 {
-                buf = BytesMut::new();
+                sluice_io::give_back_read_buf(std::mem::take(&mut buf));
             }
             let read = tokio::select! {
                 r = tokio::time::timeout(config.idle_timeout, read_some(&rd, &mut buf)) => r,
@@ -259,7 +259,9 @@ fn read_some<'a>(
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| loop {
         std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
-        if buf.capacity() - buf.len() < 1024 {
+        if buf.capacity() == 0 {
+            *buf = sluice_io::take_read_buf(READ_CHUNK);
+        } else if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
         match rd.try_read_buf(buf) {
@@ -425,9 +427,6 @@ fn next_request(
     })))
 }
 
-static MSG_TYPE_REPLY: Bytes = Bytes::from_static(b"2");
-static MSG_TYPE_EXCEPTION: Bytes = Bytes::from_static(b"3");
-
 /// Encodes a reply in the request's own shape and appends it to `out`: the head (framing,
 /// header, envelope) as one buffer, then the body as the handler's own `Bytes`.
 fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec<Bytes>) {
@@ -438,42 +437,53 @@ fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec
     };
     let env_len = envelope::header_len(&to.method);
     let message_len = env_len + body.len();
-    let mut head = BytesMut::with_capacity(64 + env_len + resp.str_kvs.len() * 32);
-    match to.transport {
-        Transport::TTHeaderFramed | Transport::TTHeader => {
-            let mut h = Header::new(to.seq_id, 0);
-            h.str_kvs = resp.str_kvs;
-            if draining {
-                h.str_kvs
-                    .insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
-            }
-            let mt = if msg_type == MessageType::Reply {
-                MSG_TYPE_REPLY.clone()
-            } else {
-                MSG_TYPE_EXCEPTION.clone()
-            };
-            h.int_kvs.insert(int_key::MSG_TYPE, mt);
-            let framed = to.transport == Transport::TTHeaderFramed;
-            if let Err(e) = sluice_ttheader::encode_head(&h, framed, message_len, &mut head) {
-                // Only oversized handler-supplied keys can fail here: answer without them.
-                tracing::warn!(error = %e, "reply header not encodable; sending it without its string keys");
-                head.clear();
-                h.str_kvs = Default::default();
-                if draining {
-                    h.str_kvs
-                        .insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
+    let mut str_kvs = resp.str_kvs;
+    if draining && to.transport.is_ttheader() {
+        str_kvs.insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
+    }
+    // Cut from the thread's head arena, from a borrowed header: a reply head costs no
+    // allocation of its own.
+    let hint = 64 + env_len + str_kvs.len() * 32;
+    let head = sluice_io::carve_head::<std::convert::Infallible>(hint, |head| {
+        match to.transport {
+            Transport::TTHeaderFramed | Transport::TTHeader => {
+                let mt: &[u8] = if msg_type == MessageType::Reply {
+                    b"2"
+                } else {
+                    b"3"
+                };
+                let int_kvs = [(int_key::MSG_TYPE, mt)];
+                let framed = to.transport == Transport::TTHeaderFramed;
+                let mut h = HeadRef {
+                    flags: 0,
+                    seq_id: to.seq_id,
+                    protocol_id: 0,
+                    str_kvs: &str_kvs,
+                    int_kvs: &int_kvs,
+                };
+                if let Err(e) = encode_head_ref(&h, framed, message_len, head) {
+                    // Only oversized handler-supplied keys can fail here: answer without them.
+                    tracing::warn!(error = %e, "reply header not encodable; sending it without its string keys");
+                    head.clear();
+                    let mut only_reset = StrKvs::new();
+                    if draining {
+                        only_reset.insert(str_key::CONN_RESET, Bytes::from_static(b"1"));
+                    }
+                    h.str_kvs = &only_reset;
+                    let _ = encode_head_ref(&h, framed, message_len, head);
                 }
-                let _ = sluice_ttheader::encode_head(&h, framed, message_len, &mut head);
             }
+            Transport::Framed | Transport::Mesh(true) => head.put_u32(message_len as u32),
+            Transport::Buffered | Transport::Mesh(false) => {}
         }
-        Transport::Framed | Transport::Mesh(true) => head.put_u32(message_len as u32),
-        Transport::Buffered | Transport::Mesh(false) => {}
-    }
-    match to.codec {
-        Codec::Thrift => envelope::write_header(&mut head, &to.method, msg_type, to.seq_id),
-        Codec::KitexProtobuf => kitex_pb::write_header(&mut head, &to.method, msg_type, to.seq_id),
-    }
-    out.push(head.freeze());
+        match to.codec {
+            Codec::Thrift => envelope::write_header(head, &to.method, msg_type, to.seq_id),
+            Codec::KitexProtobuf => kitex_pb::write_header(head, &to.method, msg_type, to.seq_id),
+        }
+        Ok(())
+    })
+    .unwrap_or_else(|never| match never {});
+    out.push(head);
     out.push(body);
 }
 

@@ -70,6 +70,20 @@ pub(crate) fn frame_chunks(f: StreamFrame) -> Chunks {
     }
 }
 
+/// A Data frame as its head (cut from the thread's head arena) and the payload `Bytes`: no
+/// allocation and no payload copy.
+pub(crate) fn data_chunks(id: i32, method: &[u8], payload: Bytes) -> Option<[Bytes; 2]> {
+    match sluice_io::carve_head(64 + method.len(), |head| {
+        sluice_ttstream::encode_data_head(id, method, payload.len(), head)
+    }) {
+        Ok(head) => Some([head, payload]),
+        Err(e) => {
+            tracing::warn!(error = %e, "TTStream Data frame not encodable; dropped");
+            None
+        }
+    }
+}
+
 pub(crate) async fn run<S: StreamingHandler>(
     stream: TcpStream,
     peer: SocketAddr,
@@ -242,6 +256,26 @@ impl EventSink for ServerSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
         let mut guard = self.side.lock().unwrap_or_else(|e| e.into_inner());
         let side = &mut *guard;
+        let ev = match ev {
+            // The common case, a message once the Header is out: one Data frame, queued as its
+            // head and payload without building a list.
+            Event::Message(m) if side.header_sent => {
+                let chunks = side
+                    .may_send(FrameType::Data)
+                    .then(|| data_chunks(self.id, &self.method, m))
+                    .flatten();
+                let result = match chunks {
+                    Some(chunks) => self.out.push(chunks).map_err(|_| Closed),
+                    None => Ok(()),
+                };
+                drop(guard);
+                if result.is_err() {
+                    let _ = self.done.send(self.id);
+                }
+                return result;
+            }
+            ev => ev,
+        };
         let mut frames: Vec<Bytes> = Vec::new();
         let finished = match ev {
             Event::Headers(md) => {

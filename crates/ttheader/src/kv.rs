@@ -64,7 +64,7 @@ impl StrKvs {
     }
 
     /// Entries in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], &[u8])> + Clone {
         self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 
@@ -135,7 +135,7 @@ impl IntKvs {
     }
 
     /// Entries in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u16, &[u8])> {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u16, &[u8])> + Clone {
         self.0.iter().map(|(k, v)| (*k, v.as_ref()))
     }
 

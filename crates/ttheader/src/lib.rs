@@ -427,34 +427,127 @@ pub fn encode_head<B: BufMut>(
     payload_len: usize,
     dst: &mut B,
 ) -> Result<(), Error> {
-    let section = header.encoded_section_len();
+    write_head(
+        &Parts {
+            flags: header.flags,
+            seq_id: header.seq_id,
+            protocol_id: header.protocol_id,
+            transforms: &header.transforms,
+            acl_token: header.acl_token.as_deref(),
+            str_kvs: header.str_kvs.iter(),
+            int_kvs: header.int_kvs.iter(),
+        },
+        inner_framed,
+        payload_len,
+        dst,
+    )
+}
+
+/// A header to encode, borrowed: for frames built on the fly (a reply, a stream's Data frame),
+/// encoding this costs no allocation, where filling a [`Header`] allocates its key/value lists.
+/// No transforms and no ACL token.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadRef<'a> {
+    /// FLAGS.
+    pub flags: u16,
+    /// SEQ ID.
+    pub seq_id: i32,
+    /// PROTOCOL ID.
+    pub protocol_id: u8,
+    /// String key/values, in order.
+    pub str_kvs: &'a StrKvs,
+    /// Integer key/values, in order.
+    pub int_kvs: &'a [(u16, &'a [u8])],
+}
+
+/// [`encode_head`] for a borrowed header: the same bytes as a [`Header`] with these fields.
+pub fn encode_head_ref<B: BufMut>(
+    header: &HeadRef<'_>,
+    inner_framed: bool,
+    payload_len: usize,
+    dst: &mut B,
+) -> Result<(), Error> {
+    write_head(
+        &Parts {
+            flags: header.flags,
+            seq_id: header.seq_id,
+            protocol_id: header.protocol_id,
+            transforms: &[],
+            acl_token: None,
+            str_kvs: header.str_kvs.iter(),
+            int_kvs: header.int_kvs.iter().map(|&(k, v)| (k, v)),
+        },
+        inner_framed,
+        payload_len,
+        dst,
+    )
+}
+
+/// What a head is written from, whoever owns it.
+struct Parts<'a, S, I> {
+    flags: u16,
+    seq_id: i32,
+    protocol_id: u8,
+    transforms: &'a [u8],
+    acl_token: Option<&'a [u8]>,
+    str_kvs: S,
+    int_kvs: I,
+}
+
+fn write_head<'a, S, I, B>(
+    h: &Parts<'a, S, I>,
+    inner_framed: bool,
+    payload_len: usize,
+    dst: &mut B,
+) -> Result<(), Error>
+where
+    S: ExactSizeIterator<Item = (&'a [u8], &'a [u8])> + Clone,
+    I: ExactSizeIterator<Item = (u16, &'a [u8])> + Clone,
+    B: BufMut,
+{
+    // Same arithmetic as `Header::encoded_section_len`.
+    let mut section = 2 + h.transforms.len();
+    if let Some(t) = h.acl_token {
+        section += 3 + t.len();
+    }
+    if h.str_kvs.len() > 0 {
+        section += 3 + h
+            .str_kvs
+            .clone()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>();
+    }
+    if h.int_kvs.len() > 0 {
+        section += 3 + h.int_kvs.clone().map(|(_, v)| 4 + v.len()).sum::<usize>();
+    }
+    let section = section.div_ceil(4) * 4;
     if section > MAX_ENCODED_HEADER_SIZE {
         return Err(Error::EncodedHeaderTooLarge(section));
     }
-    if header.transforms.len() > usize::from(u8::MAX) {
-        return Err(Error::TooManyEntries(header.transforms.len()));
+    if h.transforms.len() > usize::from(u8::MAX) {
+        return Err(Error::TooManyEntries(h.transforms.len()));
     }
-    check_block(header.str_kvs.len())?;
-    check_block(header.int_kvs.len())?;
+    check_block(h.str_kvs.len())?;
+    check_block(h.int_kvs.len())?;
     let inner = if inner_framed { 4 } else { 0 };
     let length = (PREFIX_LEN - 4) + section + inner + payload_len;
     if length > 0x3FFF_FFFF || (inner_framed && payload_len > u32::MAX as usize) {
         return Err(Error::PayloadTooLarge(payload_len));
     }
-    for (k, v) in header.str_kvs.iter() {
+    for (k, v) in h.str_kvs.clone() {
         check_str(k)?;
         check_str(v)?;
     }
-    for (_, v) in header.int_kvs.iter() {
+    for (_, v) in h.int_kvs.clone() {
         check_str(v)?;
     }
-    if let Some(t) = &header.acl_token {
+    if let Some(t) = h.acl_token {
         check_str(t)?;
     }
 
     // Build the head in one contiguous buffer and hand it to `dst` with a single `put_slice`:
     // one capacity check instead of one per field (most heads fit on the stack).
-    let head_len = PREFIX_LEN + section + if inner_framed { 4 } else { 0 };
+    let head_len = PREFIX_LEN + section + inner;
     let mut stack = [0u8; 512];
     let mut heap = Vec::new();
     let out: &mut [u8] = if head_len <= stack.len() {
@@ -466,29 +559,29 @@ pub fn encode_head<B: BufMut>(
     let mut w = Cursor { buf: out, pos: 0 };
     w.u32(length as u32);
     w.u16(MAGIC);
-    w.u16(header.flags);
-    w.u32(header.seq_id as u32);
+    w.u16(h.flags);
+    w.u32(h.seq_id as u32);
     w.u16((section / 4) as u16);
-    w.u8(header.protocol_id);
-    w.u8(header.transforms.len() as u8);
-    w.bytes(&header.transforms);
+    w.u8(h.protocol_id);
+    w.u8(h.transforms.len() as u8);
+    w.bytes(h.transforms);
     // Kitex's block order: ACL token, string KVs, integer KVs.
-    if let Some(t) = &header.acl_token {
+    if let Some(t) = h.acl_token {
         w.u8(info_id::ACL_TOKEN);
         w.str(t);
     }
-    if !header.str_kvs.is_empty() {
+    if h.str_kvs.len() > 0 {
         w.u8(info_id::KEY_VALUE);
-        w.u16(header.str_kvs.len() as u16);
-        for (k, v) in header.str_kvs.iter() {
+        w.u16(h.str_kvs.len() as u16);
+        for (k, v) in h.str_kvs.clone() {
             w.str(k);
             w.str(v);
         }
     }
-    if !header.int_kvs.is_empty() {
+    if h.int_kvs.len() > 0 {
         w.u8(info_id::INT_KEY_VALUE);
-        w.u16(header.int_kvs.len() as u16);
-        for (k, v) in header.int_kvs.iter() {
+        w.u16(h.int_kvs.len() as u16);
+        for (k, v) in h.int_kvs.clone() {
             w.u16(k);
             w.str(v);
         }
@@ -503,7 +596,6 @@ pub fn encode_head<B: BufMut>(
     Ok(())
 }
 
-/// Writes big-endian fields into a buffer sized exactly beforehand.
 struct Cursor<'a> {
     buf: &'a mut [u8],
     pos: usize,

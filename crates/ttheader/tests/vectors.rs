@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use sluice_testkit::hex;
-use sluice_ttheader::{encode, flags, int_key, str_key, Decoder, Frame};
+use sluice_ttheader::{encode, encode_head_ref, flags, int_key, str_key, Decoder, Frame, HeadRef};
 
 fn decode(v: &[u8]) -> Frame {
     let mut buf = BytesMut::from(v);
@@ -57,6 +57,21 @@ fn round_trip(f: &Frame) -> Vec<u8> {
     assert_eq!(ints(&again), ints(f));
     assert_eq!(again.inner_framed, f.inner_framed);
     assert_eq!(again.payload, f.payload);
+    // The borrowed-header encoder writes the very same bytes.
+    if f.header.transforms.is_empty() && f.header.acl_token.is_none() {
+        let int_kvs: Vec<(u16, &[u8])> = f.header.int_kvs.iter().collect();
+        let head = HeadRef {
+            flags: f.header.flags,
+            seq_id: f.header.seq_id,
+            protocol_id: f.header.protocol_id,
+            str_kvs: &f.header.str_kvs,
+            int_kvs: &int_kvs,
+        };
+        let mut by_ref = BytesMut::new();
+        encode_head_ref(&head, f.inner_framed, f.payload.len(), &mut by_ref).unwrap();
+        by_ref.extend_from_slice(&f.payload);
+        assert_eq!(by_ref, out, "encode_head_ref differs from encode_head");
+    }
     out.to_vec()
 }
 

@@ -428,6 +428,30 @@ impl StreamFrame {
     }
 }
 
+/// Writes the head of a Data frame carrying `payload_len` bytes: the same bytes as the head
+/// [`StreamFrame::data`]`(stream_id, method, ..)` encodes to, without building the frame (no
+/// allocation). Forwarding a stream message costs one of these.
+pub fn encode_data_head<B: bytes::BufMut>(
+    stream_id: i32,
+    method: &[u8],
+    payload_len: usize,
+    dst: &mut B,
+) -> Result<(), Error> {
+    let no_str_kvs = ttheader::StrKvs::new();
+    let head = ttheader::HeadRef {
+        flags: flags::STREAMING,
+        seq_id: stream_id,
+        protocol_id: protocol_id::THRIFT_STRUCT,
+        str_kvs: &no_str_kvs,
+        int_kvs: &[
+            (int_key::TO_METHOD, method),
+            (int_key::FRAME_TYPE, FrameType::Data.wire_value()),
+        ],
+    };
+    ttheader::encode_head_ref(&head, false, payload_len, dst)?;
+    Ok(())
+}
+
 impl TryFrom<ttheader::Frame> for StreamFrame {
     type Error = Error;
 
@@ -519,6 +543,21 @@ pub fn extend_cancel_path(path: Option<&str>, service: &str) -> Option<String> {
 mod tests {
     use super::*;
     use sluice_thrift::ExceptionKind;
+
+    #[test]
+    fn a_data_head_matches_the_data_frame_it_stands_for() {
+        for (id, method, len) in [
+            (1, &b"EchoBidi"[..], 0usize),
+            (-7, b"m", 1024),
+            (i32::MAX, b"a-rather-longer-method-name", 70_000),
+        ] {
+            let frame = StreamFrame::data(id, Bytes::copy_from_slice(method), vec![7u8; len]);
+            let [want, _] = frame.into_chunks().unwrap();
+            let mut got = BytesMut::new();
+            encode_data_head(id, method, len, &mut got).unwrap();
+            assert_eq!(got, want, "stream {id}");
+        }
+    }
 
     #[test]
     fn frame_type_wire_values_round_trip() {

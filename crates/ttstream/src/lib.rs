@@ -58,7 +58,7 @@ mod state;
 
 pub use error::Error;
 pub use frame::{
-    exception_payload, extend_cancel_path, parse_exception, BizStatus, FrameDecoder, FrameType,
-    StreamFrame,
+    encode_data_head, exception_payload, extend_cancel_path, parse_exception, BizStatus,
+    FrameDecoder, FrameType, StreamFrame,
 };
 pub use state::{End, Side, StateError, Step, Stream};
