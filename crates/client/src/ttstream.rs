@@ -40,8 +40,6 @@ pub struct OpenStream {
     pub headers: Metadata,
 }
 
-type Chunks = Vec<Bytes>;
-
 struct Slot {
     to_user: Arc<PipeTx>,
     state: Arc<Mutex<StreamState>>,
@@ -77,28 +75,15 @@ impl std::fmt::Debug for TTStreamClient {
     }
 }
 
-fn frame_chunks(f: StreamFrame) -> Chunks {
-    match f.into_chunks() {
-        Ok(chunks) => chunks.into(),
-        Err(e) => {
-            tracing::warn!(error = %e, "TTStream frame not encodable; dropped");
-            Vec::new()
-        }
-    }
-}
-
-/// A Data frame as its head (cut from the thread's head arena) and the payload `Bytes`: no
-/// allocation and no payload copy.
-fn data_chunks(id: i32, method: &[u8], payload: Bytes) -> Option<[Bytes; 2]> {
-    match sluice_io::carve_head(64 + method.len(), |head| {
-        sluice_ttstream::encode_data_head(id, method, payload.len(), head)
-    }) {
-        Ok(head) => Some([head, payload]),
-        Err(e) => {
-            tracing::warn!(error = %e, "TTStream Data frame not encodable; dropped");
-            None
-        }
-    }
+/// A frame as its head (cut from the thread's head arena) and its payload `Bytes`: no
+/// allocation, no payload copy. Not encodable: logged and dropped.
+fn frame_chunks(f: StreamFrame) -> impl Iterator<Item = Bytes> {
+    let payload = f.payload.clone();
+    sluice_io::frame_chunks("TTStream frame", f.head_len(), payload, |h| {
+        f.encode_head(h)
+    })
+    .into_iter()
+    .flatten()
 }
 
 impl TTStreamClient {
@@ -409,7 +394,12 @@ impl EventSink for ClientSink {
                     return Ok(());
                 }
                 // One Data frame: its head and payload go on the queue without building a list.
-                match data_chunks(self.id, &self.method, m) {
+                let (id, method, len) = (self.id, &self.method[..], m.len());
+                let chunks =
+                    sluice_io::frame_chunks("TTStream Data frame", 64 + method.len(), m, |h| {
+                        sluice_ttstream::encode_data_head(id, method, len, h)
+                    });
+                match chunks {
                     Some(chunks) => self.out.push(chunks).map_err(|_| Closed),
                     None => Ok(()),
                 }

@@ -142,6 +142,24 @@ pub fn give_back_read_buf(buf: BytesMut) {
     });
 }
 
+/// A frame as `[head, payload]` for a vectored write: the head encoded by `encode` into the
+/// thread's head arena ([`carve_head`]), the payload as it is (no copy). A frame that cannot be
+/// encoded is dropped with a warning naming `what`.
+pub fn frame_chunks<E: std::fmt::Display>(
+    what: &str,
+    size_hint: usize,
+    payload: Bytes,
+    encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+) -> Option<[Bytes; 2]> {
+    match carve_head(size_hint, encode) {
+        Ok(head) => Some([head, payload]),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what} not encodable; dropped");
+            None
+        }
+    }
+}
+
 /// Encodes a small piece, such as a frame head, with `encode` and returns it as `Bytes` cut from
 /// a per-thread arena, so that a frame head costs no allocation of its own.
 ///

@@ -33,7 +33,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::Chunks;
 use crate::{Drain, ServerConfig};
 
 /// TTStream type id for "illegal frame" (kitex-wire.md 4.4).
@@ -59,29 +58,15 @@ impl ServerSide {
     }
 }
 
-/// Encodes a frame as a head plus its payload `Bytes` (no payload copy).
-pub(crate) fn frame_chunks(f: StreamFrame) -> Chunks {
-    match f.into_chunks() {
-        Ok(chunks) => chunks.into(),
-        Err(e) => {
-            tracing::warn!(error = %e, "TTStream frame not encodable; dropped");
-            Vec::new()
-        }
-    }
-}
-
-/// A Data frame as its head (cut from the thread's head arena) and the payload `Bytes`: no
-/// allocation and no payload copy.
-pub(crate) fn data_chunks(id: i32, method: &[u8], payload: Bytes) -> Option<[Bytes; 2]> {
-    match sluice_io::carve_head(64 + method.len(), |head| {
-        sluice_ttstream::encode_data_head(id, method, payload.len(), head)
-    }) {
-        Ok(head) => Some([head, payload]),
-        Err(e) => {
-            tracing::warn!(error = %e, "TTStream Data frame not encodable; dropped");
-            None
-        }
-    }
+/// A frame as its head (cut from the thread's head arena) and its payload `Bytes`: no
+/// allocation, no payload copy. Not encodable: logged and dropped.
+pub(crate) fn frame_chunks(f: StreamFrame) -> impl Iterator<Item = Bytes> {
+    let payload = f.payload.clone();
+    sluice_io::frame_chunks("TTStream frame", f.head_len(), payload, |h| {
+        f.encode_head(h)
+    })
+    .into_iter()
+    .flatten()
 }
 
 pub(crate) async fn run<S: StreamingHandler>(
@@ -262,7 +247,12 @@ impl EventSink for ServerSink {
             Event::Message(m) if side.header_sent => {
                 let chunks = side
                     .may_send(FrameType::Data)
-                    .then(|| data_chunks(self.id, &self.method, m))
+                    .then(|| {
+                        let (id, method, len) = (self.id, &self.method[..], m.len());
+                        sluice_io::frame_chunks("TTStream Data frame", 64 + method.len(), m, |h| {
+                            sluice_ttstream::encode_data_head(id, method, len, h)
+                        })
+                    })
                     .flatten();
                 let result = match chunks {
                     Some(chunks) => self.out.push(chunks).map_err(|_| Closed),

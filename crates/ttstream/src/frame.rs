@@ -330,6 +330,18 @@ impl StreamFrame {
         Ok([head.freeze(), t.payload])
     }
 
+    /// Writes the encoded head (everything but the payload) into `dst`: the first
+    /// [`head_len`](Self::head_len) bytes of what [`encode`](Self::encode) writes.
+    pub fn encode_head<B: bytes::BufMut>(&self, dst: &mut B) -> Result<(), Error> {
+        ttheader::encode_head(&self.wire_header(), false, self.payload.len(), dst)?;
+        Ok(())
+    }
+
+    /// Size of the encoded head in bytes.
+    pub fn head_len(&self) -> usize {
+        self.encoded_len() - self.payload.len()
+    }
+
     /// The encoded frame as one buffer.
     pub fn to_bytes(&self) -> Result<Bytes, Error> {
         let mut dst = BytesMut::with_capacity(self.encoded_len());
