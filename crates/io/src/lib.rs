@@ -94,7 +94,7 @@ pub fn reserve_read(buf: &mut BytesMut, chunk: usize) {
 pub const MAX_IOV: usize = 64;
 
 /// Read buffers a thread keeps for connections that come back from idle.
-const SPARE_READ_BUFS: usize = 32;
+const SPARE_READ_BUFS: usize = 16;
 
 /// Largest read buffer kept for reuse; a buffer grown for one large message is freed instead.
 const SPARE_READ_BUF_MAX: usize = 16 * 1024;
