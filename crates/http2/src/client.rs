@@ -226,14 +226,19 @@ impl GrpcClient {
         slot: &Slot,
         req: &OpenRequest,
     ) -> Result<ClientStream, GrpcClientError> {
-        let request = build_request(req, slot.addr)?;
+        let mut request = Some(build_request(req, slot.addr)?);
         let compress_out = compressed_in_metadata(&req.headers);
         let mut redialled = false;
         loop {
             let conn = self.connection(slot).await?;
+            // Moved, not cloned: a redial (rare) builds the request again.
+            let head = match request.take() {
+                Some(r) => r,
+                None => build_request(req, slot.addr)?,
+            };
             let started = async {
                 let mut send = conn.send.clone().ready().await?;
-                send.send_request(request.clone(), false)
+                send.send_request(head, false)
             }
             .await;
             match started {
