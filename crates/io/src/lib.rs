@@ -169,10 +169,17 @@ pub fn carve_head<E>(
     size_hint: usize,
     encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
 ) -> Result<Bytes, E> {
+    if size_hint > HEAD_ARENA_CHUNK / 2 {
+        // A large head (many header keys) gets room of its own: the arena stays in small
+        // pieces, and none is kept alive by one large head.
+        let mut own = BytesMut::with_capacity(size_hint);
+        encode(&mut own)?;
+        return Ok(own.freeze());
+    }
     HEAD_ARENA.with(|a| {
         let mut a = a.borrow_mut();
         if a.capacity() - a.len() < size_hint {
-            a.reserve(HEAD_ARENA_CHUNK.max(size_hint));
+            a.reserve(HEAD_ARENA_CHUNK);
         }
         match encode(&mut a) {
             Ok(()) => Ok(a.split().freeze()),
@@ -646,14 +653,20 @@ mod tests {
         assert_eq!((&a[..], &b[..]), (&b"first"[..], &b"second"[..]));
         // Adjacent in memory: the second head took no allocation of its own.
         assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()));
-        // A head larger than what is left gets room of its own.
+        // A large head gets room of its own and leaves the arena as it was.
         let big = carve_head::<()>(10_000, |b| {
             b.extend_from_slice(&[9u8; 10_000]);
             Ok(())
         })
         .unwrap();
         assert_eq!(big.len(), 10_000);
-        assert_eq!(&a[..], b"first");
+        let c = carve_head::<()>(16, |b| {
+            b.extend_from_slice(b"third");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.as_ptr(), b.as_ptr().wrapping_add(b.len()));
+        assert_eq!((&a[..], &c[..]), (&b"first"[..], &b"third"[..]));
     }
 
     #[tokio::test]
