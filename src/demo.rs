@@ -17,9 +17,12 @@ use crate::bench::{BenchArgs, StreamProto};
 
 /// Binds `preferred` if free, else any loopback port.
 async fn bind(preferred: &str) -> std::io::Result<TcpListener> {
-    match TcpListener::bind(preferred).await {
+    let preferred: SocketAddr = preferred
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    match sluice_server::bind_listener(preferred) {
         Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind("127.0.0.1:0").await,
+        Err(_) => sluice_server::bind_listener(SocketAddr::from(([127, 0, 0, 1], 0))),
     }
 }
 

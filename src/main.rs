@@ -269,7 +269,14 @@ async fn run(cfg: Config) -> ExitCode {
 }
 
 async fn echo(listen: String) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
+    let bound = match tokio::net::lookup_host(&listen).await {
+        Ok(mut addrs) => addrs.next().map_or_else(
+            || Err(std::io::Error::other("no address")),
+            sluice_server::bind_listener,
+        ),
+        Err(e) => Err(e),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("sluice echo: cannot listen on {listen}: {e}");

@@ -14,7 +14,7 @@ use sluice_server::{DefaultHandler, Drain, DrainHandle, Server, ServerConfig};
 use sluice_thrift::{envelope, kitex_pb, MessageType};
 use sluice_ttheader::Header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A loopback port that was free a moment ago.
 pub(crate) fn free_port() -> u16 {
@@ -27,7 +27,7 @@ pub(crate) fn free_port() -> u16 {
 
 /// An in-process downstream server with `handler`.
 pub(crate) async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, DrainHandle) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = sluice_server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = l.local_addr().unwrap();
     let (h, d): (DrainHandle, Drain) = DrainHandle::new();
     let s = Server::new(
@@ -53,7 +53,7 @@ pub(crate) async fn start_streaming<H: DefaultHandler, S: sluice_stream::Streami
     handler: Arc<H>,
     streaming: Arc<S>,
 ) -> (SocketAddr, DrainHandle) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = sluice_server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = l.local_addr().unwrap();
     let (h, d): (DrainHandle, Drain) = DrainHandle::new();
     let s = Server::new(

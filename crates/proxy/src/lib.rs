@@ -37,7 +37,7 @@ impl Proxy {
         let config = Arc::new(config);
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let tcp = TcpListener::bind(l.address).await.map_err(|e| {
+            let tcp = sluice_server::bind_listener(l.address).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("listener {:?} on {}: {e}", l.name, l.address),

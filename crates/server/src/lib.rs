@@ -32,6 +32,25 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use drain::{Drain, DrainHandle};
+
+/// Pending connections a listener's accept queue holds (the kernel caps it at
+/// `net.core.somaxconn`). The standard library's 128 is too few for a burst of new connections:
+/// past it the kernel drops SYNs, and each dropped one costs its client a retransmit a second
+/// later (or a connect timeout). Go servers, Kitex among them, ask for `somaxconn` as well.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as the standard
+/// library sets it, so a restarted server can bind while old connections are in TIME_WAIT).
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 pub use request::{DefaultHandler, Request, Response, ResponseBody, Transport};
 pub use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
 
