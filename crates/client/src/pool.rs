@@ -105,12 +105,13 @@ impl EndpointState {
         None
     }
 
-    fn put_idle(&self, mut c: Conn) {
+    /// `read` is how many bytes the reply took: its buffer is still in use by the reply.
+    fn put_idle(&self, mut c: Conn, read: usize) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.config.max_idle_per_endpoint {
             c.idle_since = Instant::now();
             // An idle pooled connection keeps no read buffer; the next reply takes one.
-            sluice_io::give_back_read_buf(std::mem::take(&mut c.buf));
+            sluice_io::give_back_read_buf_in_use(std::mem::take(&mut c.buf), read);
             idle.push(c);
         }
     }
@@ -183,6 +184,7 @@ impl EndpointState {
             return Ok(None);
         }
         conn.buf.clear();
+        let mut read = 0usize;
         loop {
             match self.decoder.decode(&mut conn.buf, transport) {
                 Ok(Some(raw)) => {
@@ -205,7 +207,7 @@ impl EndpointState {
                     }
                     let retire = raw.reply.header.str_kvs.get(str_key::CONN_RESET).is_some();
                     if !retire && conn.buf.is_empty() {
-                        self.put_idle(conn);
+                        self.put_idle(conn, read);
                     }
                     return Ok(Some(raw.reply));
                 }
@@ -231,7 +233,7 @@ impl EndpointState {
                         self.io_error("connection closed in the middle of the reply".into()),
                     ))
                 }
-                Ok(_) => {}
+                Ok(n) => read += n,
                 Err(e) if conn.buf.is_empty() => {
                     return Err(Failure::BeforeReply(format!("read failed: {e}")))
                 }
