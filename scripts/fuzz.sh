@@ -10,7 +10,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(sniff thrift framed ttheader ttstream grpc)
+    targets=(sniff thrift framed ttheader ttstream grpc h2wire)
 fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 captures=${SLUICE_CAPTURES:-$root/../shared/captures}
