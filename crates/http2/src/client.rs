@@ -3,7 +3,8 @@
 //! A [`GrpcClient`] keeps one HTTP/2 connection per endpoint, dialled on first use and shared
 //! by every stream opened on that endpoint; endpoints take turns (round robin). A connection
 //! that broke or received GOAWAY is dropped and dialled again, once, when a new stream cannot
-//! be opened on it; streams already running on it are not moved.
+//! be opened on it; streams already running on it are not moved. A stream waits for a slot
+//! while the server's SETTINGS_MAX_CONCURRENT_STREAMS are all in use.
 //!
 //! Each stream behaves like a Kitex client stream (kitex-wire.md 5.2-5.4):
 //!
@@ -11,9 +12,9 @@
 //!   `te: trailers`, `grpc-timeout` (what is left of the deadline), then the metadata in order
 //!   (`-bin` values untouched);
 //! * each message is one length-prefixed payload in DATA, sent only as fast as the server's
-//!   window allows; a half-close is a single empty DATA frame with END_STREAM, or the END_STREAM
-//!   flag on the last message when the half-close was already queued behind it (a unary call
-//!   is then one DATA frame, as Kitex sends it);
+//!   windows allow; a half-close puts END_STREAM on the stream's last DATA frame if that frame
+//!   has not been written yet (a unary call is then one DATA frame, as Kitex sends it), and is
+//!   otherwise a single empty DATA frame with END_STREAM;
 //! * a reset is RST_STREAM(CANCEL);
 //! * response HEADERS become [`Event::Headers`] (without `content-type`), messages
 //!   [`Event::Message`], the trailers (or a Trailers-Only response) [`Event::End`] with the
@@ -24,25 +25,25 @@
 //!   (DEADLINE_EXCEEDED), as a gRPC client reports it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use h2::client::{ResponseFuture, SendRequest};
-use h2::{Reason, SendStream};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, TE};
-use http::{Method, Request, Uri};
-use sluice_stream::{pipe, ClientStream, Event, Metadata, PipeRx, PipeTx, StreamEnd};
+use bytes::Bytes;
+use sluice_h2wire::frame::Reason;
+use sluice_stream::{ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, StreamEnd};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use crate::conn::{ConnConfig, Connection, Opened, Shared, Side};
 use crate::content_type::GrpcContentType;
-use crate::driver::{
-    append_metadata, compressed_in_map, compressed_in_metadata, metadata_from_map, read_messages,
-    reset_from, send_payload, text_value, Payload, ReadEnd,
+use crate::fields::{
+    compressed_in_fields, compressed_in_metadata, encode_metadata, field, metadata_from_fields,
+    valid_name, valid_value,
 };
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT};
-use crate::message::{MessageDecoder, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::message::{encode_prefix, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::status::{Code, Status};
 use crate::timeout::format_timeout;
 
@@ -51,16 +52,15 @@ use crate::timeout::format_timeout;
 pub struct GrpcClientConfig {
     /// The downstream's addresses, used in turn.
     pub endpoints: Vec<SocketAddr>,
-    /// Limit on dialling one endpoint (TCP connect and sending the HTTP/2 preface).
+    /// Limit on dialling one endpoint (the TCP connect).
     pub connect_timeout: Duration,
     /// Largest gRPC message accepted from the server, prefix not counted; a larger one ends the
     /// stream with grpc-status 8 (RESOURCE_EXHAUSTED) and resets it.
     pub max_message_size: usize,
     /// SETTINGS_INITIAL_WINDOW_SIZE: bytes the server may send on one stream before the user
-    /// has taken them.
+    /// has taken them (at least 65535).
     pub initial_stream_window: u32,
-    /// Connection-level receive window (larger than the stream window, so that one slow stream
-    /// does not stop the others).
+    /// Connection-level receive window (at least 65535), given back as data arrives.
     pub initial_connection_window: u32,
     /// SETTINGS_MAX_FRAME_SIZE.
     pub max_frame_size: u32,
@@ -125,15 +125,14 @@ pub enum GrpcClientError {
         /// The configured limit.
         timeout: Duration,
     },
-    /// HTTP/2 refused the connection or the stream (also after a redial).
-    #[error("HTTP/2 error with {addr}: {source}")]
-    H2 {
+    /// The connection closed or went away before the stream could be opened, also after a
+    /// redial.
+    #[error("the HTTP/2 connection to {addr} closed before the stream could be opened")]
+    Closed {
         /// The endpoint.
         addr: SocketAddr,
-        /// What h2 reported.
-        source: h2::Error,
     },
-    /// The request cannot be expressed in HTTP/2 (bad path or authority).
+    /// The request cannot be expressed in HTTP/2 (bad path, authority or content-type).
     #[error("invalid gRPC request: {0}")]
     InvalidRequest(String),
 }
@@ -149,7 +148,6 @@ struct Inner {
     config: GrpcClientConfig,
     next: AtomicUsize,
     slots: Vec<Slot>,
-    conn_ids: AtomicU64,
 }
 
 /// One endpoint and its connection, if any. The lock is held while dialling, so concurrent
@@ -157,15 +155,24 @@ struct Inner {
 #[derive(Debug)]
 struct Slot {
     addr: SocketAddr,
-    conn: Mutex<Option<Conn>>,
+    conn: Mutex<Option<Arc<Handle>>>,
 }
 
-#[derive(Debug, Clone)]
-struct Conn {
-    id: u64,
-    send: SendRequest<Payload>,
-    /// Set when the connection task has ended.
-    closed: Arc<AtomicBool>,
+/// The client's hold on a connection: while one exists, an idle connection stays open.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle")
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.drop_handle();
+    }
 }
 
 impl GrpcClient {
@@ -184,7 +191,6 @@ impl GrpcClient {
                 config,
                 next: AtomicUsize::new(0),
                 slots,
-                conn_ids: AtomicU64::new(0),
             }),
         }
     }
@@ -194,20 +200,21 @@ impl GrpcClient {
         &self.inner.config
     }
 
-    /// Opens a stream: sends the request HEADERS and starts the task that moves the stream's
-    /// events. The next endpoint in turn is used; if it cannot be dialled, the following ones
-    /// are tried, each once.
+    /// Opens a stream: queues the request HEADERS on the endpoint's connection. The next
+    /// endpoint in turn is used; if it cannot be dialled, the following ones are tried, each
+    /// once.
     pub async fn open(&self, req: &OpenRequest) -> Result<ClientStream, GrpcClientError> {
         let inner = &self.inner;
         let n = inner.slots.len();
         if n == 0 {
             return Err(GrpcClientError::NoEndpoints);
         }
+        let head = RequestHead::new(req)?;
         let first = inner.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut last_err = None;
         for i in 0..n {
             let slot = &inner.slots[(first + i) % n];
-            match self.open_on(slot, req).await {
+            match self.open_on(slot, req, &head).await {
                 Ok(s) => return Ok(s),
                 Err(
                     e @ (GrpcClientError::Connect { .. } | GrpcClientError::ConnectTimeout { .. }),
@@ -225,350 +232,337 @@ impl GrpcClient {
         &self,
         slot: &Slot,
         req: &OpenRequest,
+        head: &RequestHead,
     ) -> Result<ClientStream, GrpcClientError> {
-        let mut request = Some(build_request(req, slot.addr)?);
-        let compress_out = compressed_in_metadata(&req.headers);
         let mut redialled = false;
         loop {
             let conn = self.connection(slot).await?;
-            // Moved, not cloned: a redial (rare) builds the request again.
-            let head = match request.take() {
-                Some(r) => r,
-                None => build_request(req, slot.addr)?,
-            };
-            let started = async {
-                let mut send = conn.send.clone().ready().await?;
-                send.send_request(head, false)
-            }
-            .await;
-            match started {
-                Ok((response, send_stream)) => {
-                    // The user's events are queued for the stream's task, which waits on h2's
-                    // flow control.
-                    let (out_tx, from_user) = pipe(sluice_stream::CHANNEL_DEPTH);
-                    let (stream, to_user) = ClientStream::new(std::sync::Arc::new(out_tx));
-                    let decoder =
-                        MessageDecoder::with_max_message_size(self.inner.config.max_message_size);
-                    tokio::spawn(drive(
-                        response,
-                        send_stream,
-                        to_user,
-                        from_user,
-                        compress_out,
-                        decoder,
-                        req.deadline,
-                    ));
-                    return Ok(stream);
-                }
+            let opened =
+                std::future::poll_fn(|cx| start_stream(&conn.shared, cx, req, head, slot.addr))
+                    .await;
+            match opened {
+                Some(stream) => return Ok(stream),
                 // Nothing was sent on this connection, so a fresh one may be tried.
-                Err(e) if !redialled => {
-                    tracing::debug!(addr = %slot.addr, error = %e, "gRPC connection unusable, redialling");
+                None if !redialled => {
+                    tracing::debug!(addr = %slot.addr, "gRPC connection unusable, redialling");
                     redialled = true;
                     let mut guard = slot.conn.lock().await;
-                    if guard.as_ref().is_some_and(|c| c.id == conn.id) {
+                    if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
                         *guard = None;
                     }
                 }
-                Err(source) => {
-                    return Err(GrpcClientError::H2 {
-                        addr: slot.addr,
-                        source,
-                    })
-                }
+                None => return Err(GrpcClientError::Closed { addr: slot.addr }),
             }
         }
     }
 
-    /// The endpoint's connection, dialled if there is none or it has closed.
-    async fn connection(&self, slot: &Slot) -> Result<Conn, GrpcClientError> {
+    /// The endpoint's connection, dialled if there is none or it no longer takes streams.
+    async fn connection(&self, slot: &Slot) -> Result<Arc<Handle>, GrpcClientError> {
         let mut guard = slot.conn.lock().await;
         if let Some(c) = guard.as_ref() {
-            if !c.closed.load(Ordering::Acquire) {
+            let st = c.shared.lock();
+            if !st.closed && !st.going_away {
+                drop(st);
                 return Ok(c.clone());
             }
         }
-        let conn = self.dial(slot.addr).await?;
+        let conn = Arc::new(self.dial(slot.addr).await?);
         *guard = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<Conn, GrpcClientError> {
+    async fn dial(&self, addr: SocketAddr) -> Result<Handle, GrpcClientError> {
         let config = &self.inner.config;
         let timeout = config.connect_timeout;
-        let dialled = tokio::time::timeout(timeout, async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|source| GrpcClientError::Connect { addr, source })?;
-            // Messages are written whole; Nagle would only delay the last segment of each.
-            let _ = tcp.set_nodelay(true);
-            let mut builder = h2::client::Builder::new();
-            builder
-                .enable_push(false)
-                .initial_window_size(config.initial_stream_window)
-                .initial_connection_window_size(config.initial_connection_window)
-                .max_frame_size(config.max_frame_size)
-                .max_header_list_size(config.max_header_list_size);
-            builder
-                .handshake::<_, Payload>(sluice_io::GatherWrites::new(tcp))
-                .await
-                .map_err(|source| GrpcClientError::H2 { addr, source })
-        })
-        .await
-        .map_err(|_| GrpcClientError::ConnectTimeout { addr, timeout })??;
-        let (send, connection) = dialled;
-        let closed = Arc::new(AtomicBool::new(false));
-        let flag = closed.clone();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| GrpcClientError::ConnectTimeout { addr, timeout })?
+            .map_err(|source| GrpcClientError::Connect { addr, source })?;
+        // Frames are written whole; Nagle would only delay the last segment of each batch.
+        let _ = tcp.set_nodelay(true);
+        let cfg = ConnConfig {
+            side: Side::Client,
+            max_concurrent_streams: 0,
+            initial_stream_window: config.initial_stream_window,
+            initial_connection_window: config.initial_connection_window,
+            max_frame_size: config.max_frame_size,
+            max_header_list_size: config.max_header_list_size,
+            max_message_size: config.max_message_size,
+            handshake_timeout: Duration::ZERO,
+        };
+        let (conn, shared) = Connection::client(tcp, addr, cfg);
         tokio::spawn(async move {
-            if let Err(e) = sluice_io::coalesce_wakeups(connection).await {
+            if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
             }
-            flag.store(true, Ordering::Release);
         });
-        let id = self.inner.conn_ids.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%addr, id, "gRPC client connection established");
-        Ok(Conn { id, send, closed })
+        tracing::debug!(%addr, "gRPC client connection established");
+        Ok(Handle { shared })
     }
 }
 
-/// The request head; the body is the stream's DATA.
-fn build_request(req: &OpenRequest, addr: SocketAddr) -> Result<Request<()>, GrpcClientError> {
-    let authority = if req.authority.is_empty() {
-        addr.to_string()
-    } else {
-        req.authority.clone()
-    };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(req.path.as_str())
-        .build()
-        .map_err(|e| {
-            GrpcClientError::InvalidRequest(format!(
-                "path {:?} / authority {authority:?}: {e}",
+/// The parts of the request HEADERS that do not change between attempts.
+struct RequestHead {
+    content_type: Bytes,
+    compress: bool,
+}
+
+impl RequestHead {
+    fn new(req: &OpenRequest) -> Result<RequestHead, GrpcClientError> {
+        if !req.path.starts_with('/') || !valid_value(req.path.as_bytes()) {
+            return Err(GrpcClientError::InvalidRequest(format!(
+                "path {:?}",
                 req.path
-            ))
-        })?;
-    let content_type = if req.content_type.is_empty() {
-        HeaderValue::from_static("application/grpc")
-    } else {
-        HeaderValue::from_str(&req.content_type).map_err(|_| {
-            GrpcClientError::InvalidRequest(format!("content-type {:?}", req.content_type))
-        })?
+            )));
+        }
+        if !valid_value(req.authority.as_bytes()) {
+            return Err(GrpcClientError::InvalidRequest(format!(
+                "authority {:?}",
+                req.authority
+            )));
+        }
+        let content_type = if req.content_type.is_empty() {
+            Bytes::from_static(b"application/grpc")
+        } else if valid_value(req.content_type.as_bytes()) {
+            Bytes::copy_from_slice(req.content_type.as_bytes())
+        } else {
+            return Err(GrpcClientError::InvalidRequest(format!(
+                "content-type {:?}",
+                req.content_type
+            )));
+        };
+        Ok(RequestHead {
+            content_type,
+            compress: compressed_in_metadata(&req.headers),
+        })
+    }
+}
+
+/// Opens a stream on a connection: a stream id within the server's limit, the request HEADERS
+/// queued, the receiving side handed to the connection task. `Ready(None)`: the connection
+/// takes no new streams.
+fn start_stream(
+    shared: &Arc<Shared>,
+    cx: &mut Context<'_>,
+    req: &OpenRequest,
+    head: &RequestHead,
+    addr: SocketAddr,
+) -> Poll<Option<ClientStream>> {
+    let mut st = shared.lock();
+    let id = match st.poll_open(cx) {
+        Poll::Ready(Some(id)) => id,
+        Poll::Ready(None) => return Poll::Ready(None),
+        Poll::Pending => return Poll::Pending,
     };
-    let mut request = Request::new(());
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri;
-    let map = request.headers_mut();
-    map.insert(CONTENT_TYPE, content_type);
-    map.insert(TE, HeaderValue::from_static("trailers"));
+    let mut out = Vec::with_capacity(128);
+    st.encoder.begin(&mut out);
+    let enc = &st.encoder;
+    enc.field(b":method", b"POST", &mut out);
+    enc.field(b":scheme", b"http", &mut out);
+    enc.field(b":path", req.path.as_bytes(), &mut out);
+    if req.authority.is_empty() {
+        enc.field(b":authority", addr.to_string().as_bytes(), &mut out);
+    } else {
+        enc.field(b":authority", req.authority.as_bytes(), &mut out);
+    }
+    enc.field(b"content-type", &head.content_type, &mut out);
+    enc.field(b"te", b"trailers", &mut out);
     if let Some(deadline) = req.deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        map.insert(GRPC_TIMEOUT, text_value(&format_timeout(left)));
+        enc.field(
+            GRPC_TIMEOUT.as_bytes(),
+            format_timeout(left).as_bytes(),
+            &mut out,
+        );
     }
-    append_metadata(map, &req.headers, |k| {
-        k.eq_ignore_ascii_case(b"content-type")
-            || k.eq_ignore_ascii_case(GRPC_TIMEOUT.as_bytes())
-            || k.eq_ignore_ascii_case(b"content-length")
-            || k.eq_ignore_ascii_case(b"host")
+    encode_metadata(
+        enc,
+        &req.headers,
+        |k| {
+            matches!(
+                k,
+                b"content-type" | b"grpc-timeout" | b"content-length" | b"host" | b"te"
+            )
+        },
+        &mut out,
+    );
+    st.add_stream(id, Bytes::new());
+    if let Some(s) = st.streams.get_mut(&id) {
+        s.headers_sent = true;
+        s.compress = head.compress;
+    }
+    st.queue_block(id, Bytes::from(out), false);
+    let sink = Arc::new(ClientSink {
+        shared: shared.clone(),
+        id,
     });
-    Ok(request)
-}
-
-/// Why a client stream's driver stopped.
-enum Stop {
-    /// The response ended and the user was told.
-    Done,
-    /// The deadline passed.
-    Expired,
-    /// The user dropped its receiving half.
-    UserGone,
-}
-
-/// Moves one stream's events both ways until the response has ended.
-async fn drive(
-    response: ResponseFuture,
-    mut send: SendStream<Payload>,
-    to_user: PipeTx,
-    from_user: PipeRx,
-    compress_out: bool,
-    decoder: MessageDecoder,
-    deadline: Option<Instant>,
-) {
-    let stop = {
-        let mut inbound = std::pin::pin!(inbound(response, &to_user, decoder));
-        let mut outbound = std::pin::pin!(outbound(&mut send, from_user, &to_user, compress_out));
-        let mut timer = std::pin::pin!(async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        });
-        let mut outbound_done = false;
-        loop {
-            tokio::select! {
-                () = &mut inbound => break Stop::Done,
-                () = &mut outbound, if !outbound_done => outbound_done = true,
-                () = &mut timer => break Stop::Expired,
-                () = to_user.closed() => break Stop::UserGone,
-            }
-        }
-    };
-    match stop {
-        Stop::Done => {}
-        Stop::Expired => {
-            send.send_reset(Reason::CANCEL);
-            let end = StreamEnd::error(Code::DEADLINE_EXCEEDED.as_u32(), "deadline exceeded");
-            let _ = to_user.send(Event::End(end)).await;
-        }
-        Stop::UserGone => send.send_reset(Reason::CANCEL),
+    let (stream, to_user) = ClientStream::new(sink);
+    st.opened(Opened {
+        id,
+        to_user,
+        deadline: req.deadline,
+    });
+    let w = st.wake_task();
+    drop(st);
+    if let Some(w) = w {
+        w.wake();
     }
-    // Returning drops the h2 handles: a stream whose response is complete but whose request
-    // side is still open is reset (CANCEL) by h2, which ends it for the server too.
+    Poll::Ready(Some(stream))
 }
 
-/// The user-to-server direction. Ends when the user reset the stream or has no sender left;
-/// after a half-close it keeps listening, for a reset.
-async fn outbound(
-    send: &mut SendStream<Payload>,
-    mut from_user: PipeRx,
-    to_user: &PipeTx,
-    compress: bool,
-) {
-    let mut half_closed = false;
-    let mut queued: Option<Event> = None;
-    loop {
-        let event = match queued.take() {
-            Some(e) => Some(e),
-            None => from_user.recv().await,
-        };
-        match event {
-            Some(Event::Message(m)) if !half_closed => {
-                // A half-close already waiting behind the message rides on its last frame.
-                let mut end = false;
-                match from_user.try_recv() {
-                    Some(Event::HalfClose) => end = true,
-                    Some(other) => queued = Some(other),
-                    None => {}
-                }
-                let payload = match Payload::message(m, compress) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot frame a gRPC message; resetting the stream");
-                        send.send_reset(Reason::CANCEL);
-                        return;
-                    }
-                };
-                if let Err(e) = send_payload(send, payload, end).await {
-                    // The response side reports how the stream ended.
-                    if let crate::driver::SendError::H2(e) = e {
-                        tracing::debug!(error = %e, "sending a gRPC request message failed");
-                    }
-                    return;
-                }
-                half_closed = end;
-            }
-            None if !half_closed && to_user.is_closed() => {
-                // The whole handle was dropped: the user gave up on the call.
-                send.send_reset(Reason::CANCEL);
-                return;
-            }
-            event @ (Some(Event::HalfClose) | None) if !half_closed => {
-                // A user that drops only its sending half is done sending.
-                if send.send_data(Payload::empty(), true).is_err() || event.is_none() {
-                    return;
-                }
-                half_closed = true;
-            }
-            Some(Event::Reset(r)) => {
-                tracing::debug!(code = r.code, message = %r.message, "user reset the gRPC stream");
-                send.send_reset(Reason::CANCEL);
-                return;
-            }
-            None => return,
-            // Messages after the half-close, and events only a server sends.
+/// The sending side of one client stream.
+struct ClientSink {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+impl EventSink for ClientSink {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Closed);
+        }
+        let id = self.id;
+        match st.streams.get(&id) {
+            None => return Err(Closed),
+            Some(s) if s.gone => return Err(Closed),
+            Some(s) if s.done => return Ok(()),
             Some(_) => {}
         }
+        match ev {
+            Event::Message(m) => {
+                let compress = st.streams[&id].compress;
+                match encode_prefix(m.len(), compress) {
+                    Ok(prefix) => st.send_message(id, prefix, m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot frame a gRPC message; resetting the stream");
+                        st.reset_now(id, Reason::CANCEL);
+                    }
+                }
+            }
+            Event::HalfClose => {
+                st.send_end_stream(id);
+                st.forget_if_finished(id);
+            }
+            Event::Reset(r) => {
+                tracing::debug!(code = r.code, message = %r.message, "user reset the gRPC stream");
+                st.reset_now(id, Reason::CANCEL);
+                if let Some(s) = st.streams.get_mut(&id) {
+                    s.gone = true;
+                }
+                st.finish(id);
+                st.forget_if_finished(id);
+            }
+            // Events only a server sends.
+            Event::Headers(_) | Event::End(_) => return Ok(()),
+        }
+        let w = st.wake_task();
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.poll_ready(self.id, cx)
+    }
+
+    fn release(&self) {
+        // The task decides: a user that still reads is done sending (half-close), one that
+        // dropped everything gave up on the call (reset).
+        let mut st = self.shared.lock();
+        st.released(self.id);
+        let w = st.wake_task();
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
     }
 }
 
-/// The server-to-user direction: response head, messages, trailers.
-async fn inbound(response: ResponseFuture, to_user: &PipeTx, decoder: MessageDecoder) {
-    let response = match response.await {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = to_user.send(Event::Reset(reset_from(&e))).await;
-            return;
-        }
+/// What a response's first header block says.
+pub(crate) enum Head {
+    /// A 1xx response: the real one follows.
+    Informational,
+    /// Response headers of a gRPC response; messages follow.
+    Headers {
+        /// The metadata, without pseudo-headers and `content-type`.
+        md: Metadata,
+        /// `grpc-encoding` is set: messages may be compressed.
+        compressed: bool,
+    },
+    /// The response is over: Trailers-Only, or not a gRPC response at all.
+    End(StreamEnd),
+}
+
+/// Reads a response's first header block.
+pub(crate) fn response_head(fields: Vec<(Bytes, Bytes)>, end_stream: bool) -> Head {
+    if let Some((k, _)) = fields
+        .iter()
+        .find(|(k, v)| !valid_name(k) || !valid_value(v))
+    {
+        return Head::End(StreamEnd::error(
+            Code::INTERNAL.as_u32(),
+            format!("malformed response header {:?}", String::from_utf8_lossy(k)),
+        ));
+    }
+    let status = field(&fields, ":status")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u16>().ok());
+    let Some(status) = status else {
+        return Head::End(StreamEnd::error(
+            Code::INTERNAL.as_u32(),
+            "response without a valid :status",
+        ));
     };
-    let (parts, mut body) = response.into_parts();
-    let grpc_content_type = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    if (100..200).contains(&status) && !end_stream {
+        return Head::Informational;
+    }
+    let grpc_content_type = field(&fields, "content-type")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .is_some_and(|v| GrpcContentType::parse(v).is_some());
-    if parts.status != http::StatusCode::OK || !grpc_content_type {
+    if status != 200 || !grpc_content_type {
         // Not a gRPC response: kitex-wire.md 5.4, HTTPStatusConvTab.
-        let code = Code::from_http_status(parts.status.as_u16());
-        let mut message = format!("unexpected HTTP status {}", parts.status.as_u16());
+        let code = Code::from_http_status(status);
+        let mut message = format!("unexpected HTTP status {status}");
         if !grpc_content_type {
             message.push_str(" without a gRPC content-type");
         }
-        if let Some(m) = parts.headers.get(GRPC_MESSAGE) {
+        if let Some(m) = field(&fields, GRPC_MESSAGE) {
             message.push_str(": ");
-            message.push_str(&crate::status::percent_decode(m.as_bytes()));
+            message.push_str(&crate::status::percent_decode(m));
         }
-        let _ = to_user
-            .send(Event::End(StreamEnd::error(code.as_u32(), message)))
-            .await;
-        return;
+        return Head::End(StreamEnd::error(code.as_u32(), message));
     }
-    if body.is_end_stream() {
+    if end_stream {
         // Trailers-Only.
-        let _ = to_user.send(Event::End(end_from(&parts.headers))).await;
-        return;
+        return Head::End(end_from(fields));
     }
-    let headers = metadata_from_map(&parts.headers, |name| name == "content-type");
-    if to_user.send(Event::Headers(headers)).await.is_err() {
-        return;
+    let compressed = compressed_in_fields(&fields);
+    Head::Headers {
+        md: metadata_from_fields(fields, |name| name == b"content-type"),
+        compressed,
     }
-    let compressed_in = compressed_in_map(&parts.headers);
-    match read_messages(&mut body, to_user, &decoder, compressed_in, false).await {
-        ReadEnd::Eof => {}
-        ReadEnd::Reset | ReadEnd::UserGone => return,
-        ReadEnd::Bad(status) => {
-            // The stream is reset (CANCEL) when the driver drops it.
-            let end = StreamEnd::error(status.code.as_u32(), status.message);
-            let _ = to_user.send(Event::End(end)).await;
-            return;
-        }
-    }
-    let event = match body.trailers().await {
-        Ok(Some(trailers)) => Event::End(end_from(&trailers)),
-        Ok(None) => Event::End(StreamEnd::error(
-            Code::INTERNAL.as_u32(),
-            "server closed the stream without sending trailers",
-        )),
-        Err(e) => Event::Reset(reset_from(&e)),
-    };
-    let _ = to_user.send(event).await;
 }
 
 /// The end of a stream from its trailers (or Trailers-Only headers).
-fn end_from(map: &HeaderMap) -> StreamEnd {
-    let status = match map.get(GRPC_STATUS) {
+pub(crate) fn end_from(fields: Vec<(Bytes, Bytes)>) -> StreamEnd {
+    let status = match field(&fields, GRPC_STATUS) {
         None => Status::new(Code::UNKNOWN, "grpc-status missing from the trailers"),
-        Some(v) => {
-            Status::from_header_values(v.as_bytes(), map.get(GRPC_MESSAGE).map(|m| m.as_bytes()))
-                .unwrap_or_else(|e| {
-                    Status::new(Code::INTERNAL, format!("bad grpc-status {v:?}: {e}"))
-                })
-        }
+        Some(v) => Status::from_header_values(v, field(&fields, GRPC_MESSAGE).map(|m| &m[..]))
+            .unwrap_or_else(|e| {
+                Status::new(
+                    Code::INTERNAL,
+                    format!("bad grpc-status {:?}: {e}", String::from_utf8_lossy(v)),
+                )
+            }),
     };
-    let trailers = metadata_from_map(map, |name| {
-        matches!(name, "grpc-status" | "grpc-message" | "content-type")
+    let trailers = metadata_from_fields(fields, |name| {
+        matches!(name, b"grpc-status" | b"grpc-message" | b"content-type")
     });
     StreamEnd {
-        error: (!status.is_ok()).then(|| sluice_stream::ErrorStatus {
+        error: (!status.is_ok()).then(|| ErrorStatus {
             code: status.code.as_u32(),
             message: status.message,
         }),

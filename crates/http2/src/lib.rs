@@ -1,5 +1,6 @@
 //! gRPC over HTTP/2 as Kitex speaks it: the message-level pieces, and the HTTP/2 server driver
-//! and client built on them with the `h2` crate (h2c, prior knowledge).
+//! and client built on them and on `sluice-h2wire`'s frames and HPACK (h2c, prior knowledge,
+//! or inside TLS).
 //!
 //! The connection-level parts:
 //!
@@ -9,10 +10,12 @@
 //! * [`client`]: [`GrpcClient`] opens streams on one downstream over shared HTTP/2 connections
 //!   (kitex-wire.md 5.2-5.4).
 //!
-//! Both translate between h2 and the protocol-neutral events of `sluice-stream`, with
-//! backpressure end to end: a message is handed on before the peer's window is reopened, and
-//! messages are sent only as fast as the peer's window allows. They never send an empty DATA
-//! frame other than a lone END_STREAM (h2 peers close connections after 100 of them).
+//! Both translate between HTTP/2 and the protocol-neutral events of `sluice-stream` on a
+//! connection machinery they share (one task per connection, frames encoded by the sending
+//! task; see the `conn` module), with backpressure end to end: a stream's window is reopened
+//! only once its reader is ready for more, and messages are sent only as fast as the peer's
+//! windows allow. They never send an empty DATA frame other than a lone END_STREAM (h2 peers
+//! close connections after 100 of them).
 //!
 //! Messages travel as bytes without their compressed flag, so both drivers derive the flag of
 //! the messages they send from `grpc-encoding` in the same direction's headers (set and not
@@ -39,8 +42,9 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod conn;
 pub mod content_type;
-mod driver;
+mod fields;
 pub mod headers;
 pub mod message;
 pub mod path;
@@ -49,9 +53,11 @@ pub mod status;
 pub mod timeout;
 
 pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, OpenRequest};
+pub use conn::Http2Error;
 pub use server::{
     refuse_connection, serve_connection, GrpcServerConfig, GrpcServerError, REFUSE_GOAWAY_CODE,
 };
+pub use sluice_h2wire::Reason;
 
 pub use content_type::{Codec, GrpcContentType};
 pub use message::{

@@ -1,5 +1,5 @@
-//! The gRPC server driver: serves one HTTP/2 (h2c, prior knowledge) connection and hands every
-//! call to a [`StreamingHandler`] as a bidirectional stream of raw messages.
+//! The gRPC server driver: serves one HTTP/2 (h2c, prior knowledge, or inside TLS) connection
+//! and hands every call to a [`StreamingHandler`] as a bidirectional stream of raw messages.
 //!
 //! Wire behaviour follows Kitex's server (kitex-wire.md 5.4, 5.5, 7.9):
 //!
@@ -24,38 +24,48 @@
 //! | `:method` other than POST | 405 | 13 |
 //! | malformed `:path` | 200 | 13 (as Kitex) |
 //! | malformed `grpc-timeout` | 200 | 13 (as grpc-go) |
+//! | header list over `max_header_list_size` | 200 | 8 |
+//!
+//! A request HTTP/2 calls malformed (pseudo-headers missing, repeated, unknown or after a
+//! regular field, upper-case or connection-specific names, `te` other than `trailers`,
+//! forbidden bytes in a value) is reset with RST_STREAM(PROTOCOL_ERROR), as RFC 9113 8.1.1
+//! asks.
 //!
 //! `grpc-timeout` becomes [`StreamRequest::deadline`]; the driver does not enforce it, the
 //! handler does (a forwarding handler passes it on, and the client driver enforces it).
 //!
-//! The connection's GOAWAY semantics are h2's: [`serve_connection`]'s `shutdown` future starts a
-//! graceful shutdown (GOAWAY with the last stream id 2^31-1, then the real one after a ping
-//! round trip), streams in flight run to their end, and the function returns once they have.
+//! [`serve_connection`]'s `shutdown` future starts a graceful shutdown: GOAWAY with the last
+//! stream id 2^31-1 and a PING, then, when the PING comes back, GOAWAY with the real last
+//! stream id; streams in flight run to their end, and the function returns once they have.
+//!
+//! Each request runs its handler on a task of its own. What the handler sends is encoded into
+//! frames in the handler's task (or, when a forwarder splices streams, in the task that
+//! produced the message) and queued on the connection; see the `conn` module.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use sluice_h2wire::frame::Reason;
 use sluice_stream::{
-    pipe, Event, Metadata, PipeRx, PipeTx, Protocol, ServerStream, StreamEnd, StreamRequest,
+    Closed, Event, EventSink, Metadata, Protocol, ServerStream, StreamEnd, StreamRequest,
     StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::oneshot;
 
+use crate::conn::{
+    ConnConfig, Connection, HeaderBlock, Http2Error, OnRequest, Opening, Shared, Side, State,
+};
 use crate::content_type::GrpcContentType;
-use crate::driver::{
-    append_metadata, compressed_in_map, compressed_in_metadata, is_connection_specific,
-    metadata_from_map, read_messages, send_payload, text_value, Payload, ReadEnd, SendError,
+use crate::fields::{
+    compressed_in_fields, compressed_in_metadata, encode_metadata, field, is_connection_specific,
+    metadata_from_fields, valid_name, valid_value,
 };
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT};
-use crate::message::{MessageDecoder, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::message::{encode_prefix, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::path::MethodPath;
 use crate::status::{percent_encode, Code, Status};
 use crate::timeout::parse_timeout;
@@ -66,10 +76,10 @@ pub struct GrpcServerConfig {
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at once.
     pub max_concurrent_streams: u32,
     /// SETTINGS_INITIAL_WINDOW_SIZE: bytes a client may send on one stream before the handler
-    /// has taken them. Also the most one stalled stream holds of the connection window.
+    /// has taken them (at least 65535).
     pub initial_stream_window: u32,
-    /// Connection-level receive window. Larger than the stream window so that one stream
-    /// whose handler is slow does not stop every other stream of the connection.
+    /// Connection-level receive window (at least 65535). It is given back as data arrives:
+    /// the stream windows are what bound memory.
     pub initial_connection_window: u32,
     /// SETTINGS_MAX_FRAME_SIZE (Kitex sends 16384, kitex-wire.md 5.1).
     pub max_frame_size: u32,
@@ -100,7 +110,7 @@ impl Default for GrpcServerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GrpcServerError {
-    /// The client did not complete the HTTP/2 handshake in time.
+    /// The client did not send the HTTP/2 preface and SETTINGS in time.
     #[error("HTTP/2 handshake with {peer} timed out after {timeout:?}")]
     HandshakeTimeout {
         /// The client.
@@ -108,21 +118,13 @@ pub enum GrpcServerError {
         /// The configured limit.
         timeout: Duration,
     },
-    /// The HTTP/2 handshake failed (bad preface or SETTINGS, or I/O).
-    #[error("HTTP/2 handshake with {peer} failed: {source}")]
-    Handshake {
-        /// The client.
-        peer: SocketAddr,
-        /// What h2 reported.
-        source: h2::Error,
-    },
-    /// The connection failed after the handshake (protocol error, I/O error).
+    /// The connection failed (protocol error, I/O error, GOAWAY with an error).
     #[error("HTTP/2 connection with {peer} failed: {source}")]
     Connection {
         /// The client.
         peer: SocketAddr,
-        /// What h2 reported.
-        source: h2::Error,
+        /// What went wrong.
+        source: Http2Error,
     },
 }
 
@@ -131,7 +133,7 @@ pub enum GrpcServerError {
 ///
 /// `io` starts with the client preface (a `PrefixedIo` replaying what the sniffer read). Each
 /// request becomes a [`StreamRequest`] and a [`ServerStream`] given to `handler.handle` on a
-/// task of its own; a second task per stream moves events between h2 and the handler.
+/// task of its own.
 ///
 /// Dropping the returned future closes the connection at once: every stream still running sees
 /// a reset. Callers that drain with a deadline do that when the deadline passes.
@@ -147,76 +149,109 @@ where
     H: StreamingHandler,
     F: Future<Output = ()>,
 {
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut builder = h2::server::Builder::new();
-    builder
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .initial_window_size(config.initial_stream_window)
-        .initial_connection_window_size(config.initial_connection_window)
-        .max_frame_size(config.max_frame_size)
-        .max_header_list_size(config.max_header_list_size);
-    let handshake = tokio::time::timeout(
-        config.handshake_timeout,
-        builder.handshake::<_, Payload>(sluice_io::GatherWrites::new(io)),
-    );
-    let mut conn = tokio::select! {
-        r = handshake => match r {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(source)) => return Err(GrpcServerError::Handshake { peer, source }),
-            Err(_) => {
-                return Err(GrpcServerError::HandshakeTimeout {
-                    peer,
-                    timeout: config.handshake_timeout,
-                })
-            }
-        },
-        () = &mut shutdown => return Ok(()),
+    let cfg = ConnConfig {
+        side: Side::Server,
+        max_concurrent_streams: config.max_concurrent_streams,
+        initial_stream_window: config.initial_stream_window,
+        initial_connection_window: config.initial_connection_window,
+        max_frame_size: config.max_frame_size,
+        max_header_list_size: config.max_header_list_size,
+        max_message_size: config.max_message_size,
+        handshake_timeout: config.handshake_timeout,
     };
-    let max_message_size = config.max_message_size;
+    let max_header_list_size = config.max_header_list_size;
+    let on_request: OnRequest = Box::new(move |shared, block, _max_message| {
+        open_stream(shared, block, peer, &handler, max_header_list_size)
+    });
+    let mut conn = Connection::server(io, peer, cfg, on_request);
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            accepted = sluice_io::coalesce_wakeups(conn.accept()) => match accepted {
-                Some(Ok((req, respond))) => {
-                    tokio::spawn(serve_stream(req, respond, peer, handler.clone(), max_message_size));
-                }
-                Some(Err(source)) => {
-                    // A client that closes the socket without GOAWAY is not worth an error.
-                    if source.get_io().is_some_and(|e| {
-                        matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionReset
-                                | std::io::ErrorKind::BrokenPipe
-                                | std::io::ErrorKind::UnexpectedEof
-                        )
-                    }) {
-                        tracing::debug!(%peer, error = %source, "gRPC connection closed by the client");
-                        return Ok(());
-                    }
-                    return Err(GrpcServerError::Connection { peer, source });
-                }
-                None => return Ok(()),
-            },
-            () = &mut shutdown, if !shutting_down => {
-                shutting_down = true;
-                tracing::debug!(%peer, "gRPC connection: graceful shutdown");
-                conn.graceful_shutdown();
+    let result = std::future::poll_fn(|cx| {
+        if !shutting_down && shutdown.as_mut().poll(cx).is_ready() {
+            shutting_down = true;
+            conn.shutdown();
+        }
+        conn.poll(cx)
+    })
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(Http2Error::HandshakeTimeout) => Err(GrpcServerError::HandshakeTimeout {
+            peer,
+            timeout: config.handshake_timeout,
+        }),
+        Err(source) => Err(GrpcServerError::Connection { peer, source }),
+    }
+}
+
+/// The pseudo-headers of a request and its regular fields.
+struct RequestHead {
+    method: Bytes,
+    path: Bytes,
+    authority: Option<Bytes>,
+    fields: Vec<(Bytes, Bytes)>,
+}
+
+/// Checks a request's field list as RFC 9113 8.3.1 asks; `Err` says why it is malformed.
+fn request_head(fields: Vec<(Bytes, Bytes)>) -> Result<RequestHead, &'static str> {
+    let (mut method, mut scheme, mut path, mut authority) = (None, None, None, None);
+    let mut regular_seen = false;
+    for (k, v) in &fields {
+        if !valid_name(k) {
+            return Err("invalid header name");
+        }
+        if !valid_value(v) {
+            return Err("invalid header value");
+        }
+        if k.first() == Some(&b':') {
+            if regular_seen {
+                return Err("pseudo-header after a regular header");
+            }
+            let slot = match &k[..] {
+                b":method" => &mut method,
+                b":scheme" => &mut scheme,
+                b":path" => &mut path,
+                b":authority" => &mut authority,
+                _ => return Err("unknown pseudo-header"),
+            };
+            if slot.replace(v.clone()).is_some() {
+                return Err("repeated pseudo-header");
+            }
+        } else {
+            regular_seen = true;
+            if is_connection_specific(k) {
+                return Err("connection-specific header");
+            }
+            if &k[..] == b"te" && &v[..] != b"trailers" {
+                return Err("te other than trailers");
             }
         }
     }
+    let (Some(method), Some(_), Some(path)) = (method, scheme, path) else {
+        return Err(":method, :scheme or :path missing");
+    };
+    if path.is_empty() {
+        return Err("empty :path");
+    }
+    Ok(RequestHead {
+        method,
+        path,
+        authority,
+        fields,
+    })
 }
 
 /// A request refused before any handler ran.
 struct Refusal {
-    http_status: StatusCode,
+    http_status: u16,
     status: Status,
 }
 
 impl Refusal {
-    fn new(http_status: StatusCode, message: String) -> Refusal {
+    fn new(http_status: u16, code: Code, message: String) -> Refusal {
         Refusal {
             http_status,
-            status: Status::new(Code::INTERNAL, message),
+            status: Status::new(code, message),
         }
     }
 }
@@ -231,366 +266,375 @@ struct Call {
 }
 
 /// Checks the request head, in the order the refusal table in the module docs lists.
-fn check(parts: &http::request::Parts) -> Result<Call, Refusal> {
-    let content_type = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+fn check(head: &RequestHead) -> Result<Call, Refusal> {
+    let content_type = field(&head.fields, "content-type")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|v| GrpcContentType::parse(v).is_some())
         .ok_or_else(|| {
-            let got = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .map_or_else(String::new, |v| {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                });
+            let got = field(&head.fields, "content-type")
+                .map_or_else(String::new, |v| String::from_utf8_lossy(v).into_owned());
             Refusal::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                415,
+                Code::INTERNAL,
                 format!("unexpected content-type {got:?}"),
             )
         })?;
-    if parts.method != Method::POST {
+    if &head.method[..] != b"POST" {
         return Err(Refusal::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("unexpected method {}: gRPC uses POST", parts.method),
+            405,
+            Code::INTERNAL,
+            format!(
+                "unexpected method {}: gRPC uses POST",
+                String::from_utf8_lossy(&head.method)
+            ),
         ));
     }
-    let path = parts.uri.path_and_query().map_or("", |p| p.as_str());
-    let method_path = MethodPath::parse(path).map_err(|_| {
+    let path = String::from_utf8_lossy(&head.path).into_owned();
+    let method_path = MethodPath::parse(&path).map_err(|_| {
         // Kitex's wording (kitex-wire.md 5.4).
         Refusal::new(
-            StatusCode::OK,
+            200,
+            Code::INTERNAL,
             format!("malformed method name, method={path}"),
         )
     })?;
-    let deadline = match parts.headers.get(GRPC_TIMEOUT) {
+    let deadline = match field(&head.fields, GRPC_TIMEOUT) {
         None => None,
         Some(v) => {
-            let d = parse_timeout(v.as_bytes()).map_err(|e| {
-                Refusal::new(StatusCode::OK, format!("malformed grpc-timeout: {e}"))
+            let d = parse_timeout(v).map_err(|e| {
+                Refusal::new(200, Code::INTERNAL, format!("malformed grpc-timeout: {e}"))
             })?;
             // A timeout too far away to be an `Instant` is no deadline at all.
             Instant::now().checked_add(d)
         }
     };
+    let (service, method) = (
+        method_path.service.to_owned(),
+        method_path.method.to_owned(),
+    );
     Ok(Call {
-        path: path.to_owned(),
         content_type: content_type.to_owned(),
-        service: method_path.service.to_owned(),
-        method: method_path.method.to_owned(),
+        path,
+        service,
+        method,
         deadline,
     })
 }
 
-/// Checks one request and, if it is a gRPC call, runs it.
-async fn serve_stream<H: StreamingHandler>(
-    req: Request<RecvStream>,
-    mut respond: SendResponse<Payload>,
+/// A new request: refused (answered at once), or handed to the handler on a task of its own.
+fn open_stream<H: StreamingHandler>(
+    shared: &Arc<Shared>,
+    block: HeaderBlock,
     peer: SocketAddr,
-    handler: Arc<H>,
-    max_message_size: usize,
-) {
-    let (parts, body) = req.into_parts();
-    let call = match check(&parts) {
-        Ok(call) => call,
-        Err(r) => {
-            tracing::debug!(%peer, path = %parts.uri, http_status = %r.http_status, message = %r.status.message, "refusing gRPC request");
-            // The request's content-type is mirrored when it is a gRPC one.
-            let content_type = parts
-                .headers
-                .get(CONTENT_TYPE)
-                .filter(|v| {
-                    v.to_str()
-                        .is_ok_and(|v| GrpcContentType::parse(v).is_some())
-                })
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static("application/grpc"));
-            let resp = trailers_only(r.http_status, &content_type, &r.status, &Metadata::new());
-            let _ = respond.send_response(resp, true);
-            // Dropping `body` and `respond` makes h2 follow up with RST_STREAM(NO_ERROR) if
-            // the client is still sending.
-            return;
+    handler: &Arc<H>,
+    max_header_list_size: u32,
+) -> Opening {
+    let id = block.stream;
+    if block.too_large {
+        let status = Status::new(
+            Code::RESOURCE_EXHAUSTED,
+            format!("request header list larger than {max_header_list_size} bytes"),
+        );
+        refuse(
+            shared,
+            id,
+            200,
+            b"application/grpc",
+            &status,
+            block.end_stream,
+        );
+        return Opening::Done;
+    }
+    let head = match request_head(block.fields) {
+        Ok(h) => h,
+        Err(why) => {
+            tracing::debug!(%peer, stream = id, why, "malformed HTTP/2 request");
+            let mut st = shared.lock();
+            st.reset_now(id, Reason::PROTOCOL_ERROR);
+            return Opening::Done;
         }
     };
-    let reply_content_type = text_value(&call.content_type);
-    let compressed_in = compressed_in_map(&parts.headers);
+    let call = match check(&head) {
+        Ok(c) => c,
+        Err(r) => {
+            tracing::debug!(%peer, path = %String::from_utf8_lossy(&head.path), http_status = r.http_status, message = %r.status.message, "refusing gRPC request");
+            // The request's content-type is mirrored when it is a gRPC one.
+            let content_type = field(&head.fields, "content-type")
+                .filter(|v| {
+                    std::str::from_utf8(v).is_ok_and(|v| GrpcContentType::parse(v).is_some())
+                })
+                .cloned()
+                .unwrap_or_else(|| Bytes::from_static(b"application/grpc"));
+            refuse(
+                shared,
+                id,
+                r.http_status,
+                &content_type,
+                &r.status,
+                block.end_stream,
+            );
+            return Opening::Done;
+        }
+    };
+    let compressed_ok = compressed_in_fields(&head.fields);
+    let authority = head
+        .authority
+        .as_ref()
+        .map_or_else(String::new, |a| String::from_utf8_lossy(a).into_owned());
+    let content_type_bytes = Bytes::copy_from_slice(call.content_type.as_bytes());
     let request = StreamRequest {
         peer,
         protocol: Protocol::Grpc {
             path: call.path,
             content_type: call.content_type,
-            authority: parts
-                .uri
-                .authority()
-                .map_or_else(String::new, |a| a.as_str().to_owned()),
+            authority,
         },
         service: call.service,
         method: call.method,
-        headers: metadata_from_map(&parts.headers, |name| {
-            // `content-type` travels in `Protocol::Grpc`, `grpc-timeout` as the deadline; the
-            // rest is about this hop only.
-            matches!(name, "content-type" | "grpc-timeout" | "content-length")
-                || is_connection_specific(name.as_bytes())
+        // `content-type` travels in `Protocol::Grpc`, `grpc-timeout` as the deadline; the rest
+        // of what is left out is about this hop only.
+        headers: metadata_from_fields(head.fields, |name| {
+            matches!(
+                name,
+                b"content-type" | b"grpc-timeout" | b"content-length" | b"te"
+            )
         }),
         deadline: call.deadline,
     };
-    // The handler's events are queued for this stream's task, which waits on h2's flow control.
-    let (out_tx, from_user) = pipe(sluice_stream::CHANNEL_DEPTH);
-    let (stream, to_user) = ServerStream::new(std::sync::Arc::new(out_tx));
-    // The handler runs in this task beside the stream's driver (one task per stream, not two);
-    // when the driver is done first, its h2 handles are dropped at once all the same.
-    tokio::join!(
-        handler.handle(request, stream),
-        drive(
-            body,
-            respond,
-            to_user,
-            from_user,
-            reply_content_type,
-            compressed_in,
-            MessageDecoder::with_max_message_size(max_message_size),
-        )
-    );
+    shared.lock().add_stream(id, content_type_bytes);
+    let sink = Arc::new(ServerSink {
+        shared: shared.clone(),
+        id,
+    });
+    let (stream, to_user) = ServerStream::new(sink);
+    let handler = handler.clone();
+    tokio::spawn(async move { handler.handle(request, stream).await });
+    Opening::Accept {
+        to_user,
+        compressed_ok,
+        end_stream: block.end_stream,
+    }
 }
 
-/// A Trailers-Only response: one HEADERS frame with the status fields.
+/// Answers a request Trailers-Only with `status`, and, if the client is still sending, asks
+/// it to stop with RST_STREAM(NO_ERROR).
+fn refuse(
+    shared: &Shared,
+    id: u32,
+    http_status: u16,
+    content_type: &[u8],
+    status: &Status,
+    client_ended: bool,
+) {
+    let mut st = shared.lock();
+    let block = trailers_only(&mut st, http_status, content_type, status, &Metadata::new());
+    st.queue_block(id, block, true);
+    if !client_ended {
+        st.send_rst_after(id, Reason::NO_ERROR);
+    }
+    let w = st.wake_task();
+    drop(st);
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
+/// `:status` as text.
+fn status_text(code: u16) -> Bytes {
+    match code {
+        200 => Bytes::from_static(b"200"),
+        other => Bytes::from(other.to_string()),
+    }
+}
+
+/// A Trailers-Only response: one header block with the status fields.
 fn trailers_only(
-    http_status: StatusCode,
-    content_type: &HeaderValue,
+    st: &mut State,
+    http_status: u16,
+    content_type: &[u8],
     status: &Status,
     trailers: &Metadata,
-) -> Response<()> {
-    let mut resp = Response::new(());
-    *resp.status_mut() = http_status;
-    let map = resp.headers_mut();
-    map.insert(CONTENT_TYPE, content_type.clone());
-    append_status(map, status, trailers);
-    resp
+) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    st.encoder.begin(&mut out);
+    st.encoder
+        .field(b":status", &status_text(http_status), &mut out);
+    st.encoder.field(b"content-type", content_type, &mut out);
+    status_fields(st, status, trailers, &mut out);
+    Bytes::from(out)
 }
 
 /// `grpc-status`, `grpc-message` (always, as Kitex sends it), then the other trailers.
-fn append_status(map: &mut HeaderMap, status: &Status, trailers: &Metadata) {
-    map.append(GRPC_STATUS, text_value(&status.code.to_string()));
-    map.append(GRPC_MESSAGE, text_value(&percent_encode(&status.message)));
-    append_metadata(map, trailers, |k| {
-        k.eq_ignore_ascii_case(GRPC_STATUS.as_bytes())
-            || k.eq_ignore_ascii_case(GRPC_MESSAGE.as_bytes())
-            || k.eq_ignore_ascii_case(b"content-type")
-    });
+fn status_fields(st: &State, status: &Status, trailers: &Metadata, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 10];
+    st.encoder.field(
+        GRPC_STATUS.as_bytes(),
+        decimal(status.code.as_u32(), &mut digits),
+        out,
+    );
+    st.encoder.field(
+        GRPC_MESSAGE.as_bytes(),
+        percent_encode(&status.message).as_bytes(),
+        out,
+    );
+    encode_metadata(
+        &st.encoder,
+        trailers,
+        |k| k == GRPC_STATUS.as_bytes() || k == GRPC_MESSAGE.as_bytes() || k == b"content-type",
+        out,
+    );
 }
 
-/// How the sending side of a stream ended.
-enum Outcome {
-    /// The stream ended from this side: trailers or RST_STREAM(CANCEL) were sent.
-    Finished,
-    /// The client reset the stream or the connection failed.
-    Gone,
-}
-
-/// Moves one stream's events both ways until the response side is done.
-async fn drive(
-    body: RecvStream,
-    respond: SendResponse<Payload>,
-    to_user: PipeTx,
-    from_user: PipeRx,
-    content_type: HeaderValue,
-    compressed_in: bool,
-    decoder: MessageDecoder,
-) {
-    let (abort_tx, abort_rx) = oneshot::channel();
-    let mut inbound = std::pin::pin!(inbound(body, to_user, decoder, compressed_in, abort_tx));
-    let mut outbound = std::pin::pin!(outbound(respond, from_user, abort_rx, content_type));
-    let mut inbound_done = false;
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut outbound => break outcome,
-            () = &mut inbound, if !inbound_done => inbound_done = true,
-        }
-    };
-    if let Outcome::Gone = outcome {
-        if !inbound_done {
-            // The reset reaches the handler through the receiving side, which sees it too.
-            inbound.await;
-        }
-    }
-    // Returning drops the h2 handles. When the trailers went out while the client was still
-    // sending, h2 then sends RST_STREAM(NO_ERROR) after them (RFC 9113 8.1), as Kitex does.
-}
-
-/// The client-to-handler direction.
-async fn inbound(
-    mut body: RecvStream,
-    to_user: PipeTx,
-    decoder: MessageDecoder,
-    compressed_in: bool,
-    abort: oneshot::Sender<Status>,
-) {
-    match read_messages(&mut body, &to_user, &decoder, compressed_in, true).await {
-        ReadEnd::Eof => {
-            let _ = to_user.send(Event::HalfClose).await;
-        }
-        ReadEnd::Reset | ReadEnd::UserGone => {}
-        ReadEnd::Bad(status) => {
-            tracing::debug!(message = %status.message, "bad gRPC request stream");
-            let message = status.message.clone();
-            // The status goes to the sending side first, so that whatever the handler sends
-            // after it learns of the failure cannot end the stream with a different status.
-            let _ = abort.send(status);
-            let _ = to_user
-                .send(Event::Reset(sluice_stream::Reset {
-                    code: u32::from(Reason::PROTOCOL_ERROR),
-                    message,
-                    cancel_path: None,
-                }))
-                .await;
-        }
-    }
-}
-
-/// The sending side of one stream: response HEADERS (sent once), DATA, and the end.
-struct Responder {
-    respond: SendResponse<Payload>,
-    send: Option<SendStream<Payload>>,
-    content_type: HeaderValue,
-    compress: bool,
-}
-
-impl Responder {
-    /// Sends the response HEADERS unless they are out already.
-    fn start(&mut self, md: &Metadata) -> Result<&mut SendStream<Payload>, h2::Error> {
-        if self.send.is_none() {
-            let mut resp = Response::new(());
-            let map = resp.headers_mut();
-            map.insert(CONTENT_TYPE, self.content_type.clone());
-            append_metadata(map, md, |k| {
-                k.eq_ignore_ascii_case(b"content-type") || k.eq_ignore_ascii_case(b"content-length")
-            });
-            self.compress = compressed_in_metadata(md);
-            self.send = Some(self.respond.send_response(resp, false)?);
-        }
-        Ok(self.send.as_mut().expect("response started"))
-    }
-
-    /// Ends the stream with `end`: trailers, or Trailers-Only if nothing was sent yet.
-    fn finish(&mut self, end: &StreamEnd) -> Result<(), h2::Error> {
-        let status = match &end.error {
-            None => Status::ok(),
-            Some(e) => Status::new(Code::new(e.code), e.message.clone()),
-        };
-        match &mut self.send {
-            Some(send) => {
-                let mut map = HeaderMap::new();
-                append_status(&mut map, &status, &end.trailers);
-                send.send_trailers(map)
-            }
-            None => {
-                let resp =
-                    trailers_only(StatusCode::OK, &self.content_type, &status, &end.trailers);
-                self.respond.send_response(resp, true).map(drop)
-            }
-        }
-    }
-
-    fn reset(&mut self, reason: Reason) {
-        match &mut self.send {
-            Some(send) => send.send_reset(reason),
-            None => self.respond.send_reset(reason),
-        }
-    }
-
-    /// Gives up on a stream h2 would not take a frame for. Usually the client reset it (then
-    /// this sends nothing more); otherwise the reset makes sure the receiving side ends too.
-    fn fail(&mut self) -> Outcome {
-        self.reset(Reason::INTERNAL_ERROR);
-        Outcome::Gone
-    }
-
-    /// Ready once the client reset the stream or the connection failed.
-    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let r = match &mut self.send {
-            Some(send) => send.poll_reset(cx),
-            None => self.respond.poll_reset(cx),
-        };
-        r.map(drop)
-    }
-}
-
-/// The handler-to-client direction.
-async fn outbound(
-    respond: SendResponse<Payload>,
-    mut from_user: PipeRx,
-    mut abort: oneshot::Receiver<Status>,
-    content_type: HeaderValue,
-) -> Outcome {
-    let mut r = Responder {
-        respond,
-        send: None,
-        content_type,
-        compress: false,
-    };
-    let mut abort_live = true;
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
     loop {
-        let event = tokio::select! {
-            biased;
-            status = &mut abort, if abort_live => match status {
-                Ok(status) => Event::End(StreamEnd::error(status.code.as_u32(), status.message)),
-                Err(_) => {
-                    abort_live = false;
-                    continue;
-                }
-            },
-            () = poll_fn(|cx| r.poll_gone(cx)) => return Outcome::Gone,
-            event = from_user.recv() => event.unwrap_or_else(|| {
-                Event::End(StreamEnd::error(
-                    Code::INTERNAL.as_u32(),
-                    "stream handler ended without a status",
-                ))
-            }),
-        };
-        match event {
-            Event::Headers(md) => {
-                if r.send.is_some() {
-                    tracing::debug!("ignoring response headers sent after the first ones");
-                } else if r.start(&md).is_err() {
-                    return r.fail();
-                }
-            }
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Ends stream `id` from the connection task with `status` (its request could not be read):
+/// trailers (or Trailers-Only), then RST_STREAM(NO_ERROR) if the client is still sending.
+pub(crate) fn abort(shared: &Shared, id: u32, status: &Status) {
+    let end = StreamEnd::error(status.code.as_u32(), status.message.clone());
+    let mut st = shared.lock();
+    end_stream(&mut st, id, &end);
+}
+
+/// The sending side of one server stream.
+struct ServerSink {
+    shared: Arc<Shared>,
+    id: u32,
+}
+
+/// Sends the response headers unless they are out already.
+fn start(st: &mut State, id: u32, md: &Metadata) {
+    let Some(s) = st.streams.get_mut(&id) else {
+        return;
+    };
+    if s.headers_sent {
+        return;
+    }
+    s.headers_sent = true;
+    s.compress = compressed_in_metadata(md);
+    let content_type = s.content_type.clone();
+    let mut out = Vec::with_capacity(64);
+    st.encoder.begin(&mut out);
+    st.encoder.field(b":status", b"200", &mut out);
+    st.encoder.field(b"content-type", &content_type, &mut out);
+    encode_metadata(
+        &st.encoder,
+        md,
+        |k| k == b"content-type" || k == b"content-length",
+        &mut out,
+    );
+    st.queue_block(id, Bytes::from(out), false);
+}
+
+/// Ends the stream with `end`: trailers, or Trailers-Only if nothing was sent yet; then, if
+/// the client has not half-closed, RST_STREAM(NO_ERROR) (RFC 9113 8.1, as Kitex does).
+fn end_stream(st: &mut State, id: u32, end: &StreamEnd) {
+    let Some(s) = st.streams.get_mut(&id) else {
+        return;
+    };
+    if s.done || s.gone {
+        return;
+    }
+    s.done = true;
+    let headers_sent = s.headers_sent;
+    let remote_ended = s.remote_ended;
+    let content_type = s.content_type.clone();
+    let status = match &end.error {
+        None => Status::ok(),
+        Some(e) => Status::new(Code::new(e.code), e.message.clone()),
+    };
+    let block = if headers_sent {
+        let mut out = Vec::with_capacity(64);
+        st.encoder.begin(&mut out);
+        status_fields(st, &status, &end.trailers, &mut out);
+        Bytes::from(out)
+    } else {
+        trailers_only(st, 200, &content_type, &status, &end.trailers)
+    };
+    st.send_block(id, block, true);
+    if !remote_ended {
+        st.send_rst_after(id, Reason::NO_ERROR);
+    }
+    st.finish(id);
+    st.forget_if_finished(id);
+}
+
+impl EventSink for ServerSink {
+    fn push(&self, ev: Event) -> Result<(), Closed> {
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(Closed);
+        }
+        let id = self.id;
+        match st.streams.get(&id) {
+            None => return Err(Closed),
+            Some(s) if s.gone => return Err(Closed),
+            Some(s) if s.done => return Ok(()),
+            Some(_) => {}
+        }
+        match ev {
             Event::Message(m) => {
-                let compress = r.compress;
-                let payload = match Payload::message(m, compress) {
-                    Ok(p) => p,
+                if !st.streams[&id].headers_sent {
+                    start(&mut st, id, &Metadata::new());
+                }
+                let compress = st.streams[&id].compress;
+                match encode_prefix(m.len(), compress) {
+                    Ok(prefix) => st.send_message(id, prefix, m),
                     Err(e) => {
                         let end = StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string());
-                        let _ = r.finish(&end);
-                        return Outcome::Finished;
-                    }
-                };
-                let send = match r.start(&Metadata::new()) {
-                    Ok(send) => send,
-                    Err(_) => return r.fail(),
-                };
-                match send_payload(send, payload, false).await {
-                    Ok(()) => {}
-                    Err(SendError::Closed) => return r.fail(),
-                    Err(SendError::H2(e)) => {
-                        tracing::debug!(error = %e, "sending a gRPC response message failed");
-                        return r.fail();
+                        end_stream(&mut st, id, &end);
                     }
                 }
             }
-            Event::End(end) => {
-                return match r.finish(&end) {
-                    Ok(()) => Outcome::Finished,
-                    Err(_) => r.fail(),
-                };
+            Event::Headers(md) => {
+                if st.streams[&id].headers_sent {
+                    tracing::debug!("ignoring response headers sent after the first ones");
+                } else {
+                    start(&mut st, id, &md);
+                }
             }
+            Event::End(end) => end_stream(&mut st, id, &end),
             Event::Reset(reset) => {
                 tracing::debug!(code = reset.code, message = %reset.message, "handler reset the gRPC stream");
-                r.reset(Reason::CANCEL);
-                return Outcome::Finished;
+                st.reset_now(id, Reason::CANCEL);
+                st.finish(id);
+                st.forget_if_finished(id);
             }
-            Event::HalfClose => {}
+            Event::HalfClose => return Ok(()),
         }
+        let w = st.wake_task();
+        drop(st);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.poll_ready(self.id, cx)
+    }
+
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.poll_closed(self.id, cx)
+    }
+
+    fn release(&self) {
+        // The handler returned without ending the stream: end it for it. (A stream that has
+        // ended takes nothing more; nothing is sent then.)
+        let _ = self.push(Event::End(StreamEnd::error(
+            Code::INTERNAL.as_u32(),
+            "stream handler ended without a status",
+        )));
     }
 }
 
@@ -664,6 +708,14 @@ fn refusal_frames(debug: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_status_codes() {
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(13, &mut buf), b"13");
+        assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
+    }
 
     #[test]
     fn refusal_frames_layout() {
