@@ -994,10 +994,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
         self.take_requests();
         let mut reads = 0;
+        let mut held_back = false;
         while !self.read_done && reads < READS_PER_POLL {
             // A peer that does not read its responses stops being read: its PINGs and
             // requests cannot grow the queue without bound.
             if self.shared.lock().queued >= 2 * OUT_LIMIT {
+                held_back = true;
                 break;
             }
             if self.buf.capacity() - self.buf.len() < sluice_io::STREAM_READ_CHUNK / 4 {
@@ -1050,6 +1052,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         match self.poll_write(cx) {
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Ready(Ok(())) | Poll::Pending => {}
+        }
+        if held_back && self.shared.lock().queued < 2 * OUT_LIMIT {
+            // Reading was skipped for a queue the write has since drained: nothing else would
+            // wake this task for the bytes waiting on the socket.
+            cx.waker().wake_by_ref();
         }
         if self.close_if_done() {
             self.closing = Some((Ok(()), Box::pin(tokio::time::sleep(CLOSE_FLUSH))));

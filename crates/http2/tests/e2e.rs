@@ -120,6 +120,31 @@ async fn large_messages_cross_many_frames_and_windows() {
     sender.await.unwrap();
 }
 
+#[tokio::test]
+async fn a_reply_larger_than_the_queue_limit_does_not_stall_the_connection() {
+    // A client whose windows let the server queue most of a 4 MiB reply at once: the server's
+    // queue goes past twice its limit, which makes it stop reading until the queue drains,
+    // while the client's WINDOW_UPDATEs and next requests arrive.
+    let server = TestServer::start().await;
+    let mut config = GrpcClientConfig::new(vec![server.addr]);
+    config.initial_stream_window = 3 * 1024 * 1024;
+    config.initial_connection_window = 3 * 1024 * 1024;
+    let client = GrpcClient::new(config);
+    let big = Bytes::from(vec![7u8; 4 * 1024 * 1024 - 64]);
+    for round in 0..20 {
+        let (send, mut recv) = open(&client, &request("Echo")).await.split();
+        send.send(big.clone()).await.unwrap();
+        send.close_send().await.unwrap();
+        assert!(
+            matches!(next(&mut recv).await, Incoming::Headers(_)),
+            "round {round}"
+        );
+        assert_eq!(next(&mut recv).await, Incoming::Message(big.clone()));
+        assert_eq!(expect_end(&mut recv).await.error, None);
+    }
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_streams_share_one_connection() {
     let server = TestServer::start().await;
