@@ -60,6 +60,12 @@ const SHUTDOWN_PING: [u8; 8] = *b"sluice-g";
 /// list limit: HPACK makes blocks smaller than the lists they carry, never much larger.
 const BLOCK_LIMIT_FACTOR: usize = 2;
 
+/// Streams a client may open and reset in a burst, and per second after it. Each costs a
+/// handler (and, in a proxy, a downstream stream) for next to nothing on the client's side:
+/// beyond this the connection is ended (the "rapid reset" attack, CVE-2023-44487).
+const RESET_BURST: f64 = 1000.0;
+const RESETS_PER_SECOND: f64 = 500.0;
+
 /// Most CONTINUATION frames one header block may take.
 const MAX_CONTINUATIONS: usize = 64;
 
@@ -758,9 +764,17 @@ struct Recv {
     window: i64,
     /// Bytes taken by the user and not yet announced in WINDOW_UPDATE.
     unacked: u32,
-    /// Bytes received whose window waits for the user to take more.
+    /// Bytes received whose window waits until they are decoded and handed on.
     uncredited: u32,
-    withheld: bool,
+    /// Decoding stopped because the user was not ready: `held` and `partial` wait, and the
+    /// stream is in `Connection::withheld`.
+    paused: bool,
+    /// A message decoded before the user fell behind; it goes first.
+    held: Option<Bytes>,
+    /// How the peer ended its side, to be told once every message before it is out.
+    ending: Option<Ending>,
+    /// Server: the handler stopped reading; what arrives is decoded and dropped.
+    user_gone: bool,
     /// END_STREAM received.
     remote_ended: bool,
     /// Messages may carry the compressed flag (`grpc-encoding` set).
@@ -768,6 +782,16 @@ struct Recv {
     /// Client: where the response is.
     response: ResponseState,
     deadline: Option<Instant>,
+}
+
+/// The end of a stream's incoming side, waiting for the messages in front of it.
+enum Ending {
+    /// Server: the client half-closed.
+    HalfClose,
+    /// Client: the response's trailers.
+    Trailers(StreamEnd),
+    /// Client: END_STREAM on DATA, without trailers.
+    NoTrailers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -822,6 +846,10 @@ enum Role {
         goaway_sent: bool,
         /// The final GOAWAY went out with this last stream id.
         final_goaway: Option<u32>,
+        /// Streams the client may still reset before the connection is ended, and when the
+        /// budget was last topped up.
+        reset_budget: f64,
+        reset_stamp: Instant,
     },
     Client,
 }
@@ -938,6 +966,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             last_stream: 0,
             goaway_sent: false,
             final_goaway: None,
+            reset_budget: RESET_BURST,
+            reset_stamp: Instant::now(),
         };
         Self::new(io, peer, cfg, role).0
     }
@@ -1155,7 +1185,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     window: i64::from(self.cfg.stream_window()),
                     unacked: 0,
                     uncredited: 0,
-                    withheld: false,
+                    paused: false,
+                    held: None,
+                    ending: None,
+                    user_gone: false,
                     remote_ended: false,
                     compressed_ok: false,
                     response: ResponseState::Head,
@@ -1353,6 +1386,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             Frame::Priority { .. } | Frame::Unknown { .. } => Ok(()),
             Frame::RstStream { stream, reason } => {
+                if self.streams.contains_key(&stream) {
+                    self.spend_reset_budget()?;
+                }
                 self.on_reset(stream, reason);
                 Ok(())
             }
@@ -1385,6 +1421,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             } => self.on_goaway(last_stream, reason, &debug),
             Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
         }
+    }
+
+    /// Server: a client reset a running stream.
+    fn spend_reset_budget(&mut self) -> Result<(), Http2Error> {
+        if let Role::Server {
+            reset_budget,
+            reset_stamp,
+            ..
+        } = &mut self.role
+        {
+            let now = Instant::now();
+            let refill = now.duration_since(*reset_stamp).as_secs_f64() * RESETS_PER_SECOND;
+            *reset_budget = (*reset_budget + refill).min(RESET_BURST) - 1.0;
+            *reset_stamp = now;
+            if *reset_budget < 0.0 {
+                return Err(Http2Error::protocol(
+                    Reason::ENHANCE_YOUR_CALM,
+                    "too many streams reset by the client",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_block_size(&self, len: usize) -> Result<(), Http2Error> {
@@ -1464,7 +1522,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                             window: i64::from(self.cfg.stream_window()),
                             unacked: 0,
                             uncredited: 0,
-                            withheld: false,
+                            paused: false,
+                            held: None,
+                            ending: None,
+                            user_gone: false,
                             remote_ended: false,
                             compressed_ok,
                             response: ResponseState::Body,
@@ -1486,7 +1547,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// A header block on a stream that has a receiving side.
     fn on_stream_block(&mut self, hb: HeaderBlock, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         let id = hb.stream;
-        let decoder = self.decoder();
         match self.cfg.side {
             Side::Server => {
                 // Trailers from a client: gRPC clients send none; they end the request side.
@@ -1501,7 +1561,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     );
                     return Ok(());
                 }
-                self.end_request_side(id, cx);
+                r.remote_ended = true;
+                r.ending = Some(Ending::HalfClose);
+                self.drain(id, None, cx);
                 Ok(())
             }
             Side::Client => {
@@ -1553,16 +1615,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                             );
                             return Ok(());
                         }
-                        if let Err(e) = decoder.finish(&r.partial) {
-                            self.client_end(
-                                id,
-                                StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string()),
-                                false,
-                            );
-                            return Ok(());
-                        }
-                        let end = crate::client::end_from(hb.fields);
-                        self.client_end(id, end, false);
+                        r.remote_ended = true;
+                        r.ending = Some(Ending::Trailers(crate::client::end_from(hb.fields)));
+                        self.drain(id, None, cx);
                         Ok(())
                     }
                 }
@@ -1609,22 +1664,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Server: END_STREAM from the client. The half-close reaches the handler, unless a
-    /// message was cut short.
-    fn end_request_side(&mut self, id: u32, _cx: &mut Context<'_>) {
-        let decoder = self.decoder();
-        let Some(r) = self.streams.get_mut(&id) else {
-            return;
-        };
-        r.remote_ended = true;
-        if let Err(e) = decoder.finish(&r.partial) {
-            self.bad_request_stream(id, Status::new(Code::INTERNAL, e.to_string()));
-            return;
-        }
-        let _ = sluice_stream::EventSink::push(&r.to_user, Event::HalfClose);
-        self.mark_remote_ended(id);
-    }
-
     /// Server: the request's messages could not be decoded. The client gets `status` (the
     /// sending side ends first, so nothing the handler sends later can change it), then the
     /// handler hears that its input broke off.
@@ -1657,7 +1696,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         self.conn_unacked += d.flow_len as u32;
         self.credit_connection();
         let id = d.stream;
-        let decoder = self.decoder();
         let Some(r) = self.streams.get_mut(&id) else {
             let known = match &self.role {
                 Role::Server { last_stream, .. } => id <= *last_stream,
@@ -1694,59 +1732,111 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Ok(());
         }
         // Padding is nobody's to consume.
-        let padding = (d.flow_len - d.payload.len()) as u32;
-        r.unacked += padding;
+        r.unacked += (d.flow_len - d.payload.len()) as u32;
         r.uncredited += d.payload.len() as u32;
-        let mut chunk = d.payload;
-        let mut user_gone = false;
+        if d.end_stream {
+            r.remote_ended = true;
+            r.ending = Some(match self.cfg.side {
+                Side::Server => Ending::HalfClose,
+                Side::Client => Ending::NoTrailers,
+            });
+        }
+        self.drain(id, Some(d.payload), cx);
+        Ok(())
+    }
+
+    /// Decodes what stream `id` has received (what waits in it, then `chunk`) and hands the
+    /// messages to its user, one at a time and only while the user is ready for more. When
+    /// the user falls behind, the rest waits as raw bytes (at most a window of them: their
+    /// window is given back only once they are handed on) and the stream is rechecked when
+    /// the user makes room. The stream's end goes out after its last message.
+    fn drain(&mut self, id: u32, chunk: Option<Bytes>, cx: &mut Context<'_>) {
+        let decoder = self.decoder();
+        let Some(r) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let mut chunk = chunk.unwrap_or_default();
         let mut bad: Option<Status> = None;
-        loop {
-            // Whole messages come straight out of the frame's bytes (no copy); only a message
-            // split across frames is gathered in `partial`.
-            let next = if r.partial.is_empty() {
-                match decoder.decode_bytes(&mut chunk) {
-                    Ok(None) if !chunk.is_empty() => {
-                        r.partial.extend_from_slice(&chunk);
-                        chunk.clear();
+        let mut client_user_gone = false;
+        'decode: loop {
+            let message = match r.held.take() {
+                Some(m) => m,
+                None => {
+                    // Whole messages come straight out of the frame's bytes (no copy); only a
+                    // message split across frames, or bytes waiting for the user, are
+                    // gathered in `partial`.
+                    let next = if r.partial.is_empty() {
+                        match decoder.decode_bytes(&mut chunk) {
+                            Ok(None) if !chunk.is_empty() => {
+                                r.partial.extend_from_slice(&chunk);
+                                chunk.clear();
+                                decoder.decode(&mut r.partial)
+                            }
+                            other => other,
+                        }
+                    } else {
+                        if !chunk.is_empty() {
+                            r.partial.extend_from_slice(&chunk);
+                            chunk.clear();
+                        }
                         decoder.decode(&mut r.partial)
+                    };
+                    match next {
+                        Ok(Some(m)) if m.compressed && !r.compressed_ok => {
+                            bad = Some(Status::new(
+                                Code::INTERNAL,
+                                "compressed flag set on a message but grpc-encoding is missing or identity",
+                            ));
+                            break 'decode;
+                        }
+                        Ok(Some(m)) => m.data,
+                        Ok(None) => break 'decode,
+                        Err(e) => {
+                            let code = match e {
+                                MessageError::TooLarge { .. } => Code::RESOURCE_EXHAUSTED,
+                                _ => Code::INTERNAL,
+                            };
+                            bad = Some(Status::new(code, e.to_string()));
+                            break 'decode;
+                        }
                     }
-                    other => other,
                 }
-            } else {
+            };
+            if r.user_gone {
+                continue;
+            }
+            if sluice_stream::EventSink::poll_ready(&r.to_user, cx).is_pending() {
+                // The user is behind: this message and the bytes after it wait.
+                r.held = Some(message);
                 if !chunk.is_empty() {
                     r.partial.extend_from_slice(&chunk);
-                    chunk.clear();
                 }
-                decoder.decode(&mut r.partial)
-            };
-            match next {
-                Ok(Some(m)) => {
-                    if m.compressed && !r.compressed_ok {
-                        bad = Some(Status::new(
-                            Code::INTERNAL,
-                            "compressed flag set on a message but grpc-encoding is missing or identity",
-                        ));
-                        break;
-                    }
-                    if sluice_stream::EventSink::push(&r.to_user, Event::Message(m.data)).is_err() {
-                        user_gone = true;
-                        break;
-                    }
+                if !r.paused {
+                    r.paused = true;
+                    self.withheld.push(id);
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    let code = match e {
-                        MessageError::TooLarge { .. } => Code::RESOURCE_EXHAUSTED,
-                        _ => Code::INTERNAL,
-                    };
-                    bad = Some(Status::new(code, e.to_string()));
-                    break;
+                return;
+            }
+            if sluice_stream::EventSink::push(&r.to_user, Event::Message(message)).is_err() {
+                match self.cfg.side {
+                    // The handler stopped reading: what the client still sends is dropped,
+                    // and its window stays open so the client is not blocked on it.
+                    Side::Server => r.user_gone = true,
+                    Side::Client => {
+                        client_user_gone = true;
+                        break 'decode;
+                    }
                 }
             }
         }
+        r.paused = false;
         if r.partial.is_empty() && r.partial.capacity() > sluice_io::STREAM_READ_CHUNK {
             // What is left of a large message's buffer is not kept for the stream's lifetime.
             r.partial = BytesMut::new();
+        }
+        if client_user_gone {
+            self.client_end_quiet(id);
+            return;
         }
         if let Some(status) = bad {
             match self.cfg.side {
@@ -1757,46 +1847,46 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     true,
                 ),
             }
-            return Ok(());
+            return;
         }
-        if user_gone {
+        // Everything received is decoded and handed on: its window is the peer's again.
+        r.unacked += std::mem::take(&mut r.uncredited);
+        let ending = r.ending.take();
+        let truncated = decoder.finish(&r.partial).err();
+        self.flush_stream_credit(id);
+        let Some(ending) = ending else {
+            return;
+        };
+        if let Some(e) = truncated {
+            // The stream ended inside a message.
+            let status = Status::new(Code::INTERNAL, e.to_string());
             match self.cfg.side {
-                // The handler stopped reading: what the client still sends is dropped, and
-                // the window stays open so the client is not blocked on it.
-                Side::Server => {
-                    r.unacked += std::mem::take(&mut r.uncredited);
-                    self.flush_stream_credit(id);
+                Side::Server => self.bad_request_stream(id, status),
+                Side::Client => self.client_end(
+                    id,
+                    StreamEnd::error(status.code.as_u32(), status.message),
+                    false,
+                ),
+            }
+            return;
+        }
+        match ending {
+            Ending::HalfClose => {
+                if let Some(r) = self.streams.get(&id) {
+                    let _ = sluice_stream::EventSink::push(&r.to_user, Event::HalfClose);
                 }
-                Side::Client => self.client_end_quiet(id),
+                self.mark_remote_ended(id);
             }
-            return Ok(());
+            Ending::Trailers(end) => self.client_end(id, end, false),
+            Ending::NoTrailers => self.client_end(
+                id,
+                StreamEnd::error(
+                    Code::INTERNAL.as_u32(),
+                    "server closed the stream without sending trailers",
+                ),
+                false,
+            ),
         }
-        if !r.withheld {
-            if sluice_stream::EventSink::poll_ready(&r.to_user, cx).is_ready() {
-                r.unacked += std::mem::take(&mut r.uncredited);
-                self.flush_stream_credit(id);
-            } else {
-                r.withheld = true;
-                self.withheld.push(id);
-            }
-        }
-        if d.end_stream {
-            match self.cfg.side {
-                Side::Server => self.end_request_side(id, cx),
-                Side::Client => {
-                    let r = self.streams.get_mut(&id).expect("stream present");
-                    let end = match decoder.finish(&r.partial) {
-                        Err(e) => StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string()),
-                        Ok(()) => StreamEnd::error(
-                            Code::INTERNAL.as_u32(),
-                            "server closed the stream without sending trailers",
-                        ),
-                    };
-                    self.client_end(id, end, false);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Announces the stream window the user has made room for, in batches of half a window.
@@ -1822,7 +1912,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Streams whose users were not ready: credit those that are now.
+    /// Streams whose users were not ready: go on with those that are now.
     fn recheck_withheld(&mut self, cx: &mut Context<'_>) {
         if self.withheld.is_empty() {
             return;
@@ -1833,9 +1923,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 continue;
             };
             if sluice_stream::EventSink::poll_ready(&r.to_user, cx).is_ready() {
-                r.withheld = false;
-                r.unacked += std::mem::take(&mut r.uncredited);
-                self.flush_stream_credit(id);
+                r.paused = false;
+                self.drain(id, None, cx);
             } else {
                 self.withheld.push(id);
             }
@@ -2135,4 +2224,82 @@ pub(crate) async fn run<T: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Connection<T>,
 ) -> Result<(), Http2Error> {
     std::future::poll_fn(|cx| conn.poll(cx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_stream::{pipe, PipeRx, CHANNEL_DEPTH};
+    use tokio::io::AsyncWriteExt;
+
+    fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = frame::Head::encode(payload.len(), ty, flags, stream).to_vec();
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A server connection whose requests all go to one pipe the test reads.
+    fn server(io: tokio::io::DuplexStream, window: u32) -> Arc<Mutex<Option<PipeRx>>> {
+        let slot: Arc<Mutex<Option<PipeRx>>> = Arc::default();
+        let keep = slot.clone();
+        let cfg = ConnConfig {
+            side: Side::Server,
+            max_concurrent_streams: 10,
+            initial_stream_window: window,
+            initial_connection_window: window,
+            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+            max_header_list_size: 4096,
+            max_message_size: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let on_request: OnRequest = Box::new(move |shared, block, _| {
+            shared.lock().add_stream(block.stream, Bytes::new());
+            let (tx, rx) = pipe(CHANNEL_DEPTH);
+            *keep.lock().unwrap() = Some(rx);
+            Opening::Accept {
+                to_user: tx,
+                compressed_ok: false,
+                end_stream: false,
+            }
+        });
+        let conn = Connection::server(io, "127.0.0.1:1".parse().unwrap(), cfg, on_request);
+        tokio::spawn(run(conn));
+        slot
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_holds_bytes_not_events() {
+        let (mut client, io) = tokio::io::duplex(1 << 20);
+        let slot = server(io, 1 << 20);
+        let mut hello = PREFACE.to_vec();
+        hello.extend_from_slice(&frame(kind::SETTINGS, 0, 0, &[]));
+        // A request block the fake hook does not look at: `:method POST`.
+        hello.extend_from_slice(&frame(kind::HEADERS, flag::END_HEADERS, 1, &[0x83]));
+        // 60 frames of 16380 bytes: 196 560 empty messages (5-byte prefixes), within one
+        // window.
+        let empties = vec![0u8; 16_380];
+        for _ in 0..60 {
+            hello.extend_from_slice(&frame(kind::DATA, 0, 1, &empties));
+        }
+        client.write_all(&hello).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut rx = slot.lock().unwrap().take().expect("the request arrived");
+        // What the pipe holds now, without letting the connection run: at most its depth.
+        let mut queued = 0;
+        while rx.try_recv().is_some() {
+            queued += 1;
+        }
+        assert!(queued <= CHANNEL_DEPTH, "{queued} events queued");
+        // Reading on gets every message, in turn.
+        let mut total = queued;
+        while total < 60 * 16_380 / 5 {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Event::Message(m))) => {
+                    assert!(m.is_empty());
+                    total += 1;
+                }
+                other => panic!("after {total} messages: {other:?}"),
+            }
+        }
+    }
 }

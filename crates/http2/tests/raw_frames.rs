@@ -1,0 +1,594 @@
+//! The server driver against hand-built HTTP/2 frames: the protocol rules a peer can break and
+//! the limits that protect the server. Frames and header blocks are written and read here by
+//! hand (literal HPACK, no Huffman), independently of the production encoders.
+
+mod support;
+
+use std::time::Duration;
+
+use sluice_http2::GrpcServerConfig;
+use support::{framed, within, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const PRIORITY: u8 = 2;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const CONTINUATION: u8 = 9;
+
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (id, v) in pairs {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    frame(SETTINGS, 0, 0, &p)
+}
+
+/// A literal field without indexing, with a new name (RFC 7541 6.2.2), lengths below 127.
+fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A gRPC request header block for `/EchoService/<method>`, plus `extra` fields.
+fn request_block(method: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    literal(":path", &format!("/EchoService/{method}"), &mut b);
+    literal(":authority", "kxserver", &mut b);
+    literal("content-type", "application/grpc", &mut b);
+    literal("te", "trailers", &mut b);
+    for (n, v) in extra {
+        literal(n, v, &mut b);
+    }
+    b
+}
+
+/// A minimal HPACK reader for what the server sends: static indexed fields, literals with a
+/// static or new name, size updates. Returns None for anything else.
+fn read_block(mut b: &[u8]) -> Option<Vec<(String, String)>> {
+    const STATIC: &[(&str, &str)] = &[
+        (":authority", ""),
+        (":method", "GET"),
+        (":method", "POST"),
+        (":path", "/"),
+        (":path", "/index.html"),
+        (":scheme", "http"),
+        (":scheme", "https"),
+        (":status", "200"),
+        (":status", "204"),
+        (":status", "206"),
+        (":status", "304"),
+        (":status", "400"),
+        (":status", "404"),
+        (":status", "500"),
+    ];
+    fn int(b: &mut &[u8], prefix: u8) -> Option<usize> {
+        let mask = (1u16 << prefix) as usize - 1;
+        let mut v = usize::from(*b.first()?) & mask;
+        *b = &b[1..];
+        if v < mask {
+            return Some(v);
+        }
+        let mut shift = 0;
+        loop {
+            let x = *b.first()?;
+            *b = &b[1..];
+            v += usize::from(x & 0x7f) << shift;
+            shift += 7;
+            if x & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+    }
+    fn string(b: &mut &[u8]) -> Option<String> {
+        if b.first()? & 0x80 != 0 {
+            return None; // Huffman: not expected from this server
+        }
+        let len = int(b, 7)?;
+        let s = String::from_utf8(b.get(..len)?.to_vec()).ok()?;
+        *b = &b[len..];
+        Some(s)
+    }
+    let mut out = Vec::new();
+    while let Some(&first) = b.first() {
+        if first & 0x80 != 0 {
+            let i = int(&mut b, 7)?;
+            let (n, v) = STATIC.get(i.checked_sub(1)?)?;
+            out.push((n.to_string(), v.to_string()));
+        } else if first & 0xe0 == 0x20 {
+            int(&mut b, 5)?;
+        } else if first & 0xc0 == 0 {
+            let i = int(&mut b, 4)?;
+            let name = if i == 0 {
+                string(&mut b)?
+            } else {
+                match i {
+                    1 => ":authority".into(),
+                    4 => ":path".into(),
+                    8 => ":status".into(),
+                    31 => "content-type".into(),
+                    _ => return None,
+                }
+            };
+            out.push((name, string(&mut b)?));
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// A received frame.
+#[derive(Debug)]
+struct Got {
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+struct Conn {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects, sends the preface and `client_settings`, and reads the server's SETTINGS.
+    async fn open(server: &TestServer, client_settings: &[(u16, u32)]) -> Conn {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let mut c = Conn {
+            tcp,
+            buf: Vec::new(),
+        };
+        let mut hello = PREFACE.to_vec();
+        hello.extend_from_slice(&settings(client_settings));
+        c.send(&hello).await;
+        let first = c.next().await.expect("server SETTINGS");
+        assert_eq!((first.ty, first.flags), (SETTINGS, 0));
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or None once the server closed the connection.
+    async fn next(&mut self) -> Option<Got> {
+        within("a frame from the server", async {
+            loop {
+                if self.buf.len() >= 9 {
+                    let len = (usize::from(self.buf[0]) << 16)
+                        | (usize::from(self.buf[1]) << 8)
+                        | usize::from(self.buf[2]);
+                    if self.buf.len() >= 9 + len {
+                        let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+                        return Some(Got {
+                            ty: f[3],
+                            flags: f[4],
+                            stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
+                            payload: f[9..].to_vec(),
+                        });
+                    }
+                }
+                let mut chunk = [0u8; 16384];
+                match self.tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Frames until one `pick` accepts (skipping SETTINGS ACKs, PINGs and WINDOW_UPDATEs that
+    /// `pick` rejects); panics if the connection closes first.
+    async fn until(&mut self, what: &str, pick: impl Fn(&Got) -> bool) -> Got {
+        loop {
+            match self.next().await {
+                Some(f) if pick(&f) => return f,
+                Some(_) => continue,
+                None => panic!("connection closed before {what}"),
+            }
+        }
+    }
+
+    /// The GOAWAY that ends the connection: (last stream id, error code).
+    async fn goaway(&mut self) -> (u32, u32) {
+        let f = self.until("GOAWAY", |f| f.ty == GOAWAY).await;
+        let last = u32::from_be_bytes(f.payload[0..4].try_into().unwrap());
+        let code = u32::from_be_bytes(f.payload[4..8].try_into().unwrap());
+        (last, code)
+    }
+
+    /// Sends a request on `stream` and its messages, then reads the response to its end:
+    /// (headers, DATA bytes, trailers).
+    async fn echo(&mut self, stream: u32, message: &[u8]) -> Vec<(String, String)> {
+        self.send(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &request_block("Echo", &[]),
+        ))
+        .await;
+        self.send(&frame(DATA, END_STREAM, stream, &framed(message)))
+            .await;
+        let mut data = Vec::new();
+        let mut lists = Vec::new();
+        loop {
+            let f = self
+                .until("the response", |f| {
+                    f.stream == stream && (f.ty == HEADERS || f.ty == DATA)
+                })
+                .await;
+            if f.ty == DATA {
+                data.extend_from_slice(&f.payload);
+                continue;
+            }
+            lists.push(read_block(&f.payload).expect("a block this test can read"));
+            if f.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+        assert_eq!(data, framed(message).to_vec());
+        lists.pop().unwrap()
+    }
+}
+
+fn code(list: &[(String, String)], name: &str) -> Option<String> {
+    list.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+}
+
+#[tokio::test]
+async fn pings_are_acked_and_unknown_and_priority_frames_ignored() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(0xfa, 0xff, 0, b"whatever")).await;
+    c.send(&frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16])).await;
+    c.send(&frame(PING, 0, 0, b"12345678")).await;
+    let ack = c.until("PING ACK", |f| f.ty == PING).await;
+    assert_eq!((ack.flags, &ack.payload[..]), (ACK, &b"12345678"[..]));
+    let trailers = c.echo(1, b"still fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn a_request_split_over_continuation_frames_is_served() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    let block = request_block("Echo", &[("x-a", "1"), ("x-b", "2")]);
+    let (a, rest) = block.split_at(7);
+    let (b, d) = rest.split_at(20);
+    c.send(&frame(HEADERS, 0, 1, a)).await;
+    c.send(&frame(CONTINUATION, 0, 1, b)).await;
+    c.send(&frame(CONTINUATION, END_HEADERS, 1, d)).await;
+    c.send(&frame(DATA, END_STREAM, 1, &framed(b"split"))).await;
+    let head = c.until("response headers", |f| f.ty == HEADERS).await;
+    let head = read_block(&head.payload).unwrap();
+    assert_eq!(code(&head, ":status").as_deref(), Some("200"));
+    assert_eq!(
+        code(&head, "x-a").as_deref(),
+        Some("1"),
+        "the echo handler passes x-* on"
+    );
+    assert_eq!(code(&head, "x-b").as_deref(), Some("2"));
+}
+
+#[tokio::test]
+async fn malformed_requests_are_reset_and_the_connection_goes_on() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    let cases: Vec<(u32, Vec<u8>)> = vec![
+        (1, request_block("Echo", &[("X-Upper", "a")])),
+        (3, request_block("Echo", &[("connection", "close")])),
+        (5, request_block("Echo", &[("te", "gzip")])),
+        (7, {
+            let mut b = request_block("Echo", &[]);
+            literal(":path", "/twice/Echo", &mut b);
+            b
+        }),
+        (9, {
+            // A pseudo-header after a regular one.
+            let mut b = vec![0x83, 0x86];
+            literal("content-type", "application/grpc", &mut b);
+            literal(":path", "/EchoService/Echo", &mut b);
+            b
+        }),
+        (11, {
+            let mut b = vec![0x83];
+            literal(":path", "/EchoService/Echo", &mut b);
+            b // no :scheme
+        }),
+    ];
+    for (stream, block) in cases {
+        c.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &block))
+            .await;
+        let rst = c
+            .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == stream)
+            .await;
+        assert_eq!(
+            rst.payload,
+            1u32.to_be_bytes(),
+            "PROTOCOL_ERROR on stream {stream}"
+        );
+    }
+    let trailers = c.echo(13, b"after").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn a_header_list_over_the_limit_gets_resource_exhausted() {
+    let config = GrpcServerConfig {
+        max_header_list_size: 1024,
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = Conn::open(&server, &[]).await;
+    let big = "v".repeat(100);
+    let extra: Vec<(String, &str)> = (0..12).map(|i| (format!("x-{i}"), big.as_str())).collect();
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("Echo", &extra),
+    ))
+    .await;
+    let resp = c.until("the refusal", |f| f.ty == HEADERS).await;
+    assert_ne!(resp.flags & END_STREAM, 0, "Trailers-Only");
+    let list = read_block(&resp.payload).unwrap();
+    assert_eq!(code(&list, "grpc-status").as_deref(), Some("8"));
+    // The connection is still usable.
+    let trailers = c.echo(3, b"small").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn header_blocks_too_large_or_in_too_many_pieces_end_the_connection() {
+    let config = GrpcServerConfig {
+        max_header_list_size: 1024,
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(HEADERS, 0, 1, &[0u8; 1500])).await;
+    c.send(&frame(CONTINUATION, 0, 1, &[0u8; 1500])).await;
+    assert_eq!(c.goaway().await.1, 0xb, "ENHANCE_YOUR_CALM");
+
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(HEADERS, 0, 1, &request_block("Echo", &[])))
+        .await;
+    for _ in 0..100 {
+        c.send(&frame(CONTINUATION, 0, 1, &[])).await;
+    }
+    assert_eq!(c.goaway().await.1, 0xb, "ENHANCE_YOUR_CALM");
+
+    // A header block interrupted by another frame.
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(HEADERS, 0, 1, &request_block("Echo", &[])))
+        .await;
+    c.send(&frame(PING, 0, 0, b"12345678")).await;
+    assert_eq!(c.goaway().await.1, 0x1, "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn data_breaking_the_stream_rules_is_caught() {
+    let config = GrpcServerConfig {
+        initial_stream_window: 65_535,
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = Conn::open(&server, &[]).await;
+    // Past the stream window (the handler never reads): that stream is reset, and the
+    // connection goes on.
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    let chunk = vec![0u8; 16_384];
+    for _ in 0..4 {
+        c.send(&frame(DATA, 0, 1, &chunk)).await;
+    }
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 3u32.to_be_bytes(), "FLOW_CONTROL_ERROR");
+
+    // DATA after the client's END_STREAM.
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        3,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    c.send(&frame(DATA, END_STREAM, 3, &framed(b"last"))).await;
+    c.send(&frame(DATA, 0, 3, &framed(b"more"))).await;
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 3)
+        .await;
+    assert_eq!(rst.payload, 5u32.to_be_bytes(), "STREAM_CLOSED");
+
+    let trailers = c.echo(5, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+
+    // DATA on a stream that was never opened ends the connection.
+    c.send(&frame(DATA, 0, 99, &framed(b"?"))).await;
+    assert_eq!(c.goaway().await, (5, 0x1), "PROTOCOL_ERROR, last stream 5");
+}
+
+#[tokio::test]
+async fn the_server_keeps_to_a_small_client_window_and_frame_size() {
+    let server = TestServer::start().await;
+    // INITIAL_WINDOW_SIZE 100: the response's DATA stops at 100 bytes until a WINDOW_UPDATE.
+    let mut c = Conn::open(&server, &[(0x4, 100)]).await;
+    let message = vec![5u8; 1000];
+    c.send(&frame(HEADERS, END_HEADERS, 1, &request_block("Echo", &[])))
+        .await;
+    c.send(&frame(DATA, END_STREAM, 1, &framed(&message))).await;
+    let mut got = 0;
+    while got < 100 {
+        let f = c.until("DATA", |f| f.ty == DATA).await;
+        assert!(f.payload.len() <= 100 - got);
+        got += f.payload.len();
+    }
+    let more = tokio::time::timeout(
+        Duration::from_millis(200),
+        c.until("more DATA", |f| f.ty == DATA),
+    )
+    .await;
+    assert!(more.is_err(), "nothing beyond the window");
+    c.send(&frame(WINDOW_UPDATE, 0, 1, &5000u32.to_be_bytes()))
+        .await;
+    while got < 1005 {
+        let f = c.until("DATA", |f| f.ty == DATA).await;
+        got += f.payload.len();
+    }
+    assert_eq!(got, 1005);
+    let t = c
+        .until("trailers", |f| f.ty == HEADERS && f.flags & END_STREAM != 0)
+        .await;
+    assert_eq!(
+        code(&read_block(&t.payload).unwrap(), "grpc-status").as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test]
+async fn a_smaller_header_table_is_answered_with_a_size_update() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[(0x1, 0)]).await;
+    c.send(&frame(HEADERS, END_HEADERS, 1, &request_block("Echo", &[])))
+        .await;
+    c.send(&frame(DATA, END_STREAM, 1, &framed(b"x"))).await;
+    let head = c.until("response headers", |f| f.ty == HEADERS).await;
+    assert_eq!(
+        head.payload[0], 0x20,
+        "dynamic table size update to 0 first"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_start_ends_the_connection_with_goaway() {
+    let server = TestServer::start().await;
+    // The preface, then a PING instead of SETTINGS.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&frame(PING, 0, 0, b"12345678"));
+    tcp.write_all(&hello).await.unwrap();
+    let mut c = Conn {
+        tcp,
+        buf: Vec::new(),
+    };
+    assert_eq!(c.goaway().await.1, 0x1, "PROTOCOL_ERROR");
+
+    // An even stream id from a client.
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(HEADERS, END_HEADERS, 2, &request_block("Echo", &[])))
+        .await;
+    assert_eq!(c.goaway().await.1, 0x1, "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_handshake_timeout() {
+    let config = GrpcServerConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..GrpcServerConfig::default()
+    };
+    let mut server = TestServer::start_with(config).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The test server's listener reads 10 bytes of preface before handing over.
+    tcp.write_all(&PREFACE[..10]).await.unwrap();
+    let result = within("the connection to end", server.results.recv()).await;
+    let err = result.unwrap().unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn streams_over_the_concurrency_limit_are_refused() {
+    let config = GrpcServerConfig {
+        max_concurrent_streams: 2,
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = Conn::open(&server, &[]).await;
+    for stream in [1u32, 3, 5] {
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &request_block("Stall", &[]),
+        ))
+        .await;
+    }
+    let rst = c.until("RST_STREAM", |f| f.ty == RST_STREAM).await;
+    assert_eq!(
+        (rst.stream, rst.payload.as_slice()),
+        (5, &7u32.to_be_bytes()[..]),
+        "REFUSED_STREAM"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_opened_and_reset_streams_ends_the_connection() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    // Opened and reset at once, over and over: each costs the server a handler.
+    let mut burst = Vec::new();
+    for i in 0..1500u32 {
+        let stream = 2 * i + 1;
+        burst.extend_from_slice(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &request_block("Stall", &[]),
+        ));
+        burst.extend_from_slice(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    c.send(&burst).await;
+    assert_eq!(c.goaway().await.1, 0xb, "ENHANCE_YOUR_CALM");
+
+    // Resets at a normal pace are fine.
+    let mut c = Conn::open(&server, &[]).await;
+    for i in 0..50u32 {
+        let stream = 2 * i + 1;
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &request_block("Stall", &[]),
+        ))
+        .await;
+        c.send(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()))
+            .await;
+    }
+    let trailers = c.echo(101, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
