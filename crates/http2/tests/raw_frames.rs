@@ -592,3 +592,50 @@ async fn a_flood_of_opened_and_reset_streams_ends_the_connection() {
     let trailers = c.echo(101, b"fine").await;
     assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
 }
+
+mod random {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A frame with a random type (the ten defined ones and an unknown one), flags, a small
+    /// stream id and payload: most are invalid in some way.
+    fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+        (0u8..11, any::<u8>(), 0u32..8, vec(any::<u8>(), 0..48)).prop_map(
+            |(ty, flags, stream, mut payload)| {
+                // Now and then a valid-looking request block, so streams get opened.
+                if ty == HEADERS && flags & 1 == 0 {
+                    payload = request_block("Echo", &[]);
+                }
+                frame(ty, flags, stream, &payload)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_frames_never_break_the_server(frames in vec(any_frame(), 1..30)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut server = TestServer::start().await;
+                let mut c = Conn::open(&server, &[]).await;
+                c.send(&frames.concat()).await;
+                // Whatever the server makes of them, it answers or closes, then ends this
+                // connection with a result once the client goes (no panic, no hang).
+                let _ = tokio::time::timeout(Duration::from_millis(100), async {
+                    while c.next().await.is_some() {}
+                })
+                .await;
+                drop(c);
+                let result = within("the connection's result", server.results.recv()).await;
+                assert!(result.is_some());
+                // And it still serves others.
+                let mut fresh = Conn::open(&server, &[]).await;
+                let trailers = fresh.echo(1, b"ok").await;
+                assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+            });
+        }
+    }
+}

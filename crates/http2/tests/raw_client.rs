@@ -1,0 +1,355 @@
+//! The client against a hand-driven server speaking raw frames: flow control and limits the
+//! server sets, and responses that break the rules. Frames are written and read here by hand,
+//! independently of the production encoders.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
+use sluice_stream::{Incoming, Metadata};
+use support::within;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PUSH_PROMISE: u8 = 5;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    let mut p = Vec::new();
+    for (id, v) in pairs {
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&v.to_be_bytes());
+    }
+    frame(SETTINGS, 0, 0, &p)
+}
+
+fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// Response headers: `:status 200` (static index 8), gRPC content-type.
+fn response_head() -> Vec<u8> {
+    let mut b = vec![0x88];
+    literal("content-type", "application/grpc", &mut b);
+    b
+}
+
+fn trailers(status: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    literal("grpc-status", status, &mut b);
+    literal("grpc-message", "", &mut b);
+    b
+}
+
+fn framed(msg: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    v
+}
+
+/// One accepted connection, driven by the test.
+struct Peer {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Got {
+    ty: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Peer {
+    /// Accepts the client's connection, reads its preface and sends `server_settings`.
+    async fn accept(listener: &TcpListener, server_settings: &[(u16, u32)]) -> Peer {
+        let (tcp, _) = within("the client's connection", listener.accept())
+            .await
+            .unwrap();
+        let mut p = Peer {
+            tcp,
+            buf: Vec::new(),
+        };
+        let mut preface = [0u8; 24];
+        within("the preface", p.tcp.read_exact(&mut preface))
+            .await
+            .unwrap();
+        assert_eq!(&preface[..], PREFACE);
+        p.send(&settings(server_settings)).await;
+        p
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Option<Got> {
+        within("a frame from the client", async {
+            loop {
+                if self.buf.len() >= 9 {
+                    let len = (usize::from(self.buf[0]) << 16)
+                        | (usize::from(self.buf[1]) << 8)
+                        | usize::from(self.buf[2]);
+                    if self.buf.len() >= 9 + len {
+                        let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+                        return Some(Got {
+                            ty: f[3],
+                            flags: f[4],
+                            stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
+                            payload: f[9..].to_vec(),
+                        });
+                    }
+                }
+                let mut chunk = [0u8; 16384];
+                match self.tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn until(&mut self, what: &str, pick: impl Fn(&Got) -> bool) -> Got {
+        loop {
+            match self.next().await {
+                Some(f) if pick(&f) => return f,
+                Some(_) => continue,
+                None => panic!("connection closed before {what}"),
+            }
+        }
+    }
+
+    /// Whether a frame `pick` accepts arrives within `wait`.
+    async fn sees(&mut self, wait: Duration, pick: impl Fn(&Got) -> bool) -> bool {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.next().await {
+                    Some(f) if pick(&f) => return true,
+                    Some(_) => continue,
+                    None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+fn request(method: &str) -> OpenRequest {
+    OpenRequest {
+        path: format!("/svc.S/{method}"),
+        content_type: "application/grpc".into(),
+        authority: "kxserver".into(),
+        headers: Metadata::new(),
+        deadline: None,
+    }
+}
+
+async fn next(recv: &mut sluice_stream::ClientRecv) -> Incoming {
+    within("an event", recv.recv()).await
+}
+
+#[tokio::test]
+async fn the_client_keeps_to_the_server_window_and_frame_size() {
+    let (l, addr) = listener().await;
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let opening =
+        tokio::spawn(async move { client.open(&request("Big")).await.map(|s| (s, client)) });
+    // A stream window of 10 bytes, a connection window left at 65535.
+    let mut p = Peer::accept(&l, &[(0x4, 10)]).await;
+    let ((send, _recv), _client) = {
+        let (s, c) = opening.await.unwrap().unwrap();
+        (s.split(), c)
+    };
+    // Until the client has the server's SETTINGS it may assume the default window; once it
+    // acknowledges them, the 10 bytes hold.
+    p.until("SETTINGS ACK", |f| f.ty == SETTINGS && f.flags == 0x1)
+        .await;
+    let msg = vec![1u8; 100];
+    let sender = tokio::spawn(async move {
+        send.send(Bytes::from(msg)).await.unwrap();
+        send.close_send().await.unwrap();
+        send
+    });
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let f = p.until("DATA", |f| f.ty == DATA).await;
+        assert!(got.len() + f.payload.len() <= 10, "within the window");
+        got.extend_from_slice(&f.payload);
+    }
+    assert!(
+        !p.sees(Duration::from_millis(200), |f| f.ty == DATA).await,
+        "nothing beyond the window"
+    );
+    p.send(&frame(WINDOW_UPDATE, 0, 1, &200u32.to_be_bytes()))
+        .await;
+    let mut ended = false;
+    while !ended {
+        let f = p.until("DATA", |f| f.ty == DATA).await;
+        got.extend_from_slice(&f.payload);
+        ended = f.flags & END_STREAM != 0;
+    }
+    assert_eq!(got, framed(&[1u8; 100]));
+    let _send = sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_client_waits_for_a_stream_slot_under_the_server_limit() {
+    let (l, addr) = listener().await;
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let c1 = client.clone();
+    let first = tokio::spawn(async move { c1.open(&request("One")).await });
+    let mut p = Peer::accept(&l, &[(0x3, 1)]).await;
+    let (_s1, mut r1) = first.await.unwrap().unwrap().split();
+    p.until("the first request", |f| f.ty == HEADERS && f.stream == 1)
+        .await;
+    // The SETTINGS has surely been read by now: the second open waits.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c2 = client.clone();
+    let second = tokio::spawn(async move { c2.open(&request("Two")).await });
+    assert!(
+        !p.sees(Duration::from_millis(200), |f| f.ty == HEADERS)
+            .await,
+        "no second stream while the first runs"
+    );
+    // The first ends: the second goes out.
+    let mut end = response_head();
+    end.extend_from_slice(&trailers("0"));
+    p.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &end))
+        .await;
+    assert!(matches!(next(&mut r1).await, Incoming::End(e) if e.error.is_none()));
+    p.until("the second request", |f| f.ty == HEADERS && f.stream == 3)
+        .await;
+    let _ = second.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn responses_that_break_the_rules_end_the_stream_with_an_error() {
+    let (l, addr) = listener().await;
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let c = client.clone();
+    let opening = tokio::spawn(async move { c.open(&request("A")).await });
+    let mut p = Peer::accept(&l, &[]).await;
+    let (_send, mut recv) = opening.await.unwrap().unwrap().split();
+
+    // DATA before the response headers: the stream is reset and ends in error.
+    p.send(&frame(DATA, 0, 1, &framed(b"early"))).await;
+    match next(&mut recv).await {
+        Incoming::Reset(r) => assert_eq!(r.code, 1, "PROTOCOL_ERROR: {r:?}"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let rst = p
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 1u32.to_be_bytes());
+
+    // A second header block without END_STREAM.
+    let (_send, mut recv) = client.open(&request("B")).await.unwrap().split();
+    p.until("the request", |f| f.ty == HEADERS && f.stream == 3)
+        .await;
+    p.send(&frame(HEADERS, END_HEADERS, 3, &response_head()))
+        .await;
+    p.send(&frame(HEADERS, END_HEADERS, 3, &trailers("0")))
+        .await;
+    assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+    match next(&mut recv).await {
+        Incoming::End(e) => assert_eq!(e.error.unwrap().code, 13),
+        other => panic!("expected an error end, got {other:?}"),
+    }
+
+    // A message cut short by END_STREAM.
+    let (_send, mut recv) = client.open(&request("C")).await.unwrap().split();
+    p.until("the request", |f| f.ty == HEADERS && f.stream == 5)
+        .await;
+    p.send(&frame(HEADERS, END_HEADERS, 5, &response_head()))
+        .await;
+    p.send(&frame(DATA, END_STREAM, 5, &framed(b"whole")[..7]))
+        .await;
+    assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+    match next(&mut recv).await {
+        Incoming::End(e) => {
+            let e = e.error.unwrap();
+            assert_eq!(e.code, 13);
+            assert!(e.message.contains("inside a gRPC message"), "{}", e.message);
+        }
+        other => panic!("expected an error end, got {other:?}"),
+    }
+
+    // PUSH_PROMISE (push is disabled): the connection ends, the streams with it.
+    let (_send, mut recv) = client.open(&request("D")).await.unwrap().split();
+    p.until("the request", |f| f.ty == HEADERS && f.stream == 7)
+        .await;
+    let mut promise = 2u32.to_be_bytes().to_vec();
+    promise.extend_from_slice(&response_head());
+    p.send(&frame(PUSH_PROMISE, END_HEADERS, 7, &promise)).await;
+    let goaway = p.until("GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(&goaway.payload[4..8], &1u32.to_be_bytes(), "PROTOCOL_ERROR");
+    assert!(matches!(next(&mut recv).await, Incoming::Reset(_)));
+}
+
+#[tokio::test]
+async fn goaway_refuses_the_streams_past_its_last_id() {
+    let (l, addr) = listener().await;
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let c = client.clone();
+    let opening = tokio::spawn(async move { c.open(&request("A")).await });
+    let mut p = Peer::accept(&l, &[]).await;
+    let (_s1, mut r1) = opening.await.unwrap().unwrap().split();
+    let (_s2, mut r2) = client.open(&request("B")).await.unwrap().split();
+    p.until("both requests", |f| f.ty == HEADERS && f.stream == 3)
+        .await;
+    // Only stream 1 will be processed.
+    let mut g = 1u32.to_be_bytes().to_vec();
+    g.extend_from_slice(&0u32.to_be_bytes());
+    p.send(&frame(GOAWAY, 0, 0, &g)).await;
+    match next(&mut r2).await {
+        Incoming::Reset(r) => assert_eq!(r.code, 7, "REFUSED_STREAM: {r:?}"),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let mut end = response_head();
+    end.extend_from_slice(&trailers("0"));
+    p.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &end))
+        .await;
+    assert!(matches!(next(&mut r1).await, Incoming::End(e) if e.error.is_none()));
+    // A new stream goes to a new connection.
+    let c = client.clone();
+    let opening = tokio::spawn(async move { c.open(&request("C")).await });
+    let mut p2 = Peer::accept(&l, &[]).await;
+    let _ = opening.await.unwrap().unwrap();
+    p2.until("the request on the new connection", |f| {
+        f.ty == HEADERS && f.stream == 1
+    })
+    .await;
+}
