@@ -70,7 +70,7 @@ pub(crate) fn run<H: DefaultHandler>(
     drain: Drain,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let (rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = stream.into_split();
         let max = config.max_in_flight_per_conn.max(1);
         // Replies of requests served concurrently (Kitex mux clients) come back here and are written
         // by this task. The channel holds as many replies as there can be requests in flight, so a
@@ -179,7 +179,7 @@ pub(crate) fn run<H: DefaultHandler>(
                 sluice_io::give_back_read_buf(std::mem::take(&mut buf));
             }
             let read = tokio::select! {
-                r = tokio::time::timeout(config.idle_timeout, read_some(&rd, &mut buf)) => r,
+                r = tokio::time::timeout(config.idle_timeout, read_some(&mut rd, &mut buf)) => r,
                 Some(reply) = async {
                     match mux.as_mut() {
                         Some((_, rx)) => rx.recv().await,
@@ -252,24 +252,24 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Waits until the socket is readable, then reads into `buf` (growing it only now).
 ///
 /// Polls readiness instead of awaiting `readable()`, whose future carries a waiter node of its
-/// own: this one is a few pointers, and an idle connection waits in it.
+/// own: this one is a few pointers, and an idle connection waits in it. The read itself goes
+/// through `AsyncRead`, which marks the socket drained after a short read: the next wait then
+/// asks epoll instead of making a `recvfrom` that can only return EAGAIN (`try_read_buf` would
+/// leave the readiness set, one wasted syscall per request).
 fn read_some<'a>(
-    rd: &'a tokio::net::tcp::OwnedReadHalf,
+    rd: &'a mut tokio::net::tcp::OwnedReadHalf,
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
-    std::future::poll_fn(move |cx| loop {
+    std::future::poll_fn(move |cx| {
         std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
         if buf.capacity() == 0 {
             *buf = sluice_io::take_read_buf(READ_CHUNK);
         } else if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        match rd.try_read_buf(buf) {
-            Ok(n) => return std::task::Poll::Ready(Ok(n)),
-            // Readiness was stale; it is cleared now, so the next poll waits for new data.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return std::task::Poll::Ready(Err(e)),
-        }
+        // Ready readiness makes this read now; stale readiness is cleared and the task waits.
+        let mut read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(&mut *rd, &mut *buf));
+        std::future::Future::poll(read.as_mut(), cx)
     })
 }
 
