@@ -36,6 +36,8 @@ pub(crate) struct BenchArgs {
     pub(crate) stream: Option<StreamProto>,
     /// Messages per stream (streaming modes).
     pub(crate) messages: usize,
+    /// Streaming modes: clients the callers are spread over.
+    pub(crate) connections: usize,
 }
 
 /// Streaming families the load generator speaks.
@@ -110,24 +112,33 @@ fn new_hist() -> Histogram<u64> {
 /// Bidi streams: each caller opens a stream, sends `messages` messages one at a time waiting for
 /// each echo, half-closes, reads the end, and starts over. Latency is per message.
 async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
-    let tt = Arc::new(sluice_client::TTStreamClient::new(ClientConfig::new(
-        "bench",
-        vec![Endpoint {
-            addr: a.target,
-            weight: 1,
-        }],
-    )));
-    let grpc = Arc::new(sluice_http2::GrpcClient::new(
-        sluice_http2::GrpcClientConfig::new(vec![a.target]),
-    ));
+    // Caller `i` uses client `i % connections`: each client has connections of its own.
+    let tts: Vec<Arc<sluice_client::TTStreamClient>> = (0..a.connections)
+        .map(|_| {
+            Arc::new(sluice_client::TTStreamClient::new(ClientConfig::new(
+                "bench",
+                vec![Endpoint {
+                    addr: a.target,
+                    weight: 1,
+                }],
+            )))
+        })
+        .collect();
+    let grpcs: Vec<Arc<sluice_http2::GrpcClient>> = (0..a.connections)
+        .map(|_| {
+            Arc::new(sluice_http2::GrpcClient::new(
+                sluice_http2::GrpcClientConfig::new(vec![a.target]),
+            ))
+        })
+        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let recording = Arc::new(AtomicBool::new(a.warmup.is_zero()));
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for caller in 0..a.concurrency {
         let (tt, grpc, stop, recording, sent) = (
-            tt.clone(),
-            grpc.clone(),
+            tts[caller % tts.len()].clone(),
+            grpcs[caller % grpcs.len()].clone(),
             stop.clone(),
             recording.clone(),
             sent.clone(),
@@ -378,7 +389,7 @@ pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
     let rps = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
     if a.json {
         println!(
-            "{{\"target\":\"{}\",\"protocol\":\"{}\",\"transport\":\"{}\",\"codec\":\"{:?}\",\"size\":{},\"concurrency\":{},\"ok\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"loadgen_cpu_s\":{:.3}}}",
+            "{{\"target\":\"{}\",\"protocol\":\"{}\",\"transport\":\"{}\",\"codec\":\"{:?}\",\"size\":{},\"concurrency\":{},\"connections\":{},\"ok\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"loadgen_cpu_s\":{:.3}}}",
             a.target,
             match a.stream {
                 None => "pingpong",
@@ -390,6 +401,11 @@ pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
             a.codec,
             a.size,
             a.concurrency,
+            if a.stream.is_some() {
+                a.connections
+            } else {
+                a.concurrency
+            },
             r.ok,
             r.errors,
             r.elapsed.as_secs_f64(),

@@ -73,6 +73,7 @@ async fn row(
         json: false,
         stream,
         messages: 1,
+        connections: 1,
     };
     let r = crate::bench::run(args).await;
     println!(

@@ -79,6 +79,11 @@ enum Command {
         /// Messages per stream in the streaming modes.
         #[arg(long, default_value_t = 10)]
         messages: usize,
+        /// Streaming modes: clients the callers are spread over (gRPC: one HTTP/2 connection
+        /// each; TTStream: two connections each, as Kitex's mux pool). Ping-pong callers each
+        /// have a connection of their own.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
     /// Starts echo services and the proxy on loopback, sends traffic of every protocol through
     /// it, prints a table, then keeps serving (no configuration needed).
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
             json,
             protocol,
             messages,
+            connections,
         } => {
             let stream = match protocol.as_str() {
                 "pingpong" => None,
@@ -230,6 +236,7 @@ fn main() -> ExitCode {
                 json,
                 stream,
                 messages,
+                connections: connections.max(1),
             };
             let r = rt.block_on(bench::run(args.clone()));
             bench::print(&args, &r);
