@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::Reason;
 use sluice_stream::{ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, StreamEnd};
 use tokio::net::TcpStream;
@@ -354,7 +354,7 @@ fn start_stream(
         Poll::Ready(None) => return Poll::Ready(None),
         Poll::Pending => return Poll::Pending,
     };
-    let mut out = Vec::with_capacity(128);
+    let mut out = BytesMut::with_capacity(256);
     st.encoder.begin(&mut out);
     let enc = &st.encoder;
     enc.field(b":method", b"POST", &mut out);
@@ -391,7 +391,7 @@ fn start_stream(
         s.headers_sent = true;
         s.compress = head.compress;
     }
-    st.queue_block(id, Bytes::from(out), false);
+    st.queue_block(id, out.freeze(), false);
     let sink = Arc::new(ClientSink {
         shared: shared.clone(),
         id,

@@ -87,7 +87,7 @@ pub(crate) fn encode_metadata(
     enc: &Encoder,
     md: &Metadata,
     skip: impl Fn(&[u8]) -> bool,
-    out: &mut Vec<u8>,
+    out: &mut impl bytes::BufMut,
 ) {
     for (k, v) in md.iter() {
         if k.first() == Some(&b':') || is_connection_specific(k) || skip(k) {
@@ -108,18 +108,12 @@ pub(crate) fn encode_metadata(
 /// The regular fields of a decoded list as [`Metadata`], in order, leaving out the names `skip`
 /// rejects. Pseudo-headers are never included.
 pub(crate) fn metadata_from_fields(
-    fields: Vec<(Bytes, Bytes)>,
+    mut fields: Vec<(Bytes, Bytes)>,
     skip: impl Fn(&[u8]) -> bool,
 ) -> Metadata {
-    let mut md = Metadata::new();
-    md.0.reserve(fields.len());
-    for (k, v) in fields {
-        if k.first() == Some(&b':') || skip(&k) {
-            continue;
-        }
-        md.0.push((k, v));
-    }
-    md
+    // Filtered in place: the decoded list becomes the metadata without another allocation.
+    fields.retain(|(k, _)| k.first() != Some(&b':') && !skip(k));
+    Metadata(fields)
 }
 
 /// The first value of `name` among decoded fields.

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::Reason;
 use sluice_stream::{
     Closed, Event, EventSink, Metadata, Protocol, ServerStream, StreamEnd, StreamRequest,
@@ -381,7 +381,10 @@ fn open_stream<H: StreamingHandler>(
         .authority
         .as_ref()
         .map_or_else(String::new, |a| String::from_utf8_lossy(a).into_owned());
-    let content_type_bytes = Bytes::copy_from_slice(call.content_type.as_bytes());
+    // The response's content-type is the request's own value, shared rather than copied.
+    let content_type_bytes = field(&head.fields, "content-type")
+        .cloned()
+        .unwrap_or_default();
     let request = StreamRequest {
         peer,
         protocol: Protocol::Grpc {
@@ -455,17 +458,17 @@ fn trailers_only(
     status: &Status,
     trailers: &Metadata,
 ) -> Bytes {
-    let mut out = Vec::with_capacity(64);
+    let mut out = BytesMut::with_capacity(128);
     st.encoder.begin(&mut out);
     st.encoder
         .field(b":status", &status_text(http_status), &mut out);
     st.encoder.field(b"content-type", content_type, &mut out);
     status_fields(st, status, trailers, &mut out);
-    Bytes::from(out)
+    out.freeze()
 }
 
 /// `grpc-status`, `grpc-message` (always, as Kitex sends it), then the other trailers.
-fn status_fields(st: &State, status: &Status, trailers: &Metadata, out: &mut Vec<u8>) {
+fn status_fields(st: &State, status: &Status, trailers: &Metadata, out: &mut BytesMut) {
     let mut digits = [0u8; 10];
     st.encoder.field(
         GRPC_STATUS.as_bytes(),
@@ -523,7 +526,7 @@ fn start(st: &mut State, id: u32, md: &Metadata) {
     s.headers_sent = true;
     s.compress = compressed_in_metadata(md);
     let content_type = s.content_type.clone();
-    let mut out = Vec::with_capacity(64);
+    let mut out = BytesMut::with_capacity(128);
     st.encoder.begin(&mut out);
     st.encoder.field(b":status", b"200", &mut out);
     st.encoder.field(b"content-type", &content_type, &mut out);
@@ -533,7 +536,7 @@ fn start(st: &mut State, id: u32, md: &Metadata) {
         |k| k == b"content-type" || k == b"content-length",
         &mut out,
     );
-    st.queue_block(id, Bytes::from(out), false);
+    st.queue_block(id, out.freeze(), false);
 }
 
 /// Ends the stream with `end`: trailers, or Trailers-Only if nothing was sent yet; then, if
@@ -554,10 +557,10 @@ fn end_stream(st: &mut State, id: u32, end: &StreamEnd) {
         Some(e) => Status::new(Code::new(e.code), e.message.clone()),
     };
     let block = if headers_sent {
-        let mut out = Vec::with_capacity(64);
+        let mut out = BytesMut::with_capacity(128);
         st.encoder.begin(&mut out);
         status_fields(st, &status, &end.trailers, &mut out);
-        Bytes::from(out)
+        out.freeze()
     } else {
         trailers_only(st, 200, &content_type, &status, &end.trailers)
     };

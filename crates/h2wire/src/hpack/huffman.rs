@@ -291,7 +291,7 @@ pub fn encoded_len(src: &[u8]) -> usize {
 }
 
 /// Appends the Huffman encoding of `src` to `out`, padded with the high bits of EOS (ones).
-pub fn encode(src: &[u8], out: &mut Vec<u8>) {
+pub fn encode(src: &[u8], out: &mut impl bytes::BufMut) {
     let mut acc: u64 = 0;
     let mut bits: u32 = 0;
     for &b in src {
@@ -300,14 +300,14 @@ pub fn encode(src: &[u8], out: &mut Vec<u8>) {
         bits += u32::from(len);
         while bits >= 8 {
             bits -= 8;
-            out.push((acc >> bits) as u8);
+            out.put_u8((acc >> bits) as u8);
         }
         // At most 7 bits stay behind: keep the accumulator small.
         acc &= (1u64 << bits) - 1;
     }
     if bits > 0 {
         let pad = 8 - bits;
-        out.push(((acc << pad) | ((1u64 << pad) - 1)) as u8);
+        out.put_u8(((acc << pad) | ((1u64 << pad) - 1)) as u8);
     }
 }
 

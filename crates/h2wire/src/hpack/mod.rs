@@ -15,7 +15,7 @@
 pub mod huffman;
 mod table;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 
 pub use huffman::HuffmanError;
 use table::{entry_size, static_lookup, DynamicTable};
@@ -76,19 +76,19 @@ fn read_int(block: &[u8], pos: &mut usize, prefix_bits: u8) -> Result<usize, Dec
 }
 
 /// Writes a prefixed integer; `first` holds the representation's high bits.
-fn write_int(value: usize, prefix_bits: u8, first: u8, out: &mut Vec<u8>) {
+fn write_int(value: usize, prefix_bits: u8, first: u8, out: &mut impl BufMut) {
     let mask = (1usize << prefix_bits) - 1;
     if value < mask {
-        out.push(first | value as u8);
+        out.put_u8(first | value as u8);
         return;
     }
-    out.push(first | mask as u8);
+    out.put_u8(first | mask as u8);
     let mut rest = value - mask;
     while rest >= 0x80 {
-        out.push((rest as u8 & 0x7f) | 0x80);
+        out.put_u8((rest as u8 & 0x7f) | 0x80);
         rest >>= 7;
     }
-    out.push(rest as u8);
+    out.put_u8(rest as u8);
 }
 
 /// Decodes header blocks of one connection direction.
@@ -253,14 +253,14 @@ impl Encoder {
     }
 
     /// Starts a header block: call before the block's first field.
-    pub fn begin(&mut self, out: &mut Vec<u8>) {
+    pub fn begin(&mut self, out: &mut impl BufMut) {
         if std::mem::take(&mut self.announce_empty_table) {
             write_int(0, 5, 0x20, out);
         }
     }
 
     /// Appends one field. Names must be lower case (HTTP/2 requires it; callers check).
-    pub fn field(&self, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    pub fn field(&self, name: &[u8], value: &[u8], out: &mut impl BufMut) {
         let (exact, name_index) = static_lookup(name, value);
         if let Some(i) = exact {
             write_int(i, 7, 0x80, out);
@@ -271,14 +271,14 @@ impl Encoder {
         match name_index {
             Some(i) => write_int(i, 4, first, out),
             None => {
-                out.push(first);
+                out.put_u8(first);
                 self.string(name, out);
             }
         }
         self.string(value, out);
     }
 
-    fn string(&self, s: &[u8], out: &mut Vec<u8>) {
+    fn string(&self, s: &[u8], out: &mut impl BufMut) {
         if self.huffman {
             let len = huffman::encoded_len(s);
             if len < s.len() {
@@ -288,7 +288,7 @@ impl Encoder {
             }
         }
         write_int(s.len(), 7, 0x00, out);
-        out.extend_from_slice(s);
+        out.put_slice(s);
     }
 }
 
