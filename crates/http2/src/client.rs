@@ -402,11 +402,7 @@ fn start_stream(
         to_user,
         deadline: req.deadline,
     });
-    let w = st.wake_task();
-    drop(st);
-    if let Some(w) = w {
-        w.wake();
-    }
+    crate::conn::unlock_and_wake(st);
     Poll::Ready(Some(stream))
 }
 
@@ -418,17 +414,10 @@ struct ClientSink {
 
 impl EventSink for ClientSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return Err(Closed);
-        }
         let id = self.id;
-        match st.streams.get(&id) {
-            None => return Err(Closed),
-            Some(s) if s.gone => return Err(Closed),
-            Some(s) if s.done => return Ok(()),
-            Some(_) => {}
-        }
+        let Some(mut st) = self.shared.lock_for_push(id)? else {
+            return Ok(());
+        };
         match ev {
             Event::Message(m) => {
                 let compress = st.streams[&id].compress;
@@ -456,11 +445,7 @@ impl EventSink for ClientSink {
             // Events only a server sends.
             Event::Headers(_) | Event::End(_) => return Ok(()),
         }
-        let w = st.wake_task();
-        drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        crate::conn::unlock_and_wake(st);
         Ok(())
     }
 
@@ -473,11 +458,7 @@ impl EventSink for ClientSink {
         // dropped everything gave up on the call (reset).
         let mut st = self.shared.lock();
         st.released(self.id);
-        let w = st.wake_task();
-        drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        crate::conn::unlock_and_wake(st);
     }
 }
 

@@ -38,7 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use sluice_h2wire::frame::{self, flag, kind, Reason};
 use sluice_h2wire::hpack;
 use sluice_h2wire::{Frame, FrameDecoder, Settings, DEFAULT_WINDOW, HEAD_LEN, MAX_WINDOW, PREFACE};
-use sluice_stream::{Event, PipeTx, Reset, StreamEnd};
+use sluice_stream::{Closed, Event, PipeTx, Reset, StreamEnd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::message::{MessageDecoder, MessageError, PREFIX_LEN};
@@ -382,6 +382,22 @@ impl Shared {
         }
     }
 
+    /// Locks the state for an event a sink pushes on stream `id`: `Err(Closed)` if the stream
+    /// or the connection is gone, `Ok(None)` if this side has ended the stream already (the
+    /// event is dropped), otherwise the locked state.
+    pub(crate) fn lock_for_push(&self, id: u32) -> Result<Option<MutexGuard<'_, State>>, Closed> {
+        let st = self.lock();
+        if st.closed {
+            return Err(Closed);
+        }
+        match st.streams.get(&id) {
+            None => Err(Closed),
+            Some(s) if s.gone => Err(Closed),
+            Some(s) if s.done => Ok(None),
+            Some(_) => Ok(Some(st)),
+        }
+    }
+
     /// A client handle on the connection went away.
     pub(crate) fn drop_handle(&self) {
         let mut st = self.lock();
@@ -426,7 +442,7 @@ impl State {
     }
 
     /// The task's waker, to be woken once the lock is released.
-    pub(crate) fn wake_task(&mut self) -> Option<Waker> {
+    fn wake_task(&mut self) -> Option<Waker> {
         self.task.take()
     }
 
@@ -756,6 +772,15 @@ impl State {
     }
 }
 
+/// Releases the lock, then wakes the connection task to write what was queued under it.
+pub(crate) fn unlock_and_wake(mut st: MutexGuard<'_, State>) {
+    let w = st.wake_task();
+    drop(st);
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
 // === the connection task ===
 
 /// A stream's receiving side, kept by the task.
@@ -785,6 +810,32 @@ struct Recv {
     /// Client: where the response is.
     response: ResponseState,
     deadline: Option<Instant>,
+}
+
+impl Recv {
+    fn new(
+        to_user: PipeTx,
+        window: u32,
+        compressed_ok: bool,
+        response: ResponseState,
+        deadline: Option<Instant>,
+    ) -> Recv {
+        Recv {
+            to_user,
+            partial: BytesMut::new(),
+            window: i64::from(window),
+            unacked: 0,
+            uncredited: 0,
+            paused: false,
+            held: None,
+            ending: None,
+            user_gone: false,
+            remote_ended: false,
+            compressed_ok,
+            response,
+            deadline,
+        }
+    }
 }
 
 /// The end of a stream's incoming side, waiting for the messages in front of it.
@@ -1184,21 +1235,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             let deadline = o.deadline;
             self.streams.insert(
                 o.id,
-                Recv {
-                    to_user: o.to_user,
-                    partial: BytesMut::new(),
-                    window: i64::from(self.cfg.stream_window()),
-                    unacked: 0,
-                    uncredited: 0,
-                    paused: false,
-                    held: None,
-                    ending: None,
-                    user_gone: false,
-                    remote_ended: false,
-                    compressed_ok: false,
-                    response: ResponseState::Head,
+                Recv::new(
+                    o.to_user,
+                    self.cfg.stream_window(),
+                    false,
+                    ResponseState::Head,
                     deadline,
-                },
+                ),
             );
             if let Some(d) = deadline {
                 if self.next_deadline.is_none_or(|n| d < n) {
@@ -1521,21 +1564,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         compressed_ok,
                         end_stream,
                     } => {
-                        let mut r = Recv {
+                        let mut r = Recv::new(
                             to_user,
-                            partial: BytesMut::new(),
-                            window: i64::from(self.cfg.stream_window()),
-                            unacked: 0,
-                            uncredited: 0,
-                            paused: false,
-                            held: None,
-                            ending: None,
-                            user_gone: false,
-                            remote_ended: false,
+                            self.cfg.stream_window(),
                             compressed_ok,
-                            response: ResponseState::Body,
-                            deadline: None,
-                        };
+                            ResponseState::Body,
+                            None,
+                        );
                         if end_stream {
                             r.remote_ended = true;
                             let _ = sluice_stream::EventSink::push(&r.to_user, Event::HalfClose);

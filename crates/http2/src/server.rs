@@ -435,11 +435,7 @@ fn refuse(
     if !client_ended {
         st.send_rst_after(id, Reason::NO_ERROR);
     }
-    let w = st.wake_task();
-    drop(st);
-    if let Some(w) = w {
-        w.wake();
-    }
+    crate::conn::unlock_and_wake(st);
 }
 
 /// `:status` as text.
@@ -574,17 +570,10 @@ fn end_stream(st: &mut State, id: u32, end: &StreamEnd) {
 
 impl EventSink for ServerSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
-        let mut st = self.shared.lock();
-        if st.closed {
-            return Err(Closed);
-        }
         let id = self.id;
-        match st.streams.get(&id) {
-            None => return Err(Closed),
-            Some(s) if s.gone => return Err(Closed),
-            Some(s) if s.done => return Ok(()),
-            Some(_) => {}
-        }
+        let Some(mut st) = self.shared.lock_for_push(id)? else {
+            return Ok(());
+        };
         match ev {
             Event::Message(m) => {
                 if !st.streams[&id].headers_sent {
@@ -615,11 +604,7 @@ impl EventSink for ServerSink {
             }
             Event::HalfClose => return Ok(()),
         }
-        let w = st.wake_task();
-        drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        crate::conn::unlock_and_wake(st);
         Ok(())
     }
 

@@ -10,45 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
 use sluice_stream::{Incoming, Metadata};
+use support::raw::*;
 use support::within;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PUSH_PROMISE: u8 = 5;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    for (id, v) in pairs {
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    frame(SETTINGS, 0, 0, &p)
-}
-
-fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
-    out.push(0x00);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-}
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 
 /// Response headers: `:status 200` (static index 8), gRPC content-type.
 fn response_head() -> Vec<u8> {
@@ -71,94 +36,19 @@ fn framed(msg: &[u8]) -> Vec<u8> {
     v
 }
 
-/// One accepted connection, driven by the test.
-struct Peer {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Got {
-    ty: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-impl Peer {
-    /// Accepts the client's connection, reads its preface and sends `server_settings`.
-    async fn accept(listener: &TcpListener, server_settings: &[(u16, u32)]) -> Peer {
-        let (tcp, _) = within("the client's connection", listener.accept())
-            .await
-            .unwrap();
-        let mut p = Peer {
-            tcp,
-            buf: Vec::new(),
-        };
-        let mut preface = [0u8; 24];
-        within("the preface", p.tcp.read_exact(&mut preface))
-            .await
-            .unwrap();
-        assert_eq!(&preface[..], PREFACE);
-        p.send(&settings(server_settings)).await;
-        p
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.tcp.write_all(bytes).await.unwrap();
-    }
-
-    async fn next(&mut self) -> Option<Got> {
-        within("a frame from the client", async {
-            loop {
-                if self.buf.len() >= 9 {
-                    let len = (usize::from(self.buf[0]) << 16)
-                        | (usize::from(self.buf[1]) << 8)
-                        | usize::from(self.buf[2]);
-                    if self.buf.len() >= 9 + len {
-                        let f: Vec<u8> = self.buf.drain(..9 + len).collect();
-                        return Some(Got {
-                            ty: f[3],
-                            flags: f[4],
-                            stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
-                            payload: f[9..].to_vec(),
-                        });
-                    }
-                }
-                let mut chunk = [0u8; 16384];
-                match self.tcp.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
+/// Accepts the client's connection, reads its preface and sends `server_settings`.
+async fn accept(listener: &TcpListener, server_settings: &[(u16, u32)]) -> FrameIo {
+    let (tcp, _) = within("the client's connection", listener.accept())
         .await
-    }
-
-    async fn until(&mut self, what: &str, pick: impl Fn(&Got) -> bool) -> Got {
-        loop {
-            match self.next().await {
-                Some(f) if pick(&f) => return f,
-                Some(_) => continue,
-                None => panic!("connection closed before {what}"),
-            }
-        }
-    }
-
-    /// Whether a frame `pick` accepts arrives within `wait`.
-    async fn sees(&mut self, wait: Duration, pick: impl Fn(&Got) -> bool) -> bool {
-        tokio::time::timeout(wait, async {
-            loop {
-                match self.next().await {
-                    Some(f) if pick(&f) => return true,
-                    Some(_) => continue,
-                    None => return false,
-                }
-            }
-        })
+        .unwrap();
+    let mut p = FrameIo::new(tcp);
+    let mut preface = [0u8; 24];
+    within("the preface", p.tcp.read_exact(&mut preface))
         .await
-        .unwrap_or(false)
-    }
+        .unwrap();
+    assert_eq!(&preface[..], PREFACE);
+    p.send(&settings(server_settings)).await;
+    p
 }
 
 async fn listener() -> (TcpListener, SocketAddr) {
@@ -188,7 +78,7 @@ async fn the_client_keeps_to_the_server_window_and_frame_size() {
     let opening =
         tokio::spawn(async move { client.open(&request("Big")).await.map(|s| (s, client)) });
     // A stream window of 10 bytes, a connection window left at 65535.
-    let mut p = Peer::accept(&l, &[(0x4, 10)]).await;
+    let mut p = accept(&l, &[(0x4, 10)]).await;
     let ((send, _recv), _client) = {
         let (s, c) = opening.await.unwrap().unwrap();
         (s.split(), c)
@@ -231,7 +121,7 @@ async fn the_client_waits_for_a_stream_slot_under_the_server_limit() {
     let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
     let c1 = client.clone();
     let first = tokio::spawn(async move { c1.open(&request("One")).await });
-    let mut p = Peer::accept(&l, &[(0x3, 1)]).await;
+    let mut p = accept(&l, &[(0x3, 1)]).await;
     let (_s1, mut r1) = first.await.unwrap().unwrap().split();
     p.until("the first request", |f| f.ty == HEADERS && f.stream == 1)
         .await;
@@ -261,7 +151,7 @@ async fn responses_that_break_the_rules_end_the_stream_with_an_error() {
     let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
     let c = client.clone();
     let opening = tokio::spawn(async move { c.open(&request("A")).await });
-    let mut p = Peer::accept(&l, &[]).await;
+    let mut p = accept(&l, &[]).await;
     let (_send, mut recv) = opening.await.unwrap().unwrap().split();
 
     // DATA before the response headers: the stream is reset and ends in error.
@@ -314,8 +204,7 @@ async fn responses_that_break_the_rules_end_the_stream_with_an_error() {
     let mut promise = 2u32.to_be_bytes().to_vec();
     promise.extend_from_slice(&response_head());
     p.send(&frame(PUSH_PROMISE, END_HEADERS, 7, &promise)).await;
-    let goaway = p.until("GOAWAY", |f| f.ty == GOAWAY).await;
-    assert_eq!(&goaway.payload[4..8], &1u32.to_be_bytes(), "PROTOCOL_ERROR");
+    assert_eq!(p.goaway().await.1, 1, "PROTOCOL_ERROR");
     assert!(matches!(next(&mut recv).await, Incoming::Reset(_)));
 }
 
@@ -325,7 +214,7 @@ async fn goaway_refuses_the_streams_past_its_last_id() {
     let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
     let c = client.clone();
     let opening = tokio::spawn(async move { c.open(&request("A")).await });
-    let mut p = Peer::accept(&l, &[]).await;
+    let mut p = accept(&l, &[]).await;
     let (_s1, mut r1) = opening.await.unwrap().unwrap().split();
     let (_s2, mut r2) = client.open(&request("B")).await.unwrap().split();
     p.until("both requests", |f| f.ty == HEADERS && f.stream == 3)
@@ -346,7 +235,7 @@ async fn goaway_refuses_the_streams_past_its_last_id() {
     // A new stream goes to a new connection.
     let c = client.clone();
     let opening = tokio::spawn(async move { c.open(&request("C")).await });
-    let mut p2 = Peer::accept(&l, &[]).await;
+    let mut p2 = accept(&l, &[]).await;
     let _ = opening.await.unwrap().unwrap();
     p2.until("the request on the new connection", |f| {
         f.ty == HEADERS && f.stream == 1

@@ -7,52 +7,10 @@ mod support;
 use std::time::Duration;
 
 use sluice_http2::GrpcServerConfig;
+use support::raw::*;
 use support::{framed, within, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const PRIORITY: u8 = 2;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-const CONTINUATION: u8 = 9;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-
-fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    for (id, v) in pairs {
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    frame(SETTINGS, 0, 0, &p)
-}
-
-/// A literal field without indexing, with a new name (RFC 7541 6.2.2), lengths below 127.
-fn literal(name: &str, value: &str, out: &mut Vec<u8>) {
-    assert!(name.len() < 127 && value.len() < 127);
-    out.push(0x00);
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-}
 
 /// A gRPC request header block for `/EchoService/<method>`, plus `extra` fields.
 fn request_block(method: &str, extra: &[(&str, &str)]) -> Vec<u8> {
@@ -142,86 +100,33 @@ fn read_block(mut b: &[u8]) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-/// A received frame.
-#[derive(Debug)]
-struct Got {
-    ty: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
+/// A connection to the test server, past the handshake.
+struct Conn(FrameIo);
+
+impl std::ops::Deref for Conn {
+    type Target = FrameIo;
+    fn deref(&self) -> &FrameIo {
+        &self.0
+    }
 }
 
-struct Conn {
-    tcp: TcpStream,
-    buf: Vec<u8>,
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut FrameIo {
+        &mut self.0
+    }
 }
 
 impl Conn {
     /// Connects, sends the preface and `client_settings`, and reads the server's SETTINGS.
     async fn open(server: &TestServer, client_settings: &[(u16, u32)]) -> Conn {
         let tcp = TcpStream::connect(server.addr).await.unwrap();
-        let mut c = Conn {
-            tcp,
-            buf: Vec::new(),
-        };
+        let mut c = Conn(FrameIo::new(tcp));
         let mut hello = PREFACE.to_vec();
         hello.extend_from_slice(&settings(client_settings));
         c.send(&hello).await;
         let first = c.next().await.expect("server SETTINGS");
         assert_eq!((first.ty, first.flags), (SETTINGS, 0));
         c
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.tcp.write_all(bytes).await.unwrap();
-    }
-
-    /// The next frame, or None once the server closed the connection.
-    async fn next(&mut self) -> Option<Got> {
-        within("a frame from the server", async {
-            loop {
-                if self.buf.len() >= 9 {
-                    let len = (usize::from(self.buf[0]) << 16)
-                        | (usize::from(self.buf[1]) << 8)
-                        | usize::from(self.buf[2]);
-                    if self.buf.len() >= 9 + len {
-                        let f: Vec<u8> = self.buf.drain(..9 + len).collect();
-                        return Some(Got {
-                            ty: f[3],
-                            flags: f[4],
-                            stream: u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff,
-                            payload: f[9..].to_vec(),
-                        });
-                    }
-                }
-                let mut chunk = [0u8; 16384];
-                match self.tcp.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Frames until one `pick` accepts (skipping SETTINGS ACKs, PINGs and WINDOW_UPDATEs that
-    /// `pick` rejects); panics if the connection closes first.
-    async fn until(&mut self, what: &str, pick: impl Fn(&Got) -> bool) -> Got {
-        loop {
-            match self.next().await {
-                Some(f) if pick(&f) => return f,
-                Some(_) => continue,
-                None => panic!("connection closed before {what}"),
-            }
-        }
-    }
-
-    /// The GOAWAY that ends the connection: (last stream id, error code).
-    async fn goaway(&mut self) -> (u32, u32) {
-        let f = self.until("GOAWAY", |f| f.ty == GOAWAY).await;
-        let last = u32::from_be_bytes(f.payload[0..4].try_into().unwrap());
-        let code = u32::from_be_bytes(f.payload[4..8].try_into().unwrap());
-        (last, code)
     }
 
     /// Sends a request on `stream` and its messages, then reads the response to its end:
@@ -503,10 +408,7 @@ async fn a_bad_start_ends_the_connection_with_goaway() {
     let mut hello = PREFACE.to_vec();
     hello.extend_from_slice(&frame(PING, 0, 0, b"12345678"));
     tcp.write_all(&hello).await.unwrap();
-    let mut c = Conn {
-        tcp,
-        buf: Vec::new(),
-    };
+    let mut c = FrameIo::new(tcp);
     assert_eq!(c.goaway().await.1, 0x1, "PROTOCOL_ERROR");
 
     // An even stream id from a client.
