@@ -66,11 +66,15 @@ pub struct GrpcClientConfig {
     pub max_frame_size: u32,
     /// SETTINGS_MAX_HEADER_LIST_SIZE: bound on one response's decoded header list.
     pub max_header_list_size: u32,
+    /// How long a new connection waits for the server's SETTINGS; a server that sends none
+    /// (not HTTP/2, or stuck) fails the connection and its streams.
+    pub handshake_timeout: Duration,
 }
 
 impl GrpcClientConfig {
     /// Defaults for these endpoints: 1 s connect timeout, 4 MiB messages, 1 MiB stream and
-    /// 8 MiB connection windows, 16 KiB frames, 64 KiB header lists.
+    /// 8 MiB connection windows, 16 KiB frames, 64 KiB header lists, 10 s for the server's
+    /// SETTINGS.
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
         Self {
             endpoints,
@@ -80,6 +84,7 @@ impl GrpcClientConfig {
             initial_connection_window: 8 * 1024 * 1024,
             max_frame_size: 16 * 1024,
             max_header_list_size: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -288,7 +293,7 @@ impl GrpcClient {
             max_frame_size: config.max_frame_size,
             max_header_list_size: config.max_header_list_size,
             max_message_size: config.max_message_size,
-            handshake_timeout: Duration::ZERO,
+            handshake_timeout: config.handshake_timeout,
         };
         let (conn, shared) = Connection::client(tcp, addr, cfg);
         tokio::spawn(async move {

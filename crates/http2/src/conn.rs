@@ -117,7 +117,7 @@ pub(crate) struct ConnConfig {
     pub(crate) max_header_list_size: u32,
     /// Largest gRPC message accepted.
     pub(crate) max_message_size: usize,
-    /// Preface and SETTINGS must arrive within this (server).
+    /// The peer's preface (server side) and SETTINGS must arrive within this.
     pub(crate) handshake_timeout: Duration,
 }
 
@@ -166,8 +166,8 @@ pub enum Http2Error {
         /// What was wrong.
         what: String,
     },
-    /// The client did not send its preface and SETTINGS in time.
-    #[error("no HTTP/2 preface and SETTINGS in time")]
+    /// The peer did not send its preface (a client) or its SETTINGS in time.
+    #[error("no HTTP/2 preface and SETTINGS from the peer in time")]
     HandshakeTimeout,
     /// The peer ended the connection with an error code.
     #[error("peer sent GOAWAY {reason}: {debug}")]
@@ -976,8 +976,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
         });
-        let handshake_deadline =
-            (cfg.side == Side::Server).then(|| Box::pin(tokio::time::sleep(cfg.handshake_timeout)));
+        // Both sides: a peer that does not open with SETTINGS in time is not speaking HTTP/2
+        // (or is stuck), and streams waiting on it must not wait forever.
+        let handshake_deadline = Some(Box::pin(tokio::time::sleep(cfg.handshake_timeout)));
         let conn = Connection {
             io,
             peer,

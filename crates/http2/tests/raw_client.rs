@@ -242,3 +242,23 @@ async fn goaway_refuses_the_streams_past_its_last_id() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_server_that_never_speaks_http2_fails_the_stream() {
+    let (l, addr) = listener().await;
+    let mut config = GrpcClientConfig::new(vec![addr]);
+    config.handshake_timeout = Duration::from_millis(300);
+    let client = GrpcClient::new(config);
+    let opening = tokio::spawn(async move { client.open(&request("A")).await });
+    // Accepts, reads, answers nothing.
+    let (mut tcp, _) = within("the connection", l.accept()).await.unwrap();
+    let (_send, mut recv) = opening.await.unwrap().unwrap().split();
+    let started = std::time::Instant::now();
+    match next(&mut recv).await {
+        Incoming::Reset(_) => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.read_to_end(&mut rest)).await;
+}
