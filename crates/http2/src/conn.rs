@@ -14,11 +14,12 @@
 //!   arrived in: no copy, no allocation per message.
 //!
 //! Backpressure, end to end: a sink is not ready while its stream has data waiting for window
-//! or the connection's queue holds [`OUT_LIMIT`] bytes; the task hands each received message to
-//! its stream's pipe and gives the peer new stream window only once that pipe (or, spliced,
-//! the sink it feeds) is ready for more. A stream that is not read therefore stops its peer
-//! after one window and the pipe's depth, without stopping the other streams of the
-//! connection (the connection window is given back as data arrives).
+//! or the connection's queue holds [`OUT_LIMIT`] bytes; the task hands a received message to
+//! its stream's pipe only while that pipe (or, spliced, the sink it feeds) is ready for more,
+//! keeps the rest as undecoded bytes otherwise, and gives the peer new stream window only for
+//! bytes it has handed on. A stream that is not read therefore stops its peer after one window
+//! and the pipe's depth, without stopping the other streams of the connection (the connection
+//! window is given back as data arrives).
 //!
 //! Lock order: the task never holds the lock while it hands an event to a pipe (a spliced
 //! pipe takes the lock of another connection), and sinks never call into another connection
@@ -888,8 +889,7 @@ pub(crate) enum Opening {
 }
 
 /// Server hooks: what to do with a request's header block.
-pub(crate) type OnRequest =
-    Box<dyn FnMut(&Arc<Shared>, HeaderBlock, usize) -> Opening + Send + 'static>;
+pub(crate) type OnRequest = Box<dyn FnMut(&Arc<Shared>, HeaderBlock) -> Opening + Send + 'static>;
 
 enum Role {
     Server {
@@ -1558,7 +1558,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         .push_inline(&frame::rst_stream(id, Reason::REFUSED_STREAM));
                     return Ok(());
                 }
-                match on_request(&self.shared, hb, self.cfg.max_message_size) {
+                match on_request(&self.shared, hb) {
                     Opening::Done => Ok(()),
                     Opening::Accept {
                         to_user,
@@ -2293,7 +2293,7 @@ mod tests {
             max_message_size: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
         };
-        let on_request: OnRequest = Box::new(move |shared, block, _| {
+        let on_request: OnRequest = Box::new(move |shared, block| {
             shared.lock().add_stream(block.stream, Bytes::new());
             let (tx, rx) = pipe(CHANNEL_DEPTH);
             *keep.lock().unwrap() = Some(rx);

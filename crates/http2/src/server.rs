@@ -160,7 +160,7 @@ where
         handshake_timeout: config.handshake_timeout,
     };
     let max_header_list_size = config.max_header_list_size;
-    let on_request: OnRequest = Box::new(move |shared, block, _max_message| {
+    let on_request: OnRequest = Box::new(move |shared, block| {
         open_stream(shared, block, peer, &handler, max_header_list_size)
     });
     let mut conn = Connection::server(io, peer, cfg, on_request);
