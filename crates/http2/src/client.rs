@@ -43,7 +43,7 @@ use crate::fields::{
     valid_name, valid_value,
 };
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT};
-use crate::message::{encode_prefix, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::status::{Code, Status};
 use crate::timeout::format_timeout;
 
@@ -425,13 +425,9 @@ impl EventSink for ClientSink {
         };
         match ev {
             Event::Message(m) => {
-                let compress = st.streams[&id].compress;
-                match encode_prefix(m.len(), compress) {
-                    Ok(prefix) => st.send_message(id, prefix, m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot frame a gRPC message; resetting the stream");
-                        st.reset_now(id, Reason::CANCEL);
-                    }
+                if let Err(e) = st.send_message(id, m) {
+                    tracing::warn!(error = %e, "cannot frame a gRPC message; resetting the stream");
+                    st.reset_now(id, Reason::CANCEL);
                 }
             }
             Event::HalfClose => {

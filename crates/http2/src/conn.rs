@@ -42,7 +42,7 @@ use sluice_h2wire::{Frame, FrameDecoder, Settings, DEFAULT_WINDOW, HEAD_LEN, MAX
 use sluice_stream::{Closed, Event, PipeTx, Reset, StreamEnd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::message::{MessageDecoder, MessageError, PREFIX_LEN};
+use crate::message::{encode_prefix, MessageDecoder, MessageError, PREFIX_LEN};
 use crate::status::{Code, Status};
 
 /// Bytes queued for the socket before sinks stop being ready.
@@ -403,11 +403,7 @@ impl Shared {
     pub(crate) fn drop_handle(&self) {
         let mut st = self.lock();
         st.handles -= 1;
-        let w = st.task.take();
-        drop(st);
-        if let Some(w) = w {
-            w.wake();
-        }
+        unlock_and_wake(st);
     }
 }
 
@@ -541,27 +537,29 @@ impl State {
         self.push_inline(&frame::rst_stream(id, reason));
     }
 
-    /// Sends one message (its prefix, then `body`) as DATA, as far as the windows allow; the
-    /// rest waits in the stream's pending list.
-    pub(crate) fn send_message(&mut self, id: u32, prefix: [u8; PREFIX_LEN], body: Bytes) {
-        let waiting = self.streams.get(&id).is_some_and(|s| !s.pending.is_empty());
+    /// Sends one gRPC message (its prefix, with the compressed flag the stream's headers
+    /// announced, then `body`) as DATA, as far as the windows allow; the rest waits in the
+    /// stream's pending list. Fails, sending nothing, for a message too long for the prefix.
+    pub(crate) fn send_message(&mut self, id: u32, body: Bytes) -> Result<(), MessageError> {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
         let item = Pending::Data {
-            prefix,
+            prefix: encode_prefix(body.len(), s.compress)?,
             from: 0,
             body,
             end: false,
         };
-        if waiting {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.pending.push_back(item);
-            }
-            return;
+        if !s.pending.is_empty() {
+            s.pending.push_back(item);
+            return Ok(());
         }
         if let Some(rest) = self.emit_data(id, item) {
             if let Some(s) = self.streams.get_mut(&id) {
                 s.pending.push_back(rest);
             }
         }
+        Ok(())
     }
 
     /// Ends the sending side with END_STREAM: on the stream's last DATA frame if it is still
@@ -1097,7 +1095,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
                     self.read_done = true;
-                    self.on_eof()?;
+                    self.on_eof();
                 }
                 Poll::Ready(Ok(_)) => {
                     reads += 1;
@@ -1113,7 +1111,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     ) {
                         tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection reset by the peer");
                         self.read_done = true;
-                        self.on_eof()?;
+                        self.on_eof();
                     } else {
                         return Err(e.into());
                     }
@@ -1178,7 +1176,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             // What was queued before the failure still goes out (it may answer requests the
             // peer is waiting on), then the GOAWAY.
             st.out = queued;
-            st.closed = true;
             if let Http2Error::Protocol { reason, what } = &e {
                 let mut g = Vec::new();
                 frame::goaway(self.last_peer_stream(), *reason, what.as_bytes(), &mut g);
@@ -1197,16 +1194,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// The peer closed its side.
-    fn on_eof(&mut self) -> Result<(), Http2Error> {
+    fn on_eof(&mut self) {
         if !self.buf.is_empty() || self.partial_block.is_some() {
             tracing::debug!(peer = %self.peer, "HTTP/2 connection closed in the middle of a frame");
         }
         // Every stream still running hears that the connection is gone.
         self.streams.clear();
         let mut wakes = Wakes::default();
-        let mut st = self.shared.lock();
-        st.close_all(&mut wakes);
-        Ok(())
+        self.shared.lock().close_all(&mut wakes);
     }
 
     /// Requests queued by sinks and handles: ended streams, released streams, new streams,
@@ -1386,6 +1381,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         "client opened an even stream id",
                     ));
                 }
+                // Copied out of the read buffer: decoded literals are slices of the block and
+                // live as long as the stream's metadata, which must not pin a whole read buffer.
                 let p = PartialBlock {
                     stream: h.stream,
                     frames: 0,
@@ -2096,9 +2093,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
         let mut refused = Vec::new();
         {
+            let mut wakes = Wakes::default();
             let mut st = self.shared.lock();
             st.going_away = true;
-            let mut wakes = Wakes::default();
             wakes.extend(st.open_waiters.drain(..));
             if self.cfg.side == Side::Client {
                 // Streams above `last` were not processed: they fail, safe to retry.

@@ -65,7 +65,7 @@ use crate::fields::{
     metadata_from_fields, valid_name, valid_value,
 };
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT};
-use crate::message::{encode_prefix, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::path::MethodPath;
 use crate::status::{percent_encode, Code, Status};
 use crate::timeout::parse_timeout;
@@ -579,13 +579,9 @@ impl EventSink for ServerSink {
                 if !st.streams[&id].headers_sent {
                     start(&mut st, id, &Metadata::new());
                 }
-                let compress = st.streams[&id].compress;
-                match encode_prefix(m.len(), compress) {
-                    Ok(prefix) => st.send_message(id, prefix, m),
-                    Err(e) => {
-                        let end = StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string());
-                        end_stream(&mut st, id, &end);
-                    }
+                if let Err(e) = st.send_message(id, m) {
+                    let end = StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string());
+                    end_stream(&mut st, id, &end);
                 }
             }
             Event::Headers(md) => {
