@@ -112,6 +112,8 @@ struct RawLimits {
     max_connections: Option<usize>,
     max_in_flight_per_conn: Option<usize>,
     drain_grace_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
+    max_streams_per_conn: Option<usize>,
 }
 
 pub use sluice_server::Cluster;
@@ -172,6 +174,10 @@ pub struct Limits {
     pub max_in_flight_per_conn: usize,
     /// Drain grace period. Default 10 s.
     pub drain_grace: Duration,
+    /// Time a started frame (or request) has to complete. Default 30 s.
+    pub frame_timeout: Duration,
+    /// TTStream streams open at once per connection. Default 1000.
+    pub max_streams_per_conn: usize,
 }
 
 /// A checked configuration.
@@ -281,6 +287,8 @@ impl Config {
             max_connections: raw.limits.max_connections.unwrap_or(10_000),
             max_in_flight_per_conn: raw.limits.max_in_flight_per_conn.unwrap_or(256),
             drain_grace: ms(raw.limits.drain_grace_ms, 10_000),
+            frame_timeout: ms(raw.limits.frame_timeout_ms, 30_000),
+            max_streams_per_conn: raw.limits.max_streams_per_conn.unwrap_or(1000),
         };
         if limits.max_frame_size < 64 {
             return Err(err("limits.max_frame_size", "must be at least 64 bytes"));
@@ -290,6 +298,12 @@ impl Config {
         }
         if limits.max_in_flight_per_conn == 0 {
             return Err(err("limits.max_in_flight_per_conn", "must be at least 1"));
+        }
+        if limits.max_streams_per_conn == 0 {
+            return Err(err("limits.max_streams_per_conn", "must be at least 1"));
+        }
+        if limits.frame_timeout.is_zero() {
+            return Err(err("limits.frame_timeout_ms", "must be at least 1"));
         }
         for d in downstreams.values_mut() {
             d.max_frame_size = limits.max_frame_size;

@@ -79,6 +79,8 @@ impl Proxy {
                 max_connections: limits.max_connections,
                 default_service: l.default_service.clone(),
                 drain_grace: limits.drain_grace,
+                frame_timeout: limits.frame_timeout,
+                max_streams_per_conn: limits.max_streams_per_conn,
                 cluster: l.cluster,
                 tls: l.tls.clone(),
             };

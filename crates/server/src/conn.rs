@@ -25,6 +25,14 @@ pub(crate) struct Ctx<H, S> {
     pub(crate) stats: Arc<ServerStats>,
 }
 
+/// What a protocol driver needs besides its socket and handler: the listener's settings and
+/// the counters it reports refusals in.
+#[derive(Clone)]
+pub(crate) struct ConnCtx {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
 /// The message a caller of the wrong family gets.
 fn wrong_cluster_text(config: &ServerConfig, family: Family) -> String {
     let right = match family {
@@ -130,6 +138,10 @@ fn driver<H: DefaultHandler, S: StreamingHandler>(
     ctx: Ctx<H, S>,
     drain: Drain,
 ) -> Driver {
+    let cctx = ConnCtx {
+        config: config.clone(),
+        stats: ctx.stats.clone(),
+    };
     if wrong {
         let text = wrong_cluster_text(&config, family);
         return match family {
@@ -137,7 +149,7 @@ fn driver<H: DefaultHandler, S: StreamingHandler>(
                 stream,
                 peer,
                 buf,
-                config,
+                cctx,
                 Arc::new(RefusePingPong(text)),
                 drain,
             )),
@@ -145,7 +157,7 @@ fn driver<H: DefaultHandler, S: StreamingHandler>(
                 stream,
                 peer,
                 buf,
-                config,
+                cctx,
                 Arc::new(RefuseStreams(text)),
                 drain,
             )),
@@ -153,15 +165,8 @@ fn driver<H: DefaultHandler, S: StreamingHandler>(
         };
     }
     match family {
-        Family::PingPong => Box::pin(pingpong::run(stream, peer, buf, config, ctx.handler, drain)),
-        Family::TTStream => Box::pin(ttstream::run(
-            stream,
-            peer,
-            buf,
-            config,
-            ctx.streaming,
-            drain,
-        )),
+        Family::PingPong => Box::pin(pingpong::run(stream, peer, buf, cctx, ctx.handler, drain)),
+        Family::TTStream => Box::pin(ttstream::run(stream, peer, buf, cctx, ctx.streaming, drain)),
         Family::Http2 => Box::pin(serve_http2(stream, peer, buf, config, ctx.streaming, drain)),
     }
 }

@@ -31,10 +31,10 @@ impl DrainHandle {
 impl Drain {
     /// A drain that is never signalled.
     pub fn never() -> Drain {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive for the life of the process: `signaled` must never resolve.
-        std::mem::forget(tx);
-        Drain(rx)
+        // One sender for the whole process, never signalled and never dropped, so `signaled`
+        // never resolves; every `never()` drain subscribes to it.
+        static NEVER: std::sync::OnceLock<watch::Sender<bool>> = std::sync::OnceLock::new();
+        Drain(NEVER.get_or_init(|| watch::channel(false).0).subscribe())
     }
 
     /// True once draining has started.
@@ -46,5 +46,19 @@ impl Drain {
     pub async fn signaled(&self) {
         let mut rx = self.0.clone();
         let _ = rx.wait_for(|d| *d).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_drains_share_one_sender() {
+        // Each call used to create (and leak) a sender of its own.
+        let a = Drain::never();
+        let b = Drain::never();
+        assert!(a.0.same_channel(&b.0));
+        assert!(!a.is_draining());
     }
 }

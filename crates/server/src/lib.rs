@@ -24,7 +24,7 @@ mod ttstream;
 type Chunks = Vec<bytes::Bytes>;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,18 @@ pub struct ServerStats {
     pub wrong_cluster: AtomicU64,
     /// Connections that spoke no protocol Sluice serves.
     pub not_ours: AtomicU64,
+    /// Connections accepted and closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed after the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// Connections closed because a started frame (or the HTTP/2 preface) did not complete
+    /// within the frame timeout.
+    pub frame_timeouts: AtomicU64,
+    /// TTStream streams refused: the per-connection stream limit was reached, or the server
+    /// was draining.
+    pub streams_refused: AtomicU64,
+    /// Connections closed because the peer reset streams faster than the reset budget allows.
+    pub reset_floods: AtomicU64,
 }
 
 /// A [`StreamingHandler`] for servers that serve no streams: every stream ends with an error.
@@ -108,14 +120,23 @@ pub struct ServerConfig {
     pub name: String,
     /// Time a new connection has to send enough bytes to be recognised. Default 5 s.
     pub sniff_timeout: Duration,
-    /// A connection with no request in flight and nothing read for this long is closed.
-    /// Default 10 min, as Kitex servers.
+    /// A connection with no request or stream in flight and nothing read for this long is
+    /// closed, whatever its protocol. Default 10 min, as Kitex servers.
     pub idle_timeout: Duration,
+    /// A request or frame whose first bytes have arrived must be whole within this time, or
+    /// the connection is closed with a log line (a stalled or slowloris peer). Default 30 s.
+    pub frame_timeout: Duration,
+    /// TTStream streams open at once on one connection; a stream opened beyond it is refused
+    /// in TTStream's own way (a Header and a Trailer carrying an exception). Default 1000, as
+    /// gRPC's concurrent-stream limit.
+    pub max_streams_per_conn: usize,
     /// Largest frame or message accepted, any transport. Default 16 MiB.
     pub max_frame_size: usize,
     /// Requests served at once on one TTHeader connection; reading pauses beyond it. Default 256.
     pub max_in_flight_per_conn: usize,
-    /// Connections served at once; accepting pauses beyond it. Default 10 000.
+    /// Connections served at once. Beyond it a new connection is accepted and closed at once
+    /// (counted in [`ServerStats::connections_refused`], logged at most every 10 s), so its
+    /// client fails fast and can try elsewhere instead of waiting unanswered. Default 10 000.
     pub max_connections: usize,
     /// Service name given to requests that carry none (Framed, Buffered, TTHeader without
     /// `isn`). Default none (empty string).
@@ -134,6 +155,8 @@ impl Default for ServerConfig {
             name: "sluice".to_owned(),
             sniff_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(30),
+            max_streams_per_conn: 1000,
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
             max_in_flight_per_conn: 256,
             max_connections: 10_000,
@@ -188,21 +211,25 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
         let local = listener.local_addr().ok();
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut refusals = RefusalLog::default();
         tracing::info!(listener = %self.config.name, addr = ?local, "listening");
         loop {
-            let permit = tokio::select! {
-                _ = drain.signaled() => break,
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
             let accepted = tokio::select! {
                 _ = drain.signaled() => break,
                 a = listener.accept() => a,
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        // At the limit: close it now, so the client sees a refusal rather than
+                        // a connection nobody will read.
+                        self.stats
+                            .connections_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        refusals.refused(&self.config.name, peer, self.config.max_connections);
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let ctx = self.ctx();
                     let drain = drain.clone();
@@ -247,6 +274,37 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
             handler: self.handler.clone(),
             streaming: self.streaming.clone(),
             stats: self.stats.clone(),
+        }
+    }
+}
+
+/// How often, at most, reaching `max_connections` is logged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs connections refused at the connection limit once per interval, with how many.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, listener: &str, peer: SocketAddr, limit: usize) {
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                listener,
+                %peer,
+                limit,
+                refused = self.since,
+                "max_connections reached: closing new connections at once"
+            );
+            self.last = Some(now);
+            self.since = 0;
         }
     }
 }

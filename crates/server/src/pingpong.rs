@@ -13,14 +13,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::time::Instant as TInstant;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use sluice_framed::{mesh, BufferedCodec, FramedCodec};
 use sluice_sniff::{Codec, Detection, Message, Refusal};
 use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
 use sluice_ttheader::{encode_head_ref, flags, int_key, str_key, HeadRef, Header, StrKvs};
+use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
 
+use crate::conn::ConnCtx;
 use crate::Chunks;
 use crate::{DefaultHandler, Drain, Request, Response, ResponseBody, ServerConfig, Transport};
 
@@ -57,6 +60,11 @@ enum Incoming {
     Reject(ReplyTo, ApplicationException),
 }
 
+/// After a drain starts, a connection is closed once it has been quiet (nothing in flight,
+/// nothing read) for this long. A caller that wrote a request just as the drain began (it saw
+/// a reply without `crrst` a moment before) gets it answered, with `crrst`, instead of an EOF.
+pub(crate) const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
 // A plain fn returning an `async move` block rather than an `async fn`: the arguments are then
 // the future's captures, where an `async fn` keeps each argument twice (as argument and as the
 // body's local), and every idle connection holds this future.
@@ -65,32 +73,42 @@ pub(crate) fn run<H: DefaultHandler>(
     stream: TcpStream,
     peer: SocketAddr,
     mut buf: BytesMut,
-    config: Arc<ServerConfig>,
+    ctx: ConnCtx,
     handler: Arc<H>,
     drain: Drain,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
+        let ConnCtx { config, stats } = ctx;
         let (mut rd, mut wr) = stream.into_split();
         let max = config.max_in_flight_per_conn.max(1);
-        // Replies of requests served concurrently (Kitex mux clients) come back here and are written
-        // by this task. The channel holds as many replies as there can be requests in flight, so a
-        // handler task never waits on it.
-        // Created on the first mux request: most connections never need it.
-        let mut mux: Option<(mpsc::Sender<Chunks>, mpsc::Receiver<Chunks>)> = None;
-        let in_flight = Arc::new(Semaphore::new(max));
+        // Requests of Kitex mux clients run as tasks owned by this set; each task's output is
+        // its encoded reply, taken by this task with `join_next` and written here. A task
+        // counts against the in-flight limit until its reply has been taken, so the set can
+        // never hold more than `max` replies, and nothing a handler does waits on this task
+        // (a reply is a task's return value, not a send into a queue that could be full).
+        // Boxed and created on the first mux request: most connections never need it.
+        let mut mux: Option<Box<tokio::task::JoinSet<Option<Chunks>>>> = None;
         let codecs = Codecs::new(config.max_frame_size);
         let mut draining = drain.is_draining();
         // Replies waiting to be written: flushed with one vectored write per batch.
         let mut out: Vec<Bytes> = Vec::new();
+        // When the bytes now buffered started waiting to become a whole request: the frame
+        // timeout runs from there (reset whenever a request completes).
+        let mut partial_since: Option<TInstant> = None;
+        // Last time a request arrived or the drain began: the idle and drain-quiet clocks.
+        let mut last_active = TInstant::now();
 
         let outcome: Result<(), ConnError> = 'conn: loop {
-            // Serve every whole request already buffered.
-            loop {
+            // Serve every whole request already buffered, while the in-flight limit allows
+            // (beyond it the bytes wait in `buf` and reading pauses).
+            while mux.as_ref().is_none_or(|m| m.len() < max) {
                 let incoming = match next_request(&mut buf, &codecs, peer, &config) {
                     Ok(Some(i)) => i,
                     Ok(None) => break,
                     Err(e) => break 'conn Err(e),
                 };
+                partial_since = None;
+                last_active = TInstant::now();
                 match incoming {
                     Incoming::Reject(to, ex) => {
                         encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
@@ -103,43 +121,18 @@ pub(crate) fn run<H: DefaultHandler>(
                             && req.header.flags & flags::SUPPORT_OUT_OF_ORDER != 0 =>
                     {
                         // A Kitex mux client pipelines and matches replies by seq id: serve its
-                        // requests concurrently, up to the in-flight limit (reading waits beyond it).
-                        // Boxed while it may wait for a permit: the connection's future keeps no
-                        // room for a whole request.
-                        let req = Box::new(req);
-                        let permit = match in_flight.clone().try_acquire_owned() {
-                            Ok(p) => p,
-                            Err(_) => {
-                                if sluice_io::write_all_vectored(&mut wr, &mut out)
-                                    .await
-                                    .is_err()
-                                {
-                                    break 'conn Ok(());
-                                }
-                                match in_flight.clone().acquire_owned().await {
-                                    Ok(p) => p,
-                                    Err(_) => break 'conn Ok(()),
-                                }
-                            }
-                        };
+                        // requests concurrently, up to the in-flight limit.
                         let handler = handler.clone();
-                        let tx = mux
-                            .get_or_insert_with(|| mpsc::channel::<Chunks>(max))
-                            .0
-                            .clone();
                         let drain = drain.clone();
-                        tokio::spawn(async move {
+                        mux.get_or_insert_with(Box::default).spawn(async move {
                             let (to, oneway) = reply_to(&req);
-                            let resp = handler.handle(*req).await;
-                            if !oneway {
-                                let _ = tx.send(encode_reply(&to, resp, drain.is_draining())).await;
-                            }
-                            drop(permit);
+                            let resp = handler.handle(req).await;
+                            (!oneway).then(|| encode_reply(&to, resp, drain.is_draining()))
                         });
                     }
                     Incoming::Request(req) => {
                         // Plain clients have one request in flight (Framed and Buffered callers also
-                        // match by order): serve it right here, no task, no channel.
+                        // match by order): serve it right here, no task.
                         let (to, oneway) = reply_to(&req);
                         // Boxed so the connection's future stays small while it is idle: the
                         // handler's future (a whole downstream call) exists only per request.
@@ -157,6 +150,15 @@ pub(crate) fn run<H: DefaultHandler>(
                     break 'conn Ok(());
                 }
             }
+            // Replies of mux requests that are already done go out in this batch too.
+            if let Some(m) = mux.as_mut() {
+                while out.len() < sluice_io::MAX_IOV {
+                    match m.try_join_next() {
+                        Some(r) => take_reply(r, peer, &config, &mut out),
+                        None => break,
+                    }
+                }
+            }
             if !out.is_empty()
                 && sluice_io::write_all_vectored(&mut wr, &mut out)
                     .await
@@ -165,60 +167,81 @@ pub(crate) fn run<H: DefaultHandler>(
                 break Ok(());
             }
 
-            let idle = in_flight.available_permits() == max;
-            if draining
-                && idle
-                && buf.is_empty()
-                && mux.as_ref().is_none_or(|(_, rx)| rx.is_empty())
-            {
-                break Ok(());
+            let in_flight = mux.as_ref().map_or(0, |m| m.len());
+            let full = in_flight >= max;
+            if buf.is_empty() || full {
+                // Nothing started, or the bytes wait on us, not on the peer.
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(TInstant::now());
+            }
+            let idle = in_flight == 0 && buf.is_empty();
+            // What ends the wait for bytes: the frame timeout while a request is incomplete,
+            // the idle timeout (or, draining, the quiet time) while nothing is in flight.
+            let deadline = match (partial_since, idle) {
+                (Some(since), _) => Some((since + config.frame_timeout, Expiry::Frame)),
+                (None, true) if draining => Some((last_active + DRAIN_QUIET, Expiry::Drained)),
+                (None, true) => Some((last_active + config.idle_timeout, Expiry::Idle)),
+                (None, false) => None,
+            };
+            if let Some((at, why)) = deadline {
+                if at <= TInstant::now() {
+                    match why {
+                        Expiry::Frame => {
+                            stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, "closing connection: a request did not complete within the frame timeout");
+                        }
+                        Expiry::Idle => {
+                            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+                        }
+                        Expiry::Drained => {
+                            tracing::debug!(%peer, listener = %config.name, "closing drained connection");
+                        }
+                    }
+                    break Ok(());
+                }
             }
             // An idle connection keeps no read buffer: wait for readability with none, and only
             // then take one (a few KiB per idle connection matters at tens of thousands of them).
             if buf.is_empty() && buf.capacity() > 0 {
                 sluice_io::give_back_read_buf(std::mem::take(&mut buf));
             }
+            let expiry = async {
+                match deadline {
+                    Some((at, _)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(config.idle_timeout, read_some(&mut rd, &mut buf)) => r,
-                Some(reply) = async {
+                // Reading pauses while the in-flight limit is reached (bytes stay in the
+                // socket, and the caller's writes stop in turn).
+                r = read_some(&mut rd, &mut buf), if !full => r,
+                Some(done) = async {
                     match mux.as_mut() {
-                        Some((_, rx)) => rx.recv().await,
+                        Some(m) => m.join_next().await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    out.extend(reply);
-                    let Some((_, rx)) = mux.as_mut() else { continue };
-                    while out.len() < sluice_io::MAX_IOV {
-                        match rx.try_recv() {
-                            Ok(more) => out.extend(more),
-                            Err(_) => break,
-                        }
-                    }
+                    take_reply(done, peer, &config, &mut out);
                     continue;
                 }
                 _ = drain.signaled(), if !draining => {
                     draining = true;
+                    last_active = TInstant::now();
                     continue;
                 }
-                // While draining, wake up now and then to close once the last reply is out (the
-                // timer is boxed: select! builds every branch's future, and most connections never
-                // drain).
-                _ = async { Box::pin(tokio::time::sleep(Duration::from_millis(20))).await }, if draining => continue,
+                () = expiry => continue,
             };
             match read {
-                Err(_) if idle => {
-                    tracing::debug!(%peer, listener = %config.name, "closing idle connection");
-                    break Ok(());
-                }
-                Err(_) => continue,
-                Ok(Ok(0)) => {
+                Ok(0) => {
                     if !buf.is_empty() {
                         tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a message");
                     }
                     break Ok(());
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+                Ok(_) => {}
+                Err(e) => {
                     tracing::debug!(%peer, listener = %config.name, error = %e, "read failed");
                     break Ok(());
                 }
@@ -227,13 +250,12 @@ pub(crate) fn run<H: DefaultHandler>(
         if let Err(e) = outcome {
             tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
         }
-        // Let in-flight handlers finish and write their replies, bounded by the drain grace: the
-        // channel ends once every handler task has dropped its sender.
-        if let Some((tx, mut rx)) = mux.take() {
-            drop(tx);
+        // Let in-flight handlers finish and write their replies, bounded by the drain grace;
+        // then the set is dropped, which aborts whatever still runs.
+        if let Some(mut m) = mux.take() {
             let deadline = tokio::time::Instant::now() + config.drain_grace;
-            while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-                out.extend(reply);
+            while let Ok(Some(done)) = tokio::time::timeout_at(deadline, m.join_next()).await {
+                take_reply(done, peer, &config, &mut out);
                 if sluice_io::write_all_vectored(&mut wr, &mut out)
                     .await
                     .is_err()
@@ -241,8 +263,38 @@ pub(crate) fn run<H: DefaultHandler>(
                     break;
                 }
             }
+            if !m.is_empty() {
+                tracing::debug!(%peer, listener = %config.name, left = m.len(), "aborting requests still running at close");
+            }
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+    }
+}
+
+/// What a wait for bytes gives up on.
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    /// A started request did not complete within the frame timeout.
+    Frame,
+    /// Nothing in flight and nothing read for the idle timeout.
+    Idle,
+    /// Draining, and quiet for [`DRAIN_QUIET`].
+    Drained,
+}
+
+/// Appends a finished mux task's reply (none for oneway) to `out`.
+fn take_reply(
+    done: Result<Option<Chunks>, tokio::task::JoinError>,
+    peer: SocketAddr,
+    config: &ServerConfig,
+    out: &mut Vec<Bytes>,
+) {
+    match done {
+        Ok(Some(reply)) => out.extend(reply),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(%peer, listener = %config.name, error = %e, "request handler failed; its caller gets no reply");
+        }
     }
 }
 

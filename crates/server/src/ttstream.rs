@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use std::task::{Context, Poll};
@@ -32,8 +33,10 @@ use sluice_ttstream::{
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::{Drain, ServerConfig};
+use crate::conn::ConnCtx;
+use crate::Drain;
 
 /// TTStream type id for "illegal frame" (kitex-wire.md 4.4).
 const ILLEGAL_FRAME: i32 = 12004;
@@ -73,13 +76,18 @@ pub(crate) async fn run<S: StreamingHandler>(
     stream: TcpStream,
     peer: SocketAddr,
     mut buf: BytesMut,
-    config: Arc<ServerConfig>,
+    ctx: ConnCtx,
     handler: Arc<S>,
     drain: Drain,
 ) {
+    let ConnCtx { config, stats } = ctx;
     let (mut rd, wr) = stream.into_split();
     let (tx, queue_writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
-    let writer = tokio::spawn(queue_writer.run(wr));
+    // Owned here: awaited, then aborted, when the connection ends.
+    let mut writer = tokio::spawn(queue_writer.run(wr));
+    // Every stream's handler task, owned by the connection: reaped as they finish, awaited
+    // (within the drain grace) and then aborted when the connection ends.
+    let mut handlers: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i32>();
     let decoder = FrameDecoder::new(Limits {
         max_frame_size: config.max_frame_size,
@@ -87,6 +95,11 @@ pub(crate) async fn run<S: StreamingHandler>(
     });
     let mut streams: HashMap<i32, Entry> = HashMap::new();
     let mut draining = false;
+    let mut resets = ResetBudget::new();
+    // When the bytes now buffered started waiting to become a whole frame.
+    let mut partial_since: Option<Instant> = None;
+    // Last time a frame arrived: the idle clock.
+    let mut last_active = Instant::now();
 
     let reason: Option<String> = 'conn: loop {
         loop {
@@ -95,6 +108,8 @@ pub(crate) async fn run<S: StreamingHandler>(
                 Ok(None) => break,
                 Err(e) => break 'conn Some(format!("malformed TTStream frame: {e}")),
             };
+            partial_since = None;
+            last_active = Instant::now();
             let id = frame.stream_id;
             if let Some(entry) = streams.get(&id) {
                 let step = entry
@@ -109,6 +124,12 @@ pub(crate) async fn run<S: StreamingHandler>(
                         FrameType::Data => Some(Event::Message(frame.payload)),
                         FrameType::Trailer => Some(Event::HalfClose),
                         FrameType::Rst => {
+                            if !resets.spend() {
+                                stats.reset_floods.fetch_add(1, Ordering::Relaxed);
+                                break 'conn Some(format!(
+                                    "too many streams reset by the peer (more than {RESET_BURST} at once or {RESETS_PER_SECOND} per second)"
+                                ));
+                            }
                             let ex = frame.exception().ok().flatten();
                             Some(Event::Reset(Reset {
                                 code: ex.as_ref().map_or(0, |e| e.kind.0 as u32),
@@ -148,15 +169,31 @@ pub(crate) async fn run<S: StreamingHandler>(
                 continue;
             }
             let method = frame.method.clone();
-            if draining {
-                let ex = ApplicationException::new(
-                    ExceptionKind::INTERNAL_ERROR,
-                    "server is draining; retry on another connection",
-                );
-                let _ = tx.push(frame_chunks(StreamFrame::server_header(id, method.clone())));
-                let _ = tx.push(frame_chunks(StreamFrame::trailer_with_exception(
+            let refusal = if draining {
+                Some("server is draining; retry on another connection".to_owned())
+            } else if streams.len() >= config.max_streams_per_conn {
+                Some(format!(
+                    "too many concurrent streams on this connection (limit {})",
+                    config.max_streams_per_conn
+                ))
+            } else {
+                None
+            };
+            if let Some(text) = refusal {
+                stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, listener = %config.name, stream = id, reason = %text, "refusing a stream");
+                let ex = ApplicationException::new(ExceptionKind::INTERNAL_ERROR, text);
+                // Within the queue's limit like any other frame: a peer that opens streams
+                // and does not read its refusals stops being read.
+                std::future::poll_fn(|cx| tx.poll_ready(cx)).await;
+                let mut frames: Vec<Bytes> =
+                    frame_chunks(StreamFrame::server_header(id, method.clone())).collect();
+                frames.extend(frame_chunks(StreamFrame::trailer_with_exception(
                     id, method, &ex,
                 )));
+                if tx.push(frames).is_err() {
+                    break 'conn None;
+                }
                 continue;
             }
             let req = StreamRequest {
@@ -181,9 +218,31 @@ pub(crate) async fn run<S: StreamingHandler>(
             let (server_stream, to_user) = ServerStream::new(sink);
             streams.insert(id, Entry { side, to_user });
             let h = handler.clone();
-            tokio::spawn(async move { h.handle(req, server_stream).await });
+            handlers.spawn(async move { h.handle(req, server_stream).await });
         }
         if draining && streams.is_empty() && buf.is_empty() {
+            break None;
+        }
+        if buf.is_empty() {
+            partial_since = None;
+        } else if partial_since.is_none() {
+            partial_since = Some(Instant::now());
+        }
+        // The frame timeout while a frame is incomplete; the idle timeout while no stream is
+        // open.
+        let deadline = match partial_since {
+            Some(since) => Some(since + config.frame_timeout),
+            None if streams.is_empty() => Some(last_active + config.idle_timeout),
+            None => None,
+        };
+        if deadline.is_some_and(|at| at <= Instant::now()) {
+            if partial_since.is_some() {
+                stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, "closing connection: a frame did not complete within the frame timeout");
+            } else {
+                stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+            }
             break None;
         }
         tokio::select! {
@@ -191,14 +250,26 @@ pub(crate) async fn run<S: StreamingHandler>(
                 sluice_io::reserve_read(&mut buf, sluice_io::STREAM_READ_CHUNK);
                 rd.read_buf(&mut buf).await
             } => match r {
-                Ok(0) => break None,
+                Ok(0) => {
+                    if !buf.is_empty() {
+                        tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a frame");
+                    }
+                    break None;
+                }
                 Ok(_) => {}
                 Err(e) => break Some(format!("read failed: {e}")),
             },
             Some(id) = done_rx.recv() => {
                 streams.remove(&id);
             }
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             _ = drain.signaled(), if !draining => draining = true,
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     };
     if let Some(r) = reason {
@@ -207,7 +278,47 @@ pub(crate) async fn run<S: StreamingHandler>(
     // Dropping the streams' senders tells every handler the connection is gone.
     streams.clear();
     drop(tx);
-    let _ = tokio::time::timeout(config.drain_grace, writer).await;
+    let grace = Instant::now() + config.drain_grace;
+    let handlers_done = async { while handlers.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(grace, handlers_done).await.is_err() {
+        tracing::debug!(%peer, listener = %config.name, left = handlers.len(), "aborting stream handlers still running at close");
+        handlers.abort_all();
+        // Their sinks (and queue senders) go with them, which lets the writer finish.
+        while handlers.join_next().await.is_some() {}
+    }
+    if tokio::time::timeout_at(grace, &mut writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+/// Streams a peer may reset in a burst, and per second after it; beyond it the connection is
+/// closed. Each reset costs a handler (and, in a proxy, a downstream stream) for next to
+/// nothing on the peer's side. The same budget as the HTTP/2 server's rapid-reset guard.
+const RESET_BURST: f64 = 1000.0;
+const RESETS_PER_SECOND: f64 = 500.0;
+
+/// A token bucket of stream resets.
+struct ResetBudget {
+    tokens: f64,
+    stamp: Instant,
+}
+
+impl ResetBudget {
+    fn new() -> Self {
+        Self {
+            tokens: RESET_BURST,
+            stamp: Instant::now(),
+        }
+    }
+
+    /// Spends one reset; false once the budget is exhausted.
+    fn spend(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.stamp).as_secs_f64() * RESETS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(RESET_BURST) - 1.0;
+        self.stamp = now;
+        self.tokens >= 0.0
+    }
 }
 
 /// The outgoing side of one server stream: encodes the handler's events into frames, keeping
