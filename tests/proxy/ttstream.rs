@@ -616,3 +616,80 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_that_never_answers_ends_the_stream_at_the_first_response_timeout() {
+    // A downstream that accepts, reads whatever comes, and never sends a byte.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                let dec = FrameDecoder::default();
+                while s.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+                    while let Ok(Some(f)) = dec.decode(&mut buf) {
+                        if f.kind == FrameType::Rst {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let cfg = config(addr).replace(
+        "[downstreams.down]\n",
+        "[downstreams.down]\nfirst_response_timeout_ms = 500\n",
+    );
+    assert!(cfg.contains("first_response_timeout_ms = 500"));
+    let sluice = Sluice::start(&cfg);
+    let c = client(sluice.addr);
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = c.open(open("EchoBidi")).await.unwrap().split();
+    tx.send(msg(0)).await.unwrap();
+    let (_, msgs, end) = tokio::time::timeout(Duration::from_secs(10), drain(&mut rx))
+        .await
+        .expect("the caller hears back instead of hanging");
+    assert!(msgs.is_empty());
+    let err = end
+        .expect("an error trailer, not a reset")
+        .error
+        .expect("error");
+    assert_eq!(err.code, 12015, "{}", err.message);
+    assert!(err.message.contains("sent no response"), "{}", err.message);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // And the downstream stream was reset.
+    let start = std::time::Instant::now();
+    while seen.load(Ordering::Relaxed) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no Rst downstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_keeps_sending_is_not_cut_off_by_the_first_response_timeout() {
+    // A client stream: the downstream answers only after the last message, long after the
+    // first-response timeout, but the caller has been sending all along.
+    let (echo, _h, _d) = start_echo().await;
+    let cfg = config(echo).replace(
+        "[downstreams.down]\n",
+        "[downstreams.down]\nfirst_response_timeout_ms = 300\n",
+    );
+    let sluice = Sluice::start(&cfg);
+    let c = client(sluice.addr);
+    let (tx, mut rx) = c.open(open("EchoClient")).await.unwrap().split();
+    for i in 0..8 {
+        tx.send(msg(i)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.close_send().await.unwrap();
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs, vec![msg(7)]);
+    assert!(end.expect("a trailer").error.is_none());
+}

@@ -116,6 +116,12 @@ pub struct ClientConfig {
     pub failure_backoff: Duration,
     /// Largest reply accepted. Default 16 MiB.
     pub max_frame_size: usize,
+    /// Streams forwarded to this downstream: how long it may stay silent (no Header, message
+    /// or end) after the caller's last message before the stream is ended with a deadline
+    /// error and reset downstream. TTStream servers send their Header only with their first
+    /// message, so a stream that legitimately waits longer for its first event needs a larger
+    /// value, or zero to turn it off. Default 30 s.
+    pub first_response_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -133,6 +139,7 @@ impl ClientConfig {
             idle_timeout: Duration::from_secs(60),
             failure_backoff: Duration::from_secs(1),
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
+            first_response_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -101,6 +101,7 @@ struct RawDownstream {
     max_idle_per_endpoint: Option<usize>,
     idle_timeout_ms: Option<u64>,
     failure_backoff_ms: Option<u64>,
+    first_response_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -274,6 +275,7 @@ impl Config {
             c.max_idle_per_endpoint = d.max_idle_per_endpoint.unwrap_or(64);
             c.idle_timeout = ms(d.idle_timeout_ms, 60_000);
             c.failure_backoff = ms(d.failure_backoff_ms, 1000);
+            c.first_response_timeout = ms(d.first_response_timeout_ms, 30_000);
             downstreams.insert(name.clone(), c);
         }
 

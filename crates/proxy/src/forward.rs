@@ -32,6 +32,8 @@ pub struct Forwarder {
     clients: ClientCache,
     pub(crate) streams: crate::stream::StreamClients,
     stats: Stats,
+    /// Budget of warn lines for failed downstream calls and streams.
+    pub(crate) downstream_log: crate::ratelog::RateLog,
 }
 
 impl Forwarder {
@@ -42,6 +44,7 @@ impl Forwarder {
             clients: ClientCache::new(),
             streams: Default::default(),
             stats: Stats::default(),
+            downstream_log: Default::default(),
         }
     }
 
@@ -125,6 +128,20 @@ fn upstream_keys(down: Header) -> StrKvs {
     kvs
 }
 
+/// A short name for the kind of a failed downstream call, for logs.
+fn error_kind(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::NoEndpoint { .. } => "no endpoint",
+        ClientError::Connect { .. } => "connect failed",
+        ClientError::ConnectTimeout { .. } => "connect timeout",
+        ClientError::Io { .. } => "connection failed",
+        ClientError::Timeout { .. } => "deadline exceeded",
+        ClientError::Protocol { .. } => "bad reply",
+        ClientError::Encode { .. } => "request not encodable",
+        _ => "other",
+    }
+}
+
 fn error(kind: ExceptionKind, message: String) -> Response {
     Response::error(ApplicationException::new(kind, message))
 }
@@ -177,7 +194,17 @@ impl DefaultHandler for Forwarder {
             Ok(None) => Response::reply(Bytes::new()),
             Err(e) => {
                 self.stats.downstream_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %req.peer, error = %e, "downstream call failed");
+                if let Some(suppressed) = self.downstream_log.allow() {
+                    tracing::warn!(
+                        peer = %req.peer,
+                        service = %req.service,
+                        downstream = %route.downstream,
+                        kind = error_kind(&e),
+                        error = %e,
+                        suppressed,
+                        "downstream call failed"
+                    );
+                }
                 let what = if matches!(e, ClientError::Timeout { .. }) {
                     format!("sluice: timeout: {e}")
                 } else {

@@ -194,13 +194,41 @@ impl StreamingHandler for Forwarder {
                 self.stats()
                     .downstream_errors
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.downstream_log.allow() {
+                    tracing::warn!(peer = %req.peer, service = %req.service, downstream = %route.downstream, kind = "unavailable", error = %e, suppressed, "downstream stream could not be opened");
+                }
                 let msg = format!("sluice: downstream {:?}: {e}", route.downstream);
                 up.finish(error_end(&req.protocol, ErrorKind::Unavailable, msg))
                     .await;
                 return;
             }
         };
-        pump(&req.protocol, up, down, deadline, &route.downstream).await;
+        let first_response_timeout = self
+            .config()
+            .downstreams
+            .get(&route.downstream)
+            .map_or(std::time::Duration::ZERO, |d| d.first_response_timeout);
+        let outcome = pump(
+            &req.protocol,
+            up,
+            down,
+            deadline,
+            &route.downstream,
+            first_response_timeout,
+        )
+        .await;
+        if outcome != Outcome::Ended {
+            self.stats()
+                .downstream_errors
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = self.downstream_log.allow() {
+                let kind = match outcome {
+                    Outcome::NoResponse => "no first response",
+                    _ => "deadline exceeded",
+                };
+                tracing::warn!(peer = %req.peer, service = %req.service, downstream = %route.downstream, kind, suppressed, "stream ended by the proxy");
+            }
+        }
     }
 }
 
@@ -209,6 +237,61 @@ struct ToDownstream {
     down: ClientSend,
     /// Set once the downstream ended the stream: later messages from the caller are dropped.
     down_ended: Arc<std::sync::atomic::AtomicBool>,
+    /// The first-response clock, restarted by each caller message until the downstream answers.
+    first: Arc<FirstResponse>,
+}
+
+/// Watches for the downstream's first event on a forwarded stream.
+///
+/// The clock runs from the caller's last message (or half-close), so a caller that keeps
+/// sending (a client stream) is never cut off for the downstream's silence: only a downstream
+/// that leaves a caller waiting is.
+struct FirstResponse {
+    /// The downstream sent something: nothing more to watch (and nothing more to record).
+    seen: std::sync::atomic::AtomicBool,
+    /// Told when `seen` is set.
+    notify: tokio::sync::Notify,
+    base: tokio::time::Instant,
+    /// Milliseconds from `base` to the caller's last message.
+    last_up_ms: std::sync::atomic::AtomicU64,
+}
+
+impl FirstResponse {
+    fn new() -> Self {
+        Self {
+            seen: Default::default(),
+            notify: Default::default(),
+            base: tokio::time::Instant::now(),
+            last_up_ms: Default::default(),
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    /// The caller sent something.
+    fn caller_active(&self) {
+        // One clock read per caller message, and only until the downstream first answers.
+        if !self.seen() {
+            let ms = self.base.elapsed().as_millis() as u64;
+            self.last_up_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The downstream sent something.
+    fn downstream_answered(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// When the downstream's silence runs out, at `timeout` after the caller's last message.
+    fn expires_at(&self, timeout: std::time::Duration) -> tokio::time::Instant {
+        self.base
+            + std::time::Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed))
+            + timeout
+    }
 }
 
 impl EventSink for ToDownstream {
@@ -217,7 +300,10 @@ impl EventSink for ToDownstream {
             Event::Message(_) | Event::HalfClose if self.down_ended.load(Ordering::Acquire) => {
                 Ok(())
             }
-            Event::Message(_) | Event::HalfClose => self.down.push(ev),
+            Event::Message(_) | Event::HalfClose => {
+                self.first.caller_active();
+                self.down.push(ev)
+            }
             Event::Reset(reset) => {
                 // The caller reset the stream (or its connection went away, code 0): reset it
                 // downstream, with this proxy added to the cancel path.
@@ -253,6 +339,7 @@ struct ToUpstream {
     cut: std::sync::atomic::AtomicBool,
     /// Shared with `ToDownstream`: set when the downstream ended the stream.
     down_ended: Arc<std::sync::atomic::AtomicBool>,
+    first: Arc<FirstResponse>,
 }
 
 impl ToUpstream {
@@ -269,6 +356,7 @@ impl EventSink for ToUpstream {
         if self.cut.load(Ordering::Acquire) {
             return Err(Closed);
         }
+        self.first.downstream_answered();
         match ev {
             Event::Headers(md) => {
                 let _ = self.up.push(Event::Headers(forwardable(md)));
@@ -320,21 +408,24 @@ impl EventSink for ToUpstream {
 /// No task of its own carries messages: each side's incoming events are spliced into a sink
 /// that hands them to the other side, so a message goes from one connection's reader straight
 /// onto the other connection's write queue (TTStream) or stream task (gRPC). This task only
-/// waits for the end, and for the deadline.
+/// waits for the end, the deadline, and the downstream's first response.
 async fn pump(
     protocol: &Protocol,
     up: ServerStream,
     down: ClientStream,
     deadline: Option<std::time::Instant>,
     downstream: &str,
-) {
+    first_response_timeout: std::time::Duration,
+) -> Outcome {
     let (up_rx, up_tx) = up.split();
     let (down_tx, down_rx) = down.split();
     let (done_tx, done_rx) = oneshot::channel();
     let down_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = Arc::new(FirstResponse::new());
     up_rx.splice(Arc::new(ToDownstream {
         down: down_tx.clone(),
         down_ended: down_ended.clone(),
+        first: first.clone(),
     }));
     let to_up = Arc::new(ToUpstream {
         up: up_tx.clone(),
@@ -344,32 +435,82 @@ async fn pump(
         done: Mutex::new(Some(done_tx)),
         cut: std::sync::atomic::AtomicBool::new(false),
         down_ended,
+        first: first.clone(),
     });
     down_rx.splice(to_up.clone());
+    let outcome = wait_end(done_rx, deadline, &first, first_response_timeout).await;
+    let message = match outcome {
+        Outcome::Ended => return outcome,
+        Outcome::Deadline => {
+            format!("sluice: timeout: downstream {downstream:?}: deadline exceeded")
+        }
+        Outcome::NoResponse => format!(
+            "sluice: timeout: downstream {downstream:?} sent no response within {first_response_timeout:?}"
+        ),
+    };
+    // The caller hears of the deadline, not of the downstream reset that follows from it
+    // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
+    // otherwise report as a downstream reset).
+    to_up.cut.store(true, Ordering::Release);
+    up_tx
+        .finish(error_end(protocol, ErrorKind::Deadline, message))
+        .await;
+    down_tx
+        .reset(Reset {
+            code: 12015,
+            message: "deadline exceeded".into(),
+            cancel_path: Some(CANCEL_PATH_NAME.into()),
+        })
+        .await;
+    outcome
+}
+
+/// How a forwarded stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// On its own: both sides finished, or one reset it.
+    Ended,
+    /// The stream's deadline passed.
+    Deadline,
+    /// The downstream stayed silent past the first-response timeout.
+    NoResponse,
+}
+
+/// Waits for the stream to end, its deadline, or the downstream's silence to run out.
+async fn wait_end(
+    done_rx: oneshot::Receiver<()>,
+    deadline: Option<std::time::Instant>,
+    first: &FirstResponse,
+    first_response_timeout: std::time::Duration,
+) -> Outcome {
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
     // end reaching the upstream: it was reset from the upstream side.
-    let timed_out = match deadline {
-        Some(d) => tokio::time::timeout_at(d.into(), done_rx).await.is_err(),
-        None => {
-            let _ = done_rx.await;
-            false
+    let mut done_rx = std::pin::pin!(done_rx);
+    let mut deadline_sleep = std::pin::pin!(async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
         }
-    };
-    if timed_out {
-        // The caller hears of the deadline, not of the downstream reset that follows from it
-        // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
-        // otherwise report as a downstream reset).
-        to_up.cut.store(true, Ordering::Release);
-        let msg = format!("sluice: timeout: downstream {downstream:?}: deadline exceeded");
-        up_tx
-            .finish(error_end(protocol, ErrorKind::Deadline, msg))
-            .await;
-        down_tx
-            .reset(Reset {
-                code: 12015,
-                message: "deadline exceeded".into(),
-                cancel_path: Some(CANCEL_PATH_NAME.into()),
-            })
-            .await;
+    });
+    let watch_first = !first_response_timeout.is_zero();
+    loop {
+        let silent_until =
+            (watch_first && !first.seen()).then(|| first.expires_at(first_response_timeout));
+        tokio::select! {
+            _ = &mut done_rx => return Outcome::Ended,
+            () = &mut deadline_sleep => return Outcome::Deadline,
+            () = first.notify.notified(), if silent_until.is_some() => {}
+            () = async {
+                match silent_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // The caller may have sent something since: the clock moved on.
+                if !first.seen() && first.expires_at(first_response_timeout) <= tokio::time::Instant::now() {
+                    return Outcome::NoResponse;
+                }
+            }
+        }
     }
 }
