@@ -19,6 +19,7 @@ mod cache;
 mod codec;
 mod mux;
 mod pool;
+mod tasks;
 pub mod ttstream;
 
 use std::net::SocketAddr;

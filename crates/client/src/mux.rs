@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, RawReply, ReplyDecoder};
+use crate::tasks::ConnTasks;
 use crate::{Call, ClientConfig, Error, Reply};
 
 type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<RawReply>>>>;
@@ -29,6 +30,8 @@ pub(crate) struct MuxConn {
     usable: Arc<AtomicBool>,
     config: Arc<ClientConfig>,
     addr: SocketAddr,
+    /// The reader and writer, aborted with the last handle to this connection.
+    _tasks: ConnTasks,
 }
 
 /// Removes a waiter when its call is dropped (deadline) before the reply came.
@@ -53,19 +56,20 @@ impl MuxConn {
         let (tx, rx) = mpsc::channel::<Vec<Bytes>>(1024);
         let waiters: Waiters = Arc::default();
         let usable = Arc::new(AtomicBool::new(true));
+        let mut tasks = ConnTasks::default();
         {
             let usable = usable.clone();
-            tokio::spawn(async move {
+            tasks.own(tokio::spawn(async move {
                 let _ = sluice_io::write_queued(wr, rx).await;
                 usable.store(false, Ordering::Release);
-            });
+            }));
         }
         {
             let waiters = waiters.clone();
             let usable = usable.clone();
             let decoder = ReplyDecoder::new(config.max_frame_size);
             let transport = config.transport;
-            tokio::spawn(async move {
+            tasks.own(tokio::spawn(async move {
                 let mut buf = BytesMut::new();
                 'read: loop {
                     loop {
@@ -103,7 +107,7 @@ impl MuxConn {
                 usable.store(false, Ordering::Release);
                 // Dropping the senders fails every call still waiting on this connection.
                 waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            });
+            }));
         }
         Arc::new(Self {
             tx,
@@ -111,6 +115,7 @@ impl MuxConn {
             usable,
             config,
             addr,
+            _tasks: tasks,
         })
     }
 

@@ -23,6 +23,8 @@ use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::tasks::ConnTasks;
+
 use crate::{ClientConfig, Error};
 
 /// Connections per endpoint.
@@ -51,6 +53,9 @@ struct StreamConn {
     tx: QueueTx,
     streams: Streams,
     alive: Arc<AtomicBool>,
+    /// The reader and writer, aborted once neither this connection's handle nor any of its
+    /// streams is left.
+    tasks: Arc<ConnTasks>,
 }
 
 struct Endpoint {
@@ -183,6 +188,7 @@ impl TTStreamClient {
             state: state.clone(),
             out: conn.tx.clone(),
             streams: Arc::downgrade(&conn.streams),
+            _tasks: conn.tasks.clone(),
         });
         let (client, to_user) = ClientStream::new(sink);
         // A slot replaced after the ids wrapped around is dropped after the lock: dropping it
@@ -212,17 +218,18 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
     let (tx, writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     let streams: Streams = Arc::default();
     let alive = Arc::new(AtomicBool::new(true));
+    let mut tasks = ConnTasks::default();
     {
         let alive = alive.clone();
-        tokio::spawn(async move {
+        tasks.own(tokio::spawn(async move {
             let _ = writer.run(wr).await;
             alive.store(false, Ordering::Release);
-        });
+        }));
     }
     {
         let streams = streams.clone();
         let alive = alive.clone();
-        tokio::spawn(async move {
+        tasks.own(tokio::spawn(async move {
             let decoder = FrameDecoder::new(Limits {
                 max_frame_size,
                 ..Limits::default()
@@ -311,9 +318,14 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                 .map(|(_, slot)| slot)
                 .collect();
             drop(slots);
-        });
+        }));
     }
-    StreamConn { tx, streams, alive }
+    StreamConn {
+        tx,
+        streams,
+        alive,
+        tasks: Arc::new(tasks),
+    }
 }
 
 /// The outgoing side of one client stream: encodes the user's events into frames, keeping the
@@ -329,6 +341,8 @@ struct ClientSink {
     /// Weak: the map holds this stream's incoming pipe, which a forwarder may have spliced into
     /// a sink that holds this one.
     streams: Weak<Mutex<HashMap<i32, Slot>>>,
+    /// Keeps the connection's reader and writer running while this stream lives.
+    _tasks: Arc<ConnTasks>,
 }
 
 /// Whether the state machine lets the client send `kind` now (and records it).

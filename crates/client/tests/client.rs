@@ -243,3 +243,76 @@ async fn cache_creates_one_client_per_downstream() {
     assert_eq!(made, 1);
     assert_eq!(cache.len(), 2);
 }
+
+/// A downstream that accepts connections and keeps them, reading nothing and answering
+/// nothing, all in one task.
+async fn silent_downstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            kept.push(s);
+        }
+    });
+    addr
+}
+
+/// Waits until the runtime runs no more than `n` tasks; false after 5 s.
+async fn alive_tasks_back_to(n: usize) -> bool {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..500 {
+        if metrics.num_alive_tasks() <= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_dropped_multiplexed_client_leaves_no_connection_task_behind() {
+    let addr = silent_downstream().await;
+    tokio::task::yield_now().await;
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut cfg = ClientConfig::new("silent", vec![Endpoint { addr, weight: 1 }]);
+    cfg.multiplex = true;
+    let client = GenericClient::new(cfg);
+    let mut c = call("Echo", "x");
+    c.deadline = Some(Instant::now() + Duration::from_millis(100));
+    assert!(matches!(client.call(c).await, Err(Error::Timeout { .. })));
+    drop(client);
+    assert!(
+        alive_tasks_back_to(baseline).await,
+        "the connection's reader or writer outlived its client"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_ttstream_client_leaves_no_connection_task_behind() {
+    let addr = silent_downstream().await;
+    tokio::task::yield_now().await;
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let client = sluice_client::TTStreamClient::new(ClientConfig::new(
+        "silent",
+        vec![Endpoint { addr, weight: 1 }],
+    ));
+    let stream = client
+        .open(sluice_client::OpenStream {
+            method: "EchoBidi".into(),
+            service: "EchoService".into(),
+            headers: Default::default(),
+        })
+        .await
+        .unwrap();
+    drop(stream);
+    drop(client);
+    assert!(
+        alive_tasks_back_to(baseline).await,
+        "the connection's reader or writer outlived its client"
+    );
+}

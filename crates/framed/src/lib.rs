@@ -136,7 +136,8 @@ impl FramedCodec {
             return Ok(None);
         };
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // At most a step ahead of what has arrived: the length is only the peer's claim.
+            buf.reserve((total - buf.len()).min(sluice_ttheader::RESERVE_STEP));
             return Ok(None);
         }
         let codec = Codec::from_magic(buf[4], buf[5]).unwrap_or(Codec::Thrift);

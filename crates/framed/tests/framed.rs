@@ -208,3 +208,18 @@ proptest! {
         while let Ok(Some(_)) = BufferedCodec::default().decode(&mut buf) {}
     }
 }
+
+#[test]
+fn a_large_length_claim_reserves_a_step_not_the_frame() {
+    let codec = FramedCodec::new(16 << 20);
+    // 16 MiB claimed, a strict-binary CALL begun, 100 bytes in all.
+    let mut v = vec![0x00, 0xff, 0xff, 0xf0, 0x80, 0x01, 0x00, 0x01];
+    v.resize(100, 0);
+    let mut buf = BytesMut::from(&v[..]);
+    assert_eq!(codec.decode(&mut buf), Ok(None));
+    assert!(
+        buf.capacity() <= 100 + 64 * 1024,
+        "reserved {} bytes for 100 that arrived",
+        buf.capacity()
+    );
+}

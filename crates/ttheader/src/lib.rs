@@ -30,6 +30,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub use keys::{flags, info_id, int_key, metainfo, protocol_id, str_key};
 pub use kv::{IntKvs, StrKvs};
 
+/// Most room a decoder reserves ahead of the bytes that have arrived. A frame's length is the
+/// peer's claim: memory is committed as its bytes come (the buffer grows by doubling), not
+/// when the claim is read.
+pub const RESERVE_STEP: usize = 64 * 1024;
+
 /// `u16` MAGIC at offset 4; detection masks the u32 at [4..8] with `0xFFFF_0000`.
 pub const MAGIC: u16 = 0x1000;
 /// Bytes before the header section: LENGTH, MAGIC, FLAGS, SEQ ID, HEADER SIZE.
@@ -249,7 +254,7 @@ impl Decoder {
     }
 
     /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` if it is not all there
-    /// yet (reserving room for the rest).
+    /// yet (reserving room for more of it, at most [`RESERVE_STEP`] beyond what is buffered).
     ///
     /// On error the offending frame has been taken off `buf` when its length was known: the
     /// stream cannot be resynchronised after a malformed frame, so the caller closes it.
@@ -258,7 +263,9 @@ impl Decoder {
             return Ok(None);
         };
         if buf.len() < len {
-            buf.reserve(len - buf.len());
+            // Room for what is missing, but never more than a step ahead of what has arrived:
+            // a peer's length claim alone must not make us allocate the whole frame.
+            buf.reserve((len - buf.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         let frame = buf.split_to(len).freeze();

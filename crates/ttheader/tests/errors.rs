@@ -253,3 +253,18 @@ proptest! {
 thread_local! {
     static CAPTURE_STREAMS: Vec<(String, Vec<u8>, Vec<usize>)> = ttheader_streams();
 }
+
+#[test]
+fn a_large_length_claim_reserves_a_step_not_the_frame() {
+    // A claim of 16 MiB (within the limit) with 100 bytes behind it.
+    let mut v = minimal();
+    v[0..4].copy_from_slice(&((16 << 20) - 8u32).to_be_bytes());
+    v.resize(100, 0);
+    let mut buf = BytesMut::from(&v[..]);
+    assert_eq!(Decoder::default().decode(&mut buf), Ok(None));
+    assert!(
+        buf.capacity() <= 100 + sluice_ttheader::RESERVE_STEP,
+        "reserved {} bytes for 100 that arrived",
+        buf.capacity()
+    );
+}
