@@ -72,19 +72,31 @@ pub(crate) async fn start_streaming<H: DefaultHandler, S: sluice_stream::Streami
 pub(crate) struct Sluice {
     child: Child,
     pub(crate) addr: SocketAddr,
+    /// The address of `{grpc_port}`, when the config names one (the fault suite's second
+    /// listener).
+    #[allow(dead_code)]
+    pub(crate) grpc_addr: Option<SocketAddr>,
     config_path: PathBuf,
+    /// What the process logged so far: its stderr is read as it comes, so a chatty proxy
+    /// never blocks on a full pipe.
+    log: Arc<std::sync::Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sluice {
     /// Starts the binary with `toml`, where `{port}` is replaced by a free port for the first
-    /// listener; waits until it accepts connections.
+    /// listener (and `{grpc_port}`, if present, by another); waits until it accepts connections.
     pub(crate) fn start(toml: &str) -> Sluice {
         let port = free_port();
-        let toml = toml.replace("{port}", &port.to_string());
+        let grpc_port = toml.contains("{grpc_port}").then(free_port);
+        let mut toml = toml.replace("{port}", &port.to_string());
+        if let Some(p) = grpc_port {
+            toml = toml.replace("{grpc_port}", &p.to_string());
+        }
         let path =
             std::env::temp_dir().join(format!("sluice-test-{}-{}.toml", std::process::id(), port));
         std::fs::write(&path, &toml).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -92,6 +104,21 @@ impl Sluice {
             .stderr(Stdio::piped())
             .spawn()
             .expect("sluice binary starts");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let log_reader = child.stderr.take().map(|mut stderr| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = stderr.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            })
+        });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let start = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
@@ -104,7 +131,10 @@ impl Sluice {
         Sluice {
             child,
             addr,
+            grpc_addr: grpc_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             config_path: path,
+            log,
+            log_reader,
         }
     }
 
@@ -136,11 +166,12 @@ impl Sluice {
     pub(crate) fn stop(mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
+        // The reader thread ends at the EOF the exit causes.
+        if let Some(r) = self.log_reader.take() {
+            let _ = r.join();
         }
-        s
+        let log = self.log.lock().unwrap().clone();
+        log
     }
 }
 
@@ -150,6 +181,24 @@ impl Drop for Sluice {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub(crate) fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap()
+}
+
+/// Open file descriptors of process `pid` (used by the fault suite).
+#[allow(dead_code)]
+pub(crate) fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// `Echo_args{1: EchoRequest{1: msg}}`.

@@ -15,7 +15,7 @@ use sluice_ttstream::{FrameDecoder, FrameType, StreamFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{free_port, start_echo, start_streaming, Sluice};
+use crate::support::{free_port, rss_kib, start_echo, start_streaming, Sluice};
 
 fn config(down: std::net::SocketAddr) -> String {
     format!(
@@ -606,15 +606,6 @@ async fn a_slow_downstream_reader_slows_the_caller_and_memory_stays_bounded() {
         sent,
         "every message arrived once the reader caught up"
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
