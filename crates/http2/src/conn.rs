@@ -70,6 +70,13 @@ const BLOCK_LIMIT_FACTOR: usize = 2;
 const RESET_BURST: f64 = 1000.0;
 const RESETS_PER_SECOND: f64 = 500.0;
 
+/// Most frames this side may owe the peer in answer to its own frames (PING and SETTINGS
+/// acknowledgements, RST_STREAM and refusals of streams) while they wait to be written. A peer
+/// that keeps asking without reading the answers would otherwise grow the queue without bound,
+/// now that reading does not wait for writing; past this the connection ends with
+/// ENHANCE_YOUR_CALM (as h2 and nghttp2 end PING and SETTINGS floods).
+pub(crate) const MAX_PENDING_REPLIES: usize = 1024;
+
 /// Most CONTINUATION frames one header block may take.
 const MAX_CONTINUATIONS: usize = 64;
 
@@ -274,6 +281,8 @@ pub(crate) struct State {
     out: Vec<Chunk>,
     /// Bytes in `out` and in the task's write under way.
     queued: usize,
+    /// Frames in `out` that answer the peer's own frames (see [`MAX_PENDING_REPLIES`]).
+    replies: usize,
     /// Bumped each time the task takes `out`.
     epoch: u64,
     task: Option<Waker>,
@@ -412,6 +421,7 @@ impl State {
         State {
             out: Vec::new(),
             queued: 0,
+            replies: 0,
             epoch: 0,
             task: None,
             room: Vec::new(),
@@ -446,6 +456,12 @@ impl State {
     fn push_inline(&mut self, bytes: &[u8]) {
         self.queued += bytes.len();
         self.out.push(Chunk::inline(bytes));
+    }
+
+    /// Queues a frame that answers one of the peer's (an acknowledgement, a refusal).
+    fn push_reply(&mut self, bytes: &[u8]) {
+        self.replies += 1;
+        self.push_inline(bytes);
     }
 
     fn push_bytes(&mut self, b: Bytes) {
@@ -935,8 +951,14 @@ pub(crate) struct Connection<T> {
     wpos: usize,
     woff: usize,
     writing_bytes: usize,
+    /// Frames in `writing` that answer the peer's (see [`MAX_PENDING_REPLIES`]).
+    writing_replies: usize,
     /// Reading stopped (EOF, or closing).
     read_done: bool,
+    /// The peer closed its side (EOF or reset).
+    peer_closed: bool,
+    /// Closing: everything queued is written and the write side shut down.
+    flushed: bool,
     /// The connection is closing: write what is queued, then end with this.
     closing: Option<Closing>,
     /// Client: the earliest deadline of a stream, and a timer set to it.
@@ -998,7 +1020,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             wpos: 0,
             woff: 0,
             writing_bytes: 0,
+            writing_replies: 0,
             read_done: false,
+            peer_closed: false,
+            flushed: false,
             closing: None,
             next_deadline: None,
             timer: None,
@@ -1049,23 +1074,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 self.fail(e);
             }
         }
-        if let Some((_, deadline)) = &mut self.closing {
+        if let Some((result, deadline)) = &mut self.closing {
             let timed_out = deadline.as_mut().poll(cx).is_ready();
-            let written = match self.poll_write(cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(_)) => true,
-                Poll::Pending => false,
-            };
-            if written || timed_out {
+            let failed = result.is_err();
+            if !self.flushed {
+                let written = match self.poll_write(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(_)) => true,
+                    Poll::Pending => false,
+                };
                 if written {
+                    self.flushed = true;
                     let _ = Pin::new(&mut self.io).poll_shutdown(cx);
                 }
+            }
+            // After an error, what the peer still sends is read and dropped until it closes
+            // (or the deadline): closing a socket with unread input makes the kernel send RST,
+            // which can destroy the GOAWAY before the peer reads it.
+            let done = self.flushed && (!failed || self.peer_closed || self.discard_input(cx));
+            if done || timed_out {
                 let (result, _) = self.closing.take().expect("closing");
                 return Poll::Ready(result);
             }
             return Poll::Pending;
         }
         Poll::Pending
+    }
+
+    /// Reads and drops input; true once the peer has closed its side (or the socket failed).
+    fn discard_input(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut scratch = [0u8; 4096];
+        for _ in 0..READS_PER_POLL {
+            let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        cx.waker().wake_by_ref();
+        false
     }
 
     /// One round: control requests, reads, credits, deadlines, writes.
@@ -1077,14 +1126,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
         self.take_requests();
         let mut reads = 0;
-        let mut held_back = false;
+        // Reading never waits for writing: a peer doing the same would wait for this side's
+        // reads while this side waits for its reads, and both would stop for good. What the
+        // queue holds is bounded elsewhere: DATA by the sinks' readiness and the peer's
+        // windows, what the peer's frames make this side answer by [`MAX_PENDING_REPLIES`].
         while !self.read_done && reads < READS_PER_POLL {
-            // A peer that does not read its responses stops being read: its PINGs and
-            // requests cannot grow the queue without bound.
-            if self.shared.lock().queued >= 2 * OUT_LIMIT {
-                held_back = true;
-                break;
-            }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 if self.buf.is_empty() {
                     self.buf = sluice_io::take_read_buf(READ_CHUNK);
@@ -1095,6 +1141,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
                     self.read_done = true;
+                    self.peer_closed = true;
                     self.on_eof();
                 }
                 Poll::Ready(Ok(_)) => {
@@ -1111,6 +1158,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     ) {
                         tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection reset by the peer");
                         self.read_done = true;
+                        self.peer_closed = true;
                         self.on_eof();
                     } else {
                         return Err(e.into());
@@ -1137,11 +1185,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         match self.poll_write(cx) {
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Ready(Ok(())) | Poll::Pending => {}
-        }
-        if held_back && self.shared.lock().queued < 2 * OUT_LIMIT {
-            // Reading was skipped for a queue the write has since drained: nothing else would
-            // wake this task for the bytes waiting on the socket.
-            cx.waker().wake_by_ref();
         }
         if self.close_if_done() {
             self.closing = Some((Ok(()), Box::pin(tokio::time::sleep(CLOSE_FLUSH))));
@@ -1333,7 +1376,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         loop {
             let frame = match self.frames.decode(&mut self.buf) {
                 Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.check_replies(&self.shared.lock()),
                 Err(e) => match e.stream {
                     Some(id) => {
                         tracing::debug!(peer = %self.peer, stream = id, error = %e, "HTTP/2 stream error");
@@ -1451,8 +1494,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 ack: false,
                 payload,
             } => {
-                self.shared.lock().push_inline(&frame::ping(true, payload));
-                Ok(())
+                let mut st = self.shared.lock();
+                st.push_reply(&frame::ping(true, payload));
+                self.check_replies(&st)
             }
             Frame::Ping { ack: true, payload } => {
                 if payload == SHUTDOWN_PING {
@@ -1467,6 +1511,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             } => self.on_goaway(last_stream, reason, &debug),
             Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
         }
+    }
+
+    /// Fails the connection once the peer is owed more than [`MAX_PENDING_REPLIES`] frames it
+    /// has not read.
+    fn check_replies(&self, st: &State) -> Result<(), Http2Error> {
+        let pending = st.replies + self.writing_replies;
+        if pending > MAX_PENDING_REPLIES {
+            tracing::debug!(peer = %self.peer, pending, "HTTP/2 peer does not read the answers to its frames");
+            return Err(Http2Error::protocol(
+                Reason::ENHANCE_YOUR_CALM,
+                format!("more than {MAX_PENDING_REPLIES} acknowledgements and refusals unread"),
+            ));
+        }
+        Ok(())
     }
 
     /// Server: a client reset a running stream.
@@ -1552,11 +1610,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 if active >= self.cfg.max_concurrent_streams as usize {
                     self.shared
                         .lock()
-                        .push_inline(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                        .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
                     return Ok(());
                 }
                 match on_request(&self.shared, hb) {
-                    Opening::Done => Ok(()),
+                    Opening::Done => {
+                        // Refused: the answer is queued already.
+                        self.shared.lock().replies += 1;
+                        Ok(())
+                    }
                     Opening::Accept {
                         to_user,
                         compressed_ok,
@@ -1973,6 +2035,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn reset_stream(&mut self, id: u32, reason: Reason, why: &str) {
         let mut st = self.shared.lock();
         st.reset_now(id, reason);
+        st.replies += 1;
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
@@ -2049,7 +2112,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if s.header_table_size.is_some() {
             st.encoder.peer_table_size_changed();
         }
-        st.push_inline(&frame::SETTINGS_ACK);
+        st.push_reply(&frame::SETTINGS_ACK);
+        self.check_replies(&st)?;
         if s.initial_window_size.is_some() {
             let ids: Vec<u32> = st.streams.keys().copied().collect();
             for id in ids {
@@ -2201,6 +2265,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 self.writing.clear();
                 self.wpos = 0;
                 self.woff = 0;
+                self.writing_replies = 0;
                 let mut st = self.shared.lock();
                 if st.out.is_empty() {
                     drop(st);
@@ -2208,6 +2273,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 std::mem::swap(&mut st.out, &mut self.writing);
                 st.epoch += 1;
+                self.writing_replies = std::mem::take(&mut st.replies);
                 self.writing_bytes = self.writing.iter().map(|c| c.as_slice().len()).sum();
             }
             let mut slices = [IoSlice::new(&[]); sluice_io::MAX_IOV];

@@ -123,8 +123,8 @@ async fn large_messages_cross_many_frames_and_windows() {
 #[tokio::test]
 async fn a_reply_larger_than_the_queue_limit_does_not_stall_the_connection() {
     // A client whose windows let the server queue most of a 4 MiB reply at once: the server's
-    // queue goes past twice its limit, which makes it stop reading until the queue drains,
-    // while the client's WINDOW_UPDATEs and next requests arrive.
+    // queue goes far past its limit while the client's WINDOW_UPDATEs and next requests
+    // arrive, and they must still be read.
     let server = TestServer::start().await;
     let mut config = GrpcClientConfig::new(vec![server.addr]);
     config.initial_stream_window = 3 * 1024 * 1024;
@@ -571,4 +571,42 @@ fn serve_connection_is_send<H: sluice_stream::StreamingHandler>(
         handler,
         std::future::pending::<()>(),
     ));
+}
+
+/// Two Sluice peers with large messages in flight both ways on many streams: each side's
+/// queue fills with DATA the other's windows allowed, and neither may stop reading because of
+/// it (a side that stops reading while its own writes wait starves the other of WINDOW_UPDATEs
+/// and of reads, and both wait for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_large_unary_calls_do_not_deadlock() {
+    let server = TestServer::start().await;
+    let client = client(&server);
+    let msg = Bytes::from(vec![0x5au8; 1024 * 1024]);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        let msg = msg.clone();
+        calls.spawn(async move {
+            for _ in 0..3 {
+                let (send, mut recv) = client.open(&request("Echo")).await.unwrap().split();
+                send.send(msg.clone()).await.unwrap();
+                send.close_send().await.unwrap();
+                assert!(matches!(recv.recv().await, Incoming::Headers(_)));
+                assert_eq!(recv.recv().await, Incoming::Message(msg.clone()));
+                assert!(matches!(
+                    recv.recv().await,
+                    Incoming::End(StreamEnd { error: None, .. })
+                ));
+            }
+        });
+    }
+    let all = async {
+        while let Some(r) = calls.join_next().await {
+            r.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("600 calls of 1 MiB each way within 30 s (the connection deadlocked)");
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1);
 }

@@ -495,6 +495,59 @@ async fn a_flood_of_opened_and_reset_streams_ends_the_connection() {
     assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
 }
 
+/// A client that floods `one` frames (each answered with an acknowledgement) without reading:
+/// the server stops with GOAWAY(ENHANCE_YOUR_CALM) instead of answering them all; returns how
+/// many acknowledgements came before the GOAWAY.
+async fn flood_without_reading(server: &TestServer, one: &[u8], count: usize, ack: u8) -> usize {
+    let mut c = Conn::open(server, &[]).await;
+    let flood: Vec<u8> = one.repeat(count);
+    // Written whole before anything is read (the server keeps reading: it never stops for its
+    // own writes, and it drains what a connection it ended still sends).
+    within("writing the flood", c.tcp.write_all(&flood))
+        .await
+        .unwrap();
+    let mut acks = 0;
+    loop {
+        let f = c
+            .next()
+            .await
+            .expect("a GOAWAY before the connection closes");
+        if f.ty == ack && f.flags & ACK != 0 {
+            acks += 1;
+            continue;
+        }
+        if f.ty == GOAWAY {
+            let code = u32::from_be_bytes(f.payload[4..8].try_into().unwrap());
+            assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+            return acks;
+        }
+    }
+}
+
+#[tokio::test]
+async fn ping_and_settings_floods_from_a_client_that_does_not_read_end_the_connection() {
+    let mut server = TestServer::start().await;
+    let count = 300_000;
+    let acks = flood_without_reading(&server, &frame(PING, 0, 0, b"flooding"), count, PING).await;
+    assert!(acks < count, "{acks} of {count} PINGs answered");
+    let result = within("the connection's result", server.results.recv()).await;
+    assert!(result.unwrap().unwrap_err().contains("ENHANCE_YOUR_CALM"));
+
+    let acks = flood_without_reading(&server, &settings(&[(0x4, 65_535)]), count, SETTINGS).await;
+    // The first SETTINGS ACK answers the handshake's SETTINGS.
+    assert!(acks < count, "{acks} of {count} SETTINGS answered");
+
+    // A client that reads its answers may ping as it likes.
+    let mut c = Conn::open(&server, &[]).await;
+    for _ in 0..2000 {
+        c.send(&frame(PING, 0, 0, b"politely")).await;
+        c.until("PING ACK", |f| f.ty == PING && f.flags & ACK != 0)
+            .await;
+    }
+    let trailers = c.echo(1, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
 mod random {
     use super::*;
     use proptest::collection::vec;
