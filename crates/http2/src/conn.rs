@@ -1266,10 +1266,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 std::mem::take(&mut st.shutdown),
             )
         };
-        for id in finished {
-            // Dropping the pipe tells a user still reading that the stream is over.
-            self.streams.remove(&id);
-        }
         for o in opened {
             let deadline = o.deadline;
             self.streams.insert(
@@ -1288,6 +1284,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.rearm = true;
                 }
             }
+        }
+        // After `opened`: a stream its user reset (or ended) before this task took it in is
+        // in both lists, and its receiving side must not outlive it.
+        for id in finished {
+            // Dropping the pipe tells a user still reading that the stream is over.
+            self.streams.remove(&id);
         }
         for id in released {
             // A user that dropped its receiving half too gave up on the call; one that still

@@ -610,3 +610,71 @@ async fn many_concurrent_large_unary_calls_do_not_deadlock() {
         .expect("600 calls of 1 MiB each way within 30 s (the connection deadlocked)");
     assert_eq!(server.conns.load(Ordering::SeqCst), 1);
 }
+
+/// Streams the caller resets leave nothing behind: every handler ends, and the connection
+/// still serves (its per-stream state is gone, or the next calls would find stale entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_by_the_caller_leave_no_handler_behind() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    for i in 0..600u32 {
+        let (send, mut recv) = open(&client, &request("Echo")).await.split();
+        let msg = Bytes::from(i.to_be_bytes().to_vec());
+        send.send(msg.clone()).await.unwrap();
+        if i % 2 == 0 {
+            assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+            assert_eq!(next(&mut recv).await, Incoming::Message(msg));
+        }
+        send.reset(Reset {
+            code: 8,
+            message: "cancelled".into(),
+            cancel_path: None,
+        })
+        .await;
+    }
+    while server.reports.try_recv().is_ok() {}
+    let live = within("every handler to end", async {
+        loop {
+            let n = server.live.load(Ordering::SeqCst);
+            if n == 0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(live, 0);
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1);
+}
+
+/// A stream reset by its user before the connection task has taken it in (a forwarder whose
+/// caller resets right after the downstream stream was opened) leaves nothing on the client's
+/// connection: once the client is dropped, the idle connection closes.
+#[tokio::test]
+async fn a_stream_reset_right_after_opening_leaves_nothing_on_the_client_connection() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    // The receiving halves are kept, as a forwarder keeps them spliced into its caller's
+    // stream: only the reset says the stream is over.
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let (send, recv) = open(&client, &request("Echo")).await.split();
+        // Pushed at once, before the connection task runs again.
+        send.push(sluice_stream::Event::Reset(Reset {
+            code: 8,
+            message: "caller went away".into(),
+            cancel_path: None,
+        }))
+        .unwrap();
+        kept.push(recv);
+    }
+    // The connection still works, and closes once the client goes.
+    let (send, mut recv) = open(&client, &request("Echo")).await.split();
+    send.close_send().await.unwrap();
+    assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+    assert_eq!(expect_end(&mut recv).await.error, None);
+    drop((send, recv));
+    drop(client);
+    let result = within("the client's connection to close", server.results.recv()).await;
+    assert_eq!(result, Some(Ok(())));
+}

@@ -594,3 +594,33 @@ mod random {
         }
     }
 }
+
+#[tokio::test]
+async fn streams_reset_at_any_point_leave_no_handler_behind() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    let mut stream = 1u32;
+    for round in 0..100u32 {
+        for method in ["Echo", "Stall", "RecvReport", "Slow", "Flood"] {
+            let mut burst = frame(HEADERS, END_HEADERS, stream, &request_block(method, &[]));
+            match round % 4 {
+                0 => {}
+                1 => burst.extend_from_slice(&frame(DATA, 0, stream, &framed(b"m"))),
+                2 => burst.extend_from_slice(&frame(DATA, END_STREAM, stream, &framed(b"m"))),
+                _ => burst.extend_from_slice(&frame(DATA, 0, stream, &[0, 0, 0, 0, 9, 1])),
+            }
+            burst.extend_from_slice(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            c.send(&burst).await;
+            stream += 2;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let trailers = c.echo(stream, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    within("every handler to end", async {
+        while server.live.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
