@@ -881,6 +881,11 @@ struct PartialBlock {
     block: BytesMut,
 }
 
+/// Whether a field list holds a pseudo-header.
+fn has_pseudo(fields: &[(Bytes, Bytes)]) -> bool {
+    fields.iter().any(|(n, _)| n.first() == Some(&b':'))
+}
+
 /// A complete, decoded header block.
 pub(crate) struct HeaderBlock {
     pub(crate) stream: u32,
@@ -1480,8 +1485,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 if self.streams.contains_key(&stream) {
                     self.spend_reset_budget()?;
                 }
-                self.on_reset(stream, reason);
-                Ok(())
+                self.on_reset(stream, reason)
             }
             Frame::Settings { ack: true, .. } => Ok(()),
             Frame::Settings {
@@ -1527,6 +1531,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             ));
         }
         Ok(())
+    }
+
+    /// Frames other than HEADERS and PRIORITY on a stream that was never opened are a
+    /// connection error PROTOCOL_ERROR (RFC 9113 5.1, "idle").
+    /// `next_id` is the client's next stream id (the caller holds the lock it is read under).
+    fn check_not_idle(&self, id: u32, what: &str, next_id: u32) -> Result<(), Http2Error> {
+        let opened = match &self.role {
+            // Push is disabled: no even stream is ever opened on a server connection.
+            Role::Server { last_stream, .. } => id % 2 == 1 && id <= *last_stream,
+            Role::Client => id % 2 == 1 && id < next_id,
+        };
+        if opened {
+            return Ok(());
+        }
+        Err(Http2Error::protocol(
+            Reason::PROTOCOL_ERROR,
+            format!("{what} on idle stream {id}"),
+        ))
     }
 
     /// Server: a client reset a running stream.
@@ -1600,8 +1622,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 ..
             } => {
                 if id <= *last_stream {
-                    // Trailers of a stream already over, or a reused id.
-                    return Ok(());
+                    // A closed stream, or a new one below the highest used: "the identifier
+                    // of a newly established stream MUST be numerically greater than all
+                    // streams that the initiating endpoint has opened" (RFC 9113 5.1.1).
+                    // (gRPC clients send no trailers, so no HEADERS is in flight after a
+                    // stream this side closed.)
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        format!("HEADERS on closed or reused stream {id}"),
+                    ));
                 }
                 *last_stream = id;
                 if final_goaway.is_some_and(|last| id > last) {
@@ -1655,12 +1684,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 let Some(r) = self.streams.get_mut(&id) else {
                     return Ok(());
                 };
-                if r.remote_ended || !hb.end_stream {
+                if r.remote_ended {
+                    // Half-closed (remote): RFC 9113 5.1, a stream error STREAM_CLOSED.
+                    self.reset_stream(id, Reason::STREAM_CLOSED, "HEADERS after END_STREAM");
+                    return Ok(());
+                }
+                if !hb.end_stream {
                     self.reset_stream(
                         id,
                         Reason::PROTOCOL_ERROR,
                         "request headers after the first",
                     );
+                    return Ok(());
+                }
+                if has_pseudo(&hb.fields) {
+                    // "Pseudo-header fields MUST NOT appear in a trailer section" (RFC 9113
+                    // 8.1): the request is malformed.
+                    self.reset_stream(id, Reason::PROTOCOL_ERROR, "pseudo-header in trailers");
                     return Ok(());
                 }
                 r.remote_ended = true;
@@ -1706,6 +1746,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         }
                     }
                     ResponseState::Body => {
+                        if has_pseudo(&hb.fields) {
+                            self.client_end(
+                                id,
+                                StreamEnd::error(
+                                    Code::INTERNAL.as_u32(),
+                                    "pseudo-header in the response trailers",
+                                ),
+                                true,
+                            );
+                            return Ok(());
+                        }
                         if !hb.end_stream {
                             self.client_end(
                                 id,
@@ -2059,10 +2110,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// RST_STREAM from the peer.
-    fn on_reset(&mut self, id: u32, reason: Reason) {
+    fn on_reset(&mut self, id: u32, reason: Reason) -> Result<(), Http2Error> {
         let mut wakes = Wakes::default();
         {
             let mut st = self.shared.lock();
+            self.check_not_idle(id, "RST_STREAM", st.next_id)?;
             if let Some(mut s) = st.streams.remove(&id) {
                 s.gone = true;
                 wakes.extend(s.wakers);
@@ -2083,6 +2135,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }),
             );
         }
+        Ok(())
     }
 
     fn on_settings(&mut self, s: Settings) -> Result<(), Http2Error> {
@@ -2140,7 +2193,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Ok(());
         }
         let Some(s) = st.streams.get_mut(&id) else {
-            return Ok(());
+            return self.check_not_idle(id, "WINDOW_UPDATE", st.next_id);
         };
         s.window += i64::from(increment);
         if s.window > i64::from(MAX_WINDOW) {

@@ -624,3 +624,89 @@ async fn streams_reset_at_any_point_leave_no_handler_behind() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn headers_on_a_closed_or_lower_stream_id_is_a_connection_error() {
+    let server = TestServer::start().await;
+    // A closed stream (both sides ended).
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(3, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    assert_eq!(c.goaway().await, (3, 0x1), "PROTOCOL_ERROR");
+
+    // A new stream below the highest one used.
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(5, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    assert_eq!(c.goaway().await, (5, 0x1), "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn rst_stream_and_window_update_on_idle_streams_are_connection_errors() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(RST_STREAM, 0, 7, &8u32.to_be_bytes())).await;
+    assert_eq!(c.goaway().await, (0, 0x1), "PROTOCOL_ERROR");
+
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(1, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    // On the stream just closed: fine. On one never opened: not.
+    c.send(&frame(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()))
+        .await;
+    c.send(&frame(WINDOW_UPDATE, 0, 9, &100u32.to_be_bytes()))
+        .await;
+    assert_eq!(c.goaway().await, (1, 0x1), "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn headers_on_a_half_closed_remote_stream_is_stream_closed() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    let mut trailer = Vec::new();
+    literal("x-trailer", "t", &mut trailer);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailer))
+        .await;
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 5u32.to_be_bytes(), "STREAM_CLOSED");
+    // A stream error: the connection goes on.
+    let trailers = c.echo(3, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn pseudo_headers_in_trailers_reset_the_stream() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("RecvReport", &[]),
+    ))
+    .await;
+    c.send(&frame(DATA, 0, 1, &framed(b"m"))).await;
+    let mut trailer = Vec::new();
+    literal(":path", "/EchoService/Echo", &mut trailer);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailer))
+        .await;
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 1u32.to_be_bytes(), "PROTOCOL_ERROR");
+    let trailers = c.echo(3, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
