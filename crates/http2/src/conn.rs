@@ -701,14 +701,15 @@ impl State {
         if let Some(s) = self.streams.get_mut(&id) {
             wakes.extend(s.wakers.drain(..));
         }
-        self.forget_if_finished(id);
+        self.forget_if_finished(id, wakes);
     }
 
     /// Removes a stream that is over and flushed: on a server once its response has ended
     /// (what the client still sends is dropped), on a client once the response has ended
     /// (until then a half-closed stream may still have to be reset). Its receiving side is
     /// the task's, which removes it on its own terms.
-    pub(crate) fn forget_if_finished(&mut self, id: u32) {
+    /// Its waiters are woken through `wakes`, once the caller has released the lock.
+    pub(crate) fn forget_if_finished(&mut self, id: u32, wakes: &mut Wakes) {
         let side = self.side;
         if self.streams.get(&id).is_some_and(|s| {
             s.pending.is_empty()
@@ -718,13 +719,9 @@ impl State {
                 }
         }) {
             if let Some(s) = self.streams.remove(&id) {
-                for w in s.wakers {
-                    w.wake();
-                }
+                wakes.extend(s.wakers);
             }
-            for w in self.open_waiters.drain(..) {
-                w.wake();
-            }
+            wakes.extend(self.open_waiters.drain(..));
         }
     }
 
@@ -1300,6 +1297,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             // A user that dropped its receiving half too gave up on the call; one that still
             // reads is only done sending.
             let gave_up = self.streams.get(&id).is_none_or(|r| r.to_user.is_closed());
+            let mut wakes = Wakes::default();
             let mut st = self.shared.lock();
             if st.streams.get(&id).is_some_and(|s| !s.done && !s.gone) {
                 if gave_up {
@@ -1308,7 +1306,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     st.send_end_stream(id);
                 }
             }
-            st.forget_if_finished(id);
+            st.forget_if_finished(id, &mut wakes);
             if gave_up {
                 drop(st);
                 self.streams.remove(&id);
@@ -1788,6 +1786,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(r) = self.streams.remove(&id) {
             let _ = sluice_stream::EventSink::push(&r.to_user, Event::End(end));
         }
+        let mut wakes = Wakes::default();
         let mut st = self.shared.lock();
         if st.streams.get(&id).is_some_and(|s| !s.done || reset) {
             st.reset_now(id, Reason::CANCEL);
@@ -1795,12 +1794,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
-        st.forget_if_finished(id);
+        st.forget_if_finished(id, &mut wakes);
     }
 
     /// Client: the user is gone; the stream is reset.
     fn client_end_quiet(&mut self, id: u32) {
         self.streams.remove(&id);
+        let mut wakes = Wakes::default();
         let mut st = self.shared.lock();
         if st.streams.get(&id).is_some_and(|s| !s.done) {
             st.reset_now(id, Reason::CANCEL);
@@ -1808,7 +1808,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
-        st.forget_if_finished(id);
+        st.forget_if_finished(id, &mut wakes);
     }
 
     fn mark_remote_ended(&mut self, id: u32) {

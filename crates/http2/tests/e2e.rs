@@ -678,3 +678,65 @@ async fn a_stream_reset_right_after_opening_leaves_nothing_on_the_client_connect
     let result = within("the client's connection to close", server.results.recv()).await;
     assert_eq!(result, Some(Ok(())));
 }
+
+/// Handler tasks belong to their connection: dropping `serve_connection`'s future (a drain
+/// deadline passed) aborts a handler that would never return.
+#[tokio::test]
+async fn dropping_the_serve_future_aborts_handlers_that_never_return() {
+    use sluice_http2::serve_connection;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let (reports, _reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Arc::new(support::Scripted {
+        reports,
+        live: live.clone(),
+    });
+    let serving = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let config = GrpcServerConfig::default();
+        let _ = serve_connection(tcp, peer, &config, handler, std::future::pending()).await;
+    });
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let stream = open(&client, &request("Forever")).await;
+    within("the handler to start", async {
+        while live.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    serving.abort();
+    let _ = serving.await;
+    within("the handler to be aborted", async {
+        while live.load(Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(stream);
+}
+
+/// A client's connections belong to it: dropping the last clone ends them, even with a stream
+/// still open (which then fails instead of keeping a connection nobody owns).
+#[tokio::test]
+async fn dropping_the_last_client_ends_its_connections() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    let (send, mut recv) = open(&client, &request("Stall")).await.split();
+    server.request().await;
+    let other = client.clone();
+    drop(client);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.results.recv())
+            .await
+            .is_err(),
+        "a clone still owns the connection"
+    );
+    drop(other);
+    within("the connection to close", server.results.recv()).await;
+    assert!(!matches!(
+        next(&mut recv).await,
+        Incoming::Message(_) | Incoming::Headers(_)
+    ));
+    drop(send);
+}
