@@ -320,9 +320,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
 }
 
-/// Wakes what is collected, after the lock is released.
+/// Wakes what is collected, after the lock is released; drops streams' pipes then too (a
+/// dropped pipe may tell a spliced sink on another connection, which takes that one's lock).
 #[derive(Default)]
-pub(crate) struct Wakes(Vec<Waker>);
+pub(crate) struct Wakes(Vec<Waker>, Vec<Opened>);
 
 impl Wakes {
     fn extend(&mut self, w: impl IntoIterator<Item = Waker>) {
@@ -338,6 +339,7 @@ impl Drop for Wakes {
         for w in self.0.drain(..) {
             w.wake();
         }
+        self.1.clear();
     }
 }
 
@@ -757,6 +759,8 @@ impl State {
         wakes.extend(self.room.drain(..));
         wakes.extend(self.open_waiters.drain(..));
         wakes.push(self.task.take());
+        // Streams the task never took in: their users hear that the connection is gone.
+        wakes.1.append(&mut self.opened);
     }
 
     /// Client: the next stream id, if this connection may open another stream now.
