@@ -301,6 +301,8 @@ impl GrpcClient {
             max_header_list_size: config.max_header_list_size,
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: None,
+            stats: None,
         };
         let (conn, shared) = Connection::client(tcp, addr, cfg);
         let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());

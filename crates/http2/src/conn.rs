@@ -31,6 +31,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -127,6 +128,11 @@ pub(crate) struct ConnConfig {
     pub(crate) max_message_size: usize,
     /// The peer's preface (server side) and SETTINGS must arrive within this.
     pub(crate) handshake_timeout: Duration,
+    /// Server: a connection without streams that receives nothing for this long is closed
+    /// with GOAWAY(NO_ERROR). `None`: never.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Server: counters of what happened to streams and connections.
+    pub(crate) stats: Option<Arc<crate::server::GrpcServerStats>>,
 }
 
 impl ConnConfig {
@@ -967,6 +973,9 @@ pub(crate) struct Connection<T> {
     flushed: bool,
     /// The connection is closing: write what is queued, then end with this.
     closing: Option<Closing>,
+    /// When the last read brought bytes, and the idle timer (server, with an idle timeout).
+    last_read: tokio::time::Instant,
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Client: the earliest deadline of a stream, and a timer set to it.
     next_deadline: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -1005,6 +1014,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         // Both sides: a peer that does not open with SETTINGS in time is not speaking HTTP/2
         // (or is stuck), and streams waiting on it must not wait forever.
         let handshake_deadline = Some(Box::pin(tokio::time::sleep(cfg.handshake_timeout)));
+        let idle_timer = cfg
+            .idle_timeout
+            .filter(|_| cfg.side == Side::Server)
+            .map(|t| Box::pin(tokio::time::sleep(t)));
         let conn = Connection {
             io,
             peer,
@@ -1031,6 +1044,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             peer_closed: false,
             flushed: false,
             closing: None,
+            last_read: tokio::time::Instant::now(),
+            idle_timer,
             next_deadline: None,
             timer: None,
             rearm: false,
@@ -1127,6 +1142,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn step(&mut self, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         if let Some(d) = &mut self.handshake_deadline {
             if d.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %self.peer, preface = self.preface_read, "HTTP/2 handshake timed out; closing the connection");
                 return Err(Http2Error::HandshakeTimeout);
             }
         }
@@ -1152,6 +1168,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 Poll::Ready(Ok(_)) => {
                     reads += 1;
+                    if self.idle_timer.is_some() {
+                        self.last_read = tokio::time::Instant::now();
+                    }
                     self.process(cx)?;
                     self.take_requests();
                 }
@@ -1192,10 +1211,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Ready(Ok(())) | Poll::Pending => {}
         }
-        if self.close_if_done() {
+        if self.close_if_done() || self.idle_expired(cx) {
             self.closing = Some((Ok(()), Box::pin(tokio::time::sleep(CLOSE_FLUSH))));
         }
         Ok(())
+    }
+
+    /// Server: whether the connection has had no stream and received nothing for the idle
+    /// timeout; if so, GOAWAY(NO_ERROR) is queued and no new stream is taken. The timer is
+    /// moved on only when it fires, not per read.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(timeout), Some(timer)) = (self.cfg.idle_timeout, &mut self.idle_timer) else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let busy = !self.streams.is_empty() || !self.shared.lock().streams.is_empty();
+        let quiet_until = self.last_read + timeout;
+        if busy || quiet_until > now {
+            let next = if busy { now + timeout } else { quiet_until };
+            timer.as_mut().reset(next);
+            let _ = timer.as_mut().poll(cx);
+            return false;
+        }
+        tracing::debug!(peer = %self.peer, ?timeout, "idle gRPC connection: closing with GOAWAY");
+        if let Some(stats) = &self.cfg.stats {
+            stats
+                .connections_idle_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let last = self.last_peer_stream();
+        let mut st = self.shared.lock();
+        st.closed = true;
+        st.going_away = true;
+        let mut g = Vec::new();
+        frame::goaway(last, Reason::NO_ERROR, b"idle", &mut g);
+        st.push_bytes(Bytes::from(g));
+        drop(st);
+        self.read_done = true;
+        true
     }
 
     /// Whether the connection is done (nothing left to serve and no one to serve it for); if
@@ -1641,6 +1697,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 let active = self.streams.len();
                 if active >= self.cfg.max_concurrent_streams as usize {
+                    tracing::debug!(peer = %self.peer, stream = id, limit = self.cfg.max_concurrent_streams, "refusing gRPC stream: concurrent stream limit");
+                    if let Some(stats) = &self.cfg.stats {
+                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.shared
                         .lock()
                         .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
@@ -1648,7 +1708,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 match on_request(&self.shared, hb) {
                     Opening::Done => {
-                        // Refused: the answer is queued already.
+                        // Refused (and logged): the answer is queued already.
+                        if let Some(stats) = &self.cfg.stats {
+                            stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.shared.lock().replies += 1;
                         Ok(())
                     }
@@ -2126,6 +2189,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             wakes.extend(st.open_waiters.drain(..));
         }
         if let Some(r) = self.streams.remove(&id) {
+            if let Some(stats) = &self.cfg.stats {
+                stats.streams_reset_by_peer.fetch_add(1, Ordering::Relaxed);
+            }
             let who = match self.cfg.side {
                 Side::Server => "client",
                 Side::Client => "server",
@@ -2414,6 +2480,8 @@ mod tests {
             max_header_list_size: 4096,
             max_message_size: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            stats: None,
         };
         let on_request: OnRequest = Box::new(move |shared, block| {
             shared.lock().add_stream(block.stream, Bytes::new());

@@ -44,6 +44,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -93,8 +94,28 @@ pub struct GrpcServerConfig {
     /// Largest gRPC message accepted from a client, prefix not counted; a larger one ends the
     /// stream with grpc-status 8 (RESOURCE_EXHAUSTED).
     pub max_message_size: usize,
-    /// How long a new connection may take to send its preface and SETTINGS.
+    /// How long a new connection may take to send its preface and SETTINGS; past it the
+    /// connection is closed (also after part of the preface).
     pub handshake_timeout: Duration,
+    /// A connection with no open stream that receives nothing for this long is closed with
+    /// GOAWAY(NO_ERROR). Default 10 minutes (as `ServerConfig::idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Counters of refused and reset streams and idle-closed connections, shared by every
+    /// connection given this config; `None` counts nothing.
+    pub stats: Option<Arc<GrpcServerStats>>,
+}
+
+/// What gRPC connections counted (see [`GrpcServerConfig::stats`]).
+#[derive(Debug, Default)]
+pub struct GrpcServerStats {
+    /// Streams refused before a handler ran: over the concurrency limit (RST_STREAM
+    /// REFUSED_STREAM), malformed (RST_STREAM PROTOCOL_ERROR), or answered with a status
+    /// (header list too large: grpc-status 8; bad content-type, method, path or timeout).
+    pub streams_refused: AtomicU64,
+    /// Streams the client reset (RST_STREAM) while they were running.
+    pub streams_reset_by_peer: AtomicU64,
+    /// Connections closed after the idle timeout.
+    pub connections_idle_closed: AtomicU64,
 }
 
 impl Default for GrpcServerConfig {
@@ -107,6 +128,8 @@ impl Default for GrpcServerConfig {
             max_header_list_size: 64 * 1024,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            stats: None,
         }
     }
 }
@@ -168,6 +191,8 @@ where
         max_header_list_size: config.max_header_list_size,
         max_message_size: config.max_message_size,
         handshake_timeout: config.handshake_timeout,
+        idle_timeout: Some(config.idle_timeout),
+        stats: config.stats.clone(),
     };
     let max_header_list_size = config.max_header_list_size;
     // The handler tasks' owner: dropped with this future, it aborts them.
@@ -363,6 +388,7 @@ fn open_stream<H: StreamingHandler>(
 ) -> Opening {
     let id = block.stream;
     if block.too_large {
+        tracing::debug!(%peer, stream = id, limit = max_header_list_size, "refusing gRPC request: header list too large");
         let status = Status::new(
             Code::RESOURCE_EXHAUSTED,
             format!("request header list larger than {max_header_list_size} bytes"),

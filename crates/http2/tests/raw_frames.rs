@@ -710,3 +710,128 @@ async fn pseudo_headers_in_trailers_reset_the_stream() {
     let trailers = c.echo(3, b"fine").await;
     assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
 }
+
+/// Reads frames off a duplex pipe: (type, flags, stream, payload), None at EOF.
+async fn read_frame(io: &mut tokio::io::DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_with_goaway_after_the_idle_timeout() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let stats = Arc::new(sluice_http2::GrpcServerStats::default());
+    let config = GrpcServerConfig {
+        idle_timeout: Duration::from_secs(60),
+        stats: Some(stats.clone()),
+        ..GrpcServerConfig::default()
+    };
+    let (reports, _reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Arc::new(support::Scripted {
+        reports,
+        live: Arc::default(),
+    });
+    let (mut client, server_io) = tokio::io::duplex(1 << 16);
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let serving = tokio::spawn(async move {
+        sluice_http2::serve_connection(server_io, peer, &config, handler, std::future::pending())
+            .await
+    });
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&settings(&[]));
+    // A stream that stays open keeps the connection, however quiet.
+    hello.extend_from_slice(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("Stall", &[]),
+    ));
+    client.write_all(&hello).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let mut frames = Vec::new();
+    while let Ok(Some(f)) =
+        tokio::time::timeout(Duration::from_millis(10), read_frame(&mut client)).await
+    {
+        frames.push(f);
+    }
+    assert!(frames.iter().all(|f| f.0 != GOAWAY), "{frames:?}");
+    // Once it is reset, the connection is idle: 60 s of silence later it is closed.
+    client
+        .write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert!(!serving.is_finished());
+    assert_eq!(stats.connections_idle_closed.load(Ordering::Relaxed), 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let goaway = loop {
+        match read_frame(&mut client).await {
+            Some(f) if f.0 == GOAWAY => break f,
+            Some(_) => continue,
+            None => panic!("closed without GOAWAY"),
+        }
+    };
+    assert_eq!(
+        &goaway.3[..8],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "last stream 1, NO_ERROR"
+    );
+    drop(client);
+    let result = serving.await.unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stats.connections_idle_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.streams_reset_by_peer.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn refused_streams_are_counted() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let stats = Arc::new(sluice_http2::GrpcServerStats::default());
+    let config = GrpcServerConfig {
+        max_concurrent_streams: 1,
+        stats: Some(stats.clone()),
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    // Over the limit.
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        3,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    c.until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 3)
+        .await;
+    // Malformed (no :path).
+    c.send(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes())).await;
+    c.send(&frame(HEADERS, END_HEADERS, 5, &[0x83, 0x86])).await;
+    c.until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 5)
+        .await;
+    // Answered with a status (bad content-type).
+    let mut block = vec![0x83, 0x86];
+    literal(":path", "/EchoService/Echo", &mut block);
+    literal("content-type", "text/plain", &mut block);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &block))
+        .await;
+    c.until("the refusal", |f| f.ty == HEADERS && f.stream == 7)
+        .await;
+    assert_eq!(stats.streams_refused.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.streams_reset_by_peer.load(Ordering::Relaxed), 1);
+}
