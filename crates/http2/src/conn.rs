@@ -58,6 +58,9 @@ const READ_CHUNK: usize = sluice_io::STREAM_READ_CHUNK;
 /// Frames read per poll before the task lets others run.
 const READS_PER_POLL: usize = 16;
 
+/// How long a graceful shutdown waits for its PING to come back before the final GOAWAY.
+const SHUTDOWN_PING_WAIT: Duration = Duration::from_secs(2);
+
 /// Opaque data of the PING that times a graceful shutdown.
 const SHUTDOWN_PING: [u8; 8] = *b"sluice-g";
 
@@ -976,6 +979,8 @@ pub(crate) struct Connection<T> {
     /// When the last read brought bytes, and the idle timer (server, with an idle timeout).
     last_read: tokio::time::Instant,
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Server: how long the shutdown PING may take before the final GOAWAY goes anyway.
+    shutdown_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Client: the earliest deadline of a stream, and a timer set to it.
     next_deadline: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -1046,6 +1051,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             closing: None,
             last_read: tokio::time::Instant::now(),
             idle_timer,
+            shutdown_timer: None,
             next_deadline: None,
             timer: None,
             rearm: false,
@@ -1206,7 +1212,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             self.arm_timer(cx);
         }
         self.check_deadlines(cx);
-        self.maybe_finish_shutdown();
+        self.maybe_finish_shutdown(cx);
         match self.poll_write(cx) {
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Ready(Ok(())) | Poll::Pending => {}
@@ -1391,16 +1397,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Server: the final GOAWAY once the shutdown PING came back, or at once when no stream
-    /// is left.
-    fn maybe_finish_shutdown(&mut self) {
+    /// Server: the final GOAWAY once the shutdown PING came back (a round trip after the
+    /// first GOAWAY: every request the client sent before it saw that one has arrived), or
+    /// after [`SHUTDOWN_PING_WAIT`] if the PING is not answered. Not sooner, even with no
+    /// stream open: a request already on its way would be lost.
+    fn maybe_finish_shutdown(&mut self, cx: &mut Context<'_>) {
         if let Role::Server {
             goaway_sent: true,
             final_goaway: None,
             ..
         } = &self.role
         {
-            if self.streams.is_empty() && self.shared.lock().streams.is_empty() {
+            let timer = self
+                .shutdown_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(SHUTDOWN_PING_WAIT)));
+            if timer.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %self.peer, "shutdown PING not answered; sending the final GOAWAY");
                 self.send_final_goaway();
             }
         }
@@ -1692,7 +1704,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 *last_stream = id;
                 if final_goaway.is_some_and(|last| id > last) {
-                    // Sent after our final GOAWAY: ignored, the client knows to retry.
+                    // Sent after the final GOAWAY: refused, so the client knows it was not
+                    // processed and retries it elsewhere.
+                    tracing::debug!(peer = %self.peer, stream = id, "refusing gRPC stream: connection shutting down");
+                    if let Some(stats) = &self.cfg.stats {
+                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.shared
+                        .lock()
+                        .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
                     return Ok(());
                 }
                 let active = self.streams.len();

@@ -835,3 +835,57 @@ async fn refused_streams_are_counted() {
     assert_eq!(stats.streams_refused.load(Ordering::Relaxed), 3);
     assert_eq!(stats.streams_reset_by_peer.load(Ordering::Relaxed), 1);
 }
+
+/// Graceful shutdown: a request sent before the client saw the first GOAWAY is served even if
+/// the connection was idle when the shutdown began; one sent after the final GOAWAY is refused
+/// with REFUSED_STREAM (safe to retry).
+#[tokio::test]
+async fn drain_serves_requests_in_flight_and_refuses_later_ones() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    server.shutdown();
+    let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(&first.payload[..8], &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    let ping = c
+        .until("the shutdown PING", |f| f.ty == PING && f.flags & ACK == 0)
+        .await;
+    // A request the client sent before it read the GOAWAY.
+    c.send(&frame(HEADERS, END_HEADERS, 1, &request_block("Slow", &[])))
+        .await;
+    c.send(&frame(DATA, END_STREAM, 1, &framed(b"in flight")))
+        .await;
+    c.send(&frame(PING, ACK, 0, &ping.payload)).await;
+    let last = c.until("the final GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(
+        &last.payload[..8],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "last stream 1"
+    );
+    // After the final GOAWAY: refused.
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    let mut refused = false;
+    loop {
+        let f = c
+            .until("the response", |f| f.stream == 1 || f.stream == 3)
+            .await;
+        if f.stream == 3 {
+            assert_eq!(
+                (f.ty, f.payload.as_slice()),
+                (RST_STREAM, &7u32.to_be_bytes()[..])
+            );
+            refused = true;
+        } else if f.ty == HEADERS && f.flags & END_STREAM != 0 {
+            let trailers = read_block(&f.payload).unwrap();
+            assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+            break;
+        }
+    }
+    if !refused {
+        let f = c.until("the refusal", |f| f.stream == 3).await;
+        assert_eq!(
+            (f.ty, f.payload.as_slice()),
+            (RST_STREAM, &7u32.to_be_bytes()[..])
+        );
+    }
+}
