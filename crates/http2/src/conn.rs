@@ -968,6 +968,8 @@ pub(crate) struct Connection<T> {
     writing_bytes: usize,
     /// Frames in `writing` that answer the peer's (see [`MAX_PENDING_REPLIES`]).
     writing_replies: usize,
+    /// A stream was refused or reset since the pending answers were last checked.
+    refused: bool,
     /// Reading stopped (EOF, or closing).
     read_done: bool,
     /// The peer closed its side (EOF or reset).
@@ -1045,6 +1047,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             woff: 0,
             writing_bytes: 0,
             writing_replies: 0,
+            refused: false,
             read_done: false,
             peer_closed: false,
             flushed: false,
@@ -1453,7 +1456,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         loop {
             let frame = match self.frames.decode(&mut self.buf) {
                 Ok(Some(f)) => f,
-                Ok(None) => return self.check_replies(&self.shared.lock()),
+                // Checked once per read, and only if a refusal was queued (no lock otherwise).
+                Ok(None) if std::mem::take(&mut self.refused) => {
+                    return self.check_replies(&self.shared.lock())
+                }
+                Ok(None) => return Ok(()),
                 Err(e) => match e.stream {
                     Some(id) => {
                         tracing::debug!(peer = %self.peer, stream = id, error = %e, "HTTP/2 stream error");
@@ -1713,6 +1720,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.shared
                         .lock()
                         .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                    self.refused = true;
                     return Ok(());
                 }
                 let active = self.streams.len();
@@ -1724,6 +1732,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     self.shared
                         .lock()
                         .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                    self.refused = true;
                     return Ok(());
                 }
                 match on_request(&self.shared, hb) {
@@ -1733,6 +1742,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                             stats.streams_refused.fetch_add(1, Ordering::Relaxed);
                         }
                         self.shared.lock().replies += 1;
+                        self.refused = true;
                         Ok(())
                     }
                     Opening::Accept {
@@ -2176,6 +2186,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let mut st = self.shared.lock();
         st.reset_now(id, reason);
         st.replies += 1;
+        self.refused = true;
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
