@@ -441,6 +441,17 @@ impl Settings {
     }
 }
 
+/// Room reserved ahead of what has arrived, at least: a length the peer claims is not taken on
+/// trust (a frame header claiming 16 MiB and nothing after it must not cost 16 MiB).
+pub const RESERVE_STEP: usize = 64 * 1024;
+
+/// How much to reserve for `missing` more bytes on top of `buffered`: all of it when that is
+/// within [`RESERVE_STEP`] or within what has arrived already (so a buffer at most doubles, and
+/// a long payload costs a logarithmic number of copies), otherwise only that much.
+pub fn reserve_step(buffered: usize, missing: usize) -> usize {
+    missing.min(buffered.max(RESERVE_STEP))
+}
+
 /// Splits frames off a read buffer.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -475,7 +486,7 @@ impl FrameDecoder {
             ));
         }
         if buf.len() < HEAD_LEN + head.len {
-            buf.reserve(HEAD_LEN + head.len - buf.len());
+            buf.reserve(reserve_step(buf.len(), HEAD_LEN + head.len - buf.len()));
             return Ok(None);
         }
         buf.advance(HEAD_LEN);
@@ -811,6 +822,29 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_claimed_length_is_reserved_as_bytes_arrive() {
+        let dec = FrameDecoder::new(MAX_FRAME_SIZE_LIMIT);
+        // A DATA frame claiming 16 MiB - 1, then 10 bytes of it.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&Head::encode(
+            MAX_FRAME_SIZE_LIMIT as usize,
+            kind::DATA,
+            0,
+            1,
+        ));
+        buf.extend_from_slice(&[0u8; 10]);
+        assert!(dec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= HEAD_LEN + 10 + RESERVE_STEP,
+            "capacity {} for 19 bytes received",
+            buf.capacity()
+        );
+        assert_eq!(reserve_step(0, 100), 100);
+        assert_eq!(reserve_step(10, 1 << 24), RESERVE_STEP);
+        assert_eq!(reserve_step(1 << 20, 1 << 24), 1 << 20);
     }
 
     #[test]

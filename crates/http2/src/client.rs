@@ -35,8 +35,9 @@ use sluice_h2wire::frame::Reason;
 use sluice_stream::{ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, StreamEnd};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
 
-use crate::conn::{ConnConfig, Connection, Opened, Shared, Side};
+use crate::conn::{ConnConfig, Connection, Opened, Shared, Side, Wakes};
 use crate::content_type::GrpcContentType;
 use crate::fields::{
     compressed_in_fields, compressed_in_metadata, encode_metadata, field, metadata_from_fields,
@@ -143,6 +144,9 @@ pub enum GrpcClientError {
 }
 
 /// A client for one gRPC downstream. Cheap to clone; clones share the connections.
+///
+/// The connections belong to the client: when the last clone is dropped, their tasks are
+/// aborted, and streams still open on them fail as if the connection had closed.
 #[derive(Debug, Clone)]
 pub struct GrpcClient {
     inner: Arc<Inner>,
@@ -153,6 +157,8 @@ struct Inner {
     config: GrpcClientConfig,
     next: AtomicUsize,
     slots: Vec<Slot>,
+    /// The connections' tasks; dropped with the client, which aborts them.
+    tasks: std::sync::Mutex<JoinSet<()>>,
 }
 
 /// One endpoint and its connection, if any. The lock is held while dialling, so concurrent
@@ -196,6 +202,7 @@ impl GrpcClient {
                 config,
                 next: AtomicUsize::new(0),
                 slots,
+                tasks: std::sync::Mutex::new(JoinSet::new()),
             }),
         }
     }
@@ -294,9 +301,14 @@ impl GrpcClient {
             max_header_list_size: config.max_header_list_size,
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: None,
+            stats: None,
         };
         let (conn, shared) = Connection::client(tcp, addr, cfg);
-        tokio::spawn(async move {
+        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // Connections that ended are reaped as new ones are dialled.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
             }
@@ -420,6 +432,8 @@ struct ClientSink {
 impl EventSink for ClientSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
         let id = self.id;
+        // Declared before the lock: woken after it is released.
+        let mut wakes = Wakes::default();
         let Some(mut st) = self.shared.lock_for_push(id)? else {
             return Ok(());
         };
@@ -432,7 +446,7 @@ impl EventSink for ClientSink {
             }
             Event::HalfClose => {
                 st.send_end_stream(id);
-                st.forget_if_finished(id);
+                st.forget_if_finished(id, &mut wakes);
             }
             Event::Reset(r) => {
                 tracing::debug!(code = r.code, message = %r.message, "user reset the gRPC stream");
@@ -441,7 +455,7 @@ impl EventSink for ClientSink {
                     s.gone = true;
                 }
                 st.finish(id);
-                st.forget_if_finished(id);
+                st.forget_if_finished(id, &mut wakes);
             }
             // Events only a server sends.
             Event::Headers(_) | Event::End(_) => return Ok(()),

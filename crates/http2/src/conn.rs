@@ -31,6 +31,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -57,6 +58,9 @@ const READ_CHUNK: usize = sluice_io::STREAM_READ_CHUNK;
 /// Frames read per poll before the task lets others run.
 const READS_PER_POLL: usize = 16;
 
+/// How long a graceful shutdown waits for its PING to come back before the final GOAWAY.
+const SHUTDOWN_PING_WAIT: Duration = Duration::from_secs(2);
+
 /// Opaque data of the PING that times a graceful shutdown.
 const SHUTDOWN_PING: [u8; 8] = *b"sluice-g";
 
@@ -69,6 +73,13 @@ const BLOCK_LIMIT_FACTOR: usize = 2;
 /// beyond this the connection is ended (the "rapid reset" attack, CVE-2023-44487).
 const RESET_BURST: f64 = 1000.0;
 const RESETS_PER_SECOND: f64 = 500.0;
+
+/// Most frames this side may owe the peer in answer to its own frames (PING and SETTINGS
+/// acknowledgements, RST_STREAM and refusals of streams) while they wait to be written. A peer
+/// that keeps asking without reading the answers would otherwise grow the queue without bound,
+/// now that reading does not wait for writing; past this the connection ends with
+/// ENHANCE_YOUR_CALM (as h2 and nghttp2 end PING and SETTINGS floods).
+pub(crate) const MAX_PENDING_REPLIES: usize = 1024;
 
 /// Most CONTINUATION frames one header block may take.
 const MAX_CONTINUATIONS: usize = 64;
@@ -120,6 +131,11 @@ pub(crate) struct ConnConfig {
     pub(crate) max_message_size: usize,
     /// The peer's preface (server side) and SETTINGS must arrive within this.
     pub(crate) handshake_timeout: Duration,
+    /// Server: a connection without streams that receives nothing for this long is closed
+    /// with GOAWAY(NO_ERROR). `None`: never.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// Server: counters of what happened to streams and connections.
+    pub(crate) stats: Option<Arc<crate::server::GrpcServerStats>>,
 }
 
 impl ConnConfig {
@@ -274,6 +290,8 @@ pub(crate) struct State {
     out: Vec<Chunk>,
     /// Bytes in `out` and in the task's write under way.
     queued: usize,
+    /// Frames in `out` that answer the peer's own frames (see [`MAX_PENDING_REPLIES`]).
+    replies: usize,
     /// Bumped each time the task takes `out`.
     epoch: u64,
     task: Option<Waker>,
@@ -311,9 +329,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
 }
 
-/// Wakes what is collected, after the lock is released.
+/// Wakes what is collected, after the lock is released; drops streams' pipes then too (a
+/// dropped pipe may tell a spliced sink on another connection, which takes that one's lock).
 #[derive(Default)]
-pub(crate) struct Wakes(Vec<Waker>);
+pub(crate) struct Wakes(Vec<Waker>, Vec<Opened>);
 
 impl Wakes {
     fn extend(&mut self, w: impl IntoIterator<Item = Waker>) {
@@ -329,6 +348,7 @@ impl Drop for Wakes {
         for w in self.0.drain(..) {
             w.wake();
         }
+        self.1.clear();
     }
 }
 
@@ -412,6 +432,7 @@ impl State {
         State {
             out: Vec::new(),
             queued: 0,
+            replies: 0,
             epoch: 0,
             task: None,
             room: Vec::new(),
@@ -446,6 +467,12 @@ impl State {
     fn push_inline(&mut self, bytes: &[u8]) {
         self.queued += bytes.len();
         self.out.push(Chunk::inline(bytes));
+    }
+
+    /// Queues a frame that answers one of the peer's (an acknowledgement, a refusal).
+    fn push_reply(&mut self, bytes: &[u8]) {
+        self.replies += 1;
+        self.push_inline(bytes);
     }
 
     fn push_bytes(&mut self, b: Bytes) {
@@ -685,14 +712,15 @@ impl State {
         if let Some(s) = self.streams.get_mut(&id) {
             wakes.extend(s.wakers.drain(..));
         }
-        self.forget_if_finished(id);
+        self.forget_if_finished(id, wakes);
     }
 
     /// Removes a stream that is over and flushed: on a server once its response has ended
     /// (what the client still sends is dropped), on a client once the response has ended
     /// (until then a half-closed stream may still have to be reset). Its receiving side is
     /// the task's, which removes it on its own terms.
-    pub(crate) fn forget_if_finished(&mut self, id: u32) {
+    /// Its waiters are woken through `wakes`, once the caller has released the lock.
+    pub(crate) fn forget_if_finished(&mut self, id: u32, wakes: &mut Wakes) {
         let side = self.side;
         if self.streams.get(&id).is_some_and(|s| {
             s.pending.is_empty()
@@ -702,13 +730,9 @@ impl State {
                 }
         }) {
             if let Some(s) = self.streams.remove(&id) {
-                for w in s.wakers {
-                    w.wake();
-                }
+                wakes.extend(s.wakers);
             }
-            for w in self.open_waiters.drain(..) {
-                w.wake();
-            }
+            wakes.extend(self.open_waiters.drain(..));
         }
     }
 
@@ -744,6 +768,8 @@ impl State {
         wakes.extend(self.room.drain(..));
         wakes.extend(self.open_waiters.drain(..));
         wakes.push(self.task.take());
+        // Streams the task never took in: their users hear that the connection is gone.
+        wakes.1.append(&mut self.opened);
     }
 
     /// Client: the next stream id, if this connection may open another stream now.
@@ -865,6 +891,11 @@ struct PartialBlock {
     block: BytesMut,
 }
 
+/// Whether a field list holds a pseudo-header.
+fn has_pseudo(fields: &[(Bytes, Bytes)]) -> bool {
+    fields.iter().any(|(n, _)| n.first() == Some(&b':'))
+}
+
 /// A complete, decoded header block.
 pub(crate) struct HeaderBlock {
     pub(crate) stream: u32,
@@ -935,10 +966,23 @@ pub(crate) struct Connection<T> {
     wpos: usize,
     woff: usize,
     writing_bytes: usize,
+    /// Frames in `writing` that answer the peer's (see [`MAX_PENDING_REPLIES`]).
+    writing_replies: usize,
+    /// A stream was refused or reset since the pending answers were last checked.
+    refused: bool,
     /// Reading stopped (EOF, or closing).
     read_done: bool,
+    /// The peer closed its side (EOF or reset).
+    peer_closed: bool,
+    /// Closing: everything queued is written and the write side shut down.
+    flushed: bool,
     /// The connection is closing: write what is queued, then end with this.
     closing: Option<Closing>,
+    /// When the last read brought bytes, and the idle timer (server, with an idle timeout).
+    last_read: tokio::time::Instant,
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Server: how long the shutdown PING may take before the final GOAWAY goes anyway.
+    shutdown_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Client: the earliest deadline of a stream, and a timer set to it.
     next_deadline: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -977,6 +1021,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         // Both sides: a peer that does not open with SETTINGS in time is not speaking HTTP/2
         // (or is stuck), and streams waiting on it must not wait forever.
         let handshake_deadline = Some(Box::pin(tokio::time::sleep(cfg.handshake_timeout)));
+        let idle_timer = cfg
+            .idle_timeout
+            .filter(|_| cfg.side == Side::Server)
+            .map(|t| Box::pin(tokio::time::sleep(t)));
         let conn = Connection {
             io,
             peer,
@@ -998,8 +1046,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             wpos: 0,
             woff: 0,
             writing_bytes: 0,
+            writing_replies: 0,
+            refused: false,
             read_done: false,
+            peer_closed: false,
+            flushed: false,
             closing: None,
+            last_read: tokio::time::Instant::now(),
+            idle_timer,
+            shutdown_timer: None,
             next_deadline: None,
             timer: None,
             rearm: false,
@@ -1049,17 +1104,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 self.fail(e);
             }
         }
-        if let Some((_, deadline)) = &mut self.closing {
+        if let Some((result, deadline)) = &mut self.closing {
             let timed_out = deadline.as_mut().poll(cx).is_ready();
-            let written = match self.poll_write(cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(_)) => true,
-                Poll::Pending => false,
-            };
-            if written || timed_out {
+            let failed = result.is_err();
+            if !self.flushed {
+                let written = match self.poll_write(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(_)) => true,
+                    Poll::Pending => false,
+                };
                 if written {
+                    self.flushed = true;
                     let _ = Pin::new(&mut self.io).poll_shutdown(cx);
                 }
+            }
+            // After an error, what the peer still sends is read and dropped until it closes
+            // (or the deadline): closing a socket with unread input makes the kernel send RST,
+            // which can destroy the GOAWAY before the peer reads it.
+            let done = self.flushed && (!failed || self.peer_closed || self.discard_input(cx));
+            if done || timed_out {
                 let (result, _) = self.closing.take().expect("closing");
                 return Poll::Ready(result);
             }
@@ -1068,23 +1131,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         Poll::Pending
     }
 
+    /// Reads and drops input; true once the peer has closed its side (or the socket failed).
+    fn discard_input(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut scratch = [0u8; 4096];
+        for _ in 0..READS_PER_POLL {
+            let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        cx.waker().wake_by_ref();
+        false
+    }
+
     /// One round: control requests, reads, credits, deadlines, writes.
     fn step(&mut self, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         if let Some(d) = &mut self.handshake_deadline {
             if d.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %self.peer, preface = self.preface_read, "HTTP/2 handshake timed out; closing the connection");
                 return Err(Http2Error::HandshakeTimeout);
             }
         }
         self.take_requests();
         let mut reads = 0;
-        let mut held_back = false;
+        // Reading never waits for writing: a peer doing the same would wait for this side's
+        // reads while this side waits for its reads, and both would stop for good. What the
+        // queue holds is bounded elsewhere: DATA by the sinks' readiness and the peer's
+        // windows, what the peer's frames make this side answer by [`MAX_PENDING_REPLIES`].
         while !self.read_done && reads < READS_PER_POLL {
-            // A peer that does not read its responses stops being read: its PINGs and
-            // requests cannot grow the queue without bound.
-            if self.shared.lock().queued >= 2 * OUT_LIMIT {
-                held_back = true;
-                break;
-            }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 if self.buf.is_empty() {
                     self.buf = sluice_io::take_read_buf(READ_CHUNK);
@@ -1095,10 +1172,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => {
                     self.read_done = true;
+                    self.peer_closed = true;
                     self.on_eof();
                 }
                 Poll::Ready(Ok(_)) => {
                     reads += 1;
+                    if self.idle_timer.is_some() {
+                        self.last_read = tokio::time::Instant::now();
+                    }
                     self.process(cx)?;
                     self.take_requests();
                 }
@@ -1111,6 +1192,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     ) {
                         tracing::debug!(peer = %self.peer, error = %e, "HTTP/2 connection reset by the peer");
                         self.read_done = true;
+                        self.peer_closed = true;
                         self.on_eof();
                     } else {
                         return Err(e.into());
@@ -1133,20 +1215,52 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             self.arm_timer(cx);
         }
         self.check_deadlines(cx);
-        self.maybe_finish_shutdown();
+        self.maybe_finish_shutdown(cx);
         match self.poll_write(cx) {
             Poll::Ready(Err(e)) => return Err(e.into()),
             Poll::Ready(Ok(())) | Poll::Pending => {}
         }
-        if held_back && self.shared.lock().queued < 2 * OUT_LIMIT {
-            // Reading was skipped for a queue the write has since drained: nothing else would
-            // wake this task for the bytes waiting on the socket.
-            cx.waker().wake_by_ref();
-        }
-        if self.close_if_done() {
+        if self.close_if_done() || self.idle_expired(cx) {
             self.closing = Some((Ok(()), Box::pin(tokio::time::sleep(CLOSE_FLUSH))));
         }
         Ok(())
+    }
+
+    /// Server: whether the connection has had no stream and received nothing for the idle
+    /// timeout; if so, GOAWAY(NO_ERROR) is queued and no new stream is taken. The timer is
+    /// moved on only when it fires, not per read.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let (Some(timeout), Some(timer)) = (self.cfg.idle_timeout, &mut self.idle_timer) else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let busy = !self.streams.is_empty() || !self.shared.lock().streams.is_empty();
+        let quiet_until = self.last_read + timeout;
+        if busy || quiet_until > now {
+            let next = if busy { now + timeout } else { quiet_until };
+            timer.as_mut().reset(next);
+            let _ = timer.as_mut().poll(cx);
+            return false;
+        }
+        tracing::debug!(peer = %self.peer, ?timeout, "idle gRPC connection: closing with GOAWAY");
+        if let Some(stats) = &self.cfg.stats {
+            stats
+                .connections_idle_closed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let last = self.last_peer_stream();
+        let mut st = self.shared.lock();
+        st.closed = true;
+        st.going_away = true;
+        let mut g = Vec::new();
+        frame::goaway(last, Reason::NO_ERROR, b"idle", &mut g);
+        st.push_bytes(Bytes::from(g));
+        drop(st);
+        self.read_done = true;
+        true
     }
 
     /// Whether the connection is done (nothing left to serve and no one to serve it for); if
@@ -1223,10 +1337,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 std::mem::take(&mut st.shutdown),
             )
         };
-        for id in finished {
-            // Dropping the pipe tells a user still reading that the stream is over.
-            self.streams.remove(&id);
-        }
         for o in opened {
             let deadline = o.deadline;
             self.streams.insert(
@@ -1246,10 +1356,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
             }
         }
+        // After `opened`: a stream its user reset (or ended) before this task took it in is
+        // in both lists, and its receiving side must not outlive it.
+        for id in finished {
+            // Dropping the pipe tells a user still reading that the stream is over.
+            self.streams.remove(&id);
+        }
         for id in released {
             // A user that dropped its receiving half too gave up on the call; one that still
             // reads is only done sending.
             let gave_up = self.streams.get(&id).is_none_or(|r| r.to_user.is_closed());
+            let mut wakes = Wakes::default();
             let mut st = self.shared.lock();
             if st.streams.get(&id).is_some_and(|s| !s.done && !s.gone) {
                 if gave_up {
@@ -1258,7 +1375,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                     st.send_end_stream(id);
                 }
             }
-            st.forget_if_finished(id);
+            st.forget_if_finished(id, &mut wakes);
             if gave_up {
                 drop(st);
                 self.streams.remove(&id);
@@ -1283,16 +1400,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Server: the final GOAWAY once the shutdown PING came back, or at once when no stream
-    /// is left.
-    fn maybe_finish_shutdown(&mut self) {
+    /// Server: the final GOAWAY once the shutdown PING came back (a round trip after the
+    /// first GOAWAY: every request the client sent before it saw that one has arrived), or
+    /// after [`SHUTDOWN_PING_WAIT`] if the PING is not answered. Not sooner, even with no
+    /// stream open: a request already on its way would be lost.
+    fn maybe_finish_shutdown(&mut self, cx: &mut Context<'_>) {
         if let Role::Server {
             goaway_sent: true,
             final_goaway: None,
             ..
         } = &self.role
         {
-            if self.streams.is_empty() && self.shared.lock().streams.is_empty() {
+            let timer = self
+                .shutdown_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(SHUTDOWN_PING_WAIT)));
+            if timer.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %self.peer, "shutdown PING not answered; sending the final GOAWAY");
                 self.send_final_goaway();
             }
         }
@@ -1333,6 +1456,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         loop {
             let frame = match self.frames.decode(&mut self.buf) {
                 Ok(Some(f)) => f,
+                // Checked once per read, and only if a refusal was queued (no lock otherwise).
+                Ok(None) if std::mem::take(&mut self.refused) => {
+                    return self.check_replies(&self.shared.lock())
+                }
                 Ok(None) => return Ok(()),
                 Err(e) => match e.stream {
                     Some(id) => {
@@ -1435,8 +1562,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 if self.streams.contains_key(&stream) {
                     self.spend_reset_budget()?;
                 }
-                self.on_reset(stream, reason);
-                Ok(())
+                self.on_reset(stream, reason)
             }
             Frame::Settings { ack: true, .. } => Ok(()),
             Frame::Settings {
@@ -1451,8 +1577,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 ack: false,
                 payload,
             } => {
-                self.shared.lock().push_inline(&frame::ping(true, payload));
-                Ok(())
+                let mut st = self.shared.lock();
+                st.push_reply(&frame::ping(true, payload));
+                self.check_replies(&st)
             }
             Frame::Ping { ack: true, payload } => {
                 if payload == SHUTDOWN_PING {
@@ -1467,6 +1594,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             } => self.on_goaway(last_stream, reason, &debug),
             Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
         }
+    }
+
+    /// Fails the connection once the peer is owed more than [`MAX_PENDING_REPLIES`] frames it
+    /// has not read.
+    fn check_replies(&self, st: &State) -> Result<(), Http2Error> {
+        let pending = st.replies + self.writing_replies;
+        if pending > MAX_PENDING_REPLIES {
+            tracing::debug!(peer = %self.peer, pending, "HTTP/2 peer does not read the answers to its frames");
+            return Err(Http2Error::protocol(
+                Reason::ENHANCE_YOUR_CALM,
+                format!("more than {MAX_PENDING_REPLIES} acknowledgements and refusals unread"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Frames other than HEADERS and PRIORITY on a stream that was never opened are a
+    /// connection error PROTOCOL_ERROR (RFC 9113 5.1, "idle").
+    /// `next_id` is the client's next stream id (the caller holds the lock it is read under).
+    fn check_not_idle(&self, id: u32, what: &str, next_id: u32) -> Result<(), Http2Error> {
+        let opened = match &self.role {
+            // Push is disabled: no even stream is ever opened on a server connection.
+            Role::Server { last_stream, .. } => id % 2 == 1 && id <= *last_stream,
+            Role::Client => id % 2 == 1 && id < next_id,
+        };
+        if opened {
+            return Ok(());
+        }
+        Err(Http2Error::protocol(
+            Reason::PROTOCOL_ERROR,
+            format!("{what} on idle stream {id}"),
+        ))
     }
 
     /// Server: a client reset a running stream.
@@ -1540,23 +1699,52 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 ..
             } => {
                 if id <= *last_stream {
-                    // Trailers of a stream already over, or a reused id.
-                    return Ok(());
+                    // A closed stream, or a new one below the highest used: "the identifier
+                    // of a newly established stream MUST be numerically greater than all
+                    // streams that the initiating endpoint has opened" (RFC 9113 5.1.1).
+                    // (gRPC clients send no trailers, so no HEADERS is in flight after a
+                    // stream this side closed.)
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        format!("HEADERS on closed or reused stream {id}"),
+                    ));
                 }
                 *last_stream = id;
                 if final_goaway.is_some_and(|last| id > last) {
-                    // Sent after our final GOAWAY: ignored, the client knows to retry.
+                    // Sent after the final GOAWAY: refused, so the client knows it was not
+                    // processed and retries it elsewhere.
+                    tracing::debug!(peer = %self.peer, stream = id, "refusing gRPC stream: connection shutting down");
+                    if let Some(stats) = &self.cfg.stats {
+                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.shared
+                        .lock()
+                        .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                    self.refused = true;
                     return Ok(());
                 }
                 let active = self.streams.len();
                 if active >= self.cfg.max_concurrent_streams as usize {
+                    tracing::debug!(peer = %self.peer, stream = id, limit = self.cfg.max_concurrent_streams, "refusing gRPC stream: concurrent stream limit");
+                    if let Some(stats) = &self.cfg.stats {
+                        stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.shared
                         .lock()
-                        .push_inline(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                        .push_reply(&frame::rst_stream(id, Reason::REFUSED_STREAM));
+                    self.refused = true;
                     return Ok(());
                 }
                 match on_request(&self.shared, hb) {
-                    Opening::Done => Ok(()),
+                    Opening::Done => {
+                        // Refused (and logged): the answer is queued already.
+                        if let Some(stats) = &self.cfg.stats {
+                            stats.streams_refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.shared.lock().replies += 1;
+                        self.refused = true;
+                        Ok(())
+                    }
                     Opening::Accept {
                         to_user,
                         compressed_ok,
@@ -1591,12 +1779,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 let Some(r) = self.streams.get_mut(&id) else {
                     return Ok(());
                 };
-                if r.remote_ended || !hb.end_stream {
+                if r.remote_ended {
+                    // Half-closed (remote): RFC 9113 5.1, a stream error STREAM_CLOSED.
+                    self.reset_stream(id, Reason::STREAM_CLOSED, "HEADERS after END_STREAM");
+                    return Ok(());
+                }
+                if !hb.end_stream {
                     self.reset_stream(
                         id,
                         Reason::PROTOCOL_ERROR,
                         "request headers after the first",
                     );
+                    return Ok(());
+                }
+                if has_pseudo(&hb.fields) {
+                    // "Pseudo-header fields MUST NOT appear in a trailer section" (RFC 9113
+                    // 8.1): the request is malformed.
+                    self.reset_stream(id, Reason::PROTOCOL_ERROR, "pseudo-header in trailers");
                     return Ok(());
                 }
                 r.remote_ended = true;
@@ -1642,6 +1841,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         }
                     }
                     ResponseState::Body => {
+                        if has_pseudo(&hb.fields) {
+                            self.client_end(
+                                id,
+                                StreamEnd::error(
+                                    Code::INTERNAL.as_u32(),
+                                    "pseudo-header in the response trailers",
+                                ),
+                                true,
+                            );
+                            return Ok(());
+                        }
                         if !hb.end_stream {
                             self.client_end(
                                 id,
@@ -1673,6 +1883,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(r) = self.streams.remove(&id) {
             let _ = sluice_stream::EventSink::push(&r.to_user, Event::End(end));
         }
+        let mut wakes = Wakes::default();
         let mut st = self.shared.lock();
         if st.streams.get(&id).is_some_and(|s| !s.done || reset) {
             st.reset_now(id, Reason::CANCEL);
@@ -1680,12 +1891,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
-        st.forget_if_finished(id);
+        st.forget_if_finished(id, &mut wakes);
     }
 
     /// Client: the user is gone; the stream is reset.
     fn client_end_quiet(&mut self, id: u32) {
         self.streams.remove(&id);
+        let mut wakes = Wakes::default();
         let mut st = self.shared.lock();
         if st.streams.get(&id).is_some_and(|s| !s.done) {
             st.reset_now(id, Reason::CANCEL);
@@ -1693,7 +1905,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
-        st.forget_if_finished(id);
+        st.forget_if_finished(id, &mut wakes);
     }
 
     fn mark_remote_ended(&mut self, id: u32) {
@@ -1973,6 +2185,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn reset_stream(&mut self, id: u32, reason: Reason, why: &str) {
         let mut st = self.shared.lock();
         st.reset_now(id, reason);
+        st.replies += 1;
+        self.refused = true;
         if let Some(s) = st.streams.get_mut(&id) {
             s.gone = true;
         }
@@ -1994,10 +2208,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     /// RST_STREAM from the peer.
-    fn on_reset(&mut self, id: u32, reason: Reason) {
+    fn on_reset(&mut self, id: u32, reason: Reason) -> Result<(), Http2Error> {
         let mut wakes = Wakes::default();
         {
             let mut st = self.shared.lock();
+            self.check_not_idle(id, "RST_STREAM", st.next_id)?;
             if let Some(mut s) = st.streams.remove(&id) {
                 s.gone = true;
                 wakes.extend(s.wakers);
@@ -2005,6 +2220,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             wakes.extend(st.open_waiters.drain(..));
         }
         if let Some(r) = self.streams.remove(&id) {
+            if let Some(stats) = &self.cfg.stats {
+                stats.streams_reset_by_peer.fetch_add(1, Ordering::Relaxed);
+            }
             let who = match self.cfg.side {
                 Side::Server => "client",
                 Side::Client => "server",
@@ -2018,6 +2236,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }),
             );
         }
+        Ok(())
     }
 
     fn on_settings(&mut self, s: Settings) -> Result<(), Http2Error> {
@@ -2049,7 +2268,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if s.header_table_size.is_some() {
             st.encoder.peer_table_size_changed();
         }
-        st.push_inline(&frame::SETTINGS_ACK);
+        st.push_reply(&frame::SETTINGS_ACK);
+        self.check_replies(&st)?;
         if s.initial_window_size.is_some() {
             let ids: Vec<u32> = st.streams.keys().copied().collect();
             for id in ids {
@@ -2074,7 +2294,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             return Ok(());
         }
         let Some(s) = st.streams.get_mut(&id) else {
-            return Ok(());
+            return self.check_not_idle(id, "WINDOW_UPDATE", st.next_id);
         };
         s.window += i64::from(increment);
         if s.window > i64::from(MAX_WINDOW) {
@@ -2201,6 +2421,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 self.writing.clear();
                 self.wpos = 0;
                 self.woff = 0;
+                self.writing_replies = 0;
                 let mut st = self.shared.lock();
                 if st.out.is_empty() {
                     drop(st);
@@ -2208,6 +2429,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 std::mem::swap(&mut st.out, &mut self.writing);
                 st.epoch += 1;
+                self.writing_replies = std::mem::take(&mut st.replies);
                 self.writing_bytes = self.writing.iter().map(|c| c.as_slice().len()).sum();
             }
             let mut slices = [IoSlice::new(&[]); sluice_io::MAX_IOV];
@@ -2289,6 +2511,8 @@ mod tests {
             max_header_list_size: 4096,
             max_message_size: 1 << 20,
             handshake_timeout: Duration::from_secs(5),
+            idle_timeout: None,
+            stats: None,
         };
         let on_request: OnRequest = Box::new(move |shared, block| {
             shared.lock().add_stream(block.stream, Bytes::new());

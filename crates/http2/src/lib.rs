@@ -55,7 +55,8 @@ pub mod timeout;
 pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, OpenRequest};
 pub use conn::Http2Error;
 pub use server::{
-    refuse_connection, serve_connection, GrpcServerConfig, GrpcServerError, REFUSE_GOAWAY_CODE,
+    refuse_connection, serve_connection, GrpcServerConfig, GrpcServerError, GrpcServerStats,
+    HANDLER_GRACE, REFUSE_GOAWAY_CODE,
 };
 pub use sluice_h2wire::Reason;
 

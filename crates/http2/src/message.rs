@@ -72,9 +72,10 @@ pub struct Message {
 ///
 /// # Buffer management
 ///
-/// While a message is incomplete, `decode` reserves room for the rest of it, but only after the
-/// declared length passed the limit: a peer cannot make the decoder allocate more than
-/// [`PREFIX_LEN`] + `max_message_size` bytes per message by lying about the length.
+/// While a message is incomplete, `decode` reserves room for more of it, but only after the
+/// declared length passed the limit, and never more than what has arrived or 64 KiB beyond
+/// what is buffered (whichever is more): a peer that claims a long message and sends little of
+/// it does not make the decoder allocate the length it claimed.
 #[derive(Debug, Clone)]
 pub struct MessageDecoder {
     max_message_size: usize,
@@ -116,7 +117,11 @@ impl MessageDecoder {
         };
         let total = PREFIX_LEN + len;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Grown with what arrives, not with what the prefix claims.
+            buf.reserve(sluice_h2wire::frame::reserve_step(
+                buf.len(),
+                total - buf.len(),
+            ));
             return Ok(None);
         }
         buf.advance(PREFIX_LEN);
@@ -358,6 +363,20 @@ mod tests {
                 len: u64::from(u32::MAX),
                 max: DEFAULT_MAX_MESSAGE_SIZE as u64
             })
+        );
+    }
+
+    #[test]
+    fn a_claimed_length_is_reserved_as_bytes_arrive() {
+        let dec = MessageDecoder::with_max_message_size(64 * 1024 * 1024);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0, 0x01, 0, 0, 0]); // 16 MiB announced
+        buf.extend_from_slice(b"few");
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        assert!(
+            buf.capacity() <= 8 + 64 * 1024,
+            "capacity {} for 8 bytes received",
+            buf.capacity()
         );
     }
 

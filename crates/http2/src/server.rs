@@ -44,6 +44,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,9 +56,10 @@ use sluice_stream::{
     StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
 
 use crate::conn::{
-    ConnConfig, Connection, HeaderBlock, Http2Error, OnRequest, Opening, Shared, Side, State,
+    ConnConfig, Connection, HeaderBlock, Http2Error, OnRequest, Opening, Shared, Side, State, Wakes,
 };
 use crate::content_type::GrpcContentType;
 use crate::fields::{
@@ -69,6 +71,10 @@ use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::path::MethodPath;
 use crate::status::{percent_encode, Code, Status};
 use crate::timeout::parse_timeout;
+
+/// How long [`serve_connection`] waits, once its connection has ended, for handler tasks still
+/// running before it aborts them.
+pub const HANDLER_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the server side of gRPC connections.
 #[derive(Debug, Clone)]
@@ -88,8 +94,28 @@ pub struct GrpcServerConfig {
     /// Largest gRPC message accepted from a client, prefix not counted; a larger one ends the
     /// stream with grpc-status 8 (RESOURCE_EXHAUSTED).
     pub max_message_size: usize,
-    /// How long a new connection may take to send its preface and SETTINGS.
+    /// How long a new connection may take to send its preface and SETTINGS; past it the
+    /// connection is closed (also after part of the preface).
     pub handshake_timeout: Duration,
+    /// A connection with no open stream that receives nothing for this long is closed with
+    /// GOAWAY(NO_ERROR). Default 10 minutes (as `ServerConfig::idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Counters of refused and reset streams and idle-closed connections, shared by every
+    /// connection given this config; `None` counts nothing.
+    pub stats: Option<Arc<GrpcServerStats>>,
+}
+
+/// What gRPC connections counted (see [`GrpcServerConfig::stats`]).
+#[derive(Debug, Default)]
+pub struct GrpcServerStats {
+    /// Streams refused before a handler ran: over the concurrency limit (RST_STREAM
+    /// REFUSED_STREAM), malformed (RST_STREAM PROTOCOL_ERROR), or answered with a status
+    /// (header list too large: grpc-status 8; bad content-type, method, path or timeout).
+    pub streams_refused: AtomicU64,
+    /// Streams the client reset (RST_STREAM) while they were running.
+    pub streams_reset_by_peer: AtomicU64,
+    /// Connections closed after the idle timeout.
+    pub connections_idle_closed: AtomicU64,
 }
 
 impl Default for GrpcServerConfig {
@@ -102,6 +128,8 @@ impl Default for GrpcServerConfig {
             max_header_list_size: 64 * 1024,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            stats: None,
         }
     }
 }
@@ -135,8 +163,13 @@ pub enum GrpcServerError {
 /// request becomes a [`StreamRequest`] and a [`ServerStream`] given to `handler.handle` on a
 /// task of its own.
 ///
+/// The handler tasks belong to the connection: once it has ended, the function waits up to
+/// [`HANDLER_GRACE`] for those still running (their streams have all ended or failed by then)
+/// and aborts the rest.
+///
 /// Dropping the returned future closes the connection at once: every stream still running sees
-/// a reset. Callers that drain with a deadline do that when the deadline passes.
+/// a reset, and every handler task still running is aborted. Callers that drain with a
+/// deadline do that when the deadline passes.
 pub async fn serve_connection<T, H, F>(
     io: T,
     peer: SocketAddr,
@@ -158,10 +191,22 @@ where
         max_header_list_size: config.max_header_list_size,
         max_message_size: config.max_message_size,
         handshake_timeout: config.handshake_timeout,
+        idle_timeout: Some(config.idle_timeout),
+        stats: config.stats.clone(),
     };
     let max_header_list_size = config.max_header_list_size;
+    // The handler tasks' owner: dropped with this future, it aborts them.
+    let tasks: Arc<std::sync::Mutex<JoinSet<()>>> = Arc::default();
+    let spawner = tasks.clone();
     let on_request: OnRequest = Box::new(move |shared, block| {
-        open_stream(shared, block, peer, &handler, max_header_list_size)
+        open_stream(
+            shared,
+            block,
+            peer,
+            &handler,
+            max_header_list_size,
+            &spawner,
+        )
     });
     let mut conn = Connection::server(io, peer, cfg, on_request);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -174,6 +219,17 @@ where
         conn.poll(cx)
     })
     .await;
+    // The socket closes first; then the handlers still running get a moment to end.
+    drop(conn);
+    let mut handlers = std::mem::take(&mut *tasks.lock().unwrap_or_else(|e| e.into_inner()));
+    let waited = tokio::time::timeout(HANDLER_GRACE, async {
+        while handlers.join_next().await.is_some() {}
+    })
+    .await;
+    if waited.is_err() {
+        tracing::debug!(%peer, running = handlers.len(), "gRPC handlers still running after the connection ended; aborting them");
+        handlers.abort_all();
+    }
     match result {
         Ok(()) => Ok(()),
         Err(Http2Error::HandshakeTimeout) => Err(GrpcServerError::HandshakeTimeout {
@@ -328,9 +384,11 @@ fn open_stream<H: StreamingHandler>(
     peer: SocketAddr,
     handler: &Arc<H>,
     max_header_list_size: u32,
+    tasks: &std::sync::Mutex<JoinSet<()>>,
 ) -> Opening {
     let id = block.stream;
     if block.too_large {
+        tracing::debug!(%peer, stream = id, limit = max_header_list_size, "refusing gRPC request: header list too large");
         let status = Status::new(
             Code::RESOURCE_EXHAUSTED,
             format!("request header list larger than {max_header_list_size} bytes"),
@@ -411,7 +469,10 @@ fn open_stream<H: StreamingHandler>(
     });
     let (stream, to_user) = ServerStream::new(sink);
     let handler = handler.clone();
-    tokio::spawn(async move { handler.handle(request, stream).await });
+    let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
+    // Ended handlers are reaped as new ones start: a JoinSet keeps each one until joined.
+    while tasks.try_join_next().is_some() {}
+    tasks.spawn(async move { handler.handle(request, stream).await });
     Opening::Accept {
         to_user,
         compressed_ok,
@@ -501,8 +562,9 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
 /// trailers (or Trailers-Only), then RST_STREAM(NO_ERROR) if the client is still sending.
 pub(crate) fn abort(shared: &Shared, id: u32, status: &Status) {
     let end = StreamEnd::error(status.code.as_u32(), status.message.clone());
+    let mut wakes = Wakes::default();
     let mut st = shared.lock();
-    end_stream(&mut st, id, &end);
+    end_stream(&mut st, id, &end, &mut wakes);
 }
 
 /// The sending side of one server stream.
@@ -537,7 +599,7 @@ fn start(st: &mut State, id: u32, md: &Metadata) {
 
 /// Ends the stream with `end`: trailers, or Trailers-Only if nothing was sent yet; then, if
 /// the client has not half-closed, RST_STREAM(NO_ERROR) (RFC 9113 8.1, as Kitex does).
-fn end_stream(st: &mut State, id: u32, end: &StreamEnd) {
+fn end_stream(st: &mut State, id: u32, end: &StreamEnd, wakes: &mut Wakes) {
     let Some(s) = st.streams.get_mut(&id) else {
         return;
     };
@@ -565,12 +627,14 @@ fn end_stream(st: &mut State, id: u32, end: &StreamEnd) {
         st.send_rst_after(id, Reason::NO_ERROR);
     }
     st.finish(id);
-    st.forget_if_finished(id);
+    st.forget_if_finished(id, wakes);
 }
 
 impl EventSink for ServerSink {
     fn push(&self, ev: Event) -> Result<(), Closed> {
         let id = self.id;
+        // Declared before the lock: woken after it is released.
+        let mut wakes = Wakes::default();
         let Some(mut st) = self.shared.lock_for_push(id)? else {
             return Ok(());
         };
@@ -581,7 +645,7 @@ impl EventSink for ServerSink {
                 }
                 if let Err(e) = st.send_message(id, m) {
                     let end = StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string());
-                    end_stream(&mut st, id, &end);
+                    end_stream(&mut st, id, &end, &mut wakes);
                 }
             }
             Event::Headers(md) => {
@@ -591,12 +655,12 @@ impl EventSink for ServerSink {
                     start(&mut st, id, &md);
                 }
             }
-            Event::End(end) => end_stream(&mut st, id, &end),
+            Event::End(end) => end_stream(&mut st, id, &end, &mut wakes),
             Event::Reset(reset) => {
                 tracing::debug!(code = reset.code, message = %reset.message, "handler reset the gRPC stream");
                 st.reset_now(id, Reason::CANCEL);
                 st.finish(id);
-                st.forget_if_finished(id);
+                st.forget_if_finished(id, &mut wakes);
             }
             Event::HalfClose => return Ok(()),
         }

@@ -123,8 +123,8 @@ async fn large_messages_cross_many_frames_and_windows() {
 #[tokio::test]
 async fn a_reply_larger_than_the_queue_limit_does_not_stall_the_connection() {
     // A client whose windows let the server queue most of a 4 MiB reply at once: the server's
-    // queue goes past twice its limit, which makes it stop reading until the queue drains,
-    // while the client's WINDOW_UPDATEs and next requests arrive.
+    // queue goes far past its limit while the client's WINDOW_UPDATEs and next requests
+    // arrive, and they must still be read.
     let server = TestServer::start().await;
     let mut config = GrpcClientConfig::new(vec![server.addr]);
     config.initial_stream_window = 3 * 1024 * 1024;
@@ -571,4 +571,172 @@ fn serve_connection_is_send<H: sluice_stream::StreamingHandler>(
         handler,
         std::future::pending::<()>(),
     ));
+}
+
+/// Two Sluice peers with large messages in flight both ways on many streams: each side's
+/// queue fills with DATA the other's windows allowed, and neither may stop reading because of
+/// it (a side that stops reading while its own writes wait starves the other of WINDOW_UPDATEs
+/// and of reads, and both wait for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_large_unary_calls_do_not_deadlock() {
+    let server = TestServer::start().await;
+    let client = client(&server);
+    let msg = Bytes::from(vec![0x5au8; 1024 * 1024]);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        let msg = msg.clone();
+        calls.spawn(async move {
+            for _ in 0..3 {
+                let (send, mut recv) = client.open(&request("Echo")).await.unwrap().split();
+                send.send(msg.clone()).await.unwrap();
+                send.close_send().await.unwrap();
+                assert!(matches!(recv.recv().await, Incoming::Headers(_)));
+                assert_eq!(recv.recv().await, Incoming::Message(msg.clone()));
+                assert!(matches!(
+                    recv.recv().await,
+                    Incoming::End(StreamEnd { error: None, .. })
+                ));
+            }
+        });
+    }
+    let all = async {
+        while let Some(r) = calls.join_next().await {
+            r.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("600 calls of 1 MiB each way within 30 s (the connection deadlocked)");
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1);
+}
+
+/// Streams the caller resets leave nothing behind: every handler ends, and the connection
+/// still serves (its per-stream state is gone, or the next calls would find stale entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_by_the_caller_leave_no_handler_behind() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    for i in 0..600u32 {
+        let (send, mut recv) = open(&client, &request("Echo")).await.split();
+        let msg = Bytes::from(i.to_be_bytes().to_vec());
+        send.send(msg.clone()).await.unwrap();
+        if i % 2 == 0 {
+            assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+            assert_eq!(next(&mut recv).await, Incoming::Message(msg));
+        }
+        send.reset(Reset {
+            code: 8,
+            message: "cancelled".into(),
+            cancel_path: None,
+        })
+        .await;
+    }
+    while server.reports.try_recv().is_ok() {}
+    let live = within("every handler to end", async {
+        loop {
+            let n = server.live.load(Ordering::SeqCst);
+            if n == 0 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(live, 0);
+    assert_eq!(server.conns.load(Ordering::SeqCst), 1);
+}
+
+/// A stream reset by its user before the connection task has taken it in (a forwarder whose
+/// caller resets right after the downstream stream was opened) leaves nothing on the client's
+/// connection: once the client is dropped, the idle connection closes.
+#[tokio::test]
+async fn a_stream_reset_right_after_opening_leaves_nothing_on_the_client_connection() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    // The receiving halves are kept, as a forwarder keeps them spliced into its caller's
+    // stream: only the reset says the stream is over.
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let (send, recv) = open(&client, &request("Echo")).await.split();
+        // Pushed at once, before the connection task runs again.
+        send.push(sluice_stream::Event::Reset(Reset {
+            code: 8,
+            message: "caller went away".into(),
+            cancel_path: None,
+        }))
+        .unwrap();
+        kept.push(recv);
+    }
+    // The connection still works, and closes once the client goes.
+    let (send, mut recv) = open(&client, &request("Echo")).await.split();
+    send.close_send().await.unwrap();
+    assert!(matches!(next(&mut recv).await, Incoming::Headers(_)));
+    assert_eq!(expect_end(&mut recv).await.error, None);
+    drop((send, recv));
+    drop(client);
+    let result = within("the client's connection to close", server.results.recv()).await;
+    assert_eq!(result, Some(Ok(())));
+}
+
+/// Handler tasks belong to their connection: dropping `serve_connection`'s future (a drain
+/// deadline passed) aborts a handler that would never return.
+#[tokio::test]
+async fn dropping_the_serve_future_aborts_handlers_that_never_return() {
+    use sluice_http2::serve_connection;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let (reports, _reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Arc::new(support::Scripted {
+        reports,
+        live: live.clone(),
+    });
+    let serving = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let config = GrpcServerConfig::default();
+        let _ = serve_connection(tcp, peer, &config, handler, std::future::pending()).await;
+    });
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![addr]));
+    let stream = open(&client, &request("Forever")).await;
+    within("the handler to start", async {
+        while live.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    serving.abort();
+    let _ = serving.await;
+    within("the handler to be aborted", async {
+        while live.load(Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    drop(stream);
+}
+
+/// A client's connections belong to it: dropping the last clone ends them, even with a stream
+/// still open (which then fails instead of keeping a connection nobody owns).
+#[tokio::test]
+async fn dropping_the_last_client_ends_its_connections() {
+    let mut server = TestServer::start().await;
+    let client = client(&server);
+    let (send, mut recv) = open(&client, &request("Stall")).await.split();
+    server.request().await;
+    let other = client.clone();
+    drop(client);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), server.results.recv())
+            .await
+            .is_err(),
+        "a clone still owns the connection"
+    );
+    drop(other);
+    within("the connection to close", server.results.recv()).await;
+    assert!(!matches!(
+        next(&mut recv).await,
+        Incoming::Message(_) | Incoming::Headers(_)
+    ));
+    drop(send);
 }

@@ -495,6 +495,59 @@ async fn a_flood_of_opened_and_reset_streams_ends_the_connection() {
     assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
 }
 
+/// A client that floods `one` frames (each answered with an acknowledgement) without reading:
+/// the server stops with GOAWAY(ENHANCE_YOUR_CALM) instead of answering them all; returns how
+/// many acknowledgements came before the GOAWAY.
+async fn flood_without_reading(server: &TestServer, one: &[u8], count: usize, ack: u8) -> usize {
+    let mut c = Conn::open(server, &[]).await;
+    let flood: Vec<u8> = one.repeat(count);
+    // Written whole before anything is read (the server keeps reading: it never stops for its
+    // own writes, and it drains what a connection it ended still sends).
+    within("writing the flood", c.tcp.write_all(&flood))
+        .await
+        .unwrap();
+    let mut acks = 0;
+    loop {
+        let f = c
+            .next()
+            .await
+            .expect("a GOAWAY before the connection closes");
+        if f.ty == ack && f.flags & ACK != 0 {
+            acks += 1;
+            continue;
+        }
+        if f.ty == GOAWAY {
+            let code = u32::from_be_bytes(f.payload[4..8].try_into().unwrap());
+            assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+            return acks;
+        }
+    }
+}
+
+#[tokio::test]
+async fn ping_and_settings_floods_from_a_client_that_does_not_read_end_the_connection() {
+    let mut server = TestServer::start().await;
+    let count = 300_000;
+    let acks = flood_without_reading(&server, &frame(PING, 0, 0, b"flooding"), count, PING).await;
+    assert!(acks < count, "{acks} of {count} PINGs answered");
+    let result = within("the connection's result", server.results.recv()).await;
+    assert!(result.unwrap().unwrap_err().contains("ENHANCE_YOUR_CALM"));
+
+    let acks = flood_without_reading(&server, &settings(&[(0x4, 65_535)]), count, SETTINGS).await;
+    // The first SETTINGS ACK answers the handshake's SETTINGS.
+    assert!(acks < count, "{acks} of {count} SETTINGS answered");
+
+    // A client that reads its answers may ping as it likes.
+    let mut c = Conn::open(&server, &[]).await;
+    for _ in 0..2000 {
+        c.send(&frame(PING, 0, 0, b"politely")).await;
+        c.until("PING ACK", |f| f.ty == PING && f.flags & ACK != 0)
+            .await;
+    }
+    let trailers = c.echo(1, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
 mod random {
     use super::*;
     use proptest::collection::vec;
@@ -539,5 +592,300 @@ mod random {
                 assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
             });
         }
+    }
+}
+
+#[tokio::test]
+async fn streams_reset_at_any_point_leave_no_handler_behind() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    let mut stream = 1u32;
+    for round in 0..100u32 {
+        for method in ["Echo", "Stall", "RecvReport", "Slow", "Flood"] {
+            let mut burst = frame(HEADERS, END_HEADERS, stream, &request_block(method, &[]));
+            match round % 4 {
+                0 => {}
+                1 => burst.extend_from_slice(&frame(DATA, 0, stream, &framed(b"m"))),
+                2 => burst.extend_from_slice(&frame(DATA, END_STREAM, stream, &framed(b"m"))),
+                _ => burst.extend_from_slice(&frame(DATA, 0, stream, &[0, 0, 0, 0, 9, 1])),
+            }
+            burst.extend_from_slice(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            c.send(&burst).await;
+            stream += 2;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let trailers = c.echo(stream, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    within("every handler to end", async {
+        while server.live.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn headers_on_a_closed_or_lower_stream_id_is_a_connection_error() {
+    let server = TestServer::start().await;
+    // A closed stream (both sides ended).
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(3, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    assert_eq!(c.goaway().await, (3, 0x1), "PROTOCOL_ERROR");
+
+    // A new stream below the highest one used.
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(5, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    assert_eq!(c.goaway().await, (5, 0x1), "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn rst_stream_and_window_update_on_idle_streams_are_connection_errors() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(RST_STREAM, 0, 7, &8u32.to_be_bytes())).await;
+    assert_eq!(c.goaway().await, (0, 0x1), "PROTOCOL_ERROR");
+
+    let mut c = Conn::open(&server, &[]).await;
+    let trailers = c.echo(1, b"done").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+    // On the stream just closed: fine. On one never opened: not.
+    c.send(&frame(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()))
+        .await;
+    c.send(&frame(WINDOW_UPDATE, 0, 9, &100u32.to_be_bytes()))
+        .await;
+    assert_eq!(c.goaway().await, (1, 0x1), "PROTOCOL_ERROR");
+}
+
+#[tokio::test]
+async fn headers_on_a_half_closed_remote_stream_is_stream_closed() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    let mut trailer = Vec::new();
+    literal("x-trailer", "t", &mut trailer);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailer))
+        .await;
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 5u32.to_be_bytes(), "STREAM_CLOSED");
+    // A stream error: the connection goes on.
+    let trailers = c.echo(3, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn pseudo_headers_in_trailers_reset_the_stream() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("RecvReport", &[]),
+    ))
+    .await;
+    c.send(&frame(DATA, 0, 1, &framed(b"m"))).await;
+    let mut trailer = Vec::new();
+    literal(":path", "/EchoService/Echo", &mut trailer);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailer))
+        .await;
+    let rst = c
+        .until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 1)
+        .await;
+    assert_eq!(rst.payload, 1u32.to_be_bytes(), "PROTOCOL_ERROR");
+    let trailers = c.echo(3, b"fine").await;
+    assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+}
+
+/// Reads frames off a duplex pipe: (type, flags, stream, payload), None at EOF.
+async fn read_frame(io: &mut tokio::io::DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.ok()?;
+    let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_with_goaway_after_the_idle_timeout() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let stats = Arc::new(sluice_http2::GrpcServerStats::default());
+    let config = GrpcServerConfig {
+        idle_timeout: Duration::from_secs(60),
+        stats: Some(stats.clone()),
+        ..GrpcServerConfig::default()
+    };
+    let (reports, _reports_rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Arc::new(support::Scripted {
+        reports,
+        live: Arc::default(),
+    });
+    let (mut client, server_io) = tokio::io::duplex(1 << 16);
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let serving = tokio::spawn(async move {
+        sluice_http2::serve_connection(server_io, peer, &config, handler, std::future::pending())
+            .await
+    });
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&settings(&[]));
+    // A stream that stays open keeps the connection, however quiet.
+    hello.extend_from_slice(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("Stall", &[]),
+    ));
+    client.write_all(&hello).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let mut frames = Vec::new();
+    while let Ok(Some(f)) =
+        tokio::time::timeout(Duration::from_millis(10), read_frame(&mut client)).await
+    {
+        frames.push(f);
+    }
+    assert!(frames.iter().all(|f| f.0 != GOAWAY), "{frames:?}");
+    // Once it is reset, the connection is idle: 60 s of silence later it is closed.
+    client
+        .write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert!(!serving.is_finished());
+    assert_eq!(stats.connections_idle_closed.load(Ordering::Relaxed), 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let goaway = loop {
+        match read_frame(&mut client).await {
+            Some(f) if f.0 == GOAWAY => break f,
+            Some(_) => continue,
+            None => panic!("closed without GOAWAY"),
+        }
+    };
+    assert_eq!(
+        &goaway.3[..8],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "last stream 1, NO_ERROR"
+    );
+    drop(client);
+    let result = serving.await.unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(stats.connections_idle_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.streams_reset_by_peer.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn refused_streams_are_counted() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let stats = Arc::new(sluice_http2::GrpcServerStats::default());
+    let config = GrpcServerConfig {
+        max_concurrent_streams: 1,
+        stats: Some(stats.clone()),
+        ..GrpcServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut c = Conn::open(&server, &[]).await;
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    // Over the limit.
+    c.send(&frame(
+        HEADERS,
+        END_HEADERS,
+        3,
+        &request_block("Stall", &[]),
+    ))
+    .await;
+    c.until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 3)
+        .await;
+    // Malformed (no :path).
+    c.send(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes())).await;
+    c.send(&frame(HEADERS, END_HEADERS, 5, &[0x83, 0x86])).await;
+    c.until("RST_STREAM", |f| f.ty == RST_STREAM && f.stream == 5)
+        .await;
+    // Answered with a status (bad content-type).
+    let mut block = vec![0x83, 0x86];
+    literal(":path", "/EchoService/Echo", &mut block);
+    literal("content-type", "text/plain", &mut block);
+    c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 7, &block))
+        .await;
+    c.until("the refusal", |f| f.ty == HEADERS && f.stream == 7)
+        .await;
+    assert_eq!(stats.streams_refused.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.streams_reset_by_peer.load(Ordering::Relaxed), 1);
+}
+
+/// Graceful shutdown: a request sent before the client saw the first GOAWAY is served even if
+/// the connection was idle when the shutdown began; one sent after the final GOAWAY is refused
+/// with REFUSED_STREAM (safe to retry).
+#[tokio::test]
+async fn drain_serves_requests_in_flight_and_refuses_later_ones() {
+    let server = TestServer::start().await;
+    let mut c = Conn::open(&server, &[]).await;
+    server.shutdown();
+    let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(&first.payload[..8], &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+    let ping = c
+        .until("the shutdown PING", |f| f.ty == PING && f.flags & ACK == 0)
+        .await;
+    // A request the client sent before it read the GOAWAY.
+    c.send(&frame(HEADERS, END_HEADERS, 1, &request_block("Slow", &[])))
+        .await;
+    c.send(&frame(DATA, END_STREAM, 1, &framed(b"in flight")))
+        .await;
+    c.send(&frame(PING, ACK, 0, &ping.payload)).await;
+    let last = c.until("the final GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(
+        &last.payload[..8],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "last stream 1"
+    );
+    // After the final GOAWAY: refused.
+    c.send(&frame(HEADERS, END_HEADERS, 3, &request_block("Echo", &[])))
+        .await;
+    let mut refused = false;
+    loop {
+        let f = c
+            .until("the response", |f| f.stream == 1 || f.stream == 3)
+            .await;
+        if f.stream == 3 {
+            assert_eq!(
+                (f.ty, f.payload.as_slice()),
+                (RST_STREAM, &7u32.to_be_bytes()[..])
+            );
+            refused = true;
+        } else if f.ty == HEADERS && f.flags & END_STREAM != 0 {
+            let trailers = read_block(&f.payload).unwrap();
+            assert_eq!(code(&trailers, "grpc-status").as_deref(), Some("0"));
+            break;
+        }
+    }
+    if !refused {
+        let f = c.until("the refusal", |f| f.stream == 3).await;
+        assert_eq!(
+            (f.ty, f.payload.as_slice()),
+            (RST_STREAM, &7u32.to_be_bytes()[..])
+        );
     }
 }

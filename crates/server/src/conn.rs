@@ -190,6 +190,9 @@ async fn serve_http2<S: StreamingHandler>(
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     let grpc = sluice_http2::GrpcServerConfig {
         max_message_size: config.max_frame_size,
+        // The preface is what the sniffer waits for; SETTINGS follows it at once.
+        handshake_timeout: config.sniff_timeout,
+        idle_timeout: config.idle_timeout,
         ..Default::default()
     };
     let shutdown = async move { drain.signaled().await };
@@ -244,6 +247,9 @@ async fn serve_tls<H: DefaultHandler, S: StreamingHandler>(
     let io = sluice_io::PrefixedIo::new(buf.freeze(), tls_stream);
     let grpc = sluice_http2::GrpcServerConfig {
         max_message_size: config.max_frame_size,
+        // The preface is what the sniffer waits for; SETTINGS follows it at once.
+        handshake_timeout: config.sniff_timeout,
+        idle_timeout: config.idle_timeout,
         ..Default::default()
     };
     let shutdown = async move { drain.signaled().await };

@@ -51,10 +51,29 @@ pub enum Report {
 #[derive(Debug, Clone)]
 pub struct Scripted {
     pub reports: mpsc::UnboundedSender<Report>,
+    /// Handlers running now.
+    pub live: Arc<AtomicUsize>,
+}
+
+/// Counts a running handler until it is dropped (returned or aborted).
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(n: &Arc<AtomicUsize>) -> Live {
+        n.fetch_add(1, Ordering::SeqCst);
+        Live(n.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl StreamingHandler for Scripted {
     async fn handle(&self, req: StreamRequest, stream: ServerStream) {
+        let _live = Live::new(&self.live);
         let method = req.method.clone();
         let _ = self.reports.send(Report::Request(req.clone()));
         match method.as_str() {
@@ -97,6 +116,11 @@ impl StreamingHandler for Scripted {
                 stream.finish(StreamEnd::ok()).await
             }
             "Drop" => drop(stream),
+            "Forever" => {
+                // Never returns, not even when the stream or the connection goes.
+                let _keep = stream;
+                std::future::pending::<()>().await
+            }
             "Flood" => {
                 let msg = Bytes::from(vec![9u8; 64 * 1024]);
                 let mut sent = 0;
@@ -172,6 +196,8 @@ pub struct TestServer {
     pub reports: mpsc::UnboundedReceiver<Report>,
     /// Each connection's `serve_connection` result, as it ends.
     pub results: mpsc::UnboundedReceiver<Result<(), String>>,
+    /// Handlers running now.
+    pub live: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -187,8 +213,10 @@ impl TestServer {
         let (results_tx, results) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let conns = Arc::new(AtomicUsize::new(0));
+        let live = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(Scripted {
             reports: reports_tx,
+            live: live.clone(),
         });
         let shutdown_tx = shutdown.clone();
         let counter = conns.clone();
@@ -223,6 +251,7 @@ impl TestServer {
             conns,
             reports,
             results,
+            live,
             shutdown,
         }
     }
