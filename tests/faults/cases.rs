@@ -716,3 +716,49 @@ async fn drain_under_load_answers_every_request() {
         "{lost} of {sent} requests got EOF instead of a reply"
     );
 }
+
+/// Opens streams and resets each at once, at about `per_second`, on one new connection.
+async fn reset_round(addr: SocketAddr, n: usize, per_second: u64) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut pace = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    for _ in 0..n {
+        pace.tick().await;
+        let req = http::Request::post("http://sluice/Faulty/EchoBidi")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        send = send.ready().await.unwrap();
+        let (_resp, mut body) = send.send_request(req, false).unwrap();
+        body.send_reset(h2::Reason::CANCEL);
+    }
+    drop(send);
+    conn.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_resets_below_the_budget_leave_no_memory_behind() {
+    let _serial = SERIAL.lock().await;
+    let (echo, _h, d) = start_echo().await;
+    std::mem::forget(d);
+    let (sluice, healthy) = setup(echo, "", "", "").await;
+    let pid = sluice.pid();
+    let grpc = sluice.grpc_addr.unwrap();
+    // Within the budget (500 a second): nothing stops this caller, so nothing may pile up.
+    reset_round(grpc, 2000, 400).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_one = rss_kib(pid);
+    reset_round(grpc, 2000, 400).await;
+    reset_round(grpc, 2000, 400).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_three = rss_kib(pid);
+    assert!(
+        after_three < after_one + 2048,
+        "proxy RSS grew from {after_one} to {after_three} KiB over 4000 more resets"
+    );
+    healthy
+        .assert_unaffected("gRPC resets below the budget")
+        .await;
+}

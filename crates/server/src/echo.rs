@@ -22,6 +22,9 @@ use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
 
 use crate::{DefaultHandler, Request, Response};
 
+/// Resets an [`EchoHandler`] remembers: the first ones, so memory stays flat under a flood.
+pub const MAX_RESETS_KEPT: usize = 64;
+
 /// Echoes requests back; see the module docs.
 #[derive(Debug, Default)]
 pub struct EchoHandler {
@@ -48,7 +51,7 @@ impl EchoHandler {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// Stream resets received from callers.
+    /// Stream resets received from callers (the first [`MAX_RESETS_KEPT`]).
     pub fn resets_seen(&self) -> Vec<sluice_stream::Reset> {
         self.resets
             .lock()
@@ -192,10 +195,11 @@ impl sluice_stream::StreamingHandler for EchoHandler {
                 }
                 Ok(None) => break,
                 Err(reset) => {
-                    self.resets
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(reset);
+                    let mut resets = self.resets.lock().unwrap_or_else(|e| e.into_inner());
+                    // The first ones are kept for tests; a long-running echo keeps no more.
+                    if resets.len() < MAX_RESETS_KEPT {
+                        resets.push(reset);
+                    }
                     return;
                 }
             }
