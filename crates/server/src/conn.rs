@@ -1,15 +1,19 @@
 //! One accepted connection: sniff its protocol family, then run that family's driver, or refuse
 //! it in its own protocol when this listener serves the other cluster.
 
+use std::any::Any;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use sluice_sniff::{Detection, Family};
 use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
 use sluice_thrift::{ApplicationException, ExceptionKind};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -78,8 +82,173 @@ impl StreamingHandler for RefuseStreams {
     }
 }
 
-pub(crate) async fn serve_connection<H: DefaultHandler, S: StreamingHandler>(
-    mut stream: TcpStream,
+/// A connection's byte stream as the ping-pong and TTStream drivers use it: split into a read
+/// and a write half (the TTStream writer runs as a task of its own), and read into a buffer
+/// taken only once bytes are there where the stream allows it.
+///
+/// Implemented for [`TcpStream`], whose owned halves need no lock and whose readiness can be
+/// awaited without a buffer, and for [`AnyIo`], any other stream (TLS-less tests, in-memory
+/// pipes, fuzzing) split through [`tokio::io::split`].
+pub(crate) trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The read half.
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    /// The write half.
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+
+    /// Splits the stream into its halves.
+    fn split_io(self) -> (Self::Reader, Self::Writer);
+
+    /// Reads into `buf` once bytes are there, giving `buf` room of about `chunk` bytes first
+    /// (taken from the thread's spare read buffers when it has none).
+    fn poll_read_some(
+        rd: &mut Self::Reader,
+        buf: &mut BytesMut,
+        chunk: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>>;
+}
+
+/// Gives `buf` room for a read of about `chunk` bytes: a spare buffer when it has none (an idle
+/// connection keeps none), more room when little is left.
+fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() == 0 {
+        *buf = sluice_io::take_read_buf(chunk);
+    } else if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(chunk);
+    }
+}
+
+/// One read through `AsyncRead` into `buf`'s spare room.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    // The `read_buf` future holds nothing but its two borrows: building one per poll costs
+    // nothing, and a ready read completes within this poll.
+    let mut read = std::pin::pin!(rd.read_buf(buf));
+    std::future::Future::poll(read.as_mut(), cx)
+}
+
+impl ConnIo for TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+    fn split_io(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+
+    /// Waits until the socket is readable with no buffer, then takes one and reads.
+    ///
+    /// Polls readiness instead of awaiting `readable()`, whose future carries a waiter node of
+    /// its own: this one is a few pointers, and an idle connection waits in it. The read itself
+    /// goes through `AsyncRead`, which marks the socket drained after a short read: the next
+    /// wait then asks epoll instead of making a `recvfrom` that can only return EAGAIN
+    /// (`try_read_buf` would leave the readiness set, one wasted syscall per request).
+    fn poll_read_some(
+        rd: &mut Self::Reader,
+        buf: &mut BytesMut,
+        chunk: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
+        make_room(buf, chunk);
+        // Ready readiness makes this read now; stale readiness is cleared and the task waits.
+        poll_read_into(rd, buf, cx)
+    }
+}
+
+/// Any byte stream other than a [`TcpStream`], served through the generic halves of
+/// [`tokio::io::split`] (a lock per poll, which TCP's owned halves avoid).
+#[derive(Debug)]
+pub(crate) struct AnyIo<T>(pub(crate) T);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ConnIo for AnyIo<T> {
+    type Reader = tokio::io::ReadHalf<T>;
+    type Writer = tokio::io::WriteHalf<T>;
+
+    fn split_io(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self.0)
+    }
+
+    /// Takes a buffer and reads: a generic stream has no readiness to wait on without one, so
+    /// an idle connection over it keeps its read buffer.
+    fn poll_read_some(
+        rd: &mut Self::Reader,
+        buf: &mut BytesMut,
+        chunk: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        make_room(buf, chunk);
+        poll_read_into(rd, buf, cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for AnyIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for AnyIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Serves a connection over any byte stream: a [`TcpStream`] keeps TCP's own path, anything
+/// else goes through [`AnyIo`].
+pub(crate) async fn serve_any<T, H, S>(stream: T, peer: SocketAddr, ctx: Ctx<H, S>, drain: Drain)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: DefaultHandler,
+    S: StreamingHandler,
+{
+    // Rust has no specialisation, so a TcpStream is recognised by its type id (decided at
+    // compile time for each `T`); the caller of the public API then needs no wrapper to get
+    // the lock-free halves and the buffer-less idle wait.
+    let mut slot = Some(stream);
+    let tcp = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<TcpStream>>()
+        .and_then(Option::take);
+    match (tcp, slot) {
+        (Some(tcp), _) => serve_connection(tcp, peer, ctx, drain).await,
+        (None, Some(other)) => serve_connection(AnyIo(other), peer, ctx, drain).await,
+        (None, None) => {}
+    }
+}
+
+/// Sniffs a connection and runs its driver (or serves it over TLS).
+pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
+    mut stream: C,
     peer: SocketAddr,
     ctx: Ctx<H, S>,
     drain: Drain,
@@ -128,10 +297,10 @@ type Driver = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The boxed driver future for a sniffed connection (or the refusal of the other family).
 #[allow(clippy::too_many_arguments)]
-fn driver<H: DefaultHandler, S: StreamingHandler>(
+fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     family: Family,
     wrong: bool,
-    stream: TcpStream,
+    stream: C,
     peer: SocketAddr,
     buf: BytesMut,
     config: Arc<ServerConfig>,
@@ -172,15 +341,15 @@ fn driver<H: DefaultHandler, S: StreamingHandler>(
 }
 
 /// GOAWAY with `text` as debug data, so the caller sees why and where to go.
-async fn refuse_http2(stream: TcpStream, peer: SocketAddr, buf: BytesMut, text: &str) {
+async fn refuse_http2<C: ConnIo>(stream: C, peer: SocketAddr, buf: BytesMut, text: &str) {
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     if let Err(e) = sluice_http2::refuse_connection(io, peer, text).await {
         tracing::debug!(%peer, error = %e, "refusing an HTTP/2 connection failed");
     }
 }
 
-async fn serve_http2<S: StreamingHandler>(
-    stream: TcpStream,
+async fn serve_http2<C: ConnIo, S: StreamingHandler>(
+    stream: C,
     peer: SocketAddr,
     buf: BytesMut,
     config: Arc<ServerConfig>,
@@ -203,8 +372,8 @@ async fn serve_http2<S: StreamingHandler>(
 
 /// A TLS connection: handshake (within the sniff timeout), then HTTP/2 on the decrypted stream.
 /// TLS is offered on gRPC listeners only, so anything but the HTTP/2 preface is refused.
-async fn serve_tls<H: DefaultHandler, S: StreamingHandler>(
-    stream: TcpStream,
+async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
+    stream: C,
     peer: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
     ctx: Ctx<H, S>,
@@ -259,7 +428,10 @@ async fn serve_tls<H: DefaultHandler, S: StreamingHandler>(
 }
 
 /// Reads until the connection-level sniffer decides.
-async fn sniff(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Detection<Family>> {
+async fn sniff<C: ConnIo>(
+    stream: &mut C,
+    buf: &mut BytesMut,
+) -> std::io::Result<Detection<Family>> {
     loop {
         match sluice_sniff::sniff_connection(buf) {
             Ok(d) => return Ok(d),

@@ -258,14 +258,19 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
         }
     }
 
-    /// Serves one already-accepted connection (for embedding with a custom accept loop).
-    pub async fn serve_connection(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-        drain: Drain,
-    ) {
-        conn::serve_connection(stream, peer, self.ctx(), drain).await;
+    /// Serves one already-accepted connection (for embedding with a custom accept loop), over
+    /// any byte stream: a [`tokio::net::TcpStream`], or anything else that reads and writes (a
+    /// Unix socket, an in-memory [`tokio::io::duplex`] pipe). Sniffing, TLS (when configured)
+    /// and every protocol driver work the same on each.
+    ///
+    /// A `TcpStream` is recognised and served through its owned halves, with no read buffer
+    /// while idle; another stream is split with [`tokio::io::split`] and keeps its read buffer
+    /// between requests.
+    pub async fn serve_connection<T>(&self, stream: T, peer: SocketAddr, drain: Drain)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        conn::serve_any(stream, peer, self.ctx(), drain).await;
     }
 
     fn ctx(&self) -> conn::Ctx<H, S> {

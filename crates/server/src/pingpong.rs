@@ -21,9 +21,8 @@ use sluice_sniff::{Codec, Detection, Message, Refusal};
 use sluice_thrift::{envelope, kitex_pb, ApplicationException, ExceptionKind, MessageType};
 use sluice_ttheader::{encode_head_ref, flags, int_key, str_key, HeadRef, Header, StrKvs};
 use std::sync::atomic::Ordering;
-use tokio::net::TcpStream;
 
-use crate::conn::ConnCtx;
+use crate::conn::{ConnCtx, ConnIo};
 use crate::Chunks;
 use crate::{DefaultHandler, Drain, Request, Response, ResponseBody, ServerConfig, Transport};
 
@@ -69,8 +68,8 @@ pub(crate) const DRAIN_QUIET: Duration = Duration::from_millis(500);
 // the future's captures, where an `async fn` keeps each argument twice (as argument and as the
 // body's local), and every idle connection holds this future.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn run<H: DefaultHandler>(
-    stream: TcpStream,
+pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
+    stream: C,
     peer: SocketAddr,
     mut buf: BytesMut,
     ctx: ConnCtx,
@@ -79,7 +78,7 @@ pub(crate) fn run<H: DefaultHandler>(
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
         let ConnCtx { config, stats } = ctx;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = stream.split_io();
         let max = config.max_in_flight_per_conn.max(1);
         // Requests of Kitex mux clients run as tasks owned by this set; each task's output is
         // its encoded reply, taken by this task with `join_next` and written here. A task
@@ -216,7 +215,7 @@ pub(crate) fn run<H: DefaultHandler>(
             let read = tokio::select! {
                 // Reading pauses while the in-flight limit is reached (bytes stay in the
                 // socket, and the caller's writes stop in turn).
-                r = read_some(&mut rd, &mut buf), if !full => r,
+                r = read_some::<C>(&mut rd, &mut buf), if !full => r,
                 Some(done) = async {
                     match mux.as_mut() {
                         Some(m) => m.join_next().await,
@@ -301,28 +300,13 @@ fn take_reply(
 /// Size of the read buffer taken when bytes arrive on an idle connection.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Waits until the socket is readable, then reads into `buf` (growing it only now).
-///
-/// Polls readiness instead of awaiting `readable()`, whose future carries a waiter node of its
-/// own: this one is a few pointers, and an idle connection waits in it. The read itself goes
-/// through `AsyncRead`, which marks the socket drained after a short read: the next wait then
-/// asks epoll instead of making a `recvfrom` that can only return EAGAIN (`try_read_buf` would
-/// leave the readiness set, one wasted syscall per request).
-fn read_some<'a>(
-    rd: &'a mut tokio::net::tcp::OwnedReadHalf,
+/// Waits for bytes, then reads them into `buf`, taking a read buffer only then where the
+/// stream allows it (TCP: see [`ConnIo::poll_read_some`]).
+fn read_some<'a, C: ConnIo>(
+    rd: &'a mut C::Reader,
     buf: &'a mut BytesMut,
 ) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
-    std::future::poll_fn(move |cx| {
-        std::task::ready!(rd.as_ref().poll_read_ready(cx))?;
-        if buf.capacity() == 0 {
-            *buf = sluice_io::take_read_buf(READ_CHUNK);
-        } else if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
-        // Ready readiness makes this read now; stale readiness is cleared and the task waits.
-        let mut read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(&mut *rd, &mut *buf));
-        std::future::Future::poll(read.as_mut(), cx)
-    })
+    std::future::poll_fn(move |cx| C::poll_read_some(rd, buf, READ_CHUNK, cx))
 }
 
 fn reply_to(req: &Request) -> (ReplyTo, bool) {

@@ -31,11 +31,10 @@ use sluice_ttstream::{
     exception_payload, FrameDecoder, FrameType, Side, Step, Stream as StreamState, StreamFrame,
 };
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::conn::ConnCtx;
+use crate::conn::{ConnCtx, ConnIo};
 use crate::Drain;
 
 /// TTStream type id for "illegal frame" (kitex-wire.md 4.4).
@@ -72,8 +71,8 @@ pub(crate) fn frame_chunks(f: StreamFrame) -> impl Iterator<Item = Bytes> {
     .flatten()
 }
 
-pub(crate) async fn run<S: StreamingHandler>(
-    stream: TcpStream,
+pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
+    stream: C,
     peer: SocketAddr,
     mut buf: BytesMut,
     ctx: ConnCtx,
@@ -81,7 +80,7 @@ pub(crate) async fn run<S: StreamingHandler>(
     drain: Drain,
 ) {
     let ConnCtx { config, stats } = ctx;
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = stream.split_io();
     let (tx, queue_writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     // Owned here: awaited, then aborted, when the connection ends.
     let mut writer = tokio::spawn(queue_writer.run(wr));
