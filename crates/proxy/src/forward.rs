@@ -33,7 +33,7 @@ pub struct Forwarder {
     pub(crate) streams: crate::stream::StreamClients,
     stats: Stats,
     /// Budget of warn lines for failed downstream calls and streams.
-    pub(crate) downstream_log: crate::ratelog::RateLog,
+    pub(crate) downstream_log: sluice_server::RateLog,
 }
 
 impl Forwarder {

@@ -12,7 +12,6 @@
 
 pub mod config;
 mod forward;
-mod ratelog;
 mod stream;
 
 use std::net::SocketAddr;

@@ -265,7 +265,10 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
         .await
     {
         Err(_) => {
-            tracing::info!(%peer, listener = %config.name, "closing connection: no protocol recognised within the sniff timeout");
+            ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
+                tracing::info!(%peer, listener = %config.name, suppressed, "closing connection: no protocol recognised within the sniff timeout");
+            }
             return;
         }
         Ok(Err(e)) => {
@@ -336,7 +339,15 @@ fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     match family {
         Family::PingPong => Box::pin(pingpong::run(stream, peer, buf, cctx, ctx.handler, drain)),
         Family::TTStream => Box::pin(ttstream::run(stream, peer, buf, cctx, ctx.streaming, drain)),
-        Family::Http2 => Box::pin(serve_http2(stream, peer, buf, config, ctx.streaming, drain)),
+        Family::Http2 => Box::pin(serve_http2(
+            stream,
+            peer,
+            buf,
+            config,
+            ctx.streaming,
+            ctx.stats,
+            drain,
+        )),
     }
 }
 
@@ -354,6 +365,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     buf: BytesMut,
     config: Arc<ServerConfig>,
     handler: Arc<S>,
+    stats: Arc<ServerStats>,
     drain: Drain,
 ) {
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
@@ -362,6 +374,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
         // The preface is what the sniffer waits for; SETTINGS follows it at once.
         handshake_timeout: config.sniff_timeout,
         idle_timeout: config.idle_timeout,
+        stats: Some(stats.grpc.clone()),
         ..Default::default()
     };
     let shutdown = async move { drain.signaled().await };
@@ -419,6 +432,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         // The preface is what the sniffer waits for; SETTINGS follows it at once.
         handshake_timeout: config.sniff_timeout,
         idle_timeout: config.idle_timeout,
+        stats: Some(ctx.stats.grpc.clone()),
         ..Default::default()
     };
     let shutdown = async move { drain.signaled().await };

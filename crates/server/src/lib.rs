@@ -17,6 +17,7 @@ mod conn;
 mod drain;
 pub mod echo;
 mod pingpong;
+mod ratelog;
 mod request;
 mod ttstream;
 
@@ -32,6 +33,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use drain::{Drain, DrainHandle};
+pub use ratelog::RateLog;
+pub use sluice_http2::GrpcServerStats;
 
 /// Pending connections a listener's accept queue holds (the kernel caps it at
 /// `net.core.somaxconn`). The standard library's 128 is too few for a burst of new connections:
@@ -99,6 +102,19 @@ pub struct ServerStats {
     pub streams_refused: AtomicU64,
     /// Connections closed because the peer reset streams faster than the reset budget allows.
     pub reset_floods: AtomicU64,
+    /// Connections closed because no protocol was recognised within the sniff timeout.
+    pub sniff_timeouts: AtomicU64,
+    /// What the listener's gRPC connections counted (streams refused or reset, idle closes).
+    pub grpc: Arc<GrpcServerStats>,
+    /// Budgets for the per-connection log lines (a flood of bad peers logs ten a second).
+    pub(crate) logs: RefusalLogs,
+}
+
+/// Log budgets for refusals that a flood of peers could repeat at will.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLogs {
+    pub(crate) sniff: RateLog,
+    pub(crate) frame: RateLog,
 }
 
 /// A [`StreamingHandler`] for servers that serve no streams: every stream ends with an error.

@@ -188,7 +188,9 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     match why {
                         Expiry::Frame => {
                             stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, "closing connection: a request did not complete within the frame timeout");
+                            if let Some(suppressed) = stats.logs.frame.allow() {
+                                tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
+                            }
                         }
                         Expiry::Idle => {
                             stats.idle_closed.fetch_add(1, Ordering::Relaxed);

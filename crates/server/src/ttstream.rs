@@ -237,7 +237,9 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
         if deadline.is_some_and(|at| at <= Instant::now()) {
             if partial_since.is_some() {
                 stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, "closing connection: a frame did not complete within the frame timeout");
+                if let Some(suppressed) = stats.logs.frame.allow() {
+                    tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
+                }
             } else {
                 stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, listener = %config.name, "closing idle connection");

@@ -495,3 +495,38 @@ async fn a_drain_under_closed_loop_load_loses_no_request() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_at_the_sniff_timeout_and_counted() {
+    let (addr, stats, _d) = start_echo(ServerConfig::default()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let start = tokio::time::Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
+    assert!(start.elapsed() < Duration::from_secs(6));
+    assert_eq!(stats.sniff_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_grpc_connection_is_closed_and_counted_in_the_listener_stats() {
+    let (addr, stats, _d) = start_echo(ServerConfig {
+        idle_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The client preface and an empty SETTINGS frame, then nothing.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(60) && took < Duration::from_secs(70),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        stats.grpc.connections_idle_closed.load(Ordering::Relaxed),
+        1
+    );
+}

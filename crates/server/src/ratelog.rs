@@ -1,4 +1,4 @@
-//! Rate limits for log lines that a failing downstream or a hostile caller could otherwise
+//! Rate limits for log lines that a failing downstream or a hostile peer could otherwise
 //! repeat thousands of times a second.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +10,10 @@ const PER_WINDOW: u64 = 10;
 /// The window, in milliseconds.
 const WINDOW_MS: u64 = 1000;
 
-/// A per-site log budget: [`RateLog::allow`] says whether to log now, and how many lines were
-/// suppressed since the last one that was.
+/// A per-site log budget of ten lines a second: [`RateLog::allow`] says whether to log now, and
+/// how many lines were suppressed since the last one that was.
 #[derive(Debug, Default)]
-pub(crate) struct RateLog {
+pub struct RateLog {
     /// Start of the current window, in ms since the process's first use of a rate log.
     window: AtomicU64,
     /// Lines asked for in the current window.
@@ -30,7 +30,7 @@ fn now_ms() -> u64 {
 impl RateLog {
     /// `Some(suppressed)` when this line may be logged (with the number of lines left out
     /// since the last logged one), `None` when it is over the budget.
-    pub(crate) fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now = now_ms();
         let window = self.window.load(Ordering::Relaxed);
         if now.saturating_sub(window) >= WINDOW_MS
