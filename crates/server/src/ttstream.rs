@@ -99,16 +99,21 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     let mut partial_since: Option<Instant> = None;
     // Last time a frame arrived: the idle clock.
     let mut last_active = Instant::now();
+    // One timer for both clocks, armed lazily: it is moved earlier when a deadline needs it,
+    // never later. Progress only pushes deadlines later, so a busy connection re-arms nothing
+    // per frame; when the timer fires, the deadlines are checked and it is armed afresh.
+    let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+    let mut armed: Option<Instant> = None;
 
     let reason: Option<String> = 'conn: loop {
+        let mut progress = false;
         loop {
             let mut frame = match decoder.decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => break 'conn Some(format!("malformed TTStream frame: {e}")),
             };
-            partial_since = None;
-            last_active = Instant::now();
+            progress = true;
             let id = frame.stream_id;
             if let Some(entry) = streams.get(&id) {
                 let step = entry
@@ -222,10 +227,14 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
         if draining && streams.is_empty() && buf.is_empty() {
             break None;
         }
+        let now = Instant::now();
+        if progress {
+            last_active = now;
+        }
         if buf.is_empty() {
             partial_since = None;
-        } else if partial_since.is_none() {
-            partial_since = Some(Instant::now());
+        } else if progress || partial_since.is_none() {
+            partial_since = Some(now);
         }
         // The frame timeout while a frame is incomplete; the idle timeout while no stream is
         // open.
@@ -234,7 +243,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             None if streams.is_empty() => Some(last_active + config.idle_timeout),
             None => None,
         };
-        if deadline.is_some_and(|at| at <= Instant::now()) {
+        if deadline.is_some_and(|at| at <= now) {
             if partial_since.is_some() {
                 stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = stats.logs.frame.allow() {
@@ -245,6 +254,12 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                 tracing::debug!(%peer, listener = %config.name, "closing idle connection");
             }
             break None;
+        }
+        if let Some(at) = deadline {
+            if armed.is_none_or(|a| a > at) {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
         }
         tokio::select! {
             r = async {
@@ -265,12 +280,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             }
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             _ = drain.signaled(), if !draining => draining = true,
-            () = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            () = &mut timer, if armed.is_some() => armed = None,
         }
     };
     if let Some(r) = reason {
