@@ -96,7 +96,10 @@ impl Sluice {
         let path =
             std::env::temp_dir().join(format!("sluice-test-{}-{}.toml", std::process::id(), port));
         std::fs::write(&path, &toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        // SLUICE_BIN runs the suite against another build (an older release, say).
+        let bin =
+            std::env::var("SLUICE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").into());
+        let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
