@@ -96,8 +96,14 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
         let mut partial_since: Option<TInstant> = None;
         // Last time a request arrived or the drain began: the idle and drain-quiet clocks.
         let mut last_active = TInstant::now();
+        // One timer for every clock, armed lazily: moved earlier when a deadline needs it, never
+        // later. Requests only push deadlines later, so a busy connection re-arms nothing per
+        // request; when the timer fires, the deadlines are checked and it is armed afresh.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(last_active));
+        let mut armed: Option<TInstant> = None;
 
         let outcome: Result<(), ConnError> = 'conn: loop {
+            let mut progress = false;
             // Serve every whole request already buffered, while the in-flight limit allows
             // (beyond it the bytes wait in `buf` and reading pauses).
             while mux.as_ref().is_none_or(|m| m.len() < max) {
@@ -106,8 +112,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     Ok(None) => break,
                     Err(e) => break 'conn Err(e),
                 };
-                partial_since = None;
-                last_active = TInstant::now();
+                progress = true;
                 match incoming {
                     Incoming::Reject(to, ex) => {
                         encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
@@ -168,11 +173,15 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
 
             let in_flight = mux.as_ref().map_or(0, |m| m.len());
             let full = in_flight >= max;
+            let now = TInstant::now();
+            if progress {
+                last_active = now;
+            }
             if buf.is_empty() || full {
                 // Nothing started, or the bytes wait on us, not on the peer.
                 partial_since = None;
-            } else if partial_since.is_none() {
-                partial_since = Some(TInstant::now());
+            } else if progress || partial_since.is_none() {
+                partial_since = Some(now);
             }
             let idle = in_flight == 0 && buf.is_empty();
             // What ends the wait for bytes: the frame timeout while a request is incomplete,
@@ -184,7 +193,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                 (None, false) => None,
             };
             if let Some((at, why)) = deadline {
-                if at <= TInstant::now() {
+                if at <= now {
                     match why {
                         Expiry::Frame => {
                             stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -208,12 +217,12 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             if buf.is_empty() && buf.capacity() > 0 {
                 sluice_io::give_back_read_buf(std::mem::take(&mut buf));
             }
-            let expiry = async {
-                match deadline {
-                    Some((at, _)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            if let Some((at, _)) = deadline {
+                if armed.is_none_or(|a| a > at) {
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
                 }
-            };
+            }
             let read = tokio::select! {
                 // Reading pauses while the in-flight limit is reached (bytes stay in the
                 // socket, and the caller's writes stop in turn).
@@ -232,7 +241,10 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     last_active = TInstant::now();
                     continue;
                 }
-                () = expiry => continue,
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    continue;
+                }
             };
             match read {
                 Ok(0) => {

@@ -102,7 +102,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     // One timer for both clocks, armed lazily: it is moved earlier when a deadline needs it,
     // never later. Progress only pushes deadlines later, so a busy connection re-arms nothing
     // per frame; when the timer fires, the deadlines are checked and it is armed afresh.
-    let mut timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(last_active));
     let mut armed: Option<Instant> = None;
 
     let reason: Option<String> = 'conn: loop {
