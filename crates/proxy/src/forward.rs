@@ -31,6 +31,8 @@ pub struct Forwarder {
     config: Arc<Config>,
     clients: ClientCache,
     pub(crate) streams: crate::stream::StreamClients,
+    /// Forwarded streams waiting for their downstream's first response.
+    pub(crate) silence: crate::silence::SilenceWatch,
     stats: Stats,
     /// Budget of warn lines for failed downstream calls and streams.
     pub(crate) downstream_log: sluice_server::RateLog,
@@ -43,6 +45,7 @@ impl Forwarder {
             config,
             clients: ClientCache::new(),
             streams: Default::default(),
+            silence: Default::default(),
             stats: Stats::default(),
             downstream_log: Default::default(),
         }

@@ -12,6 +12,7 @@
 
 pub mod config;
 mod forward;
+mod silence;
 mod stream;
 
 use std::net::SocketAddr;

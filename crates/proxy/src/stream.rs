@@ -22,6 +22,7 @@ use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
 use crate::forward::Forwarder;
+use crate::silence::{FirstResponse, SilenceWatch};
 
 /// Name this proxy adds to a TTStream cancel path.
 pub(crate) const CANCEL_PATH_NAME: &str = "sluice";
@@ -215,6 +216,7 @@ impl StreamingHandler for Forwarder {
             deadline,
             &route.downstream,
             first_response_timeout,
+            &self.silence,
         )
         .await;
         if outcome != Outcome::Ended {
@@ -239,59 +241,6 @@ struct ToDownstream {
     down_ended: Arc<std::sync::atomic::AtomicBool>,
     /// The first-response clock, restarted by each caller message until the downstream answers.
     first: Arc<FirstResponse>,
-}
-
-/// Watches for the downstream's first event on a forwarded stream.
-///
-/// The clock runs from the caller's last message (or half-close), so a caller that keeps
-/// sending (a client stream) is never cut off for the downstream's silence: only a downstream
-/// that leaves a caller waiting is.
-struct FirstResponse {
-    /// The downstream sent something: nothing more to watch (and nothing more to record).
-    seen: std::sync::atomic::AtomicBool,
-    /// Told when `seen` is set.
-    notify: tokio::sync::Notify,
-    base: tokio::time::Instant,
-    /// Milliseconds from `base` to the caller's last message.
-    last_up_ms: std::sync::atomic::AtomicU64,
-}
-
-impl FirstResponse {
-    fn new() -> Self {
-        Self {
-            seen: Default::default(),
-            notify: Default::default(),
-            base: tokio::time::Instant::now(),
-            last_up_ms: Default::default(),
-        }
-    }
-
-    fn seen(&self) -> bool {
-        self.seen.load(Ordering::Relaxed)
-    }
-
-    /// The caller sent something.
-    fn caller_active(&self) {
-        // One clock read per caller message, and only until the downstream first answers.
-        if !self.seen() {
-            let ms = self.base.elapsed().as_millis() as u64;
-            self.last_up_ms.store(ms, Ordering::Relaxed);
-        }
-    }
-
-    /// The downstream sent something.
-    fn downstream_answered(&self) {
-        if !self.seen.swap(true, Ordering::Relaxed) {
-            self.notify.notify_one();
-        }
-    }
-
-    /// When the downstream's silence runs out, at `timeout` after the caller's last message.
-    fn expires_at(&self, timeout: std::time::Duration) -> tokio::time::Instant {
-        self.base
-            + std::time::Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed))
-            + timeout
-    }
 }
 
 impl EventSink for ToDownstream {
@@ -416,12 +365,15 @@ async fn pump(
     deadline: Option<std::time::Instant>,
     downstream: &str,
     first_response_timeout: std::time::Duration,
+    silence: &SilenceWatch,
 ) -> Outcome {
     let (up_rx, up_tx) = up.split();
     let (down_tx, down_rx) = down.split();
     let (done_tx, done_rx) = oneshot::channel();
     let down_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let first = Arc::new(FirstResponse::new());
+    let first = Arc::new(FirstResponse::new(first_response_timeout));
+    // Watched only while the stream runs (and not at all with the timeout off).
+    let _watched = (!first_response_timeout.is_zero()).then(|| silence.watch(first.clone()));
     up_rx.splice(Arc::new(ToDownstream {
         down: down_tx.clone(),
         down_ended: down_ended.clone(),
@@ -438,7 +390,7 @@ async fn pump(
         first: first.clone(),
     });
     down_rx.splice(to_up.clone());
-    let outcome = wait_end(done_rx, deadline, &first, first_response_timeout).await;
+    let outcome = wait_end(done_rx, deadline, &first, !first_response_timeout.is_zero()).await;
     let message = match outcome {
         Outcome::Ended => return outcome,
         Outcome::Deadline => {
@@ -476,12 +428,13 @@ enum Outcome {
     NoResponse,
 }
 
-/// Waits for the stream to end, its deadline, or the downstream's silence to run out.
+/// Waits for the stream to end, its deadline, or the downstream's silence to run out (told by
+/// the proxy's [`SilenceWatch`]).
 async fn wait_end(
     done_rx: oneshot::Receiver<()>,
     deadline: Option<std::time::Instant>,
     first: &FirstResponse,
-    first_response_timeout: std::time::Duration,
+    watched: bool,
 ) -> Outcome {
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
     // end reaching the upstream: it was reset from the upstream side.
@@ -492,22 +445,13 @@ async fn wait_end(
             None => std::future::pending().await,
         }
     });
-    let watch_first = !first_response_timeout.is_zero();
     loop {
-        let silent_until =
-            (watch_first && !first.seen()).then(|| first.expires_at(first_response_timeout));
+        let watching = watched && !first.seen();
         tokio::select! {
             _ = &mut done_rx => return Outcome::Ended,
             () = &mut deadline_sleep => return Outcome::Deadline,
-            () = first.notify.notified(), if silent_until.is_some() => {}
-            () = async {
-                match silent_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                // The caller may have sent something since: the clock moved on.
-                if !first.seen() && first.expires_at(first_response_timeout) <= tokio::time::Instant::now() {
+            () = first.notify.notified(), if watching => {
+                if first.expired() && !first.seen() {
                     return Outcome::NoResponse;
                 }
             }

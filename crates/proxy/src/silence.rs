@@ -1,0 +1,215 @@
+//! Forwarded streams waiting for their downstream's first response, checked by one task.
+//!
+//! A timer per stream would cost a timer-wheel registration (and, often, a wake-up of the I/O
+//! driver) for every stream, although nearly every downstream answers within milliseconds.
+//! Instead each watched stream takes a slot in a shared table, and one task per proxy checks
+//! the table a few times a second, waking the streams whose downstream stayed silent too long.
+//! Its precision is the check interval, [`TICK`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often the table is checked: a silent downstream is noticed within this much of its
+/// timeout.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+
+/// One forwarded stream's wait for the downstream's first event.
+///
+/// The clock runs from the caller's last message (or half-close), so a caller that keeps
+/// sending (a client stream) is never cut off for the downstream's silence: only a downstream
+/// that leaves a caller waiting is.
+pub(crate) struct FirstResponse {
+    /// The downstream sent something: nothing more to watch (and nothing more to record).
+    seen: AtomicBool,
+    /// The downstream stayed silent past the timeout.
+    expired: AtomicBool,
+    /// Told when `seen` or `expired` is set.
+    pub(crate) notify: Notify,
+    base: Instant,
+    /// Milliseconds from `base` to the caller's last message.
+    last_up_ms: AtomicU64,
+    timeout: Duration,
+}
+
+impl FirstResponse {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            seen: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
+            notify: Notify::new(),
+            base: Instant::now(),
+            last_up_ms: AtomicU64::new(0),
+            timeout,
+        }
+    }
+
+    pub(crate) fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
+    }
+
+    /// The caller sent something.
+    pub(crate) fn caller_active(&self) {
+        // One clock read per caller message, and only until the downstream first answers.
+        if !self.seen() {
+            let ms = self.base.elapsed().as_millis() as u64;
+            self.last_up_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The downstream sent something.
+    pub(crate) fn downstream_answered(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Marks the stream expired (and wakes its waiter) if the downstream has been silent for
+    /// the timeout since the caller's last message.
+    fn check(&self, now: Instant) {
+        if self.seen() || self.expired() {
+            return;
+        }
+        let last = self.base + Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed));
+        if last + self.timeout <= now {
+            self.expired.store(true, Ordering::Relaxed);
+            self.notify.notify_one();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    streams: HashMap<u64, Arc<FirstResponse>>,
+    /// The checking task, while streams are watched; it ends when the table empties.
+    checker: Option<tokio::task::AbortHandle>,
+}
+
+/// The table of watched streams and its checking task (aborted when the watch is dropped).
+#[derive(Default)]
+pub(crate) struct SilenceWatch {
+    table: Arc<Mutex<Table>>,
+}
+
+impl std::fmt::Debug for SilenceWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SilenceWatch").finish_non_exhaustive()
+    }
+}
+
+/// A stream's slot in the table, given up when dropped.
+pub(crate) struct Watched {
+    table: Weak<Mutex<Table>>,
+    id: u64,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.upgrade() {
+            let removed = table
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .streams
+                .remove(&self.id);
+            drop(removed);
+        }
+    }
+}
+
+impl SilenceWatch {
+    /// Watches `first` until the returned slot is dropped.
+    pub(crate) fn watch(&self, first: Arc<FirstResponse>) -> Watched {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let id = t.next;
+        t.next += 1;
+        t.streams.insert(id, first);
+        if t.checker.is_none() {
+            let table = Arc::downgrade(&self.table);
+            t.checker = Some(tokio::spawn(check(table)).abort_handle());
+        }
+        Watched {
+            table: Arc::downgrade(&self.table),
+            id,
+        }
+    }
+}
+
+impl Drop for SilenceWatch {
+    fn drop(&mut self) {
+        if let Some(c) = self
+            .table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checker
+            .take()
+        {
+            c.abort();
+        }
+    }
+}
+
+/// Checks the table every [`TICK`] until it is empty (or gone).
+async fn check(table: Weak<Mutex<Table>>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(table) = table.upgrade() else { return };
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        if t.streams.is_empty() {
+            t.checker = None;
+            return;
+        }
+        let now = Instant::now();
+        for first in t.streams.values() {
+            first.check(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_expires_and_an_answered_one_does_not() {
+        let watch = SilenceWatch::default();
+        let silent = Arc::new(FirstResponse::new(Duration::from_secs(1)));
+        let answered = Arc::new(FirstResponse::new(Duration::from_secs(1)));
+        let _a = watch.watch(silent.clone());
+        let _b = watch.watch(answered.clone());
+        answered.downstream_answered();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!silent.expired());
+        silent.caller_active();
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            !silent.expired(),
+            "the caller's message restarted the clock"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(silent.expired());
+        assert!(!answered.expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_checker_stops_when_nothing_is_watched() {
+        let watch = SilenceWatch::default();
+        let slot = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1))));
+        assert!(watch.table.lock().unwrap().checker.is_some());
+        drop(slot);
+        tokio::time::sleep(TICK * 3).await;
+        assert!(watch.table.lock().unwrap().checker.is_none());
+        assert!(watch.table.lock().unwrap().streams.is_empty());
+    }
+}
