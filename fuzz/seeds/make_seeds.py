@@ -7,8 +7,9 @@ are committed, so CI needs neither this script nor the captures.
 
     python3 fuzz/seeds/make_seeds.py [CAPTURES]
 
-The ttstream_conn target reads structure-aware input (its own encoding of frame choices), so
-its seeds are inputs the fuzzer itself kept and are not written here.
+The ttstream_conn target reads structure-aware input (frame choices decoded with `arbitrary`),
+so its seeds are not written here: they are inputs the fuzzer itself kept in a long run, the 24
+largest of a `-set_cover_merge=1` of its corpus (fuzz/seeds/ttstream_conn/kept-*).
 """
 import os
 import struct

@@ -161,8 +161,8 @@ pub fn serve_with_server(
     move |io| {
         Box::pin(async move {
             let echo = Arc::new(FuzzEcho::default());
-            let server =
-                sluice_server::Server::new(server_config(cluster), echo.clone()).with_streaming(echo);
+            let server = sluice_server::Server::new(server_config(cluster), echo.clone())
+                .with_streaming(echo);
             server
                 .serve_connection(io, PEER, sluice_server::Drain::never())
                 .await;

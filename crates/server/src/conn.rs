@@ -87,8 +87,8 @@ impl StreamingHandler for RefuseStreams {
 /// taken only once bytes are there where the stream allows it.
 ///
 /// Implemented for [`TcpStream`], whose owned halves need no lock and whose readiness can be
-/// awaited without a buffer, and for [`AnyIo`], any other stream (TLS-less tests, in-memory
-/// pipes, fuzzing) split through [`tokio::io::split`].
+/// awaited without a buffer, and for [`AnyIo`], any other stream (a Unix socket, an in-memory
+/// pipe in tests and fuzzing) split through [`tokio::io::split`].
 pub(crate) trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The read half.
     type Reader: AsyncRead + Unpin + Send + 'static;
