@@ -56,7 +56,6 @@ use sluice_stream::{
     StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::task::JoinSet;
 
 use crate::conn::{
     ConnConfig, Connection, HeaderBlock, Http2Error, OnRequest, Opening, Shared, Side, State, Wakes,
@@ -195,8 +194,8 @@ where
         stats: config.stats.clone(),
     };
     let max_header_list_size = config.max_header_list_size;
-    // The handler tasks' owner: dropped with this future, it aborts them.
-    let tasks: Arc<std::sync::Mutex<JoinSet<()>>> = Arc::default();
+    // The handler tasks' owner: dropped with this future, it cancels them.
+    let tasks = Arc::new(sluice_io::TaskGroup::new());
     let spawner = tasks.clone();
     let on_request: OnRequest = Box::new(move |shared, block| {
         open_stream(
@@ -221,14 +220,9 @@ where
     .await;
     // The socket closes first; then the handlers still running get a moment to end.
     drop(conn);
-    let mut handlers = std::mem::take(&mut *tasks.lock().unwrap_or_else(|e| e.into_inner()));
-    let waited = tokio::time::timeout(HANDLER_GRACE, async {
-        while handlers.join_next().await.is_some() {}
-    })
-    .await;
-    if waited.is_err() {
-        tracing::debug!(%peer, running = handlers.len(), "gRPC handlers still running after the connection ended; aborting them");
-        handlers.abort_all();
+    let cancelled = tasks.finish(HANDLER_GRACE).await;
+    if cancelled > 0 {
+        tracing::debug!(%peer, cancelled, "gRPC handlers still running after the connection ended were cancelled");
     }
     match result {
         Ok(()) => Ok(()),
@@ -384,7 +378,7 @@ fn open_stream<H: StreamingHandler>(
     peer: SocketAddr,
     handler: &Arc<H>,
     max_header_list_size: u32,
-    tasks: &std::sync::Mutex<JoinSet<()>>,
+    tasks: &sluice_io::TaskGroup,
 ) -> Opening {
     let id = block.stream;
     if block.too_large {
@@ -469,9 +463,6 @@ fn open_stream<H: StreamingHandler>(
     });
     let (stream, to_user) = ServerStream::new(sink);
     let handler = handler.clone();
-    let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
-    // Ended handlers are reaped as new ones start: a JoinSet keeps each one until joined.
-    while tasks.try_join_next().is_some() {}
     tasks.spawn(async move { handler.handle(request, stream).await });
     Opening::Accept {
         to_user,

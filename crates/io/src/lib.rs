@@ -9,6 +9,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+mod tasks;
+pub use tasks::TaskGroup;
+
 /// An I/O object whose first reads return `prefix`: the bytes a sniffer already read are handed
 /// back to the protocol driver that takes the connection over (e.g. the HTTP/2 preface).
 #[derive(Debug)]

@@ -84,9 +84,9 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     let (tx, queue_writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     // Owned here: awaited, then aborted, when the connection ends.
     let mut writer = tokio::spawn(queue_writer.run(wr));
-    // Every stream's handler task, owned by the connection: reaped as they finish, awaited
-    // (within the drain grace) and then aborted when the connection ends.
-    let mut handlers: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+    // Every stream's handler task, owned by the connection: awaited (within the drain grace)
+    // and then cancelled when the connection ends, or at once if this future is dropped.
+    let handlers = sluice_io::TaskGroup::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i32>();
     let decoder = FrameDecoder::new(Limits {
         max_frame_size: config.max_frame_size,
@@ -278,7 +278,6 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             Some(id) = done_rx.recv() => {
                 streams.remove(&id);
             }
-            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             _ = drain.signaled(), if !draining => draining = true,
             () = &mut timer, if armed.is_some() => armed = None,
         }
@@ -290,12 +289,10 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     streams.clear();
     drop(tx);
     let grace = Instant::now() + config.drain_grace;
-    let handlers_done = async { while handlers.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(grace, handlers_done).await.is_err() {
-        tracing::debug!(%peer, listener = %config.name, left = handlers.len(), "aborting stream handlers still running at close");
-        handlers.abort_all();
-        // Their sinks (and queue senders) go with them, which lets the writer finish.
-        while handlers.join_next().await.is_some() {}
+    let cancelled = handlers.finish(config.drain_grace).await;
+    if cancelled > 0 {
+        // Their sinks (and queue senders) went with them, which lets the writer finish.
+        tracing::debug!(%peer, listener = %config.name, cancelled, "cancelled stream handlers still running at close");
     }
     if tokio::time::timeout_at(grace, &mut writer).await.is_err() {
         writer.abort();
