@@ -344,11 +344,17 @@ impl Wakes {
 }
 
 impl Drop for Wakes {
+    #[inline]
     fn drop(&mut self) {
-        for w in self.0.drain(..) {
-            w.wake();
+        // Most are dropped empty (a push that woke nobody): nothing to walk then.
+        if !self.0.is_empty() {
+            for w in self.0.drain(..) {
+                w.wake();
+            }
         }
-        self.1.clear();
+        if !self.1.is_empty() {
+            self.1.clear();
+        }
     }
 }
 

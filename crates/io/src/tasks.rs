@@ -42,6 +42,9 @@ impl TaskGroup {
         F: Future<Output = ()> + Send + 'static,
     {
         let cancel = self.cancel.clone();
+        // Boxed once here: a handler's future is large (a whole downstream call), and spawning
+        // moves the task's future several times; moving a pointer is cheaper than copying it.
+        let task = Box::pin(task);
         self.tracker.spawn(async move {
             tokio::select! {
                 biased;

@@ -86,10 +86,28 @@ impl FirstResponse {
     }
 }
 
+/// Slot ids are a counter: they hash to themselves (no SipHash per stream).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 #[derive(Default)]
 struct Table {
     next: u64,
-    streams: HashMap<u64, Arc<FirstResponse>>,
+    streams: HashMap<u64, Arc<FirstResponse>, std::hash::BuildHasherDefault<IdHasher>>,
     /// The checking task, while streams are watched; it ends when the table empties.
     checker: Option<tokio::task::AbortHandle>,
 }
