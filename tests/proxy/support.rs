@@ -68,6 +68,18 @@ pub(crate) async fn start_streaming<H: DefaultHandler, S: sluice_stream::Streami
     (addr, h)
 }
 
+/// Waits (up to 20 s) until a process started a moment ago accepts connections on `addr`.
+pub(crate) fn wait_listening(addr: SocketAddr, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The `sluice` binary running `run --config` on a temporary file; killed on drop.
 pub(crate) struct Sluice {
     child: Child,
@@ -123,14 +135,7 @@ impl Sluice {
             })
         });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "sluice did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(addr, "sluice");
         Sluice {
             child,
             addr,

@@ -19,7 +19,6 @@ mod cache;
 mod codec;
 mod mux;
 mod pool;
-mod tasks;
 pub mod ttstream;
 
 use std::net::SocketAddr;

@@ -18,7 +18,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, RawReply, ReplyDecoder};
-use crate::tasks::ConnTasks;
 use crate::{Call, ClientConfig, Error, Reply};
 
 type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<RawReply>>>>;
@@ -30,8 +29,8 @@ pub(crate) struct MuxConn {
     usable: Arc<AtomicBool>,
     config: Arc<ClientConfig>,
     addr: SocketAddr,
-    /// The reader and writer, aborted with the last handle to this connection.
-    _tasks: ConnTasks,
+    /// The reader and writer, cancelled with the last handle to this connection.
+    _tasks: sluice_io::TaskGroup,
 }
 
 /// Removes a waiter when its call is dropped (deadline) before the reply came.
@@ -56,20 +55,20 @@ impl MuxConn {
         let (tx, rx) = mpsc::channel::<Vec<Bytes>>(1024);
         let waiters: Waiters = Arc::default();
         let usable = Arc::new(AtomicBool::new(true));
-        let mut tasks = ConnTasks::default();
+        let tasks = sluice_io::TaskGroup::new();
         {
             let usable = usable.clone();
-            tasks.own(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let _ = sluice_io::write_queued(wr, rx).await;
                 usable.store(false, Ordering::Release);
-            }));
+            });
         }
         {
             let waiters = waiters.clone();
             let usable = usable.clone();
             let decoder = ReplyDecoder::new(config.max_frame_size);
             let transport = config.transport;
-            tasks.own(tokio::spawn(async move {
+            tasks.spawn(async move {
                 let mut buf = BytesMut::new();
                 'read: loop {
                     loop {
@@ -107,7 +106,7 @@ impl MuxConn {
                 usable.store(false, Ordering::Release);
                 // Dropping the senders fails every call still waiting on this connection.
                 waiters.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            }));
+            });
         }
         Arc::new(Self {
             tx,

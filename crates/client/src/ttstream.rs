@@ -23,8 +23,6 @@ use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::tasks::ConnTasks;
-
 use crate::{ClientConfig, Error};
 
 /// Connections per endpoint.
@@ -53,9 +51,9 @@ struct StreamConn {
     tx: QueueTx,
     streams: Streams,
     alive: Arc<AtomicBool>,
-    /// The reader and writer, aborted once neither this connection's handle nor any of its
+    /// The reader and writer, cancelled once neither this connection's handle nor any of its
     /// streams is left.
-    tasks: Arc<ConnTasks>,
+    tasks: Arc<sluice_io::TaskGroup>,
 }
 
 struct Endpoint {
@@ -218,18 +216,18 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
     let (tx, writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     let streams: Streams = Arc::default();
     let alive = Arc::new(AtomicBool::new(true));
-    let mut tasks = ConnTasks::default();
+    let tasks = sluice_io::TaskGroup::new();
     {
         let alive = alive.clone();
-        tasks.own(tokio::spawn(async move {
+        tasks.spawn(async move {
             let _ = writer.run(wr).await;
             alive.store(false, Ordering::Release);
-        }));
+        });
     }
     {
         let streams = streams.clone();
         let alive = alive.clone();
-        tasks.own(tokio::spawn(async move {
+        tasks.spawn(async move {
             let decoder = FrameDecoder::new(Limits {
                 max_frame_size,
                 ..Limits::default()
@@ -318,7 +316,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                 .map(|(_, slot)| slot)
                 .collect();
             drop(slots);
-        }));
+        });
     }
     StreamConn {
         tx,
@@ -342,7 +340,7 @@ struct ClientSink {
     /// a sink that holds this one.
     streams: Weak<Mutex<HashMap<i32, Slot>>>,
     /// Keeps the connection's reader and writer running while this stream lives.
-    _tasks: Arc<ConnTasks>,
+    _tasks: Arc<sluice_io::TaskGroup>,
 }
 
 /// Whether the state machine lets the client send `kind` now (and records it).

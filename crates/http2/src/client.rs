@@ -35,7 +35,6 @@ use sluice_h2wire::frame::Reason;
 use sluice_stream::{ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, StreamEnd};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
-use tokio::task::JoinSet;
 
 use crate::conn::{ConnConfig, Connection, Opened, Shared, Side, Wakes};
 use crate::content_type::GrpcContentType;
@@ -146,7 +145,7 @@ pub enum GrpcClientError {
 /// A client for one gRPC downstream. Cheap to clone; clones share the connections.
 ///
 /// The connections belong to the client: when the last clone is dropped, their tasks are
-/// aborted, and streams still open on them fail as if the connection had closed.
+/// cancelled, and streams still open on them fail as if the connection had closed.
 #[derive(Debug, Clone)]
 pub struct GrpcClient {
     inner: Arc<Inner>,
@@ -157,8 +156,8 @@ struct Inner {
     config: GrpcClientConfig,
     next: AtomicUsize,
     slots: Vec<Slot>,
-    /// The connections' tasks; dropped with the client, which aborts them.
-    tasks: std::sync::Mutex<JoinSet<()>>,
+    /// The connections' tasks; dropped with the client, which cancels them.
+    tasks: sluice_io::TaskGroup,
 }
 
 /// One endpoint and its connection, if any. The lock is held while dialling, so concurrent
@@ -202,7 +201,7 @@ impl GrpcClient {
                 config,
                 next: AtomicUsize::new(0),
                 slots,
-                tasks: std::sync::Mutex::new(JoinSet::new()),
+                tasks: sluice_io::TaskGroup::new(),
             }),
         }
     }
@@ -305,10 +304,7 @@ impl GrpcClient {
             stats: None,
         };
         let (conn, shared) = Connection::client(tcp, addr, cfg);
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        // Connections that ended are reaped as new ones are dialled.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
+        self.inner.tasks.spawn(async move {
             if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
             }

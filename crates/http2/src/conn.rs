@@ -1847,24 +1847,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                         }
                     }
                     ResponseState::Body => {
-                        if has_pseudo(&hb.fields) {
+                        let malformed = if has_pseudo(&hb.fields) {
+                            Some("pseudo-header in the response trailers")
+                        } else if !hb.end_stream {
+                            Some("response headers after the first, without END_STREAM")
+                        } else {
+                            None
+                        };
+                        if let Some(why) = malformed {
                             self.client_end(
                                 id,
-                                StreamEnd::error(
-                                    Code::INTERNAL.as_u32(),
-                                    "pseudo-header in the response trailers",
-                                ),
-                                true,
-                            );
-                            return Ok(());
-                        }
-                        if !hb.end_stream {
-                            self.client_end(
-                                id,
-                                StreamEnd::error(
-                                    Code::INTERNAL.as_u32(),
-                                    "response headers after the first, without END_STREAM",
-                                ),
+                                StreamEnd::error(Code::INTERNAL.as_u32(), why),
                                 true,
                             );
                             return Ok(());

@@ -6,7 +6,6 @@
 //! the table a few times a second, waking the streams whose downstream stayed silent too long.
 //! Its precision is the check interval, [`TICK`].
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -86,30 +85,41 @@ impl FirstResponse {
     }
 }
 
-/// Slot ids are a counter: they hash to themselves (no SipHash per stream).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
+/// The watched streams, in slots reused as streams come and go (no hashing per stream).
 #[derive(Default)]
 struct Table {
-    next: u64,
-    streams: HashMap<u64, Arc<FirstResponse>, std::hash::BuildHasherDefault<IdHasher>>,
+    slots: Vec<Option<Arc<FirstResponse>>>,
+    /// Empty slots, to be reused first.
+    free: Vec<usize>,
     /// The checking task, while streams are watched; it ends when the table empties.
     checker: Option<tokio::task::AbortHandle>,
+}
+
+impl Table {
+    fn insert(&mut self, first: Arc<FirstResponse>) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(first);
+                i
+            }
+            None => {
+                self.slots.push(Some(first));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Arc<FirstResponse>> {
+        let taken = self.slots.get_mut(i).and_then(Option::take);
+        if taken.is_some() {
+            self.free.push(i);
+        }
+        taken
+    }
+
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
 }
 
 /// The table of watched streams and its checking task (aborted when the watch is dropped).
@@ -127,17 +137,17 @@ impl std::fmt::Debug for SilenceWatch {
 /// A stream's slot in the table, given up when dropped.
 pub(crate) struct Watched {
     table: Weak<Mutex<Table>>,
-    id: u64,
+    slot: usize,
 }
 
 impl Drop for Watched {
     fn drop(&mut self) {
         if let Some(table) = self.table.upgrade() {
+            // Dropped after the lock.
             let removed = table
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .streams
-                .remove(&self.id);
+                .remove(self.slot);
             drop(removed);
         }
     }
@@ -147,16 +157,14 @@ impl SilenceWatch {
     /// Watches `first` until the returned slot is dropped.
     pub(crate) fn watch(&self, first: Arc<FirstResponse>) -> Watched {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let id = t.next;
-        t.next += 1;
-        t.streams.insert(id, first);
+        let slot = t.insert(first);
         if t.checker.is_none() {
             let table = Arc::downgrade(&self.table);
             t.checker = Some(tokio::spawn(check(table)).abort_handle());
         }
         Watched {
             table: Arc::downgrade(&self.table),
-            id,
+            slot,
         }
     }
 }
@@ -184,12 +192,12 @@ async fn check(table: Weak<Mutex<Table>>) {
         tick.tick().await;
         let Some(table) = table.upgrade() else { return };
         let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
-        if t.streams.is_empty() {
+        if t.is_empty() {
             t.checker = None;
             return;
         }
         let now = Instant::now();
-        for first in t.streams.values() {
+        for first in t.slots.iter().flatten() {
             first.check(now);
         }
     }
@@ -228,6 +236,9 @@ mod tests {
         drop(slot);
         tokio::time::sleep(TICK * 3).await;
         assert!(watch.table.lock().unwrap().checker.is_none());
-        assert!(watch.table.lock().unwrap().streams.is_empty());
+        assert!(watch.table.lock().unwrap().is_empty());
+        // A freed slot is taken again: the table grows with the streams watched at once.
+        let _again = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1))));
+        assert_eq!(watch.table.lock().unwrap().slots.len(), 1);
     }
 }

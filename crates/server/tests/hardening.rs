@@ -86,6 +86,21 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     .is_ok()
 }
 
+/// Asserts that the server closes `s` (on the test's clock) no sooner than `from` and before
+/// `to` from now.
+async fn assert_closed_between(s: &mut TcpStream, from: Duration, to: Duration) {
+    let start = tokio::time::Instant::now();
+    assert!(
+        closed_within(s, Duration::from_secs(3600)).await,
+        "never closed"
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= from && took < to,
+        "closed after {took:?}, expected {from:?}..{to:?}"
+    );
+}
+
 #[tokio::test]
 async fn mux_requests_beyond_an_in_flight_limit_of_one_are_all_answered() {
     // Six requests of a real Kitex mux client, written at once.
@@ -151,13 +166,7 @@ async fn a_truncated_pingpong_request_is_closed_after_the_frame_timeout() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = request(1, "Echo", false);
     s.write_all(&req[..req.len() - 3]).await.unwrap();
-    let start = tokio::time::Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_secs(30) && took < Duration::from_secs(40),
-        "closed after {took:?}, not the 30 s frame timeout"
-    );
+    assert_closed_between(&mut s, Duration::from_secs(30), Duration::from_secs(40)).await;
     assert_eq!(stats.frame_timeouts.load(Ordering::Relaxed), 1);
 }
 
@@ -198,13 +207,7 @@ async fn idle_ttstream_connections_are_closed_like_pingpong_ones() {
         .unwrap();
     StreamFrame::trailer(1, "Echo").encode(&mut out).unwrap();
     s.write_all(&out).await.unwrap();
-    let start = tokio::time::Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_secs(60) && took < Duration::from_secs(70),
-        "closed after {took:?}"
-    );
+    assert_closed_between(&mut s, Duration::from_secs(60), Duration::from_secs(70)).await;
     assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
 }
 
@@ -215,9 +218,7 @@ async fn a_ttstream_connection_that_sent_eight_bytes_is_closed_after_the_frame_t
     s.write_all(&[0x00, 0x00, 0x00, 0x5a, 0x10, 0x00, 0x00, 0x02])
         .await
         .unwrap();
-    let start = tokio::time::Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
-    assert!(start.elapsed() < Duration::from_secs(40));
+    assert_closed_between(&mut s, Duration::from_secs(30), Duration::from_secs(40)).await;
     assert_eq!(stats.frame_timeouts.load(Ordering::Relaxed), 1);
 }
 
@@ -500,9 +501,7 @@ async fn a_drain_under_closed_loop_load_loses_no_request() {
 async fn a_silent_connection_is_closed_at_the_sniff_timeout_and_counted() {
     let (addr, stats, _d) = start_echo(ServerConfig::default()).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let start = tokio::time::Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
-    assert!(start.elapsed() < Duration::from_secs(6));
+    assert_closed_between(&mut s, Duration::from_secs(5), Duration::from_secs(6)).await;
     assert_eq!(stats.sniff_timeouts.load(Ordering::Relaxed), 1);
 }
 
@@ -518,13 +517,7 @@ async fn an_idle_grpc_connection_is_closed_and_counted_in_the_listener_stats() {
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    let start = tokio::time::Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(3600)).await);
-    let took = start.elapsed();
-    assert!(
-        took >= Duration::from_secs(60) && took < Duration::from_secs(70),
-        "closed after {took:?}"
-    );
+    assert_closed_between(&mut s, Duration::from_secs(60), Duration::from_secs(70)).await;
     assert_eq!(
         stats.grpc.connections_idle_closed.load(Ordering::Relaxed),
         1
