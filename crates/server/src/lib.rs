@@ -227,7 +227,8 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
         let local = listener.local_addr().ok();
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
         let mut tasks = tokio::task::JoinSet::new();
-        let mut refusals = RefusalLog::default();
+        // Reaching the limit is logged once per interval, with how many were refused.
+        let refusals = RateLog::new(1, Duration::from_secs(10));
         tracing::info!(listener = %self.config.name, addr = ?local, "listening");
         loop {
             let accepted = tokio::select! {
@@ -242,7 +243,15 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                         self.stats
                             .connections_refused
                             .fetch_add(1, Ordering::Relaxed);
-                        refusals.refused(&self.config.name, peer, self.config.max_connections);
+                        if let Some(suppressed) = refusals.allow() {
+                            tracing::warn!(
+                                listener = %self.config.name,
+                                %peer,
+                                limit = self.config.max_connections,
+                                refused = suppressed + 1,
+                                "max_connections reached: closing new connections at once"
+                            );
+                        }
                         drop(stream);
                         continue;
                     };
@@ -295,37 +304,6 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
             handler: self.handler.clone(),
             streaming: self.streaming.clone(),
             stats: self.stats.clone(),
-        }
-    }
-}
-
-/// How often, at most, reaching `max_connections` is logged.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Logs connections refused at the connection limit once per interval, with how many.
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<tokio::time::Instant>,
-    since: u64,
-}
-
-impl RefusalLog {
-    fn refused(&mut self, listener: &str, peer: SocketAddr, limit: usize) {
-        self.since += 1;
-        let now = tokio::time::Instant::now();
-        if self
-            .last
-            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
-        {
-            tracing::warn!(
-                listener,
-                %peer,
-                limit,
-                refused = self.since,
-                "max_connections reached: closing new connections at once"
-            );
-            self.last = Some(now);
-            self.since = 0;
         }
     }
 }
