@@ -4,9 +4,10 @@
 //! driver) for every stream, although nearly every downstream answers within milliseconds.
 //! Instead each watched stream takes a slot in a shared table, and one task per proxy checks
 //! the table a few times a second, waking the streams whose downstream stayed silent too long.
-//! Its precision is the check interval, [`TICK`].
+//! Its precision is the check interval, [`TICK`]: a timeout fires between one and two ticks
+//! late.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -21,17 +22,18 @@ pub(crate) const TICK: Duration = Duration::from_millis(250);
 ///
 /// The clock runs from the caller's last message (or half-close), so a caller that keeps
 /// sending (a client stream) is never cut off for the downstream's silence: only a downstream
-/// that leaves a caller waiting is.
+/// that leaves a caller waiting is. The stream itself reads no clock: it raises a flag when the
+/// caller sends, and the checking task, which reads the clock once per check, restarts the
+/// stream's clock when it finds the flag raised.
 pub(crate) struct FirstResponse {
     /// The downstream sent something: nothing more to watch (and nothing more to record).
     seen: AtomicBool,
     /// The downstream stayed silent past the timeout.
     expired: AtomicBool,
+    /// The caller sent something since the last check.
+    active: AtomicBool,
     /// Told when `seen` or `expired` is set.
     pub(crate) notify: Notify,
-    base: Instant,
-    /// Milliseconds from `base` to the caller's last message.
-    last_up_ms: AtomicU64,
     timeout: Duration,
 }
 
@@ -40,9 +42,8 @@ impl FirstResponse {
         Self {
             seen: AtomicBool::new(false),
             expired: AtomicBool::new(false),
+            active: AtomicBool::new(false),
             notify: Notify::new(),
-            base: Instant::now(),
-            last_up_ms: AtomicU64::new(0),
             timeout,
         }
     }
@@ -55,32 +56,47 @@ impl FirstResponse {
         self.expired.load(Ordering::Relaxed)
     }
 
-    /// The caller sent something.
+    /// The caller sent something: a plain store, and only until the downstream first answers.
     pub(crate) fn caller_active(&self) {
-        // One clock read per caller message, and only until the downstream first answers.
         if !self.seen() {
-            let ms = self.base.elapsed().as_millis() as u64;
-            self.last_up_ms.store(ms, Ordering::Relaxed);
+            self.active.store(true, Ordering::Relaxed);
         }
     }
 
-    /// The downstream sent something.
+    /// The downstream sent something. Called for every downstream event: once `seen` is set
+    /// this is a load, not a read-modify-write.
     pub(crate) fn downstream_answered(&self) {
-        if !self.seen.swap(true, Ordering::Relaxed) {
+        if !self.seen() && !self.seen.swap(true, Ordering::Relaxed) {
             self.notify.notify_one();
         }
     }
+}
 
+/// A watched stream and, once the checking task has seen it, when its downstream's silence
+/// began (the last check that found the caller active, or the first check).
+struct Slot {
+    first: Arc<FirstResponse>,
+    silent_since: Option<Instant>,
+}
+
+impl Slot {
     /// Marks the stream expired (and wakes its waiter) if the downstream has been silent for
-    /// the timeout since the caller's last message.
-    fn check(&self, now: Instant) {
-        if self.seen() || self.expired() {
+    /// the timeout since the caller's last message, as far as the checks can tell.
+    fn check(&mut self, now: Instant) {
+        let f = &self.first;
+        if f.seen() || f.expired() {
             return;
         }
-        let last = self.base + Duration::from_millis(self.last_up_ms.load(Ordering::Relaxed));
-        if last + self.timeout <= now {
-            self.expired.store(true, Ordering::Relaxed);
-            self.notify.notify_one();
+        let since = match self.silent_since {
+            Some(since) if !f.active.swap(false, Ordering::Relaxed) => since,
+            _ => {
+                self.silent_since = Some(now);
+                return;
+            }
+        };
+        if since + f.timeout <= now {
+            f.expired.store(true, Ordering::Relaxed);
+            f.notify.notify_one();
         }
     }
 }
@@ -88,7 +104,7 @@ impl FirstResponse {
 /// The watched streams, in slots reused as streams come and go (no hashing per stream).
 #[derive(Default)]
 struct Table {
-    slots: Vec<Option<Arc<FirstResponse>>>,
+    slots: Vec<Option<Slot>>,
     /// Empty slots, to be reused first.
     free: Vec<usize>,
     /// The checking task, while streams are watched; it ends when the table empties.
@@ -97,6 +113,10 @@ struct Table {
 
 impl Table {
     fn insert(&mut self, first: Arc<FirstResponse>) -> usize {
+        let first = Slot {
+            first,
+            silent_since: None,
+        };
         match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(first);
@@ -109,7 +129,7 @@ impl Table {
         }
     }
 
-    fn remove(&mut self, i: usize) -> Option<Arc<FirstResponse>> {
+    fn remove(&mut self, i: usize) -> Option<Slot> {
         let taken = self.slots.get_mut(i).and_then(Option::take);
         if taken.is_some() {
             self.free.push(i);
@@ -197,8 +217,8 @@ async fn check(table: Weak<Mutex<Table>>) {
             return;
         }
         let now = Instant::now();
-        for first in t.slots.iter().flatten() {
-            first.check(now);
+        for slot in t.slots.iter_mut().flatten() {
+            slot.check(now);
         }
     }
 }
