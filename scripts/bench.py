@@ -60,6 +60,7 @@ SIZES = [1024, 16384]
 
 PIN = False
 SLUICE_THREADS = 1
+BASELINE = None
 
 
 def pinned(cpu, cmd):
@@ -109,7 +110,7 @@ class Proc:
             self.p.wait()
 
 
-def start_sluice(tmp):
+def start_sluice(tmp, binary=None):
     cfg = os.path.join(tmp, "sluice.toml")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -130,7 +131,7 @@ max_idle_per_endpoint = 256
 [runtime]
 worker_threads = {SLUICE_THREADS}
 """)
-    p = Proc(pinned(1, [BIN, "run", "--config", cfg]), PROXY_PORT)
+    p = Proc(pinned(1, [binary or BIN, "run", "--config", cfg]), PROXY_PORT)
     wait_port(GRPC_PORT)
     return p
 
@@ -202,6 +203,8 @@ def measure(kind, proto, size, seconds, tmp):
     proc = None
     if kind == "sluice":
         proc = start_sluice(tmp)
+    elif kind == "baseline":
+        proc = start_sluice(tmp, BASELINE)
     elif kind == "haproxy":
         proc = start_haproxy(tmp)
     elif kind == "nginx":
@@ -254,6 +257,39 @@ def idle_rss_once(kind, tmp, n):
         return before, after
     finally:
         proc.stop()
+
+
+def compare(a):
+    """A/B: the proxy's CPU per request, this build against a baseline binary, in alternating
+    rounds (baseline, this, baseline, this, ...) so drift on the machine hits both alike."""
+    only = [o.strip().lower() for o in a.only.split(",") if o.strip()]
+    protocols = [p for p in PROTOCOLS if not only or any(p[0].lower().startswith(o) for o in only)]
+    sizes = [1024] if a.quick else SIZES
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    echo = Proc(pinned(0, [BIN, "echo", "--listen", f"127.0.0.1:{ECHO_PORT}"]), ECHO_PORT)
+    lines = [f"A/B against {BASELINE}: {a.rounds} alternating rounds of {a.seconds:g} s each,"
+             " median proxy CPU s / 10k requests", "",
+             "| protocol | size | baseline | this build | change | req/s baseline | req/s this |",
+             "|---|---|---|---|---|---|---|"]
+    try:
+        for proto in protocols:
+            for size in sizes:
+                runs = {"baseline": [], "sluice": []}
+                for _ in range(a.rounds):
+                    for k in runs:
+                        runs[k].append(measure(k, proto, size, a.seconds, tmp))
+                cpu = {k: statistics.median(r["proxy_cpu_per_10k"] for r in rs) for k, rs in runs.items()}
+                rps = {k: statistics.median(r["rps"] for r in rs) for k, rs in runs.items()}
+                errors = sum(r["errors"] for rs in runs.values() for r in rs)
+                line = (f'| {proto[0]} | {size // 1024} KiB | {cpu["baseline"]:.3f} | {cpu["sluice"]:.3f} | '
+                        f'{(cpu["sluice"] / max(cpu["baseline"], 1e-9) - 1) * 100:+.1f}% | '
+                        f'{fmt_rate(rps["baseline"])} | {fmt_rate(rps["sluice"])} |'
+                        + (f" {errors} errors" if errors else ""))
+                print(line, flush=True)
+                lines.append(line)
+    finally:
+        echo.stop()
+    print("\n".join(lines))
 
 
 def fmt_rate(v):
@@ -325,7 +361,15 @@ def main():
                     help="Sluice's [runtime] worker_threads (HAProxy and nginx run one thread)")
     ap.add_argument("--only", default="",
                     help="comma-separated protocol names (case-insensitive prefixes) to measure")
+    ap.add_argument("--compare", metavar="BIN", default="",
+                    help="A/B mode: alternate this build's proxy with another `sluice` binary (the"
+                    " baseline) under the same load generator and echo server, and print the proxy"
+                    " CPU per 10k requests of both; writes nothing")
     a = ap.parse_args()
+    if a.compare:
+        global BASELINE
+        BASELINE = os.path.abspath(a.compare)
+        return compare(a)
     global PIN
     PIN = a.pin
     global SLUICE_THREADS

@@ -8,7 +8,7 @@ use sluice_sniff::Codec;
 use sluice_thrift::{envelope, kitex_pb, MessageType};
 use sluice_ttheader::{flags, int_key, Header};
 
-use crate::{Call, Reply, Transport};
+use crate::{Call, Reply, ReplyError, Transport};
 
 static FRAMED: Bytes = Bytes::from_static(b"framed");
 static UNFRAMED: Bytes = Bytes::from_static(b"unframed");
@@ -142,19 +142,19 @@ impl ReplyDecoder {
         &self,
         buf: &mut BytesMut,
         transport: Transport,
-    ) -> Result<Option<RawReply>, String> {
+    ) -> Result<Option<RawReply>, ReplyError> {
         let (header, message) = match transport {
             Transport::TTHeader | Transport::TTHeaderUnframed => {
-                match self.ttheader.decode(buf).map_err(|e| e.to_string())? {
+                match self.ttheader.decode(buf)? {
                     Some(f) => (f.header, f.payload),
                     None => return Ok(None),
                 }
             }
-            Transport::Framed => match self.framed.decode(buf).map_err(|e| e.to_string())? {
+            Transport::Framed => match self.framed.decode(buf)? {
                 Some(m) => (Header::default(), m.message),
                 None => return Ok(None),
             },
-            Transport::Buffered => match self.buffered.decode(buf).map_err(|e| e.to_string())? {
+            Transport::Buffered => match self.buffered.decode(buf)? {
                 Some(m) => (Header::default(), m),
                 None => return Ok(None),
             },
@@ -164,9 +164,9 @@ impl ReplyDecoder {
         } else {
             envelope::decode_header(&message)
         }
-        .map_err(|e| format!("reply envelope: {e}"))?;
+        .map_err(ReplyError::Envelope)?;
         if env.msg_type.is_request() {
-            return Err(format!("reply has message type {}", env.msg_type.as_str()));
+            return Err(ReplyError::NotAReply(env.msg_type.as_str()));
         }
         let frame_seq = if transport.is_ttheader() {
             header.seq_id

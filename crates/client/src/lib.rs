@@ -11,11 +11,9 @@
 //! * A connect timeout and a request deadline; a reply carrying `crrst` retires its connection.
 //! * Static endpoints, round-robin or weighted-random; an endpoint that fails to connect is
 //!   skipped for a backoff period.
-//! * [`ClientCache`] creates clients on demand, one per downstream, and reuses them.
 #![forbid(unsafe_code)]
 
 mod balance;
-mod cache;
 mod codec;
 mod mux;
 mod pool;
@@ -33,7 +31,6 @@ use sluice_thrift::MessageType;
 use sluice_ttheader::Header;
 
 pub use balance::Balance;
-pub use cache::ClientCache;
 pub use ttstream::{OpenStream, TTStreamClient};
 
 /// Downstream ping-pong transport.
@@ -205,14 +202,14 @@ pub enum Error {
         after: Duration,
     },
     /// The connection failed or closed before the reply.
-    #[error("downstream {downstream:?} at {addr}: {what}")]
+    #[error("downstream {downstream:?} at {addr}: {source}")]
     Io {
         /// Downstream name.
         downstream: String,
         /// Endpoint.
         addr: SocketAddr,
-        /// What happened.
-        what: String,
+        /// What happened to the connection.
+        source: ConnectionError,
     },
     /// The deadline passed before the reply.
     #[error("downstream {downstream:?}: deadline exceeded after {after:?}")]
@@ -223,22 +220,94 @@ pub enum Error {
         after: Duration,
     },
     /// The reply was not a well-formed reply to this call.
-    #[error("downstream {downstream:?} at {addr}: bad reply: {reason}")]
+    #[error("downstream {downstream:?} at {addr}: bad reply: {source}")]
     Protocol {
         /// Downstream name.
         downstream: String,
         /// Endpoint.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        source: ReplyError,
     },
     /// The request could not be encoded (e.g. a header too large for Kitex).
-    #[error("downstream {downstream:?}: request not encodable: {reason}")]
+    #[error("downstream {downstream:?}: request not encodable: {source}")]
     Encode {
         /// Downstream name.
         downstream: String,
         /// Why.
-        reason: String,
+        source: sluice_ttheader::Error,
+    },
+}
+
+/// What happened to a downstream connection that failed or closed before its reply was whole.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// Writing the request failed.
+    #[error("write failed: {0}")]
+    Write(#[source] std::io::Error),
+    /// Reading the reply failed.
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    /// The peer closed the connection before any byte of the reply.
+    #[error("connection closed before the reply")]
+    ClosedBeforeReply,
+    /// The peer closed the connection after part of the reply.
+    #[error("connection closed in the middle of the reply")]
+    ClosedMidReply,
+    /// The endpoint's multiplexed connection closed before the request was sent.
+    #[error("multiplexed connection closed")]
+    MuxClosed,
+    /// The endpoint's multiplexed connection closed after the request was sent.
+    #[error("multiplexed connection closed before the reply")]
+    MuxClosedBeforeReply,
+}
+
+impl ConnectionError {
+    /// True when no byte of the reply had arrived, so the request may not have reached the
+    /// server's handler (and a retry on a new connection is the caller's choice). A failed
+    /// write is in this class too: the server never saw a whole request.
+    pub fn before_reply(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::Write(_)
+                | ConnectionError::ClosedBeforeReply
+                | ConnectionError::MuxClosed
+        )
+    }
+}
+
+/// Why a downstream's reply was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The TTHeader frame is malformed or too large.
+    #[error(transparent)]
+    TTHeader(#[from] sluice_ttheader::Error),
+    /// The Framed or Buffered message is malformed or too large.
+    #[error(transparent)]
+    Framed(#[from] sluice_framed::Error),
+    /// The message envelope (thrift or Kitex protobuf) is malformed.
+    #[error("reply envelope: {0}")]
+    Envelope(#[source] sluice_thrift::Error),
+    /// The message is a CALL or ONEWAY, not a reply.
+    #[error("reply has message type {0}")]
+    NotAReply(&'static str),
+    /// The reply answers another request.
+    #[error("reply seq id {got} does not match request seq id {want}")]
+    SeqMismatch {
+        /// Seq id of the reply's envelope.
+        got: i32,
+        /// Seq id of the request.
+        want: i32,
+    },
+    /// The reply names another method.
+    #[error("reply method {got:?} does not match {want:?}")]
+    MethodMismatch {
+        /// Method of the reply (lossy UTF-8).
+        got: String,
+        /// Method of the request.
+        want: String,
     },
 }
 

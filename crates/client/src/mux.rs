@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, RawReply, ReplyDecoder};
-use crate::{Call, ClientConfig, Error, Reply};
+use crate::{Call, ClientConfig, ConnectionError, Error, Reply, ReplyError};
 
 type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<RawReply>>>>;
 
@@ -122,11 +122,11 @@ impl MuxConn {
         self.usable.load(Ordering::Acquire)
     }
 
-    fn io_error(&self, what: &str) -> Error {
+    fn io_error(&self, source: ConnectionError) -> Error {
         Error::Io {
             downstream: self.config.name.clone(),
             addr: self.addr,
-            what: what.to_owned(),
+            source,
         }
     }
 
@@ -134,7 +134,7 @@ impl MuxConn {
         let head = codec::encode_request(call, self.config.transport, seq, true).map_err(|e| {
             Error::Encode {
                 downstream: self.config.name.clone(),
-                reason: e.to_string(),
+                source: e,
             }
         })?;
         let chunks = vec![head, call.args.clone()];
@@ -142,7 +142,7 @@ impl MuxConn {
             self.tx
                 .send(chunks)
                 .await
-                .map_err(|_| self.io_error("multiplexed connection closed"))?;
+                .map_err(|_| self.io_error(ConnectionError::MuxClosed))?;
             return Ok(None);
         }
         let (wtx, wrx) = oneshot::channel();
@@ -154,18 +154,18 @@ impl MuxConn {
         self.tx
             .send(chunks)
             .await
-            .map_err(|_| self.io_error("multiplexed connection closed"))?;
+            .map_err(|_| self.io_error(ConnectionError::MuxClosed))?;
         let raw = wrx
             .await
-            .map_err(|_| self.io_error("multiplexed connection closed before the reply"))?;
+            .map_err(|_| self.io_error(ConnectionError::MuxClosedBeforeReply))?;
         if raw.reply.msg_type == MessageType::Reply && raw.envelope_seq != seq {
             return Err(Error::Protocol {
                 downstream: self.config.name.clone(),
                 addr: self.addr,
-                reason: format!(
-                    "reply seq id {} does not match request seq id {seq}",
-                    raw.envelope_seq
-                ),
+                source: ReplyError::SeqMismatch {
+                    got: raw.envelope_seq,
+                    want: seq,
+                },
             });
         }
         Ok(Some(raw.reply))

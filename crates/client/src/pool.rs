@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
-use crate::{Call, ClientConfig, Endpoint, Error, Reply};
+use crate::{Call, ClientConfig, ConnectionError, Endpoint, Error, Reply, ReplyError};
 
 /// Read buffer taken when a reply starts arriving.
 const READ_CHUNK: usize = 8 * 1024;
@@ -40,7 +40,7 @@ pub(crate) struct EndpointState {
 enum Failure {
     /// Nothing of a reply arrived: on a reused connection the server most likely closed it
     /// while idle, and one retry on a fresh connection is safe enough.
-    BeforeReply(String),
+    BeforeReply(ConnectionError),
     Other(Error),
 }
 
@@ -125,7 +125,7 @@ impl EndpointState {
         if let Some(conn) = self.take_idle() {
             match self.exchange(conn, call, seq).await {
                 Err(Failure::BeforeReply(why)) => {
-                    tracing::debug!(addr = %self.endpoint.addr, why, "pooled connection went stale; retrying on a new one");
+                    tracing::debug!(addr = %self.endpoint.addr, %why, "pooled connection went stale; retrying on a new one");
                 }
                 Err(Failure::Other(e)) => return Err(e),
                 Ok(r) => return Ok(r),
@@ -144,19 +144,19 @@ impl EndpointState {
         }
     }
 
-    fn io_error(&self, what: String) -> Error {
+    fn io_error(&self, source: ConnectionError) -> Error {
         Error::Io {
             downstream: self.config.name.clone(),
             addr: self.endpoint.addr,
-            what,
+            source,
         }
     }
 
-    fn protocol_error(&self, reason: String) -> Error {
+    fn protocol_error(&self, source: ReplyError) -> Error {
         Error::Protocol {
             downstream: self.config.name.clone(),
             addr: self.endpoint.addr,
-            reason,
+            source,
         }
     }
 
@@ -170,13 +170,13 @@ impl EndpointState {
         let head = codec::encode_request(call, transport, seq, false).map_err(|e| {
             Failure::Other(Error::Encode {
                 downstream: self.config.name.clone(),
-                reason: e.to_string(),
+                source: e,
             })
         })?;
         conn.iov.push(head);
         conn.iov.push(call.args.clone());
         if let Err(e) = sluice_io::write_all_vectored(&mut conn.stream, &mut conn.iov).await {
-            return Err(Failure::BeforeReply(format!("write failed: {e}")));
+            return Err(Failure::BeforeReply(ConnectionError::Write(e)));
         }
         if call.msg_type == MessageType::Oneway {
             // No reply comes; like Kitex, do not reuse the connection (a binary-generic server
@@ -191,19 +191,22 @@ impl EndpointState {
                     if raw.reply.msg_type == MessageType::Reply
                         && (raw.envelope_seq != seq || raw.frame_seq != seq)
                     {
-                        return Err(Failure::Other(self.protocol_error(format!(
-                            "reply seq id {} does not match request seq id {seq}",
-                            raw.envelope_seq
-                        ))));
+                        return Err(Failure::Other(self.protocol_error(
+                            ReplyError::SeqMismatch {
+                                got: raw.envelope_seq,
+                                want: seq,
+                            },
+                        )));
                     }
                     if raw.reply.msg_type == MessageType::Reply
                         && raw.method != call.method.as_bytes()
                     {
-                        return Err(Failure::Other(self.protocol_error(format!(
-                            "reply method {:?} does not match {:?}",
-                            String::from_utf8_lossy(&raw.method),
-                            call.method
-                        ))));
+                        return Err(Failure::Other(self.protocol_error(
+                            ReplyError::MethodMismatch {
+                                got: String::from_utf8_lossy(&raw.method).into_owned(),
+                                want: call.method.clone(),
+                            },
+                        )));
                     }
                     let retire = raw.reply.header.str_kvs.get(str_key::CONN_RESET).is_some();
                     if !retire && conn.buf.is_empty() {
@@ -224,20 +227,18 @@ impl EndpointState {
             }
             match conn.stream.read_buf(&mut conn.buf).await {
                 Ok(0) if conn.buf.is_empty() => {
-                    return Err(Failure::BeforeReply(
-                        "connection closed before the reply".into(),
-                    ))
+                    return Err(Failure::BeforeReply(ConnectionError::ClosedBeforeReply))
                 }
                 Ok(0) => {
                     return Err(Failure::Other(
-                        self.io_error("connection closed in the middle of the reply".into()),
+                        self.io_error(ConnectionError::ClosedMidReply),
                     ))
                 }
                 Ok(n) => read += n,
                 Err(e) if conn.buf.is_empty() => {
-                    return Err(Failure::BeforeReply(format!("read failed: {e}")))
+                    return Err(Failure::BeforeReply(ConnectionError::Read(e)))
                 }
-                Err(e) => return Err(Failure::Other(self.io_error(format!("read failed: {e}")))),
+                Err(e) => return Err(Failure::Other(self.io_error(ConnectionError::Read(e)))),
             }
         }
     }

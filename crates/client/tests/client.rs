@@ -229,21 +229,6 @@ async fn oneway_gets_no_reply_and_reaches_the_server() {
     }
 }
 
-#[tokio::test]
-async fn cache_creates_one_client_per_downstream() {
-    let cache = sluice_client::ClientCache::new();
-    let mut made = 0;
-    for _ in 0..3 {
-        cache.get_or_create("a", || {
-            made += 1;
-            ClientConfig::new("a", vec![])
-        });
-    }
-    cache.get_or_create("b", || ClientConfig::new("b", vec![]));
-    assert_eq!(made, 1);
-    assert_eq!(cache.len(), 2);
-}
-
 /// A downstream that accepts connections and keeps them, reading nothing and answering
 /// nothing, all in one task.
 async fn silent_downstream() -> SocketAddr {

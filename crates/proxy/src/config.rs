@@ -201,6 +201,25 @@ fn ms(v: Option<u64>, default_ms: u64) -> Duration {
 }
 
 impl Config {
+    /// The server settings of listener `l`: its own, and the shared limits.
+    pub fn server_config(&self, l: &Listener) -> sluice_server::ServerConfig {
+        let limits = &self.limits;
+        sluice_server::ServerConfig {
+            name: l.name.clone(),
+            sniff_timeout: limits.sniff_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_frame_size: limits.max_frame_size,
+            max_in_flight_per_conn: limits.max_in_flight_per_conn,
+            max_connections: limits.max_connections,
+            default_service: l.default_service.clone(),
+            drain_grace: limits.drain_grace,
+            frame_timeout: limits.frame_timeout,
+            max_streams_per_conn: limits.max_streams_per_conn,
+            cluster: l.cluster,
+            tls: l.tls.clone(),
+        }
+    }
+
     /// Parses and checks a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {

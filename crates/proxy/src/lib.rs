@@ -9,32 +9,50 @@
 //! deadline is an `INTERNAL_ERROR` that says so. Downstream exceptions and `biz-*` keys pass
 //! through unchanged.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod clients;
 pub mod config;
-mod forward;
+mod error;
+mod forwarder;
+pub mod phases;
+mod pingpong;
+pub mod route;
 mod silence;
 mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sluice_server::{Drain, Server, ServerConfig};
+use sluice_server::layer::{Identity, Layer};
+use sluice_server::{DefaultHandler, Drain, Server, StreamingHandler};
 use tokio::net::TcpListener;
 
+pub use clients::Clients;
 pub use config::{Cluster, Config, ConfigError};
-pub use forward::Forwarder;
+pub use forwarder::{Forwarder, Stats};
+pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
+pub use route::{Family, RequestHead, Router, Target};
+pub use sluice_server::{ErrorKind, ProxyError};
 
 /// A bound, not yet serving, proxy.
 #[derive(Debug)]
-pub struct Proxy {
+pub struct Proxy<P = DefaultPhases> {
     config: Arc<Config>,
-    forwarder: Arc<Forwarder>,
+    forwarder: Arc<Forwarder<P>>,
     bound: Vec<(config::Listener, TcpListener)>,
 }
 
 impl Proxy {
-    /// Binds every listener of `config`.
+    /// Binds every listener of `config`; requests go through the default phases.
     pub async fn bind(config: Config) -> std::io::Result<Proxy> {
+        Self::bind_with(config, DefaultPhases).await
+    }
+}
+
+impl<P: Phases> Proxy<P> {
+    /// Binds every listener of `config`; requests and streams go through `phases`.
+    pub async fn bind_with(config: Config, phases: P) -> std::io::Result<Proxy<P>> {
         let config = Arc::new(config);
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -47,7 +65,7 @@ impl Proxy {
             bound.push((l.clone(), tcp));
         }
         Ok(Proxy {
-            forwarder: Arc::new(Forwarder::new(config.clone())),
+            forwarder: Arc::new(Forwarder::with_phases(config.clone(), phases)),
             config,
             bound,
         })
@@ -62,33 +80,28 @@ impl Proxy {
     }
 
     /// The forwarding handler (for stats).
-    pub fn forwarder(&self) -> Arc<Forwarder> {
+    pub fn forwarder(&self) -> Arc<Forwarder<P>> {
         self.forwarder.clone()
     }
 
     /// Serves until `drain` is signalled and every listener has drained.
     pub async fn serve(self, drain: Drain) {
+        self.serve_layered(drain, Identity::new()).await
+    }
+
+    /// Serves like [`serve`](Self::serve), with every ping-pong request and stream handled by
+    /// `layer` wrapped around the forwarder (see [`sluice_server::layer`]).
+    pub async fn serve_layered<L>(self, drain: Drain, layer: L)
+    where
+        L: Layer<Arc<Forwarder<P>>>,
+        L::Service: DefaultHandler + StreamingHandler,
+    {
+        let handler = Arc::new(layer.layer(self.forwarder.clone()));
         let mut tasks = tokio::task::JoinSet::new();
         for (l, tcp) in self.bound {
-            let limits = &self.config.limits;
-            let sc = ServerConfig {
-                name: l.name.clone(),
-                sniff_timeout: limits.sniff_timeout,
-                idle_timeout: limits.idle_timeout,
-                max_frame_size: limits.max_frame_size,
-                max_in_flight_per_conn: limits.max_in_flight_per_conn,
-                max_connections: limits.max_connections,
-                default_service: l.default_service.clone(),
-                drain_grace: limits.drain_grace,
-                frame_timeout: limits.frame_timeout,
-                max_streams_per_conn: limits.max_streams_per_conn,
-                cluster: l.cluster,
-                tls: l.tls.clone(),
-            };
-            let server =
-                Server::new(sc, self.forwarder.clone()).with_streaming(self.forwarder.clone());
-            let drain = drain.clone();
-            tasks.spawn(server.serve(tcp, drain));
+            let server = Server::new(self.config.server_config(&l), handler.clone())
+                .with_streaming(handler.clone());
+            tasks.spawn(server.serve(tcp, drain.clone()));
         }
         while tasks.join_next().await.is_some() {}
     }

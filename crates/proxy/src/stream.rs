@@ -6,65 +6,29 @@
 //! downstream reset (TTStream: with the cancel path `ttscp` extended by this proxy's name); a
 //! downstream reset ends the upstream stream with an error; a deadline ends both.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use sluice_client::{OpenStream, TTStreamClient};
-use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
+use sluice_client::OpenStream;
+use sluice_http2::OpenRequest;
+use sluice_server::ProxyError;
 use sluice_stream::{
     ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ServerSend,
-    ServerStream, StreamEnd, StreamRequest, StreamingHandler,
+    ServerStream, StreamRequest, StreamingHandler,
 };
-use sluice_thrift::ExceptionKind;
 use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
-use crate::forward::Forwarder;
+use crate::error;
+use crate::forwarder::Forwarder;
+use crate::phases::{CallInfo, Metainfo, Phases};
+use crate::route::{Family, RequestHead, Target};
 use crate::silence::{FirstResponse, SilenceWatch};
 
 /// Name this proxy adds to a TTStream cancel path.
 pub(crate) const CANCEL_PATH_NAME: &str = "sluice";
-
-/// Stream clients, created on demand per downstream and family.
-#[derive(Debug, Default)]
-pub(crate) struct StreamClients {
-    ttstream: RwLock<HashMap<String, Arc<TTStreamClient>>>,
-    grpc: RwLock<HashMap<String, Arc<GrpcClient>>>,
-}
-
-/// gRPC status codes used here.
-mod grpc_code {
-    pub(super) const CANCELLED: u32 = 1;
-    pub(super) const DEADLINE_EXCEEDED: u32 = 4;
-    pub(super) const UNIMPLEMENTED: u32 = 12;
-    pub(super) const UNAVAILABLE: u32 = 14;
-}
-
-/// An error end in the upstream's protocol.
-fn error_end(protocol: &Protocol, kind: ErrorKind, message: String) -> StreamEnd {
-    let code = match (protocol, kind) {
-        (Protocol::TTStream, ErrorKind::NoRoute) => ExceptionKind::UNKNOWN_METHOD.0 as u32,
-        (Protocol::TTStream, ErrorKind::Unavailable) => ExceptionKind::INTERNAL_ERROR.0 as u32,
-        // 12009: "canceled by downstream" in Kitex's TTStream codes.
-        (Protocol::TTStream, ErrorKind::DownstreamReset) => 12009,
-        (Protocol::TTStream, ErrorKind::Deadline) => 12015,
-        (Protocol::Grpc { .. }, ErrorKind::NoRoute) => grpc_code::UNIMPLEMENTED,
-        (Protocol::Grpc { .. }, ErrorKind::Unavailable) => grpc_code::UNAVAILABLE,
-        (Protocol::Grpc { .. }, ErrorKind::DownstreamReset) => grpc_code::CANCELLED,
-        (Protocol::Grpc { .. }, ErrorKind::Deadline) => grpc_code::DEADLINE_EXCEEDED,
-    };
-    StreamEnd::error(code, message)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ErrorKind {
-    NoRoute,
-    Unavailable,
-    DownstreamReset,
-    Deadline,
-}
 
 /// Header keys that belong to one hop.
 fn forwardable(mut md: Metadata) -> Metadata {
@@ -72,164 +36,162 @@ fn forwardable(mut md: Metadata) -> Metadata {
     md
 }
 
-impl Forwarder {
-    fn ttstream_client(&self, downstream: &str) -> Option<Arc<TTStreamClient>> {
-        if let Some(c) = self
-            .streams
-            .ttstream
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(downstream)
-        {
-            return Some(c.clone());
-        }
-        let cfg = self.config().downstreams.get(downstream)?.clone();
-        let mut w = self
-            .streams
-            .ttstream
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        Some(
-            w.entry(downstream.to_owned())
-                .or_insert_with(|| Arc::new(TTStreamClient::new(cfg)))
-                .clone(),
-        )
+fn family(protocol: &Protocol) -> Family {
+    match protocol {
+        Protocol::TTStream => Family::TTStream,
+        Protocol::Grpc { .. } => Family::Grpc,
     }
+}
 
-    fn grpc_client(&self, downstream: &str) -> Option<Arc<GrpcClient>> {
-        if let Some(c) = self
-            .streams
-            .grpc
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(downstream)
-        {
-            return Some(c.clone());
-        }
-        let d = self.config().downstreams.get(downstream)?;
-        let mut cfg = GrpcClientConfig::new(d.endpoints.iter().map(|e| e.addr).collect());
-        cfg.connect_timeout = d.connect_timeout;
-        cfg.max_message_size = d.max_frame_size;
-        let mut w = self.streams.grpc.write().unwrap_or_else(|e| e.into_inner());
-        Some(
-            w.entry(downstream.to_owned())
-                .or_insert_with(|| Arc::new(GrpcClient::new(cfg)))
-                .clone(),
-        )
-    }
-
+impl<P: Phases> Forwarder<P> {
+    /// Opens the downstream stream of the same family as the caller's.
     async fn open_downstream(
         &self,
         req: &StreamRequest,
-        downstream: &str,
-        deadline: Option<std::time::Instant>,
-    ) -> Result<ClientStream, String> {
+        target: &Target,
+        headers: Metadata,
+    ) -> Result<ClientStream, ProxyError> {
+        let downstream = target.downstream.as_str();
+        let Some(dc) = self.config.downstreams.get(downstream) else {
+            return Err(error::not_configured(downstream));
+        };
         match &req.protocol {
-            Protocol::TTStream => {
-                let client = self
-                    .ttstream_client(downstream)
-                    .ok_or_else(|| format!("downstream {downstream:?} is not configured"))?;
-                client
-                    .open(OpenStream {
-                        method: req.method.clone(),
-                        service: req.service.clone(),
-                        headers: forwardable(req.headers.clone()),
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            Protocol::TTStream => self
+                .clients
+                .ttstream(downstream, || dc.clone())
+                .open(OpenStream {
+                    method: req.method.clone(),
+                    service: req.service.clone(),
+                    headers,
+                })
+                .await
+                .map_err(|e| error::open_failed(downstream, e)),
             Protocol::Grpc {
                 path,
                 content_type,
                 authority,
-            } => {
-                let client = self
-                    .grpc_client(downstream)
-                    .ok_or_else(|| format!("downstream {downstream:?} is not configured"))?;
-                client
-                    .open(&OpenRequest {
-                        path: path.clone(),
-                        content_type: content_type.clone(),
-                        authority: authority.clone(),
-                        headers: forwardable(req.headers.clone()),
-                        // The effective deadline (caller's, route default, route cap): the
-                        // downstream gets what remains of it as `grpc-timeout`.
-                        deadline,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            } => self
+                .clients
+                .grpc(downstream, || dc.clone())
+                .open(&OpenRequest {
+                    path: path.clone(),
+                    content_type: content_type.clone(),
+                    authority: authority.clone(),
+                    headers,
+                    // The effective deadline (caller's, route default, route cap): the
+                    // downstream gets what remains of it as `grpc-timeout`.
+                    deadline: target.deadline,
+                })
+                .await
+                .map_err(|e| error::open_failed(downstream, e)),
         }
+    }
+
+    /// Ends the caller's stream with `e` (after the error phase), counts and logs it.
+    async fn refuse_stream(
+        &self,
+        info: &CallInfo<'_>,
+        up: ServerStream,
+        protocol: &Protocol,
+        e: ProxyError,
+    ) {
+        let e = self.fail(info, e);
+        up.finish(e.to_stream_end(protocol)).await;
+        self.phases.logging(info, Some(&e));
     }
 }
 
-impl StreamingHandler for Forwarder {
+impl<P: Phases> StreamingHandler for Forwarder<P> {
     async fn handle(&self, req: StreamRequest, up: ServerStream) {
-        self.stats().streams.fetch_add(1, Ordering::Relaxed);
-        let route = self
-            .route_by(&req.service, &req.method, |k| {
-                req.headers.get(k).map(|v| v.as_ref())
-            })
-            .cloned();
-        let Some(route) = route else {
-            self.stats().unrouted.fetch_add(1, Ordering::Relaxed);
-            let msg = format!(
-                "sluice: no route for service {:?} method {:?}",
-                req.service, req.method
-            );
-            up.finish(error_end(&req.protocol, ErrorKind::NoRoute, msg))
-                .await;
-            return;
+        self.stats.count_stream();
+        let family = family(&req.protocol);
+        let mut info = CallInfo {
+            peer: req.peer,
+            family,
+            service: &req.service,
+            method: &req.method,
+            downstream: None,
+            start: Instant::now(),
         };
-        let now = std::time::Instant::now();
-        let mut deadline = req.deadline.or(route.timeout.map(|t| now + t));
-        if let Some(max) = route.max_timeout {
-            deadline = Some(deadline.map_or(now + max, |d| d.min(now + max)));
-        }
-        let down = match self
-            .open_downstream(&req, &route.downstream, deadline)
-            .await
+        let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
+        let head = RequestHead::new(
+            req.peer,
+            family,
+            &req.service,
+            &req.method,
+            req.deadline,
+            &lookup,
+        );
+        let target = match self.phases.route(&head, &self.router) {
+            Ok(t) => t,
+            Err(e) => return self.refuse_stream(&info, up, &req.protocol, e).await,
+        };
+        info.downstream = Some(&target.downstream);
+        // The request's (or stream's) span, set up by the server, names its downstream.
+        tracing::Span::current().record("downstream", target.downstream.as_str());
+        let mut headers = forwardable(req.headers.clone());
+        if let Err(e) =
+            self.phases
+                .request_filter(&info, &target, &mut Metainfo::Stream(&mut headers))
         {
+            return self.refuse_stream(&info, up, &req.protocol, e).await;
+        }
+        let down = match self.open_downstream(&req, &target, headers).await {
             Ok(d) => d,
-            Err(e) => {
-                self.stats()
-                    .downstream_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.downstream_log.allow() {
-                    tracing::warn!(peer = %req.peer, service = %req.service, downstream = %route.downstream, kind = "unavailable", error = %e, suppressed, "downstream stream could not be opened");
-                }
-                let msg = format!("sluice: downstream {:?}: {e}", route.downstream);
-                up.finish(error_end(&req.protocol, ErrorKind::Unavailable, msg))
-                    .await;
-                return;
-            }
+            Err(e) => return self.refuse_stream(&info, up, &req.protocol, e).await,
         };
         let first_response_timeout = self
-            .config()
+            .config
             .downstreams
-            .get(&route.downstream)
-            .map_or(std::time::Duration::ZERO, |d| d.first_response_timeout);
-        let outcome = pump(
-            &req.protocol,
-            up,
-            down,
-            deadline,
-            &route.downstream,
+            .get(&target.downstream)
+            .map_or(Duration::ZERO, |d| d.first_response_timeout);
+        let splice = Splice {
+            protocol: &req.protocol,
+            info: &info,
+            phases: &self.phases,
+            deadline: target.deadline,
             first_response_timeout,
-            &self.silence,
-        )
-        .await;
-        if outcome != Outcome::Ended {
-            self.stats()
-                .downstream_errors
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = self.downstream_log.allow() {
-                let kind = match outcome {
-                    Outcome::NoResponse => "no first response",
-                    _ => "deadline exceeded",
-                };
-                tracing::warn!(peer = %req.peer, service = %req.service, downstream = %route.downstream, kind, suppressed, "stream ended by the proxy");
-            }
+            silence: &self.silence,
+        };
+        let error = splice.run(up, down).await;
+        if let Some(e) = &error {
+            self.record(&info, e);
+        }
+        self.phases.logging(&info, error.as_ref());
+    }
+}
+
+/// The phases' view of a stream, owned by the sinks that outlive the handler's borrow.
+#[derive(Debug)]
+struct OwnedInfo {
+    peer: std::net::SocketAddr,
+    family: Family,
+    service: String,
+    method: String,
+    downstream: String,
+    start: Instant,
+}
+
+impl OwnedInfo {
+    fn of(info: &CallInfo<'_>) -> Self {
+        Self {
+            peer: info.peer,
+            family: info.family,
+            service: info.service.to_owned(),
+            method: info.method.to_owned(),
+            downstream: info.downstream.unwrap_or_default().to_owned(),
+            start: info.start,
+        }
+    }
+
+    fn borrow(&self) -> CallInfo<'_> {
+        CallInfo {
+            peer: self.peer,
+            family: self.family,
+            service: &self.service,
+            method: &self.method,
+            downstream: Some(&self.downstream),
+            start: self.start,
         }
     }
 }
@@ -238,7 +200,7 @@ impl StreamingHandler for Forwarder {
 struct ToDownstream {
     down: ClientSend,
     /// Set once the downstream ended the stream: later messages from the caller are dropped.
-    down_ended: Arc<std::sync::atomic::AtomicBool>,
+    down_ended: Arc<AtomicBool>,
     /// The first-response clock, restarted by each caller message until the downstream answers.
     first: Arc<FirstResponse>,
 }
@@ -276,22 +238,25 @@ impl EventSink for ToDownstream {
 }
 
 /// Downstream events, handed to the upstream stream as they are read.
-struct ToUpstream {
+struct ToUpstream<P> {
     up: ServerSend,
     down: ClientSend,
     protocol: Protocol,
-    downstream: String,
+    phases: Arc<P>,
+    info: OwnedInfo,
     /// Told when the stream has ended on the upstream side.
     done: Mutex<Option<oneshot::Sender<()>>>,
     /// Set when the forwarder ended the upstream side itself (deadline): what the downstream
     /// sends or how it ends no longer reaches the caller.
-    cut: std::sync::atomic::AtomicBool,
+    cut: AtomicBool,
     /// Shared with `ToDownstream`: set when the downstream ended the stream.
-    down_ended: Arc<std::sync::atomic::AtomicBool>,
+    down_ended: Arc<AtomicBool>,
     first: Arc<FirstResponse>,
+    /// The error the caller was answered with, when the downstream reset the stream.
+    error: Mutex<Option<ProxyError>>,
 }
 
-impl ToUpstream {
+impl<P> ToUpstream<P> {
     fn finished(&self) {
         self.down_ended.store(true, Ordering::Release);
         if let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -300,7 +265,7 @@ impl ToUpstream {
     }
 }
 
-impl EventSink for ToUpstream {
+impl<P: Phases> EventSink for ToUpstream<P> {
     fn push(&self, ev: Event) -> Result<(), Closed> {
         if self.cut.load(Ordering::Acquire) {
             return Err(Closed);
@@ -308,7 +273,10 @@ impl EventSink for ToUpstream {
         self.first.downstream_answered();
         match ev {
             Event::Headers(md) => {
-                let _ = self.up.push(Event::Headers(forwardable(md)));
+                let mut md = forwardable(md);
+                self.phases
+                    .response_filter(&self.info.borrow(), &mut Metainfo::Stream(&mut md));
+                let _ = self.up.push(Event::Headers(md));
                 Ok(())
             }
             Event::Message(m) => {
@@ -326,20 +294,19 @@ impl EventSink for ToUpstream {
             }
             Event::End(mut end) => {
                 end.trailers = forwardable(std::mem::take(&mut end.trailers));
+                self.phases.response_filter(
+                    &self.info.borrow(),
+                    &mut Metainfo::Stream(&mut end.trailers),
+                );
                 let _ = self.up.push(Event::End(end));
                 self.finished();
                 Ok(())
             }
             Event::Reset(r) => {
-                let msg = format!(
-                    "sluice: downstream {:?} reset the stream: {} (code {})",
-                    self.downstream, r.message, r.code
-                );
-                let _ = self.up.push(Event::End(error_end(
-                    &self.protocol,
-                    ErrorKind::DownstreamReset,
-                    msg,
-                )));
+                let e = error::downstream_reset(&self.info.downstream, &r.message, r.code);
+                let e = self.phases.on_error(&self.info.borrow(), e);
+                let _ = self.up.push(Event::End(e.to_stream_end(&self.protocol)));
+                *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                 self.finished();
                 Ok(())
             }
@@ -352,69 +319,77 @@ impl EventSink for ToUpstream {
     }
 }
 
-/// Forwards one stream until it ends on both sides.
-///
-/// No task of its own carries messages: each side's incoming events are spliced into a sink
-/// that hands them to the other side, so a message goes from one connection's reader straight
-/// onto the other connection's write queue (TTStream) or stream task (gRPC). This task only
-/// waits for the end, the deadline, and the downstream's first response.
-async fn pump(
-    protocol: &Protocol,
-    up: ServerStream,
-    down: ClientStream,
-    deadline: Option<std::time::Instant>,
-    downstream: &str,
-    first_response_timeout: std::time::Duration,
-    silence: &SilenceWatch,
-) -> Outcome {
-    let (up_rx, up_tx) = up.split();
-    let (down_tx, down_rx) = down.split();
-    let (done_tx, done_rx) = oneshot::channel();
-    let down_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let first = Arc::new(FirstResponse::new(first_response_timeout));
-    // Watched only while the stream runs (and not at all with the timeout off).
-    let _watched = (!first_response_timeout.is_zero()).then(|| silence.watch(first.clone()));
-    up_rx.splice(Arc::new(ToDownstream {
-        down: down_tx.clone(),
-        down_ended: down_ended.clone(),
-        first: first.clone(),
-    }));
-    let to_up = Arc::new(ToUpstream {
-        up: up_tx.clone(),
-        down: down_tx.clone(),
-        protocol: protocol.clone(),
-        downstream: downstream.to_owned(),
-        done: Mutex::new(Some(done_tx)),
-        cut: std::sync::atomic::AtomicBool::new(false),
-        down_ended,
-        first: first.clone(),
-    });
-    down_rx.splice(to_up.clone());
-    let outcome = wait_end(done_rx, deadline, &first, !first_response_timeout.is_zero()).await;
-    let message = match outcome {
-        Outcome::Ended => return outcome,
-        Outcome::Deadline => {
-            format!("sluice: timeout: downstream {downstream:?}: deadline exceeded")
-        }
-        Outcome::NoResponse => format!(
-            "sluice: timeout: downstream {downstream:?} sent no response within {first_response_timeout:?}"
-        ),
-    };
-    // The caller hears of the deadline, not of the downstream reset that follows from it
-    // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
-    // otherwise report as a downstream reset).
-    to_up.cut.store(true, Ordering::Release);
-    up_tx
-        .finish(error_end(protocol, ErrorKind::Deadline, message))
-        .await;
-    down_tx
-        .reset(Reset {
-            code: 12015,
-            message: "deadline exceeded".into(),
-            cancel_path: Some(CANCEL_PATH_NAME.into()),
-        })
-        .await;
-    outcome
+/// One forwarded stream: the caller's side spliced to the downstream's until it ends.
+struct Splice<'a, P> {
+    protocol: &'a Protocol,
+    info: &'a CallInfo<'a>,
+    phases: &'a Arc<P>,
+    deadline: Option<Instant>,
+    first_response_timeout: Duration,
+    silence: &'a SilenceWatch,
+}
+
+impl<P: Phases> Splice<'_, P> {
+    /// Splices the two streams together, then waits until the stream ends on both sides, its
+    /// deadline passes or the downstream stays silent too long. Returns the error the caller
+    /// was answered with, if the forwarder (not the downstream) ended the stream.
+    ///
+    /// No task of its own carries messages: each side's incoming events are spliced into a
+    /// sink that hands them to the other side, so a message goes from one connection's reader
+    /// straight onto the other connection's write queue (TTStream) or stream task (gRPC). This
+    /// task only waits for the end, the deadline, and the downstream's first response.
+    async fn run(self, up: ServerStream, down: ClientStream) -> Option<ProxyError> {
+        let (up_rx, up_tx) = up.split();
+        let (down_tx, down_rx) = down.split();
+        let (done_tx, done_rx) = oneshot::channel();
+        let down_ended = Arc::new(AtomicBool::new(false));
+        let watched = !self.first_response_timeout.is_zero();
+        let first = Arc::new(FirstResponse::new(self.first_response_timeout));
+        // Watched only while the stream runs (and not at all with the timeout off).
+        let _watched = watched.then(|| self.silence.watch(first.clone()));
+        up_rx.splice(Arc::new(ToDownstream {
+            down: down_tx.clone(),
+            down_ended: down_ended.clone(),
+            first: first.clone(),
+        }));
+        let to_up = Arc::new(ToUpstream {
+            up: up_tx.clone(),
+            down: down_tx.clone(),
+            protocol: self.protocol.clone(),
+            phases: self.phases.clone(),
+            info: OwnedInfo::of(self.info),
+            done: Mutex::new(Some(done_tx)),
+            cut: AtomicBool::new(false),
+            down_ended,
+            first: first.clone(),
+            error: Mutex::new(None),
+        });
+        down_rx.splice(to_up.clone());
+        let downstream = to_up.info.downstream.as_str();
+        let e = match wait_end(done_rx, self.deadline, &first, watched).await {
+            Outcome::Ended => {
+                return to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+            Outcome::Deadline => error::stream_deadline(downstream),
+            Outcome::NoResponse => {
+                error::no_first_response(downstream, self.first_response_timeout)
+            }
+        };
+        // The caller hears of the deadline, not of the downstream reset that follows from it
+        // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
+        // otherwise report as a downstream reset).
+        to_up.cut.store(true, Ordering::Release);
+        let e = self.phases.on_error(self.info, e);
+        up_tx.finish(e.to_stream_end(self.protocol)).await;
+        down_tx
+            .reset(Reset {
+                code: 12015,
+                message: "deadline exceeded".into(),
+                cancel_path: Some(CANCEL_PATH_NAME.into()),
+            })
+            .await;
+        Some(e)
+    }
 }
 
 /// How a forwarded stream ended.
@@ -432,7 +407,7 @@ enum Outcome {
 /// the proxy's [`SilenceWatch`]).
 async fn wait_end(
     done_rx: oneshot::Receiver<()>,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<Instant>,
     first: &FirstResponse,
     watched: bool,
 ) -> Outcome {

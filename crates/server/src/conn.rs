@@ -224,6 +224,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for AnyIo<T> {
     }
 }
 
+/// The span of one connection: every line logged while it is served (its requests' and
+/// streams' included) names the listener, the peer and, once sniffed, the protocol family.
+pub(crate) fn span(config: &ServerConfig, peer: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        "conn",
+        listener = %config.name,
+        %peer,
+        protocol = tracing::field::Empty,
+    )
+}
+
 /// Serves a connection over any byte stream: a [`TcpStream`] keeps TCP's own path, anything
 /// else goes through [`AnyIo`].
 pub(crate) async fn serve_any<T, H, S>(stream: T, peer: SocketAddr, ctx: Ctx<H, S>, drain: Drain)
@@ -261,34 +272,41 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
     }
     // Sniffing needs only the first bytes; drivers grow the buffer as frames need.
     let mut buf = BytesMut::with_capacity(512);
-    let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
-        .await
-    {
-        Err(_) => {
-            ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
-                tracing::info!(%peer, listener = %config.name, suppressed, "closing connection: no protocol recognised within the sniff timeout");
+    let family =
+        match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf)).await {
+            Err(_) => {
+                ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
+                    tracing::info!(
+                        suppressed,
+                        "closing connection: no protocol recognised within the sniff timeout"
+                    );
+                }
+                return;
             }
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, listener = %config.name, error = %e, "connection closed before sniffing");
-            return;
-        }
-        Ok(Ok(Detection::NotOurs(reason))) => {
-            ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, listener = %config.name, %reason, "closing connection: not a protocol this listener serves");
-            return;
-        }
-        Ok(Ok(Detection::Protocol(f))) => f,
-    };
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection closed before sniffing");
+                return;
+            }
+            Ok(Ok(Detection::NotOurs(reason))) => {
+                ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%reason, "closing connection: not a protocol this listener serves");
+                return;
+            }
+            Ok(Ok(Detection::Protocol(f))) => f,
+        };
+    tracing::Span::current().record("protocol", family.as_str());
     let wrong = matches!(
         (config.cluster, family),
         (Cluster::TTStream, Family::Http2) | (Cluster::Grpc, Family::PingPong | Family::TTStream)
     );
     if wrong {
         ctx.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, listener = %config.name, cluster = config.cluster.as_str(), ?family, "refusing a connection of the other cluster's family");
+        tracing::warn!(
+            cluster = config.cluster.as_str(),
+            ?family,
+            "refusing a connection of the other cluster's family"
+        );
     }
     // The driver's future is built and boxed outside this async fn, so the connection task holds
     // only a pointer to it: a task is as large as its largest state, and every idle connection
@@ -355,7 +373,7 @@ fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
 async fn refuse_http2<C: ConnIo>(stream: C, peer: SocketAddr, buf: BytesMut, text: &str) {
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     if let Err(e) = sluice_http2::refuse_connection(io, peer, text).await {
-        tracing::debug!(%peer, error = %e, "refusing an HTTP/2 connection failed");
+        tracing::debug!(error = %e, "refusing an HTTP/2 connection failed");
     }
 }
 
@@ -379,7 +397,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     };
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
-        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(reason = %e, "closing HTTP/2 connection");
     }
 }
 
@@ -394,19 +412,18 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
 ) {
     let config = ctx.config.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut tls_stream = match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection: TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, listener = %config.name, "closing connection: TLS handshake timed out");
-            return;
-        }
-    };
+    let mut tls_stream =
+        match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(reason = %e, "closing connection: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("closing connection: TLS handshake timed out");
+                return;
+            }
+        };
     let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let mut buf = BytesMut::with_capacity(64);
     let sniffed = tokio::time::timeout(config.sniff_timeout, async {
@@ -422,7 +439,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         Ok(Ok(Ok(Detection::Protocol(Family::Http2)))) => {}
         other => {
             ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, listener = %config.name, ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
+            tracing::warn!(?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
             return;
         }
     }
@@ -437,7 +454,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     };
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
-        tracing::warn!(%peer, listener = %config.name, reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(reason = %e, "closing HTTP/2 connection");
     }
 }
 

@@ -16,6 +16,8 @@
 mod conn;
 mod drain;
 pub mod echo;
+pub mod error;
+pub mod layer;
 mod pingpong;
 mod ratelog;
 mod request;
@@ -31,8 +33,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use drain::{Drain, DrainHandle};
+pub use error::{ErrorKind, ProxyError};
 pub use ratelog::RateLog;
 pub use sluice_http2::GrpcServerStats;
 
@@ -258,10 +262,14 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                     let _ = stream.set_nodelay(true);
                     let ctx = self.ctx();
                     let drain = drain.clone();
-                    tasks.spawn(async move {
-                        conn::serve_connection(stream, peer, ctx, drain).await;
-                        drop(permit);
-                    });
+                    let span = conn::span(&self.config, peer);
+                    tasks.spawn(
+                        async move {
+                            conn::serve_connection(stream, peer, ctx, drain).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Accept errors (EMFILE, ECONNABORTED...) are per connection: log, back off
@@ -295,7 +303,9 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        conn::serve_any(stream, peer, self.ctx(), drain).await;
+        conn::serve_any(stream, peer, self.ctx(), drain)
+            .instrument(conn::span(&self.config, peer))
+            .await;
     }
 
     fn ctx(&self) -> conn::Ctx<H, S> {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::Instant as TInstant;
+use tracing::Instrument;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sluice_framed::{mesh, BufferedCodec, FramedCodec};
@@ -117,7 +118,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     Incoming::Reject(to, ex) => {
                         encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
                         let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
-                        tracing::warn!(%peer, listener = %config.name, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
+                        tracing::warn!(method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
                         break 'conn Ok(());
                     }
                     Incoming::Request(req)
@@ -128,11 +129,15 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         // requests concurrently, up to the in-flight limit.
                         let handler = handler.clone();
                         let drain = drain.clone();
-                        mux.get_or_insert_with(Box::default).spawn(async move {
-                            let (to, oneway) = reply_to(&req);
-                            let resp = handler.handle(req).await;
-                            (!oneway).then(|| encode_reply(&to, resp, drain.is_draining()))
-                        });
+                        let span = request_span(&req);
+                        mux.get_or_insert_with(Box::default).spawn(
+                            async move {
+                                let (to, oneway) = reply_to(&req);
+                                let resp = handler.handle(req).await;
+                                (!oneway).then(|| encode_reply(&to, resp, drain.is_draining()))
+                            }
+                            .instrument(span),
+                        );
                     }
                     Incoming::Request(req) => {
                         // Plain clients have one request in flight (Framed and Buffered callers also
@@ -140,7 +145,8 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         let (to, oneway) = reply_to(&req);
                         // Boxed so the connection's future stays small while it is idle: the
                         // handler's future (a whole downstream call) exists only per request.
-                        let resp = Box::pin(handler.handle(req)).await;
+                        let span = request_span(&req);
+                        let resp = Box::pin(handler.handle(req).instrument(span)).await;
                         if !oneway {
                             encode_reply_into(&to, resp, drain.is_draining(), &mut out);
                         }
@@ -158,7 +164,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             if let Some(m) = mux.as_mut() {
                 while out.len() < sluice_io::MAX_IOV {
                     match m.try_join_next() {
-                        Some(r) => take_reply(r, peer, &config, &mut out),
+                        Some(r) => take_reply(r, &mut out),
                         None => break,
                     }
                 }
@@ -198,15 +204,15 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         Expiry::Frame => {
                             stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                             if let Some(suppressed) = stats.logs.frame.allow() {
-                                tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
+                                tracing::info!(bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
                             }
                         }
                         Expiry::Idle => {
                             stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+                            tracing::debug!("closing idle connection");
                         }
                         Expiry::Drained => {
-                            tracing::debug!(%peer, listener = %config.name, "closing drained connection");
+                            tracing::debug!("closing drained connection");
                         }
                     }
                     break Ok(());
@@ -233,7 +239,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         None => std::future::pending().await,
                     }
                 } => {
-                    take_reply(done, peer, &config, &mut out);
+                    take_reply(done, &mut out);
                     continue;
                 }
                 _ = drain.signaled(), if !draining => {
@@ -249,26 +255,26 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             match read {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a message");
+                        tracing::info!(bytes = buf.len(), "peer closed in the middle of a message");
                     }
                     break Ok(());
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(%peer, listener = %config.name, error = %e, "read failed");
+                    tracing::debug!(error = %e, "read failed");
                     break Ok(());
                 }
             }
         };
         if let Err(e) = outcome {
-            tracing::warn!(%peer, listener = %config.name, reason = %e, "closing connection");
+            tracing::warn!(reason = %e, "closing connection");
         }
         // Let in-flight handlers finish and write their replies, bounded by the drain grace;
         // then the set is dropped, which aborts whatever still runs.
         if let Some(mut m) = mux.take() {
             let deadline = tokio::time::Instant::now() + config.drain_grace;
             while let Ok(Some(done)) = tokio::time::timeout_at(deadline, m.join_next()).await {
-                take_reply(done, peer, &config, &mut out);
+                take_reply(done, &mut out);
                 if sluice_io::write_all_vectored(&mut wr, &mut out)
                     .await
                     .is_err()
@@ -277,7 +283,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                 }
             }
             if !m.is_empty() {
-                tracing::debug!(%peer, listener = %config.name, left = m.len(), "aborting requests still running at close");
+                tracing::debug!(left = m.len(), "aborting requests still running at close");
             }
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
@@ -295,18 +301,26 @@ enum Expiry {
     Drained,
 }
 
+/// The span of one request: debug level, so that it costs nothing unless asked for (then every
+/// line logged while the request is served names it). `downstream` is recorded by a
+/// forwarding handler.
+fn request_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        service = %req.service,
+        method = %req.method,
+        seq = req.seq_id,
+        downstream = tracing::field::Empty,
+    )
+}
+
 /// Appends a finished mux task's reply (none for oneway) to `out`.
-fn take_reply(
-    done: Result<Option<Chunks>, tokio::task::JoinError>,
-    peer: SocketAddr,
-    config: &ServerConfig,
-    out: &mut Vec<Bytes>,
-) {
+fn take_reply(done: Result<Option<Chunks>, tokio::task::JoinError>, out: &mut Vec<Bytes>) {
     match done {
         Ok(Some(reply)) => out.extend(reply),
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(%peer, listener = %config.name, error = %e, "request handler failed; its caller gets no reply");
+            tracing::error!(error = %e, "request handler failed; its caller gets no reply");
         }
     }
 }

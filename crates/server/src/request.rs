@@ -119,3 +119,11 @@ pub trait DefaultHandler: Send + Sync + 'static {
     /// Handles one request.
     fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
 }
+
+/// A shared handler handles requests as the handler it points to (so a layer can wrap an
+/// `Arc` of a handler that is also used elsewhere).
+impl<H: DefaultHandler> DefaultHandler for std::sync::Arc<H> {
+    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send {
+        (**self).handle(req)
+    }
+}

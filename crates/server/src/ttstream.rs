@@ -33,6 +33,7 @@ use sluice_ttstream::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::conn::{ConnCtx, ConnIo};
 use crate::Drain;
@@ -144,7 +145,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                         _ => None,
                     },
                     Err(e) => {
-                        tracing::debug!(%peer, stream = id, error = %e, "frame not allowed in this stream state");
+                        tracing::debug!(stream = id, error = %e, "frame not allowed in this stream state");
                         let _ = entry
                             .to_user
                             .send(Event::Reset(Reset {
@@ -185,7 +186,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             };
             if let Some(text) = refusal {
                 stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, listener = %config.name, stream = id, reason = %text, "refusing a stream");
+                tracing::debug!(stream = id, reason = %text, "refusing a stream");
                 let ex = ApplicationException::new(ExceptionKind::INTERNAL_ERROR, text);
                 // Within the queue's limit like any other frame: a peer that opens streams
                 // and does not read its refusals stops being read.
@@ -222,7 +223,15 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             let (server_stream, to_user) = ServerStream::new(sink);
             streams.insert(id, Entry { side, to_user });
             let h = handler.clone();
-            handlers.spawn(async move { h.handle(req, server_stream).await });
+            // The stream's span (debug level: free unless asked for) inside the connection's.
+            let span = tracing::debug_span!(
+                "stream",
+                service = %req.service,
+                method = %req.method,
+                stream = id,
+                downstream = tracing::field::Empty,
+            );
+            handlers.spawn(async move { h.handle(req, server_stream).await }.instrument(span));
         }
         if draining && streams.is_empty() && buf.is_empty() {
             break None;
@@ -247,11 +256,11 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             if partial_since.is_some() {
                 stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = stats.logs.frame.allow() {
-                    tracing::info!(%peer, listener = %config.name, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
+                    tracing::info!(bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
                 }
             } else {
                 stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, listener = %config.name, "closing idle connection");
+                tracing::debug!("closing idle connection");
             }
             break None;
         }
@@ -268,7 +277,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             } => match r {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(%peer, listener = %config.name, bytes = buf.len(), "peer closed in the middle of a frame");
+                        tracing::info!(bytes = buf.len(), "peer closed in the middle of a frame");
                     }
                     break None;
                 }
@@ -283,7 +292,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
         }
     };
     if let Some(r) = reason {
-        tracing::warn!(%peer, listener = %config.name, reason = %r, "closing connection");
+        tracing::warn!(reason = %r, "closing connection");
     }
     // Dropping the streams' senders tells every handler the connection is gone.
     streams.clear();
@@ -292,7 +301,10 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     let cancelled = handlers.finish(config.drain_grace).await;
     if cancelled > 0 {
         // Their sinks (and queue senders) went with them, which lets the writer finish.
-        tracing::debug!(%peer, listener = %config.name, cancelled, "cancelled stream handlers still running at close");
+        tracing::debug!(
+            cancelled,
+            "cancelled stream handlers still running at close"
+        );
     }
     if tokio::time::timeout_at(grace, &mut writer).await.is_err() {
         writer.abort();

@@ -82,6 +82,17 @@ pub enum Family {
     PingPong,
 }
 
+impl Family {
+    /// Short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Http2 => "grpc",
+            Family::TTStream => "ttstream",
+            Family::PingPong => "pingpong",
+        }
+    }
+}
+
 /// Payload codec of a ping-pong message, from its version word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {

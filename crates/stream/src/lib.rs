@@ -530,6 +530,18 @@ pub trait StreamingHandler: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = ()> + Send;
 }
 
+/// A shared handler handles streams as the handler it points to (so a layer can wrap an
+/// `Arc` of a handler that is also used elsewhere).
+impl<S: StreamingHandler> StreamingHandler for Arc<S> {
+    fn handle(
+        &self,
+        req: StreamRequest,
+        stream: ServerStream,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        (**self).handle(req, stream)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,10 @@ impl ExceptionKind {
     pub const NO_SERVICE_NAME: Self = Self(21);
     /// TTStream: the peer cancelled with `cancel()` (12007).
     pub const TTSTREAM_USER_CANCEL: Self = Self(12007);
+    /// TTStream: the stream was cancelled by its downstream (12009: the client received RST).
+    pub const TTSTREAM_CANCELED_BY_DOWNSTREAM: Self = Self(12009);
+    /// TTStream: the stream's deadline passed (12015).
+    pub const TTSTREAM_TIMEOUT: Self = Self(12015);
 }
 
 /// A `TApplicationException`: a message and a type id.

@@ -1,0 +1,140 @@
+//! The generic clients of every downstream, created on demand: one cache for the three
+//! families (ping-pong, TTStream, gRPC), keyed by downstream name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use sluice_client::{ClientConfig, GenericClient, TTStreamClient};
+use sluice_http2::{GrpcClient, GrpcClientConfig};
+
+/// One downstream's clients; each is made the first time a call of its family needs it.
+#[derive(Debug)]
+struct DownstreamClients {
+    config: ClientConfig,
+    pingpong: OnceLock<Arc<GenericClient>>,
+    ttstream: OnceLock<Arc<TTStreamClient>>,
+    grpc: OnceLock<Arc<GrpcClient>>,
+}
+
+/// The clients of every downstream a request has reached so far.
+///
+/// Lookups take a read lock on the map of downstreams and clone an `Arc`; the write lock is
+/// taken once per downstream, when its first request arrives.
+#[derive(Debug, Default)]
+pub struct Clients {
+    by_name: RwLock<HashMap<String, Arc<DownstreamClients>>>,
+}
+
+impl Clients {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn entry(&self, name: &str, config: impl FnOnce() -> ClientConfig) -> Arc<DownstreamClients> {
+        if let Some(d) = self
+            .by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return d.clone();
+        }
+        let mut w = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        w.entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(DownstreamClients {
+                    config: config(),
+                    pingpong: OnceLock::new(),
+                    ttstream: OnceLock::new(),
+                    grpc: OnceLock::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The ping-pong client of downstream `name`, created from `config()` on first use.
+    pub fn pingpong(
+        &self,
+        name: &str,
+        config: impl FnOnce() -> ClientConfig,
+    ) -> Arc<GenericClient> {
+        let d = self.entry(name, config);
+        d.pingpong
+            .get_or_init(|| {
+                tracing::debug!(downstream = name, "creating ping-pong client");
+                Arc::new(GenericClient::new(d.config.clone()))
+            })
+            .clone()
+    }
+
+    /// The TTStream client of downstream `name`, created from `config()` on first use.
+    pub fn ttstream(
+        &self,
+        name: &str,
+        config: impl FnOnce() -> ClientConfig,
+    ) -> Arc<TTStreamClient> {
+        let d = self.entry(name, config);
+        d.ttstream
+            .get_or_init(|| {
+                tracing::debug!(downstream = name, "creating TTStream client");
+                Arc::new(TTStreamClient::new(d.config.clone()))
+            })
+            .clone()
+    }
+
+    /// The gRPC client of downstream `name`, created from `config()` on first use (its
+    /// endpoints, connect timeout and message size limit).
+    pub fn grpc(&self, name: &str, config: impl FnOnce() -> ClientConfig) -> Arc<GrpcClient> {
+        let d = self.entry(name, config);
+        d.grpc
+            .get_or_init(|| {
+                tracing::debug!(downstream = name, "creating gRPC client");
+                let c = &d.config;
+                let mut g = GrpcClientConfig::new(c.endpoints.iter().map(|e| e.addr).collect());
+                g.connect_timeout = c.connect_timeout;
+                g.max_message_size = c.max_frame_size;
+                Arc::new(GrpcClient::new(g))
+            })
+            .clone()
+    }
+
+    /// Number of downstreams that have clients.
+    pub fn len(&self) -> usize {
+        self.by_name.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True if no downstream was called yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_entry_per_downstream_and_one_client_per_family() {
+        let cache = Clients::new();
+        let mut made = 0;
+        let a1 = cache.pingpong("a", || {
+            made += 1;
+            ClientConfig::new("a", vec![])
+        });
+        let a2 = cache.pingpong("a", || {
+            made += 1;
+            ClientConfig::new("a", vec![])
+        });
+        assert!(Arc::ptr_eq(&a1, &a2));
+        let t1 = cache.ttstream("a", || unreachable!("the config is kept"));
+        let t2 = cache.ttstream("a", || unreachable!());
+        assert!(Arc::ptr_eq(&t1, &t2));
+        let g1 = cache.grpc("a", || unreachable!());
+        let g2 = cache.grpc("a", || unreachable!());
+        assert!(Arc::ptr_eq(&g1, &g2));
+        cache.pingpong("b", || ClientConfig::new("b", vec![]));
+        assert_eq!(made, 1);
+        assert_eq!(cache.len(), 2);
+    }
+}

@@ -1,0 +1,142 @@
+//! The forwarder's phases: where an embedder customises routing, metainfo and error handling
+//! without forking the [`Forwarder`](crate::Forwarder).
+//!
+//! Every request and every stream goes through the phases in this order (each has a default,
+//! so an implementation overrides only what it needs):
+//!
+//! ```text
+//!   route ──▶ request_filter ──▶ (downstream call or stream) ──▶ response_filter ──▶ logging
+//!     │              │                      │
+//!     └──────────────┴──────── error ───────┴──▶ on_error ──▶ (rendered to the caller) ──▶ logging
+//! ```
+//!
+//! * [`route`](Phases::route) picks the downstream and the deadline;
+//! * [`request_filter`](Phases::request_filter) may rewrite the metainfo that goes downstream
+//!   (after the per-hop keys were dropped) or refuse the request;
+//! * [`response_filter`](Phases::response_filter) may rewrite the metainfo that comes back
+//!   (ping-pong reply keys; stream headers and trailers);
+//! * [`on_error`](Phases::on_error) sees (and may replace) every error Sluice itself answers
+//!   with; errors the downstream sent pass through as they are;
+//! * [`logging`](Phases::logging) runs once when the request or stream is done.
+//!
+//! Phases run on the request's task and must not block; they are not async so that the
+//! default ones cost nothing.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_server::ProxyError;
+use sluice_stream::Metadata;
+use sluice_ttheader::StrKvs;
+
+use crate::route::{Family, RequestHead, Router, Target};
+
+/// The metainfo of a request or response, whichever protocol carries it: TTHeader string keys
+/// (ping-pong) or stream headers and trailers (TTStream, gRPC metadata).
+#[derive(Debug)]
+pub enum Metainfo<'a> {
+    /// TTHeader string key/values (info block `0x01`).
+    TTHeader(&'a mut StrKvs),
+    /// TTStream header or trailer keys, or gRPC metadata.
+    Stream(&'a mut Metadata),
+}
+
+impl Metainfo<'_> {
+    /// The value of `key`, if present (the first one for gRPC metadata with several).
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        match self {
+            Metainfo::TTHeader(kv) => kv.get(key),
+            Metainfo::Stream(md) => md.get(key),
+        }
+    }
+
+    /// Sets `key` to `value`, replacing any value it had.
+    pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        let (key, value) = (key.into(), value.into());
+        match self {
+            Metainfo::TTHeader(kv) => kv.insert(key, value),
+            Metainfo::Stream(md) => {
+                md.retain(|k, _| k != key.as_ref());
+                md.push(key, value);
+            }
+        }
+    }
+
+    /// Removes `key` (every value of it).
+    pub fn remove(&mut self, key: &str) {
+        match self {
+            Metainfo::TTHeader(kv) => {
+                kv.retain(|k, _| k != key.as_bytes());
+            }
+            Metainfo::Stream(md) => md.retain(|k, _| k != key.as_bytes()),
+        }
+    }
+}
+
+/// What the phases after routing know of a request or stream.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInfo<'a> {
+    /// The caller.
+    pub peer: SocketAddr,
+    /// Ping-pong, TTStream or gRPC.
+    pub family: Family,
+    /// Service name.
+    pub service: &'a str,
+    /// Method name.
+    pub method: &'a str,
+    /// The downstream, once routed.
+    pub downstream: Option<&'a str>,
+    /// When the request or stream arrived at the forwarder.
+    pub start: Instant,
+}
+
+/// The forwarder's phase hooks. See the [module docs](self) for the order they run in.
+pub trait Phases: Send + Sync + 'static {
+    /// Chooses where a request or stream goes, once, before anything is sent. Default: the
+    /// first matching configured route ([`Router::target`]); no match is
+    /// [`ErrorKind::NoRoute`](sluice_server::ErrorKind::NoRoute). An `Err` answers the caller
+    /// with that error (after [`on_error`](Self::on_error)).
+    fn route(&self, head: &RequestHead<'_>, router: &Router) -> Result<Target, ProxyError> {
+        router
+            .target(head)
+            .ok_or_else(|| crate::error::no_route(head.service, head.method))
+    }
+
+    /// Rewrites the metainfo sent downstream (per-hop keys are already gone), or refuses the
+    /// request with an `Err`. Default: leaves it as it is.
+    fn request_filter(
+        &self,
+        info: &CallInfo<'_>,
+        target: &Target,
+        metainfo: &mut Metainfo<'_>,
+    ) -> Result<(), ProxyError> {
+        let _ = (info, target, metainfo);
+        Ok(())
+    }
+
+    /// Rewrites the metainfo coming back: a ping-pong reply's keys, a stream's headers and its
+    /// trailers (called for each). Default: leaves it as it is.
+    fn response_filter(&self, info: &CallInfo<'_>, metainfo: &mut Metainfo<'_>) {
+        let _ = (info, metainfo);
+    }
+
+    /// Sees every error Sluice answers the caller with (not the downstream's own exceptions
+    /// and statuses, which pass through), and may replace it. Default: returns it.
+    fn on_error(&self, info: &CallInfo<'_>, error: ProxyError) -> ProxyError {
+        let _ = info;
+        error
+    }
+
+    /// Runs once when the request or stream is done: `error` is what the caller was answered
+    /// with if Sluice ended it. Default: nothing.
+    fn logging(&self, info: &CallInfo<'_>, error: Option<&ProxyError>) {
+        let _ = (info, error);
+    }
+}
+
+/// The stock phases: configured routes, metainfo forwarded as it is.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DefaultPhases;
+
+impl Phases for DefaultPhases {}

@@ -1,0 +1,136 @@
+//! Ping-pong forwarding: one request in, one call to the routed downstream, its reply back.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_client::Call;
+use sluice_server::{DefaultHandler, Request, Response, ResponseBody};
+use sluice_thrift::MessageType;
+use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
+
+use crate::error;
+use crate::forwarder::Forwarder;
+use crate::phases::{CallInfo, Metainfo, Phases};
+use crate::route::{Family, RequestHead};
+
+/// String keys that belong to one hop and are never copied across the proxy.
+pub(crate) fn is_hop_str_key(k: &[u8]) -> bool {
+    // `crrst` would make the other side drop a healthy connection; `crc32c`/`PV_*` checksum the
+    // payload including the envelope, which is re-created with another seq id.
+    k == str_key::CONN_RESET.as_bytes() || k == str_key::CRC32C.as_bytes() || k.starts_with(b"PV_")
+}
+
+/// Integer keys that are per hop: the client sets its own 1, 12 and 22 (and 9, which it keeps
+/// when the caller's already names the method).
+fn is_hop_int_key(k: u16) -> bool {
+    matches!(
+        k,
+        int_key::TRANSPORT_TYPE
+            | int_key::RPC_TIMEOUT
+            | int_key::CONNECT_TIMEOUT
+            | int_key::MSG_TYPE
+            | int_key::SHORT_CONNECTION
+            | int_key::FRAME_TYPE
+    )
+}
+
+/// The caller's header, minus per-hop keys, for the downstream request (moved, not copied).
+fn downstream_header(up: Header) -> Header {
+    let mut str_kvs = up.str_kvs;
+    str_kvs.retain(|k, _| !is_hop_str_key(k));
+    let mut int_kvs: IntKvs = up.int_kvs;
+    int_kvs.retain(|k, _| !is_hop_int_key(k));
+    Header {
+        acl_token: up.acl_token,
+        str_kvs,
+        int_kvs,
+        ..Header::default()
+    }
+}
+
+fn upstream_keys(down: Header) -> StrKvs {
+    let mut kvs = down.str_kvs;
+    kvs.retain(|k, _| !is_hop_str_key(k));
+    kvs
+}
+
+impl<P: Phases> DefaultHandler for Forwarder<P> {
+    async fn handle(&self, req: Request) -> Response {
+        self.stats.count_request();
+        let start = Instant::now();
+        let mut info = CallInfo {
+            peer: req.peer,
+            family: Family::PingPong,
+            service: &req.service,
+            method: &req.method,
+            downstream: None,
+            start,
+        };
+        let lookup = |k: &str| req.header.str_kvs.get(k).map(|v| v.as_ref());
+        let head = RequestHead::new(
+            req.peer,
+            Family::PingPong,
+            &req.service,
+            &req.method,
+            req.deadline,
+            &lookup,
+        );
+        let target = match self.phases.route(&head, &self.router) {
+            Ok(t) => t,
+            Err(e) => return self.refuse(&info, e),
+        };
+        let Some(dc) = self.config.downstreams.get(&target.downstream) else {
+            return self.refuse(&info, error::not_configured(&target.downstream));
+        };
+        info.downstream = Some(&target.downstream);
+        // The request's (or stream's) span, set up by the server, names its downstream.
+        tracing::Span::current().record("downstream", target.downstream.as_str());
+        let mut header = downstream_header(req.header);
+        if let Err(e) =
+            self.phases
+                .request_filter(&info, &target, &mut Metainfo::TTHeader(&mut header.str_kvs))
+        {
+            return self.refuse(&info, e);
+        }
+        let client = self.clients.pingpong(&target.downstream, || dc.clone());
+        let call = Call {
+            // Copied: the method also names the call in the phases after it.
+            method: req.method.clone(),
+            msg_type: req.msg_type,
+            codec: req.codec,
+            args: req.args,
+            header,
+            deadline: target.deadline,
+        };
+        match client.call(call).await {
+            Ok(Some(reply)) => {
+                let mut str_kvs = upstream_keys(reply.header);
+                self.phases
+                    .response_filter(&info, &mut Metainfo::TTHeader(&mut str_kvs));
+                self.phases.logging(&info, None);
+                Response {
+                    body: match reply.msg_type {
+                        MessageType::Exception => ResponseBody::RawException(reply.body),
+                        _ => ResponseBody::Reply(reply.body),
+                    },
+                    str_kvs,
+                }
+            }
+            // Oneway: the server writes nothing back.
+            Ok(None) => {
+                self.phases.logging(&info, None);
+                Response::reply(Bytes::new())
+            }
+            Err(e) => self.refuse(&info, error::call_failed(e)),
+        }
+    }
+}
+
+impl<P: Phases> Forwarder<P> {
+    /// Answers a ping-pong caller with `e`, after the error and logging phases.
+    fn refuse(&self, info: &CallInfo<'_>, e: sluice_server::ProxyError) -> Response {
+        let e = self.fail(info, e);
+        self.phases.logging(info, Some(&e));
+        e.to_response()
+    }
+}

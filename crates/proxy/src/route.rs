@@ -1,0 +1,231 @@
+//! The routing decision and the deadline policy, once for ping-pong and streams.
+//!
+//! A request or stream is described by a [`RequestHead`]: its family, service, method and a
+//! lookup into its metainfo (TTHeader string keys for ping-pong, stream headers for TTStream and
+//! gRPC). The [`Router`] picks the first configured [`Route`] that matches, and the route says
+//! which downstream serves it and how long the call may take.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::Route;
+
+/// Which kind of call a [`RequestHead`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Family {
+    /// A ping-pong request (TTHeader, Framed, Buffered, Kitex protobuf).
+    PingPong,
+    /// A TTStream stream.
+    TTStream,
+    /// A gRPC call (unary or streaming).
+    Grpc,
+}
+
+impl Family {
+    /// Short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::PingPong => "pingpong",
+            Family::TTStream => "ttstream",
+            Family::Grpc => "grpc",
+        }
+    }
+}
+
+/// What routing and the phase hooks see of a request or stream before it is forwarded.
+#[derive(Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The caller.
+    pub peer: SocketAddr,
+    /// Ping-pong, TTStream or gRPC.
+    pub family: Family,
+    /// Service name (TTHeader `isn`, the TTStream header's service, or the gRPC path's service).
+    pub service: &'a str,
+    /// Method name.
+    pub method: &'a str,
+    /// The caller's deadline, if it sent one.
+    pub deadline: Option<Instant>,
+    metainfo: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
+}
+
+impl std::fmt::Debug for RequestHead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("peer", &self.peer)
+            .field("family", &self.family)
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> RequestHead<'a> {
+    /// A head whose metainfo values are found with `metainfo` (a string key to its value).
+    pub fn new(
+        peer: SocketAddr,
+        family: Family,
+        service: &'a str,
+        method: &'a str,
+        deadline: Option<Instant>,
+        metainfo: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
+    ) -> Self {
+        Self {
+            peer,
+            family,
+            service,
+            method,
+            deadline,
+            metainfo,
+        }
+    }
+
+    /// The value of a metainfo key (TTHeader string key or stream header) as received.
+    pub fn metainfo(&self, key: &str) -> Option<&'a [u8]> {
+        (self.metainfo)(key)
+    }
+}
+
+/// Where a request or stream goes: a downstream by name, and the deadline it runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The downstream (a key of the config's `[downstreams]`).
+    pub downstream: String,
+    /// The effective deadline: see [`Route::deadline`].
+    pub deadline: Option<Instant>,
+}
+
+impl Route {
+    /// The deadline a call on this route runs under: the caller's, or `timeout` from now when
+    /// the caller sent none, and never later than `max_timeout` from now.
+    pub fn deadline(&self, caller: Option<Instant>, now: Instant) -> Option<Instant> {
+        cap_deadline(
+            caller.or(self.timeout.map(|t| now + t)),
+            self.max_timeout,
+            now,
+        )
+    }
+
+    /// True when the route matches `head`.
+    pub fn matches(&self, head: &RequestHead<'_>) -> bool {
+        self.service.as_deref().is_none_or(|s| s == head.service)
+            && self.method.as_deref().is_none_or(|m| m == head.method)
+            && self.header.as_ref().is_none_or(|h| {
+                head.metainfo(&h.key)
+                    .is_some_and(|v| v == h.value.as_bytes())
+            })
+    }
+}
+
+fn cap_deadline(deadline: Option<Instant>, max: Option<Duration>, now: Instant) -> Option<Instant> {
+    match max {
+        Some(max) => Some(deadline.map_or(now + max, |d| d.min(now + max))),
+        None => deadline,
+    }
+}
+
+/// The configured routes, in match order.
+#[derive(Debug, Clone, Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// A router over `routes` (first match wins).
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self { routes }
+    }
+
+    /// The first route matching `head`.
+    pub fn find(&self, head: &RequestHead<'_>) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(head))
+    }
+
+    /// The target of `head`: its route's downstream and effective deadline, or `None` when no
+    /// route matches.
+    pub fn target(&self, head: &RequestHead<'_>) -> Option<Target> {
+        self.find(head).map(|r| Target {
+            downstream: r.downstream.clone(),
+            deadline: r.deadline(head.deadline, Instant::now()),
+        })
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HeaderMatch;
+
+    fn route(service: Option<&str>, header: Option<(&str, &str)>, downstream: &str) -> Route {
+        Route {
+            service: service.map(Into::into),
+            method: None,
+            header: header.map(|(k, v)| HeaderMatch {
+                key: k.into(),
+                value: v.into(),
+            }),
+            downstream: downstream.into(),
+            timeout: None,
+            max_timeout: None,
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins_and_header_matches_exactly() {
+        let router = Router::new(vec![
+            route(Some("echo"), Some(("env", "canary")), "canary"),
+            route(Some("echo"), None, "stable"),
+            route(None, None, "default"),
+        ]);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let canary = |k: &str| (k == "env").then_some(&b"canary"[..]);
+        let other = |k: &str| (k == "env").then_some(&b"canaryx"[..]);
+        let none = |_: &str| None;
+        let head = |service, md| RequestHead::new(peer, Family::PingPong, service, "m", None, md);
+        let pick = |h| router.target(&h).map(|t| t.downstream);
+        assert_eq!(pick(head("echo", &canary)).as_deref(), Some("canary"));
+        assert_eq!(pick(head("echo", &other)).as_deref(), Some("stable"));
+        assert_eq!(pick(head("echo", &none)).as_deref(), Some("stable"));
+        assert_eq!(pick(head("other", &canary)).as_deref(), Some("default"));
+        assert!(Router::new(vec![]).target(&head("echo", &none)).is_none());
+    }
+
+    #[test]
+    fn deadline_policy_default_then_cap() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let mut r = route(None, None, "d");
+        assert_eq!(
+            r.deadline(None, now),
+            None,
+            "no caller deadline, no default"
+        );
+        assert_eq!(r.deadline(Some(now + s(5)), now), Some(now + s(5)));
+        r.timeout = Some(s(2));
+        assert_eq!(r.deadline(None, now), Some(now + s(2)), "default applies");
+        assert_eq!(
+            r.deadline(Some(now + s(9)), now),
+            Some(now + s(9)),
+            "the caller's deadline wins over the default"
+        );
+        r.max_timeout = Some(s(3));
+        assert_eq!(
+            r.deadline(Some(now + s(9)), now),
+            Some(now + s(3)),
+            "capped"
+        );
+        assert_eq!(r.deadline(Some(now + s(1)), now), Some(now + s(1)));
+        r.timeout = None;
+        assert_eq!(
+            r.deadline(None, now),
+            Some(now + s(3)),
+            "the cap bounds no deadline"
+        );
+    }
+}
