@@ -11,11 +11,11 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use sluice_sniff::{Detection, Family};
-use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
-use sluice_thrift::{ApplicationException, ExceptionKind};
+use sluice_stream::{ServerStream, StreamRequest, StreamingHandler};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::error::{ErrorKind, ProxyError};
 use crate::{
     pingpong, ttstream, Cluster, DefaultHandler, Drain, Request, Response, ServerConfig,
     ServerStats,
@@ -56,29 +56,22 @@ fn wrong_cluster_text(config: &ServerConfig, family: Family) -> String {
     )
 }
 
-/// Answers every ping-pong request with the wrong-cluster exception.
+/// Answers every ping-pong request with the wrong-cluster error.
 struct RefusePingPong(String);
 
 impl DefaultHandler for RefusePingPong {
     async fn handle(&self, _req: Request) -> Response {
-        Response::error(ApplicationException::new(
-            ExceptionKind::UNKNOWN_SERVICE,
-            self.0.clone(),
-        ))
+        ProxyError::new(ErrorKind::WrongCluster, self.0.clone()).to_response()
     }
 }
 
-/// Ends every stream with the wrong-cluster exception.
+/// Ends every stream with the wrong-cluster error.
 struct RefuseStreams(String);
 
 impl StreamingHandler for RefuseStreams {
-    async fn handle(&self, _req: StreamRequest, stream: ServerStream) {
-        stream
-            .finish(StreamEnd::error(
-                ExceptionKind::UNKNOWN_SERVICE.0 as u32,
-                self.0.clone(),
-            ))
-            .await;
+    async fn handle(&self, req: StreamRequest, stream: ServerStream) {
+        let e = ProxyError::new(ErrorKind::WrongCluster, self.0.clone());
+        stream.finish(e.to_stream_end(&req.protocol)).await;
     }
 }
 

@@ -9,7 +9,7 @@
 //! | kind | ping-pong (TApplicationException / Kitex-pb ErrorProto type) | TTStream (trailer exception type) | gRPC status |
 //! |---|---|---|---|
 //! | `NoRoute` | 1 `UNKNOWN_METHOD` | 1 `UNKNOWN_METHOD` | 12 `UNIMPLEMENTED` |
-//! | `WrongCluster` | 20 `UNKNOWN_SERVICE` | 20 `UNKNOWN_SERVICE` | 12 `UNIMPLEMENTED` |
+//! | `WrongCluster` | 20 `UNKNOWN_SERVICE` | 20 `UNKNOWN_SERVICE` | 20 (Kitex's unknown service) |
 //! | `Unavailable` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 14 `UNAVAILABLE` |
 //! | `Deadline` | 6 `INTERNAL_ERROR` | 12015 (stream timeout) | 4 `DEADLINE_EXCEEDED` |
 //! | `DownstreamReset` | 6 `INTERNAL_ERROR` | 12009 (cancelled by downstream) | 1 `CANCELLED` |
@@ -95,7 +95,8 @@ impl ErrorKind {
     /// The `grpc-status` a gRPC caller gets.
     pub fn grpc_code(self) -> Code {
         match self {
-            ErrorKind::NoRoute | ErrorKind::WrongCluster => Code::UNIMPLEMENTED,
+            ErrorKind::NoRoute => Code::UNIMPLEMENTED,
+            ErrorKind::WrongCluster => Code::KITEX_UNKNOWN_SERVICE,
             ErrorKind::Unavailable | ErrorKind::Overloaded => Code::UNAVAILABLE,
             ErrorKind::Deadline => Code::DEADLINE_EXCEEDED,
             ErrorKind::DownstreamReset => Code::CANCELLED,
@@ -234,7 +235,7 @@ mod tests {
         };
         let cases = [
             (ErrorKind::NoRoute, 1, 1, 12),
-            (ErrorKind::WrongCluster, 20, 20, 12),
+            (ErrorKind::WrongCluster, 20, 20, 20),
             (ErrorKind::Unavailable, 6, 6, 14),
             (ErrorKind::Deadline, 6, 12015, 4),
             (ErrorKind::DownstreamReset, 6, 12009, 1),

@@ -121,15 +121,15 @@ pub(crate) struct RefusalLogs {
     pub(crate) frame: RateLog,
 }
 
-/// A [`StreamingHandler`] for servers that serve no streams: every stream ends with an error.
+/// A [`StreamingHandler`] for servers that serve no streams: every stream ends with a
+/// [`ErrorKind::NoRoute`] error (TTStream: `UNKNOWN_METHOD`; gRPC: `UNIMPLEMENTED`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoStreaming;
 
 impl StreamingHandler for NoStreaming {
-    async fn handle(&self, _req: StreamRequest, stream: ServerStream) {
-        stream
-            .finish(StreamEnd::error(12, "this server has no streaming handler"))
-            .await;
+    async fn handle(&self, req: StreamRequest, stream: ServerStream) {
+        let e = ProxyError::new(ErrorKind::NoRoute, "this server has no streaming handler");
+        stream.finish(e.to_stream_end(&req.protocol)).await;
     }
 }
 

@@ -36,6 +36,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::conn::{ConnCtx, ConnIo};
+use crate::error::{ErrorKind, ProxyError};
 use crate::Drain;
 
 /// TTStream type id for "illegal frame" (kitex-wire.md 4.4).
@@ -175,19 +176,27 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             }
             let method = frame.method.clone();
             let refusal = if draining {
-                Some("server is draining; retry on another connection".to_owned())
+                Some(ProxyError::new(
+                    ErrorKind::Overloaded,
+                    "server is draining; retry on another connection",
+                ))
             } else if streams.len() >= config.max_streams_per_conn {
-                Some(format!(
-                    "too many concurrent streams on this connection (limit {})",
-                    config.max_streams_per_conn
+                Some(ProxyError::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "too many concurrent streams on this connection (limit {})",
+                        config.max_streams_per_conn
+                    ),
                 ))
             } else {
                 None
             };
-            if let Some(text) = refusal {
+            if let Some(e) = refusal {
+                // The stream reached no handler: the caller may safely retry it elsewhere.
+                let e = e.retry_safe(true);
                 stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(stream = id, reason = %text, "refusing a stream");
-                let ex = ApplicationException::new(ExceptionKind::INTERNAL_ERROR, text);
+                tracing::debug!(stream = id, reason = %e, "refusing a stream");
+                let ex = e.to_exception();
                 // Within the queue's limit like any other frame: a peer that opens streams
                 // and does not read its refusals stops being read.
                 std::future::poll_fn(|cx| tx.poll_ready(cx)).await;
@@ -454,10 +463,8 @@ impl EventSink for ServerSink {
     fn release(&self) {
         // The handler returned without ending the stream: end it for it. (A stream that has
         // ended refuses the Trailer; nothing is sent then.)
-        let _ = self.push(Event::End(StreamEnd::error(
-            ExceptionKind::INTERNAL_ERROR.0 as u32,
-            "stream handler ended without a status",
-        )));
+        let e = ProxyError::new(ErrorKind::Internal, "stream handler ended without a status");
+        let _ = self.push(Event::End(e.to_stream_end(&Protocol::TTStream)));
     }
 }
 
