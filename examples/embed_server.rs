@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice::server::{DefaultHandler, DrainHandle, Request, Response, Server, ServerConfig};
+use sluice::server::{DefaultHandler, Request, Response, Server, ServerConfig};
 
 struct Handler;
 
@@ -43,12 +43,9 @@ impl DefaultHandler for Handler {
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt::init();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:9999").await?;
-    let (handle, drain) = DrainHandle::new();
+    let (handle, drain) = sluice::server::drain::channel();
     let server = Server::new(
-        ServerConfig {
-            name: "embedded".into(),
-            ..ServerConfig::default()
-        },
+        ServerConfig::default().with_name("embedded"),
         Arc::new(Handler),
     );
     let serving = tokio::spawn(server.serve(listener, drain));

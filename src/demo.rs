@@ -9,7 +9,7 @@ use std::time::Duration;
 use sluice_client::Transport;
 use sluice_proxy::{Config, Proxy};
 use sluice_server::echo::EchoHandler;
-use sluice_server::{DrainHandle, Server, ServerConfig};
+use sluice_server::{Server, ServerConfig};
 use sluice_sniff::Codec;
 use tokio::net::TcpListener;
 
@@ -97,16 +97,10 @@ pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> Exit
         }
     };
     let echo_addr = echo_listener.local_addr().expect("bound");
-    let (echo_handle, echo_drain) = DrainHandle::new();
+    let (echo_handle, echo_drain) = sluice_server::drain::channel();
     let handler = Arc::new(EchoHandler::new());
-    let echo = Server::new(
-        ServerConfig {
-            name: "echo".into(),
-            ..ServerConfig::default()
-        },
-        handler.clone(),
-    )
-    .with_streaming(handler);
+    let echo = Server::new(ServerConfig::default().with_name("echo"), handler.clone())
+        .with_streaming(handler);
     tokio::spawn(echo.serve(echo_listener, echo_drain));
 
     // The proxy, configured from the same TOML a user would write.
@@ -135,7 +129,7 @@ pub(crate) async fn run(requests: usize, concurrency: usize, exit: bool) -> Exit
     };
     let proxy_addr = proxy.local_addrs()[0].1;
     let grpc_addr = proxy.local_addrs()[1].1;
-    let (proxy_handle, proxy_drain) = DrainHandle::new();
+    let (proxy_handle, proxy_drain) = sluice_server::drain::channel();
     let serving = tokio::spawn(proxy.serve(proxy_drain));
 
     println!("sluice demo: echo service on {echo_addr}, proxy on {proxy_addr} (ping-pong and TTStream) and {grpc_addr} (gRPC)");

@@ -1,4 +1,4 @@
-//! The `sluice` binary: `run`, `check` and `demo`. Everything else lives in the library crates.
+//! The `sluice` binary: `run`, `check`, `demo`, `echo` and `bench`. Everything else lives in the library crates.
 
 mod bench;
 mod demo;
@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sluice_proxy::{Config, Proxy};
-use sluice_server::DrainHandle;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -265,7 +264,7 @@ async fn run(cfg: Config) -> ExitCode {
     for (name, addr) in proxy.local_addrs() {
         tracing::info!(listener = %name, %addr, "serving");
     }
-    let (handle, drain) = DrainHandle::new();
+    let (handle, drain) = sluice_server::drain::channel();
     let serving = tokio::spawn(proxy.serve(drain));
     shutdown_signal().await;
     tracing::info!("draining");
@@ -290,13 +289,10 @@ async fn echo(listen: String) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (handle, drain) = DrainHandle::new();
+    let (handle, drain) = sluice_server::drain::channel();
     let handler = std::sync::Arc::new(sluice_server::echo::EchoHandler::new());
     let server = sluice_server::Server::new(
-        sluice_server::ServerConfig {
-            name: "echo".into(),
-            ..Default::default()
-        },
+        sluice_server::ServerConfig::default().with_name("echo"),
         handler.clone(),
     )
     .with_streaming(handler);

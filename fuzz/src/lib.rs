@@ -137,20 +137,19 @@ impl sluice_server::StreamingHandler for FuzzEcho {
 
 /// Server settings for fuzzing: small limits and short timeouts (all in virtual time).
 pub fn server_config(cluster: sluice_server::Cluster) -> sluice_server::ServerConfig {
-    sluice_server::ServerConfig {
-        name: "fuzz".to_owned(),
-        sniff_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(10),
-        frame_timeout: Duration::from_secs(5),
-        max_streams_per_conn: 8,
-        max_frame_size: 64 * 1024,
-        max_in_flight_per_conn: 4,
-        max_connections: 1,
-        default_service: None,
-        drain_grace: Duration::from_secs(2),
-        cluster,
-        tls: None,
-    }
+    sluice_server::ServerConfig::default()
+        .with_name("fuzz")
+        .with_sniff_timeout(Duration::from_secs(1))
+        .with_idle_timeout(Duration::from_secs(10))
+        .with_frame_timeout(Duration::from_secs(5))
+        .with_max_streams_per_conn(8)
+        .with_max_frame_size(64 * 1024)
+        .with_max_in_flight_per_conn(4)
+        .with_max_connections(1)
+        .with_default_service(None)
+        .with_drain_grace(Duration::from_secs(2))
+        .with_cluster(cluster)
+        .with_tls(None)
 }
 
 /// Serves `io` with the binary-generic server (sniffing included) and the capped echo

@@ -29,14 +29,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) async fn start_server<H: DefaultHandler>(handler: Arc<H>) -> (SocketAddr, DrainHandle) {
     let l = sluice_server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = l.local_addr().unwrap();
-    let (h, d): (DrainHandle, Drain) = DrainHandle::new();
-    let s = Server::new(
-        ServerConfig {
-            name: "downstream".into(),
-            ..ServerConfig::default()
-        },
-        handler,
-    );
+    let (h, d): (DrainHandle, Drain) = sluice_server::drain::channel();
+    let s = Server::new(ServerConfig::default().with_name("downstream"), handler);
     tokio::spawn(s.serve(l, d));
     (addr, h)
 }
@@ -55,15 +49,9 @@ pub(crate) async fn start_streaming<H: DefaultHandler, S: sluice_stream::Streami
 ) -> (SocketAddr, DrainHandle) {
     let l = sluice_server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = l.local_addr().unwrap();
-    let (h, d): (DrainHandle, Drain) = DrainHandle::new();
-    let s = Server::new(
-        ServerConfig {
-            name: "downstream".into(),
-            ..ServerConfig::default()
-        },
-        handler,
-    )
-    .with_streaming(streaming);
+    let (h, d): (DrainHandle, Drain) = sluice_server::drain::channel();
+    let s = Server::new(ServerConfig::default().with_name("downstream"), handler)
+        .with_streaming(streaming);
     tokio::spawn(s.serve(l, d));
     (addr, h)
 }

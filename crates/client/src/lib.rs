@@ -88,8 +88,10 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-/// Client settings; defaults are documented per field.
+/// Client settings; defaults are documented per field. Start from [`ClientConfig::new`] and
+/// set what differs with the `with_*` methods (or assign the public fields).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Downstream name, for errors and logs.
     pub name: String,
@@ -138,6 +140,66 @@ impl ClientConfig {
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
             first_response_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Sets [`transport`](Self::transport).
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets [`balance`](Self::balance).
+    pub fn with_balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`request_timeout`](Self::request_timeout).
+    pub fn with_request_timeout(mut self, request_timeout: Duration) -> Self {
+        self.request_timeout = request_timeout;
+        self
+    }
+
+    /// Sets [`multiplex`](Self::multiplex).
+    pub fn with_multiplex(mut self, multiplex: bool) -> Self {
+        self.multiplex = multiplex;
+        self
+    }
+
+    /// Sets [`max_idle_per_endpoint`](Self::max_idle_per_endpoint).
+    pub fn with_max_idle_per_endpoint(mut self, max_idle_per_endpoint: usize) -> Self {
+        self.max_idle_per_endpoint = max_idle_per_endpoint;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets [`failure_backoff`](Self::failure_backoff).
+    pub fn with_failure_backoff(mut self, failure_backoff: Duration) -> Self {
+        self.failure_backoff = failure_backoff;
+        self
+    }
+
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn with_max_frame_size(mut self, max_frame_size: usize) -> Self {
+        self.max_frame_size = max_frame_size;
+        self
+    }
+
+    /// Sets [`first_response_timeout`](Self::first_response_timeout).
+    pub fn with_first_response_timeout(mut self, first_response_timeout: Duration) -> Self {
+        self.first_response_timeout = first_response_timeout;
+        self
     }
 }
 

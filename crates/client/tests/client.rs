@@ -37,7 +37,7 @@ impl DefaultHandler for PeerHandler {
 async fn serve<H: DefaultHandler>(h: Arc<H>) -> (SocketAddr, DrainHandle) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let (handle, drain) = DrainHandle::new();
+    let (handle, drain) = sluice_server::drain::channel();
     tokio::spawn(Server::new(ServerConfig::default(), h).serve(l, drain));
     (addr, handle)
 }

@@ -118,6 +118,7 @@ struct RawLimits {
 }
 
 pub use sluice_server::Cluster;
+use sluice_server::TlsConfig;
 
 /// A listener.
 #[derive(Debug, Clone)]
@@ -131,7 +132,7 @@ pub struct Listener {
     /// Service for requests that carry no name (Framed, Buffered).
     pub default_service: Option<String>,
     /// TLS (gRPC listeners), with ALPN `h2`.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls: Option<TlsConfig>,
 }
 
 /// A header/metainfo match.
@@ -204,20 +205,19 @@ impl Config {
     /// The server settings of listener `l`: its own, and the shared limits.
     pub fn server_config(&self, l: &Listener) -> sluice_server::ServerConfig {
         let limits = &self.limits;
-        sluice_server::ServerConfig {
-            name: l.name.clone(),
-            sniff_timeout: limits.sniff_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_frame_size: limits.max_frame_size,
-            max_in_flight_per_conn: limits.max_in_flight_per_conn,
-            max_connections: limits.max_connections,
-            default_service: l.default_service.clone(),
-            drain_grace: limits.drain_grace,
-            frame_timeout: limits.frame_timeout,
-            max_streams_per_conn: limits.max_streams_per_conn,
-            cluster: l.cluster,
-            tls: l.tls.clone(),
-        }
+        sluice_server::ServerConfig::default()
+            .with_name(l.name.clone())
+            .with_sniff_timeout(limits.sniff_timeout)
+            .with_idle_timeout(limits.idle_timeout)
+            .with_max_frame_size(limits.max_frame_size)
+            .with_max_in_flight_per_conn(limits.max_in_flight_per_conn)
+            .with_max_connections(limits.max_connections)
+            .with_default_service(l.default_service.clone())
+            .with_drain_grace(limits.drain_grace)
+            .with_frame_timeout(limits.frame_timeout)
+            .with_max_streams_per_conn(limits.max_streams_per_conn)
+            .with_cluster(l.cluster)
+            .with_tls(l.tls.clone())
     }
 
     /// Parses and checks a TOML document.
@@ -362,7 +362,14 @@ impl Config {
                             "TLS is offered on grpc listeners only",
                         ));
                     }
-                    Some(load_tls(cert, k).map_err(|(which, m)| err(key(which), m))?)
+                    let tls =
+                        TlsConfig::from_pem_files(cert.as_ref(), k.as_ref()).map_err(|e| {
+                            err(
+                                key(if e.is_cert() { "tls_cert" } else { "tls_key" }),
+                                e.to_string(),
+                            )
+                        })?;
+                    Some(tls)
                 }
             };
             listeners.push(Listener {
@@ -486,37 +493,6 @@ impl Config {
         );
         s
     }
-}
-
-/// A rustls server config from PEM files, offering ALPN `h2` (gRPC).
-fn load_tls(
-    cert: &str,
-    key: &str,
-) -> Result<std::sync::Arc<rustls::ServerConfig>, (&'static str, String)> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| ("tls_cert", format!("cannot read {cert:?}: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("tls_cert", format!("bad PEM in {cert:?}: {e}")))?;
-    if certs.is_empty() {
-        return Err(("tls_cert", format!("no certificate in {cert:?}")));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            "tls_key",
-            format!("cannot read a private key from {key:?}: {e}"),
-        )
-    })?;
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("tls_cert", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ("tls_key", format!("certificate and key do not fit: {e}")))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(std::sync::Arc::new(cfg))
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {

@@ -399,12 +399,12 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
 async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     stream: C,
     peer: SocketAddr,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    tls: crate::TlsConfig,
     ctx: Ctx<H, S>,
     drain: Drain,
 ) {
     let config = ctx.config.clone();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.inner);
     let mut tls_stream =
         match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,

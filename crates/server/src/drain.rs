@@ -10,18 +10,14 @@ pub struct DrainHandle(watch::Sender<bool>);
 #[derive(Debug, Clone)]
 pub struct Drain(watch::Receiver<bool>);
 
-/// A new drain pair.
-pub(crate) fn channel() -> (DrainHandle, Drain) {
+/// A new drain pair: the handle that signals, and the [`Drain`] to give to servers (clone it
+/// for each).
+pub fn channel() -> (DrainHandle, Drain) {
     let (tx, rx) = watch::channel(false);
     (DrainHandle(tx), Drain(rx))
 }
 
 impl DrainHandle {
-    /// A new pair.
-    pub fn new() -> (DrainHandle, Drain) {
-        channel()
-    }
-
     /// Starts draining everything that watches this handle.
     pub fn drain(&self) {
         let _ = self.0.send(true);

@@ -14,13 +14,14 @@
 #![forbid(unsafe_code)]
 
 mod conn;
-mod drain;
+pub mod drain;
 pub mod echo;
 pub mod error;
 pub mod layer;
 mod pingpong;
 mod ratelog;
 mod request;
+mod tls;
 mod ttstream;
 
 /// One outgoing frame or reply: an encoded head and the payload `Bytes` it carries.
@@ -39,6 +40,7 @@ pub use drain::{Drain, DrainHandle};
 pub use error::{ErrorKind, ProxyError};
 pub use ratelog::RateLog;
 pub use sluice_http2::GrpcServerStats;
+pub use tls::{TlsConfig, TlsError};
 
 /// Pending connections a listener's accept queue holds (the kernel caps it at
 /// `net.core.somaxconn`). The standard library's 128 is too few for a burst of new connections:
@@ -133,8 +135,10 @@ impl StreamingHandler for NoStreaming {
     }
 }
 
-/// Server settings. Defaults are documented per field.
+/// Server settings. Defaults are documented per field; start from [`ServerConfig::default`] and
+/// set what differs with the `with_*` methods (or assign the public fields).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Name of the listener, for logs.
     pub name: String,
@@ -166,7 +170,7 @@ pub struct ServerConfig {
     /// The protocol families served. Default: all of them.
     pub cluster: Cluster,
     /// TLS for every connection (gRPC listeners; ALPN `h2`). Default none (plaintext, h2c).
-    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -185,6 +189,80 @@ impl Default for ServerConfig {
             cluster: Cluster::All,
             tls: None,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Sets [`name`](Self::name).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets [`sniff_timeout`](Self::sniff_timeout).
+    pub fn with_sniff_timeout(mut self, sniff_timeout: Duration) -> Self {
+        self.sniff_timeout = sniff_timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets [`frame_timeout`](Self::frame_timeout).
+    pub fn with_frame_timeout(mut self, frame_timeout: Duration) -> Self {
+        self.frame_timeout = frame_timeout;
+        self
+    }
+
+    /// Sets [`max_streams_per_conn`](Self::max_streams_per_conn).
+    pub fn with_max_streams_per_conn(mut self, max_streams_per_conn: usize) -> Self {
+        self.max_streams_per_conn = max_streams_per_conn;
+        self
+    }
+
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn with_max_frame_size(mut self, max_frame_size: usize) -> Self {
+        self.max_frame_size = max_frame_size;
+        self
+    }
+
+    /// Sets [`max_in_flight_per_conn`](Self::max_in_flight_per_conn).
+    pub fn with_max_in_flight_per_conn(mut self, max_in_flight_per_conn: usize) -> Self {
+        self.max_in_flight_per_conn = max_in_flight_per_conn;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`default_service`](Self::default_service).
+    pub fn with_default_service(mut self, default_service: Option<String>) -> Self {
+        self.default_service = default_service;
+        self
+    }
+
+    /// Sets [`drain_grace`](Self::drain_grace).
+    pub fn with_drain_grace(mut self, drain_grace: Duration) -> Self {
+        self.drain_grace = drain_grace;
+        self
+    }
+
+    /// Sets [`cluster`](Self::cluster).
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, tls: Option<TlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 

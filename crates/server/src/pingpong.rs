@@ -399,9 +399,9 @@ fn next_request(
                 return Ok(None);
             };
             let transport = if frame.inner_framed {
-                Transport::TTHeaderFramed
-            } else {
                 Transport::TTHeader
+            } else {
+                Transport::TTHeaderUnframed
             };
             (frame.header, frame.payload, transport, codec)
         }
@@ -510,14 +510,14 @@ fn encode_reply_into(to: &ReplyTo, resp: Response, draining: bool, out: &mut Vec
     let hint = 64 + env_len + str_kvs.len() * 32;
     let head = sluice_io::carve_head::<std::convert::Infallible>(hint, |head| {
         match to.transport {
-            Transport::TTHeaderFramed | Transport::TTHeader => {
+            Transport::TTHeader | Transport::TTHeaderUnframed => {
                 let mt: &[u8] = if msg_type == MessageType::Reply {
                     b"2"
                 } else {
                     b"3"
                 };
                 let int_kvs = [(int_key::MSG_TYPE, mt)];
-                let framed = to.transport == Transport::TTHeaderFramed;
+                let framed = to.transport == Transport::TTHeader;
                 let mut h = HeadRef {
                     flags: 0,
                     seq_id: to.seq_id,

@@ -12,10 +12,10 @@ use sluice_ttheader::{Header, StrKvs};
 /// The ping-pong transport a request arrived on; the reply is written the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
-    /// TTHeader with the inner u32 length (Kitex's default).
-    TTHeaderFramed,
-    /// TTHeader with the message right after the header.
+    /// TTHeader with the inner u32 length (Kitex's default), as `sluice_client::Transport::TTHeader`.
     TTHeader,
+    /// TTHeader with the message right after the header (no inner length).
+    TTHeaderUnframed,
     /// `u32 length` + message.
     Framed,
     /// The bare message.
@@ -28,8 +28,8 @@ impl Transport {
     /// Short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
-            Transport::TTHeaderFramed => "ttheader",
-            Transport::TTHeader => "ttheader-unframed",
+            Transport::TTHeader => "ttheader",
+            Transport::TTHeaderUnframed => "ttheader-unframed",
             Transport::Framed => "framed",
             Transport::Buffered => "buffered",
             Transport::Mesh(true) => "mesh-framed",
@@ -39,7 +39,7 @@ impl Transport {
 
     /// True for the TTHeader transports (which carry headers and may be pipelined).
     pub fn is_ttheader(self) -> bool {
-        matches!(self, Transport::TTHeaderFramed | Transport::TTHeader)
+        matches!(self, Transport::TTHeader | Transport::TTHeaderUnframed)
     }
 }
 

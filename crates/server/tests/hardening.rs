@@ -27,7 +27,7 @@ async fn start<H: DefaultHandler, S: StreamingHandler>(
 ) -> (SocketAddr, Arc<ServerStats>, DrainHandle) {
     let l = sluice_server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = l.local_addr().unwrap();
-    let (h, d): (DrainHandle, Drain) = DrainHandle::new();
+    let (h, d): (DrainHandle, Drain) = sluice_server::drain::channel();
     let server = Server::new(config, handler).with_streaming(streaming);
     let stats = server.stats();
     tokio::spawn(server.serve(l, d));
@@ -106,11 +106,8 @@ async fn mux_requests_beyond_an_in_flight_limit_of_one_are_all_answered() {
     // Six requests of a real Kitex mux client, written at once.
     let cap = sluice_testkit::Capture::load("ttheader-mux-unary");
     let bytes = cap.conns[0].bytes(sluice_testkit::Dir::C2s).to_vec();
-    let (addr, _stats, _d) = start_echo(ServerConfig {
-        max_in_flight_per_conn: 1,
-        ..ServerConfig::default()
-    })
-    .await;
+    let (addr, _stats, _d) =
+        start_echo(ServerConfig::default().with_max_in_flight_per_conn(1)).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&bytes).await.unwrap();
     let mut buf = BytesMut::new();
@@ -194,11 +191,8 @@ async fn a_slowloris_request_is_closed_even_though_bytes_keep_coming() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_ttstream_connections_are_closed_like_pingpong_ones() {
-    let (addr, stats, _d) = start_echo(ServerConfig {
-        idle_timeout: Duration::from_secs(60),
-        ..ServerConfig::default()
-    })
-    .await;
+    let (addr, stats, _d) =
+        start_echo(ServerConfig::default().with_idle_timeout(Duration::from_secs(60))).await;
     // A TTStream connection that finished its only stream, then went quiet.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut out = BytesMut::new();
@@ -273,10 +267,7 @@ fn headers(ids: impl IntoIterator<Item = i32>) -> BytesMut {
 async fn ttstream_streams_beyond_the_limit_are_refused_in_ttstreams_way() {
     let holder = Arc::new(Holder::default());
     let (addr, stats, _d) = start(
-        ServerConfig {
-            max_streams_per_conn: 10,
-            ..ServerConfig::default()
-        },
+        ServerConfig::default().with_max_streams_per_conn(10),
         Arc::new(EchoHandler::new()),
         holder.clone(),
     )
@@ -372,10 +363,7 @@ async fn stream_handlers_that_never_return_are_aborted_after_the_drain_grace() {
 async fn a_ttstream_reset_flood_closes_the_connection() {
     let holder = Arc::new(Holder::default());
     let (addr, stats, _d) = start(
-        ServerConfig {
-            max_streams_per_conn: 5000,
-            ..ServerConfig::default()
-        },
+        ServerConfig::default().with_max_streams_per_conn(5000),
         Arc::new(EchoHandler::new()),
         holder.clone(),
     )
@@ -398,11 +386,7 @@ async fn a_ttstream_reset_flood_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_are_closed_at_once_and_counted() {
-    let (addr, stats, _d) = start_echo(ServerConfig {
-        max_connections: 2,
-        ..ServerConfig::default()
-    })
-    .await;
+    let (addr, stats, _d) = start_echo(ServerConfig::default().with_max_connections(2)).await;
     let mut held = Vec::new();
     for seq in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -507,11 +491,8 @@ async fn a_silent_connection_is_closed_at_the_sniff_timeout_and_counted() {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_grpc_connection_is_closed_and_counted_in_the_listener_stats() {
-    let (addr, stats, _d) = start_echo(ServerConfig {
-        idle_timeout: Duration::from_secs(60),
-        ..ServerConfig::default()
-    })
-    .await;
+    let (addr, stats, _d) =
+        start_echo(ServerConfig::default().with_idle_timeout(Duration::from_secs(60))).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     // The client preface and an empty SETTINGS frame, then nothing.
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")

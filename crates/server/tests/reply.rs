@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sluice_server::{DefaultHandler, DrainHandle, Request, Response, Server, ServerConfig};
+use sluice_server::{DefaultHandler, Request, Response, Server, ServerConfig};
 use sluice_thrift::{envelope, MessageType};
 use sluice_ttheader::{int_key, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,7 @@ impl DefaultHandler for HugeKeys {
 async fn unencodable_reply_keys_are_dropped_and_the_reply_stays_a_reply() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let (_h, drain) = DrainHandle::new();
+    let (_h, drain) = sluice_server::drain::channel();
     tokio::spawn(Server::new(ServerConfig::default(), Arc::new(HugeKeys)).serve(l, drain));
 
     let mut msg = BytesMut::new();
