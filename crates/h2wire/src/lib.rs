@@ -9,7 +9,7 @@
 //!
 //! The connection drivers that use them (flow control, stream states, gRPC) live in
 //! `sluice-http2`. Errors say whether they end the connection or only a stream
-//! ([`FrameError::stream`]), so a driver can answer with GOAWAY or RST_STREAM as the RFC asks.
+//! ([`FrameError::stream`](FrameError#structfield.stream)), so a driver can answer with GOAWAY or RST_STREAM as the RFC asks.
 //!
 //! Wire reference: RFC 9113 (HTTP/2), RFC 7541 (HPACK), and `kitex-wire.md` section 5 and 8.8
 //! for what Kitex sends.
