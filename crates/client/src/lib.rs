@@ -424,7 +424,14 @@ impl GenericClient {
     }
 
     /// Sends `call` and waits for its reply (`None` for oneway calls, which get none).
-    pub async fn call(&self, call: Call) -> Result<Option<Reply>, Error> {
+    pub async fn call(&self, mut call: Call) -> Result<Option<Reply>, Error> {
+        self.call_mut(&mut call).await
+    }
+
+    /// Sends `call` and waits for its reply, like [`call`](Self::call), and leaves the call
+    /// with the caller: its method and header (completed with the keys the client set) stay
+    /// available after the reply, for logging or a retry, without a copy.
+    pub async fn call_mut(&self, call: &mut Call) -> Result<Option<Reply>, Error> {
         let start = Instant::now();
         // The caller's deadline wins; the configured timeout is the default when there is none.
         // Only a caller's deadline travels downstream (TTHeader key 12): the default is this
@@ -439,7 +446,7 @@ impl GenericClient {
         }
     }
 
-    async fn call_inner(&self, mut call: Call) -> Result<Option<Reply>, Error> {
+    async fn call_inner(&self, call: &mut Call) -> Result<Option<Reply>, Error> {
         if self.endpoints.is_empty() {
             return Err(Error::NoEndpoint {
                 downstream: self.config.name.clone(),
@@ -451,9 +458,9 @@ impl GenericClient {
             let ep = &self.endpoints[self.balance.pick(&self.endpoints, attempt)];
             let seq = self.next_seq();
             let result = if self.config.multiplex && self.config.transport.is_ttheader() {
-                ep.call_mux(&mut call, seq).await
+                ep.call_mux(call, seq).await
             } else {
-                ep.call_pooled(&mut call, seq).await
+                ep.call_pooled(call, seq).await
             };
             match result {
                 Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. })) => {

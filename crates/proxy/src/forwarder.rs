@@ -138,6 +138,7 @@ impl<P: Phases> Forwarder<P> {
         if e.kind() != sluice_server::ErrorKind::NoRoute {
             if let Some(suppressed) = self.downstream_log.allow() {
                 tracing::warn!(
+                    peer = %info.peer,
                     service = %info.service,
                     method = %info.method,
                     downstream = info.downstream.unwrap_or(""),

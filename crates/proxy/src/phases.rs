@@ -97,7 +97,11 @@ pub trait Phases: Send + Sync + 'static {
     /// first matching configured route ([`Router::target`]); no match is
     /// [`ErrorKind::NoRoute`](sluice_server::ErrorKind::NoRoute). An `Err` answers the caller
     /// with that error (after [`on_error`](Self::on_error)).
-    fn route(&self, head: &RequestHead<'_>, router: &Router) -> Result<Target, ProxyError> {
+    fn route<'r>(
+        &self,
+        head: &RequestHead<'_>,
+        router: &'r Router,
+    ) -> Result<Target<'r>, ProxyError> {
         router
             .target(head)
             .ok_or_else(|| crate::error::no_route(head.service, head.method))
@@ -108,7 +112,7 @@ pub trait Phases: Send + Sync + 'static {
     fn request_filter(
         &self,
         info: &CallInfo<'_>,
-        target: &Target,
+        target: &Target<'_>,
         metainfo: &mut Metainfo<'_>,
     ) -> Result<(), ProxyError> {
         let _ = (info, target, metainfo);

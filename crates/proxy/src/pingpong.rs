@@ -79,12 +79,16 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             Ok(t) => t,
             Err(e) => return self.refuse(&info, e),
         };
-        let Some(dc) = self.config.downstreams.get(&target.downstream) else {
+        let Some(dc) = self.config.downstreams.get(&*target.downstream) else {
             return self.refuse(&info, error::not_configured(&target.downstream));
         };
         info.downstream = Some(&target.downstream);
-        // The request's (or stream's) span, set up by the server, names its downstream.
-        tracing::Span::current().record("downstream", target.downstream.as_str());
+        // The request's (or stream's) span, set up by the server at debug level, names its
+        // downstream. Looking up the current span costs a registry lookup, so only when debug
+        // spans can exist at all.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("downstream", &*target.downstream);
+        }
         let mut header = downstream_header(req.header);
         if let Err(e) =
             self.phases
@@ -93,16 +97,26 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             return self.refuse(&info, e);
         }
         let client = self.clients.pingpong(&target.downstream, || dc.clone());
-        let call = Call {
-            // Copied: the method also names the call in the phases after it.
-            method: req.method.clone(),
+        let mut call = Call {
+            method: req.method,
             msg_type: req.msg_type,
             codec: req.codec,
             args: req.args,
             header,
             deadline: target.deadline,
         };
-        match client.call(call).await {
+        let result = client.call_mut(&mut call).await;
+        // The method now lives in the call (moved, not copied): the phases after the call see
+        // it there.
+        let info = CallInfo {
+            method: &call.method,
+            service: &req.service,
+            downstream: Some(&target.downstream),
+            peer: req.peer,
+            family: Family::PingPong,
+            start,
+        };
+        match result {
             Ok(Some(reply)) => {
                 let mut str_kvs = upstream_keys(reply.header);
                 self.phases

@@ -5,6 +5,7 @@
 //! gRPC). The [`Router`] picks the first configured [`Route`] that matches, and the route says
 //! which downstream serves it and how long the call may take.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -88,10 +89,13 @@ impl<'a> RequestHead<'a> {
 }
 
 /// Where a request or stream goes: a downstream by name, and the deadline it runs under.
+///
+/// The name is borrowed from the [`Router`]'s routes when a route picked it (no allocation per
+/// request); a phase of one's own may give any name (`Cow::Owned`, or a `&'static str`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Target<'r> {
     /// The downstream (a key of the config's `[downstreams]`).
-    pub downstream: String,
+    pub downstream: Cow<'r, str>,
     /// The effective deadline: see [`Route::deadline`].
     pub deadline: Option<Instant>,
 }
@@ -144,9 +148,9 @@ impl Router {
 
     /// The target of `head`: its route's downstream and effective deadline, or `None` when no
     /// route matches.
-    pub fn target(&self, head: &RequestHead<'_>) -> Option<Target> {
+    pub fn target(&self, head: &RequestHead<'_>) -> Option<Target<'_>> {
         self.find(head).map(|r| Target {
-            downstream: r.downstream.clone(),
+            downstream: Cow::Borrowed(&r.downstream),
             deadline: r.deadline(head.deadline, Instant::now()),
         })
     }

@@ -32,7 +32,7 @@ pub(crate) struct FirstResponse {
     expired: AtomicBool,
     /// The caller sent something since the last check.
     active: AtomicBool,
-    /// Told when `seen` or `expired` is set.
+    /// Told when `expired` is set.
     pub(crate) notify: Notify,
     timeout: Duration,
 }
@@ -64,10 +64,12 @@ impl FirstResponse {
     }
 
     /// The downstream sent something. Called for every downstream event: once `seen` is set
-    /// this is a load, not a read-modify-write.
+    /// this is a load, not a store. Nobody is woken: the stream's task waits on `notify` only
+    /// for an expiry, which `seen` rules out, so waking it now would cost a task poll per
+    /// stream for nothing.
     pub(crate) fn downstream_answered(&self) {
-        if !self.seen() && !self.seen.swap(true, Ordering::Relaxed) {
-            self.notify.notify_one();
+        if !self.seen() {
+            self.seen.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::error;
 use crate::forwarder::Forwarder;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead, Target};
-use crate::silence::{FirstResponse, SilenceWatch};
+use crate::silence::FirstResponse;
 
 /// Name this proxy adds to a TTStream cancel path.
 pub(crate) const CANCEL_PATH_NAME: &str = "sluice";
@@ -48,10 +48,10 @@ impl<P: Phases> Forwarder<P> {
     async fn open_downstream(
         &self,
         req: &StreamRequest,
-        target: &Target,
+        target: &Target<'_>,
         headers: Metadata,
     ) -> Result<ClientStream, ProxyError> {
-        let downstream = target.downstream.as_str();
+        let downstream = &*target.downstream;
         let Some(dc) = self.config.downstreams.get(downstream) else {
             return Err(error::not_configured(downstream));
         };
@@ -102,7 +102,7 @@ impl<P: Phases> Forwarder<P> {
 }
 
 impl<P: Phases> StreamingHandler for Forwarder<P> {
-    async fn handle(&self, req: StreamRequest, up: ServerStream) {
+    async fn handle(&self, mut req: StreamRequest, up: ServerStream) {
         self.stats.count_stream();
         let family = family(&req.protocol);
         let mut info = CallInfo {
@@ -127,8 +127,12 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             Err(e) => return self.refuse_stream(&info, up, &req.protocol, e).await,
         };
         info.downstream = Some(&target.downstream);
-        // The request's (or stream's) span, set up by the server, names its downstream.
-        tracing::Span::current().record("downstream", target.downstream.as_str());
+        // The request's (or stream's) span, set up by the server at debug level, names its
+        // downstream. Looking up the current span costs a registry lookup, so only when debug
+        // spans can exist at all.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("downstream", &*target.downstream);
+        }
         let mut headers = forwardable(req.headers.clone());
         if let Err(e) =
             self.phases
@@ -143,21 +147,25 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         let first_response_timeout = self
             .config
             .downstreams
-            .get(&target.downstream)
+            .get(&*target.downstream)
             .map_or(Duration::ZERO, |d| d.first_response_timeout);
-        let splice = Splice {
-            protocol: &req.protocol,
-            info: &info,
-            phases: &self.phases,
-            deadline: target.deadline,
-            first_response_timeout,
-            silence: &self.silence,
+        let (deadline, start) = (target.deadline, info.start);
+        // The sinks outlive this borrow of the request: they own its names (moved, not copied).
+        let info = OwnedInfo {
+            peer: req.peer,
+            family,
+            service: std::mem::take(&mut req.service),
+            method: std::mem::take(&mut req.method),
+            downstream: target.downstream.into_owned(),
+            start,
         };
-        let error = splice.run(up, down).await;
-        if let Some(e) = &error {
-            self.record(&info, e);
-        }
-        self.phases.logging(&info, error.as_ref());
+        let splice = Splice {
+            forwarder: self,
+            protocol: &req.protocol,
+            deadline,
+            first_response_timeout,
+        };
+        splice.run(info, up, down).await;
     }
 }
 
@@ -173,17 +181,6 @@ struct OwnedInfo {
 }
 
 impl OwnedInfo {
-    fn of(info: &CallInfo<'_>) -> Self {
-        Self {
-            peer: info.peer,
-            family: info.family,
-            service: info.service.to_owned(),
-            method: info.method.to_owned(),
-            downstream: info.downstream.unwrap_or_default().to_owned(),
-            start: info.start,
-        }
-    }
-
     fn borrow(&self) -> CallInfo<'_> {
         CallInfo {
             peer: self.peer,
@@ -321,24 +318,40 @@ impl<P: Phases> EventSink for ToUpstream<P> {
 
 /// One forwarded stream: the caller's side spliced to the downstream's until it ends.
 struct Splice<'a, P> {
+    forwarder: &'a Forwarder<P>,
     protocol: &'a Protocol,
-    info: &'a CallInfo<'a>,
-    phases: &'a Arc<P>,
     deadline: Option<Instant>,
     first_response_timeout: Duration,
-    silence: &'a SilenceWatch,
 }
 
 impl<P: Phases> Splice<'_, P> {
     /// Splices the two streams together, then waits until the stream ends on both sides, its
-    /// deadline passes or the downstream stays silent too long. Returns the error the caller
-    /// was answered with, if the forwarder (not the downstream) ended the stream.
+    /// deadline passes or the downstream stays silent too long; then counts and logs the error
+    /// the caller was answered with, if the forwarder (not the downstream) ended the stream,
+    /// and runs the logging phase.
     ///
     /// No task of its own carries messages: each side's incoming events are spliced into a
     /// sink that hands them to the other side, so a message goes from one connection's reader
     /// straight onto the other connection's write queue (TTStream) or stream task (gRPC). This
     /// task only waits for the end, the deadline, and the downstream's first response.
-    async fn run(self, up: ServerStream, down: ClientStream) -> Option<ProxyError> {
+    async fn run(self, info: OwnedInfo, up: ServerStream, down: ClientStream) {
+        let to_up = self.splice(info, up, down).await;
+        let error = to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let info = to_up.info.borrow();
+        if let Some(e) = &error {
+            self.forwarder.record(&info, e);
+        }
+        self.forwarder.phases.logging(&info, error.as_ref());
+    }
+
+    /// Splices, waits, and ends the stream on the deadline or the downstream's silence; the
+    /// error the caller got, if the forwarder ended the stream, is left in the returned sink.
+    async fn splice(
+        &self,
+        info: OwnedInfo,
+        up: ServerStream,
+        down: ClientStream,
+    ) -> Arc<ToUpstream<P>> {
         let (up_rx, up_tx) = up.split();
         let (down_tx, down_rx) = down.split();
         let (done_tx, done_rx) = oneshot::channel();
@@ -346,7 +359,7 @@ impl<P: Phases> Splice<'_, P> {
         let watched = !self.first_response_timeout.is_zero();
         let first = Arc::new(FirstResponse::new(self.first_response_timeout));
         // Watched only while the stream runs (and not at all with the timeout off).
-        let _watched = watched.then(|| self.silence.watch(first.clone()));
+        let _watched = watched.then(|| self.forwarder.silence.watch(first.clone()));
         up_rx.splice(Arc::new(ToDownstream {
             down: down_tx.clone(),
             down_ended: down_ended.clone(),
@@ -356,8 +369,8 @@ impl<P: Phases> Splice<'_, P> {
             up: up_tx.clone(),
             down: down_tx.clone(),
             protocol: self.protocol.clone(),
-            phases: self.phases.clone(),
-            info: OwnedInfo::of(self.info),
+            phases: self.forwarder.phases.clone(),
+            info,
             done: Mutex::new(Some(done_tx)),
             cut: AtomicBool::new(false),
             down_ended,
@@ -367,9 +380,7 @@ impl<P: Phases> Splice<'_, P> {
         down_rx.splice(to_up.clone());
         let downstream = to_up.info.downstream.as_str();
         let e = match wait_end(done_rx, self.deadline, &first, watched).await {
-            Outcome::Ended => {
-                return to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
-            }
+            Outcome::Ended => return to_up,
             Outcome::Deadline => error::stream_deadline(downstream),
             Outcome::NoResponse => {
                 error::no_first_response(downstream, self.first_response_timeout)
@@ -379,7 +390,7 @@ impl<P: Phases> Splice<'_, P> {
         // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
         // otherwise report as a downstream reset).
         to_up.cut.store(true, Ordering::Release);
-        let e = self.phases.on_error(self.info, e);
+        let e = self.forwarder.phases.on_error(&to_up.info.borrow(), e);
         up_tx.finish(e.to_stream_end(self.protocol)).await;
         down_tx
             .reset(Reset {
@@ -388,7 +399,8 @@ impl<P: Phases> Splice<'_, P> {
                 cancel_path: Some(CANCEL_PATH_NAME.into()),
             })
             .await;
-        Some(e)
+        *to_up.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        to_up
     }
 }
 

@@ -24,6 +24,9 @@ use crate::{
 /// What every connection of a server shares.
 pub(crate) struct Ctx<H, S> {
     pub(crate) config: Arc<ServerConfig>,
+    /// The connection's span: the parent of its log lines (given explicitly rather than
+    /// entered on every poll of the connection, which would cost a subscriber call per poll).
+    pub(crate) span: tracing::Span,
     pub(crate) handler: Arc<H>,
     pub(crate) streaming: Arc<S>,
     pub(crate) stats: Arc<ServerStats>,
@@ -34,6 +37,8 @@ pub(crate) struct Ctx<H, S> {
 #[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub(crate) config: Arc<ServerConfig>,
+    /// The connection's span (see [`Ctx::span`]).
+    pub(crate) span: tracing::Span,
     pub(crate) stats: Arc<ServerStats>,
 }
 
@@ -265,37 +270,38 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
     }
     // Sniffing needs only the first bytes; drivers grow the buffer as frames need.
     let mut buf = BytesMut::with_capacity(512);
-    let family =
-        match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf)).await {
-            Err(_) => {
-                ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
-                    tracing::info!(
-                        suppressed,
-                        "closing connection: no protocol recognised within the sniff timeout"
-                    );
-                }
-                return;
+    let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
+        .await
+    {
+        Err(_) => {
+            ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
+                tracing::info!(parent: &ctx.span,
+                    suppressed,
+                    "closing connection: no protocol recognised within the sniff timeout"
+                );
             }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "connection closed before sniffing");
-                return;
-            }
-            Ok(Ok(Detection::NotOurs(reason))) => {
-                ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%reason, "closing connection: not a protocol this listener serves");
-                return;
-            }
-            Ok(Ok(Detection::Protocol(f))) => f,
-        };
-    tracing::Span::current().record("protocol", family.as_str());
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(parent: &ctx.span, error = %e, "connection closed before sniffing");
+            return;
+        }
+        Ok(Ok(Detection::NotOurs(reason))) => {
+            ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(parent: &ctx.span, %reason, "closing connection: not a protocol this listener serves");
+            return;
+        }
+        Ok(Ok(Detection::Protocol(f))) => f,
+    };
+    ctx.span.record("protocol", family.as_str());
     let wrong = matches!(
         (config.cluster, family),
         (Cluster::TTStream, Family::Http2) | (Cluster::Grpc, Family::PingPong | Family::TTStream)
     );
     if wrong {
         ctx.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
+        tracing::warn!(parent: &ctx.span,
             cluster = config.cluster.as_str(),
             ?family,
             "refusing a connection of the other cluster's family"
@@ -322,6 +328,7 @@ fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     drain: Drain,
 ) -> Driver {
     let cctx = ConnCtx {
+        span: ctx.span.clone(),
         config: config.clone(),
         stats: ctx.stats.clone(),
     };
@@ -344,29 +351,29 @@ fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
                 Arc::new(RefuseStreams(text)),
                 drain,
             )),
-            Family::Http2 => Box::pin(async move { refuse_http2(stream, peer, buf, &text).await }),
+            Family::Http2 => {
+                Box::pin(async move { refuse_http2(stream, peer, buf, &text, cctx.span).await })
+            }
         };
     }
     match family {
         Family::PingPong => Box::pin(pingpong::run(stream, peer, buf, cctx, ctx.handler, drain)),
         Family::TTStream => Box::pin(ttstream::run(stream, peer, buf, cctx, ctx.streaming, drain)),
-        Family::Http2 => Box::pin(serve_http2(
-            stream,
-            peer,
-            buf,
-            config,
-            ctx.streaming,
-            ctx.stats,
-            drain,
-        )),
+        Family::Http2 => Box::pin(serve_http2(stream, peer, buf, cctx, ctx.streaming, drain)),
     }
 }
 
 /// GOAWAY with `text` as debug data, so the caller sees why and where to go.
-async fn refuse_http2<C: ConnIo>(stream: C, peer: SocketAddr, buf: BytesMut, text: &str) {
+async fn refuse_http2<C: ConnIo>(
+    stream: C,
+    peer: SocketAddr,
+    buf: BytesMut,
+    text: &str,
+    span: tracing::Span,
+) {
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     if let Err(e) = sluice_http2::refuse_connection(io, peer, text).await {
-        tracing::debug!(error = %e, "refusing an HTTP/2 connection failed");
+        tracing::debug!(parent: &span, error = %e, "refusing an HTTP/2 connection failed");
     }
 }
 
@@ -374,11 +381,15 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     stream: C,
     peer: SocketAddr,
     buf: BytesMut,
-    config: Arc<ServerConfig>,
+    ctx: ConnCtx,
     handler: Arc<S>,
-    stats: Arc<ServerStats>,
     drain: Drain,
 ) {
+    let ConnCtx {
+        config,
+        span,
+        stats,
+    } = ctx;
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     let grpc = sluice_http2::GrpcServerConfig {
         max_message_size: config.max_frame_size,
@@ -390,7 +401,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     };
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
-        tracing::warn!(reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
     }
 }
 
@@ -405,18 +416,19 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
 ) {
     let config = ctx.config.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.inner);
-    let mut tls_stream =
-        match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(reason = %e, "closing connection: TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!("closing connection: TLS handshake timed out");
-                return;
-            }
-        };
+    let mut tls_stream = match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(parent: &ctx.span, reason = %e, "closing connection: TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(parent: &ctx.span, "closing connection: TLS handshake timed out");
+            return;
+        }
+    };
     let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let mut buf = BytesMut::with_capacity(64);
     let sniffed = tokio::time::timeout(config.sniff_timeout, async {
@@ -432,7 +444,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         Ok(Ok(Ok(Detection::Protocol(Family::Http2)))) => {}
         other => {
             ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
+            tracing::warn!(parent: &ctx.span, ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
             return;
         }
     }
@@ -446,8 +458,9 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         ..Default::default()
     };
     let shutdown = async move { drain.signaled().await };
+    let span = ctx.span;
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
-        tracing::warn!(reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
     }
 }
 

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 pub use drain::{Drain, DrainHandle};
 pub use error::{ErrorKind, ProxyError};
@@ -338,16 +337,12 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let ctx = self.ctx();
+                    let ctx = self.ctx(peer);
                     let drain = drain.clone();
-                    let span = conn::span(&self.config, peer);
-                    tasks.spawn(
-                        async move {
-                            conn::serve_connection(stream, peer, ctx, drain).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
+                    tasks.spawn(async move {
+                        conn::serve_connection(stream, peer, ctx, drain).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Accept errors (EMFILE, ECONNABORTED...) are per connection: log, back off
@@ -381,13 +376,12 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        conn::serve_any(stream, peer, self.ctx(), drain)
-            .instrument(conn::span(&self.config, peer))
-            .await;
+        conn::serve_any(stream, peer, self.ctx(peer), drain).await;
     }
 
-    fn ctx(&self) -> conn::Ctx<H, S> {
+    fn ctx(&self, peer: SocketAddr) -> conn::Ctx<H, S> {
         conn::Ctx {
+            span: conn::span(&self.config, peer),
             config: self.config.clone(),
             handler: self.handler.clone(),
             streaming: self.streaming.clone(),

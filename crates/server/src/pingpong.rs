@@ -78,7 +78,11 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
     drain: Drain,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        let ConnCtx { config, stats } = ctx;
+        let ConnCtx {
+            config,
+            span,
+            stats,
+        } = ctx;
         let (mut rd, mut wr) = stream.split_io();
         let max = config.max_in_flight_per_conn.max(1);
         // Requests of Kitex mux clients run as tasks owned by this set; each task's output is
@@ -118,7 +122,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     Incoming::Reject(to, ex) => {
                         encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
                         let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
-                        tracing::warn!(method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
+                        tracing::warn!(parent: &span, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
                         break 'conn Ok(());
                     }
                     Incoming::Request(req)
@@ -129,7 +133,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         // requests concurrently, up to the in-flight limit.
                         let handler = handler.clone();
                         let drain = drain.clone();
-                        let span = request_span(&req);
+                        let span = request_span(&req, &span);
                         mux.get_or_insert_with(Box::default).spawn(
                             async move {
                                 let (to, oneway) = reply_to(&req);
@@ -145,8 +149,10 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         let (to, oneway) = reply_to(&req);
                         // Boxed so the connection's future stays small while it is idle: the
                         // handler's future (a whole downstream call) exists only per request.
-                        let span = request_span(&req);
-                        let resp = Box::pin(handler.handle(req).instrument(span)).await;
+                        let request = request_span(&req, &span);
+                        // Instrumented after boxing: wrapping first would copy the whole
+                        // handler future once more on its way into the box.
+                        let resp = Box::pin(handler.handle(req)).instrument(request).await;
                         if !oneway {
                             encode_reply_into(&to, resp, drain.is_draining(), &mut out);
                         }
@@ -164,7 +170,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             if let Some(m) = mux.as_mut() {
                 while out.len() < sluice_io::MAX_IOV {
                     match m.try_join_next() {
-                        Some(r) => take_reply(r, &mut out),
+                        Some(r) => take_reply(r, &span, &mut out),
                         None => break,
                     }
                 }
@@ -204,15 +210,15 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         Expiry::Frame => {
                             stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                             if let Some(suppressed) = stats.logs.frame.allow() {
-                                tracing::info!(bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
+                                tracing::info!(parent: &span, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
                             }
                         }
                         Expiry::Idle => {
                             stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!("closing idle connection");
+                            tracing::debug!(parent: &span, "closing idle connection");
                         }
                         Expiry::Drained => {
-                            tracing::debug!("closing drained connection");
+                            tracing::debug!(parent: &span, "closing drained connection");
                         }
                     }
                     break Ok(());
@@ -239,7 +245,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         None => std::future::pending().await,
                     }
                 } => {
-                    take_reply(done, &mut out);
+                    take_reply(done, &span, &mut out);
                     continue;
                 }
                 _ = drain.signaled(), if !draining => {
@@ -255,26 +261,26 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             match read {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(bytes = buf.len(), "peer closed in the middle of a message");
+                        tracing::info!(parent: &span, bytes = buf.len(), "peer closed in the middle of a message");
                     }
                     break Ok(());
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(error = %e, "read failed");
+                    tracing::debug!(parent: &span, error = %e, "read failed");
                     break Ok(());
                 }
             }
         };
         if let Err(e) = outcome {
-            tracing::warn!(reason = %e, "closing connection");
+            tracing::warn!(parent: &span, reason = %e, "closing connection");
         }
         // Let in-flight handlers finish and write their replies, bounded by the drain grace;
         // then the set is dropped, which aborts whatever still runs.
         if let Some(mut m) = mux.take() {
             let deadline = tokio::time::Instant::now() + config.drain_grace;
             while let Ok(Some(done)) = tokio::time::timeout_at(deadline, m.join_next()).await {
-                take_reply(done, &mut out);
+                take_reply(done, &span, &mut out);
                 if sluice_io::write_all_vectored(&mut wr, &mut out)
                     .await
                     .is_err()
@@ -283,7 +289,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                 }
             }
             if !m.is_empty() {
-                tracing::debug!(left = m.len(), "aborting requests still running at close");
+                tracing::debug!(parent: &span, left = m.len(), "aborting requests still running at close");
             }
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
@@ -304,8 +310,9 @@ enum Expiry {
 /// The span of one request: debug level, so that it costs nothing unless asked for (then every
 /// line logged while the request is served names it). `downstream` is recorded by a
 /// forwarding handler.
-fn request_span(req: &Request) -> tracing::Span {
+fn request_span(req: &Request, conn: &tracing::Span) -> tracing::Span {
     tracing::debug_span!(
+        parent: conn,
         "request",
         service = %req.service,
         method = %req.method,
@@ -315,12 +322,16 @@ fn request_span(req: &Request) -> tracing::Span {
 }
 
 /// Appends a finished mux task's reply (none for oneway) to `out`.
-fn take_reply(done: Result<Option<Chunks>, tokio::task::JoinError>, out: &mut Vec<Bytes>) {
+fn take_reply(
+    done: Result<Option<Chunks>, tokio::task::JoinError>,
+    span: &tracing::Span,
+    out: &mut Vec<Bytes>,
+) {
     match done {
         Ok(Some(reply)) => out.extend(reply),
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(error = %e, "request handler failed; its caller gets no reply");
+            tracing::error!(parent: span, error = %e, "request handler failed; its caller gets no reply");
         }
     }
 }

@@ -81,7 +81,11 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     handler: Arc<S>,
     drain: Drain,
 ) {
-    let ConnCtx { config, stats } = ctx;
+    let ConnCtx {
+        config,
+        span,
+        stats,
+    } = ctx;
     let (mut rd, wr) = stream.split_io();
     let (tx, queue_writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     // Owned here: awaited, then aborted, when the connection ends.
@@ -146,7 +150,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                         _ => None,
                     },
                     Err(e) => {
-                        tracing::debug!(stream = id, error = %e, "frame not allowed in this stream state");
+                        tracing::debug!(parent: &span, stream = id, error = %e, "frame not allowed in this stream state");
                         let _ = entry
                             .to_user
                             .send(Event::Reset(Reset {
@@ -195,7 +199,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                 // The stream reached no handler: the caller may safely retry it elsewhere.
                 let e = e.retry_safe(true);
                 stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(stream = id, reason = %e, "refusing a stream");
+                tracing::debug!(parent: &span, stream = id, reason = %e, "refusing a stream");
                 let ex = e.to_exception();
                 // Within the queue's limit like any other frame: a peer that opens streams
                 // and does not read its refusals stops being read.
@@ -233,14 +237,16 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             streams.insert(id, Entry { side, to_user });
             let h = handler.clone();
             // The stream's span (debug level: free unless asked for) inside the connection's.
-            let span = tracing::debug_span!(
+            let stream_span = tracing::debug_span!(
+                parent: &span,
                 "stream",
                 service = %req.service,
                 method = %req.method,
                 stream = id,
                 downstream = tracing::field::Empty,
             );
-            handlers.spawn(async move { h.handle(req, server_stream).await }.instrument(span));
+            handlers
+                .spawn(async move { h.handle(req, server_stream).await }.instrument(stream_span));
         }
         if draining && streams.is_empty() && buf.is_empty() {
             break None;
@@ -265,11 +271,11 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             if partial_since.is_some() {
                 stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = stats.logs.frame.allow() {
-                    tracing::info!(bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
+                    tracing::info!(parent: &span, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
                 }
             } else {
                 stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("closing idle connection");
+                tracing::debug!(parent: &span, "closing idle connection");
             }
             break None;
         }
@@ -286,7 +292,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             } => match r {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(bytes = buf.len(), "peer closed in the middle of a frame");
+                        tracing::info!(parent: &span, bytes = buf.len(), "peer closed in the middle of a frame");
                     }
                     break None;
                 }
@@ -301,7 +307,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
         }
     };
     if let Some(r) = reason {
-        tracing::warn!(reason = %r, "closing connection");
+        tracing::warn!(parent: &span, reason = %r, "closing connection");
     }
     // Dropping the streams' senders tells every handler the connection is gone.
     streams.clear();
@@ -310,7 +316,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     let cancelled = handlers.finish(config.drain_grace).await;
     if cancelled > 0 {
         // Their sinks (and queue senders) went with them, which lets the writer finish.
-        tracing::debug!(
+        tracing::debug!(parent: &span,
             cancelled,
             "cancelled stream handlers still running at close"
         );
