@@ -1827,9 +1827,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }
                 match r.response {
                     ResponseState::Head => {
-                        match crate::client::response_head(hb.fields, hb.end_stream) {
-                            crate::client::Head::Informational => Ok(()),
-                            crate::client::Head::Headers { md, compressed } => {
+                        match crate::fields::response_head(hb.fields, hb.end_stream) {
+                            crate::fields::Head::Informational => Ok(()),
+                            crate::fields::Head::Headers { md, compressed } => {
                                 r.response = ResponseState::Body;
                                 r.compressed_ok = compressed;
                                 if sluice_stream::EventSink::push(&r.to_user, Event::Headers(md))
@@ -1839,7 +1839,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                                 }
                                 Ok(())
                             }
-                            crate::client::Head::End(end) => {
+                            crate::fields::Head::End(end) => {
                                 let reset = !hb.end_stream;
                                 self.client_end(id, end, reset);
                                 Ok(())
@@ -1863,7 +1863,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                             return Ok(());
                         }
                         r.remote_ended = true;
-                        r.ending = Some(Ending::Trailers(crate::client::end_from(hb.fields)));
+                        r.ending = Some(Ending::Trailers(crate::fields::end_from(hb.fields)));
                         self.drain(id, None, cx);
                         Ok(())
                     }
