@@ -36,10 +36,13 @@ use sluice_stream::{ClientStream, Closed, Event, EventSink, Metadata};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::conn::{ConnConfig, Connection, Opened, Shared, Side, Wakes};
+use crate::conn::{
+    ConnConfig, Connection, Counted, HeaderBlock, Opened, Opening, Role, Shared, Side, Wakes,
+};
 use crate::fields::{compressed_in_metadata, encode_metadata, valid_value};
 use crate::headers::GRPC_TIMEOUT;
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::status::Status;
 use crate::timeout::format_timeout;
 
 /// Settings of a [`GrpcClient`].
@@ -287,7 +290,6 @@ impl GrpcClient {
         // Frames are written whole; Nagle would only delay the last segment of each batch.
         let _ = tcp.set_nodelay(true);
         let cfg = ConnConfig {
-            side: Side::Client,
             max_concurrent_streams: 0,
             initial_stream_window: config.initial_stream_window,
             initial_connection_window: config.initial_connection_window,
@@ -296,9 +298,8 @@ impl GrpcClient {
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: None,
-            stats: None,
         };
-        let (conn, shared) = Connection::client(tcp, addr, cfg);
+        let (conn, shared) = Connection::new(tcp, addr, cfg, ClientRole);
         self.inner.tasks.spawn(async move {
             if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
@@ -307,6 +308,26 @@ impl GrpcClient {
         tracing::debug!(%addr, "gRPC client connection established");
         Ok(Handle { shared })
     }
+}
+
+/// The client end of a connection, as the engine sees it: nothing to decide beyond HTTP/2
+/// itself (responses are read by the engine through `crate::fields`), nothing counted.
+struct ClientRole;
+
+impl Role for ClientRole {
+    const SIDE: Side = Side::Client;
+
+    fn open(&mut self, _: &Arc<Shared>, _: HeaderBlock) -> Opening {
+        // Never asked: the server cannot open streams (push is disabled).
+        Opening::Done
+    }
+
+    fn abort(_: &Shared, _: u32, _: &Status) {
+        // Never asked: the engine ends a client stream whose response cannot be read towards
+        // its user itself.
+    }
+
+    fn count(&self, _: Counted) {}
 }
 
 /// The parts of the request HEADERS that do not change between attempts.
