@@ -14,9 +14,11 @@ use sluice_h2wire::{Settings, MAX_WINDOW};
 use sluice_stream::{Event, Reset};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{
-    ConnConfig, Connection, Counted, EndState, Http2Error, Role, Side, State, Wakes,
-    MAX_PENDING_REPLIES,
+use super::role::{Counted, Role};
+use super::state::{Side, State, Wakes};
+use super::task::{
+    ConnConfig, Connection, EndState, Http2Error, MAX_PENDING_REPLIES, RESETS_PER_SECOND,
+    RESET_BURST,
 };
 
 /// How long a graceful shutdown waits for its PING to come back before the final GOAWAY.
@@ -24,12 +26,6 @@ pub(super) const SHUTDOWN_PING_WAIT: Duration = Duration::from_secs(2);
 
 /// Opaque data of the PING that times a graceful shutdown.
 pub(super) const SHUTDOWN_PING: [u8; 8] = *b"sluice-g";
-
-/// Streams a client may open and reset in a burst, and per second after it. Each costs a
-/// handler (and, in a proxy, a downstream stream) for next to nothing on the client's side:
-/// beyond this the connection is ended (the "rapid reset" attack, CVE-2023-44487).
-pub(super) const RESET_BURST: f64 = 1000.0;
-pub(super) const RESETS_PER_SECOND: f64 = 500.0;
 
 impl ConnConfig {
     /// The SETTINGS frame this side opens with.

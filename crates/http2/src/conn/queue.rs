@@ -11,35 +11,9 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Connection, Role, State, Wakes, OUT_LIMIT};
-
-/// Inline room of a queued chunk: a DATA head with a gRPC prefix (14 bytes), or a whole
-/// control frame (PING is the longest, 17).
-pub(super) const INLINE: usize = 24;
-
-/// One piece of queued output.
-pub(crate) enum Chunk {
-    Inline { buf: [u8; INLINE], len: u8 },
-    Shared(Bytes),
-}
-
-impl Chunk {
-    pub(super) fn inline(bytes: &[u8]) -> Chunk {
-        let mut buf = [0u8; INLINE];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        Chunk::Inline {
-            buf,
-            len: bytes.len() as u8,
-        }
-    }
-
-    pub(super) fn as_slice(&self) -> &[u8] {
-        match self {
-            Chunk::Inline { buf, len } => &buf[..usize::from(*len)],
-            Chunk::Shared(b) => b,
-        }
-    }
-}
+use super::role::Role;
+use super::state::{Chunk, State, Wakes, OUT_LIMIT};
+use super::task::Connection;
 
 impl State {
     /// The task's waker, to be woken once the lock is released.

@@ -8,12 +8,11 @@
 //! (a client's), it is the response head or the trailers.
 
 use std::task::Context;
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_h2wire::frame::{self, Reason};
 use sluice_h2wire::{Frame, PREFACE};
-use sluice_stream::{Event, PipeTx, Reset, StreamEnd};
+use sluice_stream::{Event, Reset, StreamEnd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fields::{end_from, response_head, Head};
@@ -21,7 +20,9 @@ use crate::message::{MessageDecoder, MessageError};
 use crate::status::{Code, Status};
 
 use super::control::SHUTDOWN_PING;
-use super::{Connection, Counted, EndState, Http2Error, Role, Side, Wakes};
+use super::role::{Counted, HeaderBlock, Opening, Role};
+use super::state::{Side, Wakes};
+use super::task::{Connection, EndState, Ending, Http2Error, PartialBlock, Recv, ResponseState};
 
 /// Largest raw header block (HEADERS plus CONTINUATION) accepted, as a multiple of the header
 /// list limit: HPACK makes blocks smaller than the lists they carry, never much larger.
@@ -30,113 +31,9 @@ pub(super) const BLOCK_LIMIT_FACTOR: usize = 2;
 /// Most CONTINUATION frames one header block may take.
 pub(super) const MAX_CONTINUATIONS: usize = 64;
 
-/// A stream's receiving side, kept by the task.
-pub(super) struct Recv {
-    pub(super) to_user: PipeTx,
-    /// Bytes of a message split across DATA frames.
-    pub(super) partial: BytesMut,
-    /// What the peer may still send on this stream.
-    pub(super) window: i64,
-    /// Bytes taken by the user and not yet announced in WINDOW_UPDATE.
-    pub(super) unacked: u32,
-    /// Bytes received whose window waits until they are decoded and handed on.
-    pub(super) uncredited: u32,
-    /// Decoding stopped because the user was not ready: `held` and `partial` wait, and the
-    /// stream is in `Connection::withheld`.
-    pub(super) paused: bool,
-    /// A message decoded before the user fell behind; it goes first.
-    pub(super) held: Option<Bytes>,
-    /// How the peer ended its side, to be told once every message before it is out.
-    pub(super) ending: Option<Ending>,
-    /// Server: the handler stopped reading; what arrives is decoded and dropped.
-    pub(super) user_gone: bool,
-    /// END_STREAM received.
-    pub(super) remote_ended: bool,
-    /// Messages may carry the compressed flag (`grpc-encoding` set).
-    pub(super) compressed_ok: bool,
-    /// Client: where the response is.
-    pub(super) response: ResponseState,
-    pub(super) deadline: Option<Instant>,
-}
-
-impl Recv {
-    pub(super) fn new(
-        to_user: PipeTx,
-        window: u32,
-        compressed_ok: bool,
-        response: ResponseState,
-        deadline: Option<Instant>,
-    ) -> Recv {
-        Recv {
-            to_user,
-            partial: BytesMut::new(),
-            window: i64::from(window),
-            unacked: 0,
-            uncredited: 0,
-            paused: false,
-            held: None,
-            ending: None,
-            user_gone: false,
-            remote_ended: false,
-            compressed_ok,
-            response,
-            deadline,
-        }
-    }
-}
-
-/// The end of a stream's incoming side, waiting for the messages in front of it.
-pub(super) enum Ending {
-    /// Server: the client half-closed.
-    HalfClose,
-    /// Client: the response's trailers.
-    Trailers(StreamEnd),
-    /// Client: END_STREAM on DATA, without trailers.
-    NoTrailers,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResponseState {
-    /// Waiting for the response HEADERS (client), or a server's request side.
-    Head,
-    /// Headers in; messages and trailers follow.
-    Body,
-}
-
-/// A header block being put together from HEADERS and CONTINUATION frames.
-pub(super) struct PartialBlock {
-    pub(super) stream: u32,
-    /// CONTINUATION frames so far.
-    pub(super) frames: usize,
-    pub(super) end_stream: bool,
-    pub(super) self_dependent: bool,
-    pub(super) block: BytesMut,
-}
-
 /// Whether a field list holds a pseudo-header.
 pub(super) fn has_pseudo(fields: &[(Bytes, Bytes)]) -> bool {
     fields.iter().any(|(n, _)| n.first() == Some(&b':'))
-}
-
-/// A complete, decoded header block.
-pub(crate) struct HeaderBlock {
-    pub(crate) stream: u32,
-    pub(crate) end_stream: bool,
-    pub(crate) fields: Vec<(Bytes, Bytes)>,
-    /// The list was larger than the limit: `fields` holds only its start.
-    pub(crate) too_large: bool,
-}
-
-/// What the side-specific part decides about a header block.
-pub(crate) enum Opening {
-    /// A new stream: its receiving side, and whether the peer already ended its side.
-    Accept {
-        to_user: PipeTx,
-        compressed_ok: bool,
-        end_stream: bool,
-    },
-    /// Answered or refused already: nothing to keep.
-    Done,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {

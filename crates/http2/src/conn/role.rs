@@ -4,20 +4,17 @@
 //! monomorphized engine per end, every side-specific branch decided at compile time (a
 //! constant [`Role::SIDE`]), no `dyn` call and no allocation between the engine and its role.
 //! The server implements it in `crate::server`, the client in `crate::client`; the engine
-//! imports neither.
+//! imports neither. The engine's vocabulary for the role ([`HeaderBlock`], [`Opening`]) is
+//! defined here, next to the trait that uses it.
 
 use std::sync::Arc;
 
 use crate::status::Status;
 
-use super::{HeaderBlock, Opening, Shared};
+use bytes::Bytes;
+use sluice_stream::PipeTx;
 
-/// Which end of the connection this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Client,
-    Server,
-}
+use super::state::{Shared, Side};
 
 /// What the engine reports for the server's counters (`GrpcServerStats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +25,27 @@ pub(crate) enum Counted {
     ResetByPeer,
     /// The connection closed after its idle timeout.
     IdleClosed,
+}
+
+/// A complete, decoded header block.
+pub(crate) struct HeaderBlock {
+    pub(crate) stream: u32,
+    pub(crate) end_stream: bool,
+    pub(crate) fields: Vec<(Bytes, Bytes)>,
+    /// The list was larger than the limit: `fields` holds only its start.
+    pub(crate) too_large: bool,
+}
+
+/// What the side-specific part decides about a header block.
+pub(crate) enum Opening {
+    /// A new stream: its receiving side, and whether the peer already ended its side.
+    Accept {
+        to_user: PipeTx,
+        compressed_ok: bool,
+        end_stream: bool,
+    },
+    /// Answered or refused already: nothing to keep.
+    Done,
 }
 
 /// The end of an HTTP/2 connection the engine plays, and the calls the engine makes into it.

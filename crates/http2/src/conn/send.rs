@@ -17,8 +17,7 @@ use sluice_stream::Closed;
 
 use crate::message::{encode_prefix, MessageError, PREFIX_LEN};
 
-use super::queue::Chunk;
-use super::{register, Pending, Shared, State, Wakes, OUT_LIMIT};
+use super::state::{register, Chunk, Pending, Shared, State, Wakes, OUT_LIMIT};
 
 impl Shared {
     /// Ready when stream `id` may take another event: nothing of it waits for window and the
