@@ -22,7 +22,7 @@ use super::task::{
 };
 
 /// How long a graceful shutdown waits for its PING to come back before the final GOAWAY.
-pub(super) const SHUTDOWN_PING_WAIT: Duration = Duration::from_secs(2);
+const SHUTDOWN_PING_WAIT: Duration = Duration::from_secs(2);
 
 /// Opaque data of the PING that times a graceful shutdown.
 pub(super) const SHUTDOWN_PING: [u8; 8] = *b"sluice-g";
@@ -155,12 +155,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     /// Frames other than HEADERS and PRIORITY on a stream that was never opened are a
     /// connection error PROTOCOL_ERROR (RFC 9113 5.1, "idle").
     /// `next_id` is the client's next stream id (the caller holds the lock it is read under).
-    pub(super) fn check_not_idle(
-        &self,
-        id: u32,
-        what: &str,
-        next_id: u32,
-    ) -> Result<(), Http2Error> {
+    fn check_not_idle(&self, id: u32, what: &str, next_id: u32) -> Result<(), Http2Error> {
         let opened = match &self.end {
             // Push is disabled: no even stream is ever opened on a server connection.
             EndState::Server { last_stream, .. } => id % 2 == 1 && id <= *last_stream,

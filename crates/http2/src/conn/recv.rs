@@ -26,13 +26,13 @@ use super::task::{Connection, EndState, Ending, Http2Error, PartialBlock, Recv, 
 
 /// Largest raw header block (HEADERS plus CONTINUATION) accepted, as a multiple of the header
 /// list limit: HPACK makes blocks smaller than the lists they carry, never much larger.
-pub(super) const BLOCK_LIMIT_FACTOR: usize = 2;
+const BLOCK_LIMIT_FACTOR: usize = 2;
 
 /// Most CONTINUATION frames one header block may take.
-pub(super) const MAX_CONTINUATIONS: usize = 64;
+const MAX_CONTINUATIONS: usize = 64;
 
 /// Whether a field list holds a pseudo-header.
-pub(super) fn has_pseudo(fields: &[(Bytes, Bytes)]) -> bool {
+fn has_pseudo(fields: &[(Bytes, Bytes)]) -> bool {
     fields.iter().any(|(n, _)| n.first() == Some(&b':'))
 }
 
@@ -98,11 +98,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         }
     }
 
-    pub(super) fn on_frame(
-        &mut self,
-        frame: Frame,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Http2Error> {
+    fn on_frame(&mut self, frame: Frame, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         match frame {
             Frame::Data(d) => self.on_data(d, cx),
             Frame::Headers(h) => {
@@ -200,7 +196,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         }
     }
 
-    pub(super) fn check_block_size(&self, len: usize) -> Result<(), Http2Error> {
+    fn check_block_size(&self, len: usize) -> Result<(), Http2Error> {
         let limit = (self.cfg.max_header_list_size as usize).saturating_mul(BLOCK_LIMIT_FACTOR);
         if len > limit {
             // The block cannot be skipped without decoding it (the HPACK table would drift),
@@ -214,11 +210,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// A complete header block.
-    pub(super) fn on_block(
-        &mut self,
-        p: PartialBlock,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Http2Error> {
+    fn on_block(&mut self, p: PartialBlock, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         let block = p.block.freeze();
         let mut fields = Vec::with_capacity(16);
         let decoded = self
@@ -318,11 +310,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// A header block on a stream that has a receiving side.
-    pub(super) fn on_stream_block(
-        &mut self,
-        hb: HeaderBlock,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Http2Error> {
+    fn on_stream_block(&mut self, hb: HeaderBlock, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         let id = hb.stream;
         match R::SIDE {
             Side::Server => {
@@ -437,7 +425,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// Client: the user is gone; the stream is reset.
-    pub(super) fn client_end_quiet(&mut self, id: u32) {
+    fn client_end_quiet(&mut self, id: u32) {
         self.streams.remove(&id);
         let mut wakes = Wakes::default();
         let mut st = self.shared.lock();
@@ -450,7 +438,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         st.forget_if_finished(id, &mut wakes);
     }
 
-    pub(super) fn mark_remote_ended(&mut self, id: u32) {
+    fn mark_remote_ended(&mut self, id: u32) {
         if let Some(s) = self.shared.lock().streams.get_mut(&id) {
             s.remote_ended = true;
         }
@@ -459,7 +447,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     /// Server: the request's messages could not be decoded. The client gets `status` (the
     /// sending side ends first, so nothing the handler sends later can change it), then the
     /// handler hears that its input broke off.
-    pub(super) fn bad_request_stream(&mut self, id: u32, status: Status) {
+    fn bad_request_stream(&mut self, id: u32, status: Status) {
         tracing::debug!(peer = %self.peer, stream = id, message = %status.message, "bad gRPC request stream");
         R::abort(&self.shared, id, &status);
         if let Some(r) = self.streams.remove(&id) {
@@ -474,11 +462,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         }
     }
 
-    pub(super) fn on_data(
-        &mut self,
-        d: sluice_h2wire::Data,
-        cx: &mut Context<'_>,
-    ) -> Result<(), Http2Error> {
+    fn on_data(&mut self, d: sluice_h2wire::Data, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         let flow = d.flow_len as i64;
         self.recv_conn_window -= flow;
         if self.recv_conn_window < 0 {
@@ -686,7 +670,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// Announces the stream window the user has made room for, in batches of half a window.
-    pub(super) fn flush_stream_credit(&mut self, id: u32) {
+    fn flush_stream_credit(&mut self, id: u32) {
         let half = self.cfg.stream_window() / 2;
         let Some(r) = self.streams.get_mut(&id) else {
             return;
@@ -699,7 +683,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         self.shared.lock().push_inline(&frame::window_update(id, n));
     }
 
-    pub(super) fn credit_connection(&mut self) {
+    fn credit_connection(&mut self) {
         let half = self.cfg.connection_window() / 2;
         if self.conn_unacked >= half {
             let n = std::mem::take(&mut self.conn_unacked);

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use crate::status::Status;
-
 use bytes::Bytes;
 use sluice_stream::PipeTx;
+
+use crate::status::Status;
 
 use super::state::{Shared, Side};
 

@@ -199,7 +199,7 @@ impl State {
     }
 
     /// Emits DATA frames for `item` while the windows allow; returns what is left.
-    pub(super) fn emit_data(&mut self, id: u32, item: Pending) -> Option<Pending> {
+    fn emit_data(&mut self, id: u32, item: Pending) -> Option<Pending> {
         let Pending::Data {
             prefix,
             mut from,

@@ -52,7 +52,7 @@ pub(crate) enum Side {
 
 /// Inline room of a queued chunk: a DATA head with a gRPC prefix (14 bytes), or a whole
 /// control frame (PING is the longest, 17).
-pub(super) const INLINE: usize = 24;
+const INLINE: usize = 24;
 
 /// One piece of queued output.
 pub(crate) enum Chunk {

@@ -23,13 +23,13 @@ use super::role::Role;
 use super::state::{Chunk, IdMap, Shared, Side, State, Wakes};
 
 /// How long a closing connection keeps trying to write what is queued (GOAWAY included).
-pub(super) const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// Read size: as much as has arrived, up to several DATA frames.
-pub(super) const READ_CHUNK: usize = sluice_io::STREAM_READ_CHUNK;
+const READ_CHUNK: usize = sluice_io::STREAM_READ_CHUNK;
 
 /// Frames read per poll before the task lets others run.
-pub(super) const READS_PER_POLL: usize = 16;
+const READS_PER_POLL: usize = 16;
 
 /// Most frames this side may owe the peer in answer to its own frames (PING and SETTINGS
 /// acknowledgements, RST_STREAM and refusals of streams) while they wait to be written. A peer
@@ -401,7 +401,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// Reads and drops input; true once the peer has closed its side (or the socket failed).
-    pub(super) fn discard_input(&mut self, cx: &mut Context<'_>) -> bool {
+    fn discard_input(&mut self, cx: &mut Context<'_>) -> bool {
         let mut scratch = [0u8; 4096];
         for _ in 0..READS_PER_POLL {
             let mut rb = tokio::io::ReadBuf::new(&mut scratch);
@@ -417,7 +417,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// One round: control requests, reads, credits, deadlines, writes.
-    pub(super) fn step(&mut self, cx: &mut Context<'_>) -> Result<(), Http2Error> {
+    fn step(&mut self, cx: &mut Context<'_>) -> Result<(), Http2Error> {
         if let Some(d) = &mut self.handshake_deadline {
             if d.as_mut().poll(cx).is_ready() {
                 tracing::debug!(peer = %self.peer, preface = self.preface_read, "HTTP/2 handshake timed out; closing the connection");
@@ -497,7 +497,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
 
     /// Whether the connection is done (nothing left to serve and no one to serve it for); if
     /// so it takes no new stream from now on (decided under the lock an open takes).
-    pub(super) fn close_if_done(&self) -> bool {
+    fn close_if_done(&self) -> bool {
         let mut st = self.shared.lock();
         let idle = self.streams.is_empty() && st.streams.is_empty() && st.opened.is_empty();
         let done = match &self.end {
@@ -542,7 +542,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// The peer closed its side.
-    pub(super) fn on_eof(&mut self) {
+    fn on_eof(&mut self) {
         if !self.buf.is_empty() || self.partial_block.is_some() {
             tracing::debug!(peer = %self.peer, "HTTP/2 connection closed in the middle of a frame");
         }
@@ -554,7 +554,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
 
     /// Requests queued by sinks and handles: ended streams, released streams, new streams,
     /// a shutdown.
-    pub(super) fn take_requests(&mut self) {
+    fn take_requests(&mut self) {
         let (finished, released, opened, shutdown) = {
             let mut st = self.shared.lock();
             if st.finished.is_empty()
@@ -621,7 +621,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// Client: streams past their deadline are reset and end with DEADLINE_EXCEEDED.
-    pub(super) fn check_deadlines(&mut self, cx: &mut Context<'_>) {
+    fn check_deadlines(&mut self, cx: &mut Context<'_>) {
         let Some(next) = self.next_deadline else {
             return;
         };
@@ -657,7 +657,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     }
 
     /// Sets the timer to the earliest deadline.
-    pub(super) fn arm_timer(&mut self, cx: &mut Context<'_>) {
+    fn arm_timer(&mut self, cx: &mut Context<'_>) {
         match self.next_deadline {
             Some(d) => {
                 let timer = self
