@@ -2,7 +2,7 @@
 #![no_main]
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sluice_http2::message::MessageDecoder;
+use sluice_grpc::message::MessageDecoder;
 
 fuzz_target!(|data: &[u8]| {
     let dec = MessageDecoder::with_max_message_size(1 << 16);
@@ -10,11 +10,11 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(Some(_)) = dec.decode(&mut buf) {}
     assert!(buf.capacity() <= (1 << 16) + 5 + data.len() + 64);
     let _ = dec.finish(&buf);
-    let _ = sluice_http2::timeout::parse_timeout(data);
-    let _ = sluice_http2::status::Code::parse(data);
-    let _ = sluice_http2::status::percent_decode(data);
+    let _ = sluice_grpc::timeout::parse_timeout(data);
+    let _ = sluice_grpc::status::Code::parse(data);
+    let _ = sluice_grpc::status::percent_decode(data);
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = sluice_http2::path::MethodPath::parse(s);
-        let _ = sluice_http2::content_type::GrpcContentType::parse(s);
+        let _ = sluice_grpc::path::MethodPath::parse(s);
+        let _ = sluice_grpc::content_type::GrpcContentType::parse(s);
     }
 });

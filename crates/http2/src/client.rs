@@ -20,7 +20,7 @@
 //!   [`Event::Message`], the trailers (or a Trailers-Only response) [`Event::End`] with the
 //!   decoded `grpc-status`/`grpc-message` and every other trailer, a RST_STREAM from the server
 //!   [`Event::Reset`]; a non-200 `:status` or a response without a gRPC `content-type` ends with
-//!   the code of [`Code::from_http_status`];
+//!   the code of [`Code::from_http_status`](crate::Code::from_http_status);
 //! * when the deadline passes, the stream is reset (CANCEL) and ends with grpc-status 4
 //!   (DEADLINE_EXCEEDED), as a gRPC client reports it.
 
@@ -32,19 +32,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::Reason;
-use sluice_stream::{ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, StreamEnd};
+use sluice_stream::{ClientStream, Closed, Event, EventSink, Metadata};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::conn::{ConnConfig, Connection, Opened, Shared, Side, Wakes};
-use crate::content_type::GrpcContentType;
-use crate::fields::{
-    compressed_in_fields, compressed_in_metadata, encode_metadata, field, metadata_from_fields,
-    valid_name, valid_value,
+use crate::conn::{
+    ConnConfig, Connection, Counted, HeaderBlock, Opened, Opening, Role, Shared, Side, Wakes,
 };
-use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, GRPC_TIMEOUT};
+use crate::fields::{compressed_in_metadata, encode_metadata, valid_value};
+use crate::headers::GRPC_TIMEOUT;
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
-use crate::status::{Code, Status};
+use crate::status::Status;
 use crate::timeout::format_timeout;
 
 /// Settings of a [`GrpcClient`].
@@ -292,7 +290,6 @@ impl GrpcClient {
         // Frames are written whole; Nagle would only delay the last segment of each batch.
         let _ = tcp.set_nodelay(true);
         let cfg = ConnConfig {
-            side: Side::Client,
             max_concurrent_streams: 0,
             initial_stream_window: config.initial_stream_window,
             initial_connection_window: config.initial_connection_window,
@@ -301,9 +298,8 @@ impl GrpcClient {
             max_message_size: config.max_message_size,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: None,
-            stats: None,
         };
-        let (conn, shared) = Connection::client(tcp, addr, cfg);
+        let (conn, shared) = Connection::new(tcp, addr, cfg, ClientRole);
         self.inner.tasks.spawn(async move {
             if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
@@ -312,6 +308,26 @@ impl GrpcClient {
         tracing::debug!(%addr, "gRPC client connection established");
         Ok(Handle { shared })
     }
+}
+
+/// The client end of a connection, as the engine sees it: nothing to decide beyond HTTP/2
+/// itself (responses are read by the engine through `crate::fields`), nothing counted.
+struct ClientRole;
+
+impl Role for ClientRole {
+    const SIDE: Side = Side::Client;
+
+    fn open(&mut self, _: &Arc<Shared>, _: HeaderBlock) -> Opening {
+        // Never asked: the server cannot open streams (push is disabled).
+        Opening::Done
+    }
+
+    fn abort(_: &Shared, _: u32, _: &Status) {
+        // Never asked: the engine ends a client stream whose response cannot be read towards
+        // its user itself.
+    }
+
+    fn count(&self, _: Counted) {}
 }
 
 /// The parts of the request HEADERS that do not change between attempts.
@@ -470,94 +486,5 @@ impl EventSink for ClientSink {
         let mut st = self.shared.lock();
         st.released(self.id);
         crate::conn::unlock_and_wake(st);
-    }
-}
-
-/// What a response's first header block says.
-pub(crate) enum Head {
-    /// A 1xx response: the real one follows.
-    Informational,
-    /// Response headers of a gRPC response; messages follow.
-    Headers {
-        /// The metadata, without pseudo-headers and `content-type`.
-        md: Metadata,
-        /// `grpc-encoding` is set: messages may be compressed.
-        compressed: bool,
-    },
-    /// The response is over: Trailers-Only, or not a gRPC response at all.
-    End(StreamEnd),
-}
-
-/// Reads a response's first header block.
-pub(crate) fn response_head(fields: Vec<(Bytes, Bytes)>, end_stream: bool) -> Head {
-    if let Some((k, _)) = fields
-        .iter()
-        .find(|(k, v)| !valid_name(k) || !valid_value(v))
-    {
-        return Head::End(StreamEnd::error(
-            Code::INTERNAL.as_u32(),
-            format!("malformed response header {:?}", String::from_utf8_lossy(k)),
-        ));
-    }
-    let status = field(&fields, ":status")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<u16>().ok());
-    let Some(status) = status else {
-        return Head::End(StreamEnd::error(
-            Code::INTERNAL.as_u32(),
-            "response without a valid :status",
-        ));
-    };
-    if (100..200).contains(&status) && !end_stream {
-        return Head::Informational;
-    }
-    let grpc_content_type = field(&fields, "content-type")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .is_some_and(|v| GrpcContentType::parse(v).is_some());
-    if status != 200 || !grpc_content_type {
-        // Not a gRPC response: kitex-wire.md 5.4, HTTPStatusConvTab.
-        let code = Code::from_http_status(status);
-        let mut message = format!("unexpected HTTP status {status}");
-        if !grpc_content_type {
-            message.push_str(" without a gRPC content-type");
-        }
-        if let Some(m) = field(&fields, GRPC_MESSAGE) {
-            message.push_str(": ");
-            message.push_str(&crate::status::percent_decode(m));
-        }
-        return Head::End(StreamEnd::error(code.as_u32(), message));
-    }
-    if end_stream {
-        // Trailers-Only.
-        return Head::End(end_from(fields));
-    }
-    let compressed = compressed_in_fields(&fields);
-    Head::Headers {
-        md: metadata_from_fields(fields, |name| name == b"content-type"),
-        compressed,
-    }
-}
-
-/// The end of a stream from its trailers (or Trailers-Only headers).
-pub(crate) fn end_from(fields: Vec<(Bytes, Bytes)>) -> StreamEnd {
-    let status = match field(&fields, GRPC_STATUS) {
-        None => Status::new(Code::UNKNOWN, "grpc-status missing from the trailers"),
-        Some(v) => Status::from_header_values(v, field(&fields, GRPC_MESSAGE).map(|m| &m[..]))
-            .unwrap_or_else(|e| {
-                Status::new(
-                    Code::INTERNAL,
-                    format!("bad grpc-status {:?}: {e}", String::from_utf8_lossy(v)),
-                )
-            }),
-    };
-    let trailers = metadata_from_fields(fields, |name| {
-        matches!(name, b"grpc-status" | b"grpc-message" | b"content-type")
-    });
-    StreamEnd {
-        error: (!status.is_ok()).then(|| ErrorStatus {
-            code: status.code.as_u32(),
-            message: status.message,
-        }),
-        trailers,
     }
 }

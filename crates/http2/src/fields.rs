@@ -1,65 +1,22 @@
-//! Header fields as both drivers handle them: validation of what arrives, filtering and
-//! encoding of what leaves, and the compressed-flag rule.
+//! Header fields as both drivers handle them, in and out of `sluice-stream`'s [`Metadata`]:
+//! filtering and encoding of what leaves, metadata and stream ends from what arrives. The
+//! checks that need no stream type (field validity, the compressed-flag rule, the status a
+//! response carries) are `sluice_grpc::fields`; they are re-exported here for the drivers.
+//!
+//! Neither driver's machinery is imported here: the connection engine reads responses through
+//! [`response_head`] and [`end_from`] as the client does.
 
 use bytes::Bytes;
+use sluice_grpc::fields::{trailer_status, ResponseHead};
 use sluice_h2wire::hpack::Encoder;
-use sluice_stream::Metadata;
+use sluice_stream::{ErrorStatus, Metadata, StreamEnd};
+
+pub(crate) use sluice_grpc::fields::{
+    compressed_by_headers, compressed_in_fields, field, is_connection_specific, valid_name,
+    valid_value,
+};
 
 use crate::headers::GRPC_ENCODING;
-
-/// Headers HTTP/2 forbids (RFC 9113 8.2.2): a request or response carrying one is malformed,
-/// and none is ever sent.
-pub(crate) fn is_connection_specific(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
-    )
-}
-
-/// A field name HTTP/2 can carry: a non-empty token of lower-case characters (RFC 9110 5.1,
-/// RFC 9113 8.2.1), or a pseudo-header name.
-pub(crate) fn valid_name(name: &[u8]) -> bool {
-    let body = name.strip_prefix(b":").unwrap_or(name);
-    !body.is_empty()
-        && body.iter().all(|&b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
-
-/// A field value HTTP/2 can carry: "A field value MUST NOT contain the zero value (ASCII NUL,
-/// 0x00), line feed (ASCII LF, 0x0a), or carriage return (ASCII CR, 0x0d) at any position"
-/// (RFC 9113 8.2.1).
-pub(crate) fn valid_value(value: &[u8]) -> bool {
-    !value.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r'))
-}
-
-/// Whether messages in the direction these headers describe carry the compressed flag:
-/// `grpc-encoding` names a compressor other than `identity`.
-///
-/// The stream API carries message bytes without the flag, so the drivers derive it from the
-/// headers: gRPC implementations that compress (grpc-go, Kitex) compress every message of a
-/// stream whose `grpc-encoding` is set.
-pub(crate) fn compressed_by_headers<'a>(mut encoding: impl Iterator<Item = &'a [u8]>) -> bool {
-    encoding.any(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"identity"))
-}
 
 /// [`compressed_by_headers`] for [`Metadata`].
 pub(crate) fn compressed_in_metadata(md: &Metadata) -> bool {
@@ -67,16 +24,6 @@ pub(crate) fn compressed_in_metadata(md: &Metadata) -> bool {
         md.iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(GRPC_ENCODING.as_bytes()))
             .map(|(_, v)| v),
-    )
-}
-
-/// [`compressed_by_headers`] for decoded fields.
-pub(crate) fn compressed_in_fields(fields: &[(Bytes, Bytes)]) -> bool {
-    compressed_by_headers(
-        fields
-            .iter()
-            .filter(|(k, _)| k.as_ref() == GRPC_ENCODING.as_bytes())
-            .map(|(_, v)| v.as_ref()),
     )
 }
 
@@ -116,12 +63,54 @@ pub(crate) fn metadata_from_fields(
     Metadata(fields)
 }
 
-/// The first value of `name` among decoded fields.
-pub(crate) fn field<'a>(fields: &'a [(Bytes, Bytes)], name: &str) -> Option<&'a Bytes> {
-    fields
-        .iter()
-        .find(|(k, _)| k.as_ref() == name.as_bytes())
-        .map(|(_, v)| v)
+/// What a response's first header block says.
+pub(crate) enum Head {
+    /// A 1xx response: the real one follows.
+    Informational,
+    /// Response headers of a gRPC response; messages follow.
+    Headers {
+        /// The metadata, without pseudo-headers and `content-type`.
+        md: Metadata,
+        /// `grpc-encoding` is set: messages may be compressed.
+        compressed: bool,
+    },
+    /// The response is over: Trailers-Only, or not a gRPC response at all.
+    End(StreamEnd),
+}
+
+/// Reads a response's first header block: `sluice_grpc::fields::response_head` decides, then
+/// the decoded list itself becomes the stream's metadata or its end (no copy of the fields).
+pub(crate) fn response_head(fields: Vec<(Bytes, Bytes)>, end_stream: bool) -> Head {
+    match sluice_grpc::fields::response_head(&fields, end_stream) {
+        ResponseHead::Informational => Head::Informational,
+        ResponseHead::Failed(status) => {
+            Head::End(StreamEnd::error(status.code.as_u32(), status.message))
+        }
+        // Trailers-Only.
+        ResponseHead::Grpc if end_stream => Head::End(end_from(fields)),
+        ResponseHead::Grpc => {
+            let compressed = compressed_in_fields(&fields);
+            Head::Headers {
+                md: metadata_from_fields(fields, |name| name == b"content-type"),
+                compressed,
+            }
+        }
+    }
+}
+
+/// The end of a stream from its trailers (or Trailers-Only headers).
+pub(crate) fn end_from(fields: Vec<(Bytes, Bytes)>) -> StreamEnd {
+    let status = trailer_status(&fields);
+    let trailers = metadata_from_fields(fields, |name| {
+        matches!(name, b"grpc-status" | b"grpc-message" | b"content-type")
+    });
+    StreamEnd {
+        error: (!status.is_ok()).then(|| ErrorStatus {
+            code: status.code.as_u32(),
+            message: status.message,
+        }),
+        trailers,
+    }
 }
 
 #[cfg(test)]
@@ -141,25 +130,6 @@ mod tests {
             Bytes::from_static(b"grpc-encoding"),
             Bytes::from_static(b"gzip")
         )]));
-    }
-
-    #[test]
-    fn names_and_values_http2_can_carry() {
-        for ok in [
-            &b"x-user"[..],
-            b"grpc-status-details-bin",
-            b":path",
-            b"a!#$%&'*+-.^_`|~9",
-        ] {
-            assert!(valid_name(ok), "{ok:?}");
-        }
-        for bad in [&b""[..], b":", b"X-User", b"bad name", b"a:b", b"\xff"] {
-            assert!(!valid_name(bad), "{bad:?}");
-        }
-        assert!(valid_value(b"any text \xe2\x98\x83, even\ttabs"));
-        for bad in [&b"a\nb"[..], b"a\rb", b"a\0b"] {
-            assert!(!valid_value(bad));
-        }
     }
 
     #[test]

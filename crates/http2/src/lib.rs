@@ -1,8 +1,6 @@
-//! gRPC over HTTP/2 as Kitex speaks it: the message-level pieces, and the HTTP/2 server driver
-//! and client built on them and on `sluice-h2wire`'s frames and HPACK (h2c, prior knowledge,
-//! or inside TLS).
-//!
-//! The connection-level parts:
+//! gRPC over HTTP/2 as Kitex speaks it: the HTTP/2 server driver and client, built on
+//! `sluice-h2wire`'s frames and HPACK (h2c, prior knowledge, or inside TLS) and on
+//! `sluice-grpc`'s message-level pieces.
 //!
 //! * [`server`]: [`serve_connection`] serves one gRPC connection, handing every call to a
 //!   `StreamingHandler` as a stream of raw messages (kitex-wire.md 5.4, 5.5, 7.9);
@@ -10,12 +8,13 @@
 //! * [`client`]: [`GrpcClient`] opens streams on one downstream over shared HTTP/2 connections
 //!   (kitex-wire.md 5.2-5.4).
 //!
-//! Both translate between HTTP/2 and the protocol-neutral events of `sluice-stream` on a
-//! connection machinery they share (one task per connection, frames encoded by the sending
-//! task; see the `conn` module), with backpressure end to end: a stream's window is reopened
-//! only once its reader is ready for more, and messages are sent only as fast as the peer's
-//! windows allow. They never send an empty DATA frame other than a lone END_STREAM (h2 peers
-//! close connections after 100 of them).
+//! Both translate between HTTP/2 and the protocol-neutral events of `sluice-stream` on one
+//! connection engine (the private `conn` module: one task per connection, frames encoded by
+//! the sending task), which is generic over the end it plays (`conn::Role`) and imports
+//! neither of them. Backpressure runs end to end: a stream's window is reopened only once its
+//! reader is ready for more, and messages are sent only as fast as the peer's windows allow.
+//! They never send an empty DATA frame other than a lone END_STREAM (h2 peers close
+//! connections after 100 of them).
 //!
 //! Messages travel as bytes without their compressed flag, so both drivers derive the flag of
 //! the messages they send from `grpc-encoding` in the same direction's headers (set and not
@@ -23,34 +22,19 @@
 //! message flagged compressed without such a header. A peer that mixes compressed and
 //! uncompressed messages under one `grpc-encoding` cannot be forwarded faithfully.
 //!
-//! The message-level pieces, independent of the HTTP/2 connection itself:
-//!
-//! * [`message`]: the 5-byte length-prefixed message framing carried in DATA frames
-//!   (kitex-wire.md 5.3), with a bounded, zero-copy decoder and an encoder;
-//! * [`status`]: `grpc-status` codes (the 17 standard ones and Kitex's non-standard ones),
-//!   `grpc-message` percent-encoding, and the HTTP-status fallback (kitex-wire.md 5.4, 7.9);
-//! * [`timeout`]: the `grpc-timeout` header (kitex-wire.md 5.2);
-//! * [`content_type`]: `content-type` recognition and the codec Kitex picks from it
-//!   (kitex-wire.md 5.5);
-//! * [`path`]: splitting `:path` into package, service and method (kitex-wire.md 5.5);
-//! * [`headers`]: the header names gRPC and Kitex use.
+//! The message-level modules ([`message`], [`status`], [`timeout`], [`content_type`],
+//! [`path`], [`headers`]) and their main types are `sluice-grpc`'s, re-exported here so that
+//! users of this crate need only it.
 //!
 //! Wire reference: `kitex-wire.md` (section 5 "gRPC as Kitex implements it", 7.9 "gRPC details",
 //! 7.10 "Frame/message sizes", 8.8 test vectors), and the gRPC "PROTOCOL-HTTP2" document that it
-//! builds on. The message-level modules parse from byte slices or `BytesMut` and write into
-//! [`bytes::BufMut`]; [`server`] and [`client`] sit on top of them.
+//! builds on.
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod conn;
-pub mod content_type;
 mod fields;
-pub mod headers;
-pub mod message;
-pub mod path;
 pub mod server;
-pub mod status;
-pub mod timeout;
 
 pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, OpenRequest};
 pub use conn::Http2Error;
@@ -60,11 +44,11 @@ pub use server::{
 };
 pub use sluice_h2wire::Reason;
 
-pub use content_type::{Codec, GrpcContentType};
-pub use message::{
-    encode, encode_prefix, Message, MessageDecoder, MessageError, DEFAULT_MAX_MESSAGE_SIZE,
+// The message-level API, from `sluice-grpc`, under the paths it has always had here.
+pub use sluice_grpc::{content_type, headers, message, path, status, timeout};
+pub use sluice_grpc::{
+    encode, encode_prefix, format_timeout, parse_timeout, percent_decode, percent_encode, Code,
+    GrpcCodec, GrpcContentType, Message, MessageDecoder, MessageError, MethodPath,
+    ParseStatusError, PathError, Status, TimeoutError, DEFAULT_MAX_MESSAGE_SIZE, MAX_TIMEOUT,
     PREFIX_LEN,
 };
-pub use path::{MethodPath, PathError};
-pub use status::{percent_decode, percent_encode, Code, ParseStatusError, Status};
-pub use timeout::{format_timeout, parse_timeout, TimeoutError, MAX_TIMEOUT};

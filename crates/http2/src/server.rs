@@ -44,7 +44,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -58,7 +58,8 @@ use sluice_stream::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::conn::{
-    ConnConfig, Connection, HeaderBlock, Http2Error, OnRequest, Opening, Shared, Side, State, Wakes,
+    ConnConfig, Connection, Counted, HeaderBlock, Http2Error, Opening, Role, Shared, Side, State,
+    Wakes,
 };
 use crate::content_type::GrpcContentType;
 use crate::fields::{
@@ -182,7 +183,6 @@ where
     F: Future<Output = ()>,
 {
     let cfg = ConnConfig {
-        side: Side::Server,
         max_concurrent_streams: config.max_concurrent_streams,
         initial_stream_window: config.initial_stream_window,
         initial_connection_window: config.initial_connection_window,
@@ -191,23 +191,17 @@ where
         max_message_size: config.max_message_size,
         handshake_timeout: config.handshake_timeout,
         idle_timeout: Some(config.idle_timeout),
-        stats: config.stats.clone(),
     };
-    let max_header_list_size = config.max_header_list_size;
     // The handler tasks' owner: dropped with this future, it cancels them.
     let tasks = Arc::new(sluice_io::TaskGroup::new());
-    let spawner = tasks.clone();
-    let on_request: OnRequest = Box::new(move |shared, block| {
-        open_stream(
-            shared,
-            block,
-            peer,
-            &handler,
-            max_header_list_size,
-            &spawner,
-        )
-    });
-    let mut conn = Connection::server(io, peer, cfg, on_request);
+    let role = ServerRole {
+        peer,
+        handler,
+        max_header_list_size: config.max_header_list_size,
+        tasks: tasks.clone(),
+        stats: config.stats.clone(),
+    };
+    let (mut conn, _) = Connection::new(io, peer, cfg, role);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut shutting_down = false;
     let result = std::future::poll_fn(|cx| {
@@ -231,6 +225,47 @@ where
             timeout: config.handshake_timeout,
         }),
         Err(source) => Err(GrpcServerError::Connection { peer, source }),
+    }
+}
+
+/// The server end of a connection, as the engine sees it: requests become handler tasks,
+/// unreadable requests are answered with a status, and the counters are this server's.
+struct ServerRole<H> {
+    peer: SocketAddr,
+    handler: Arc<H>,
+    max_header_list_size: u32,
+    tasks: Arc<sluice_io::TaskGroup>,
+    stats: Option<Arc<GrpcServerStats>>,
+}
+
+impl<H: StreamingHandler> Role for ServerRole<H> {
+    const SIDE: Side = Side::Server;
+
+    fn open(&mut self, shared: &Arc<Shared>, block: HeaderBlock) -> Opening {
+        open_stream(
+            shared,
+            block,
+            self.peer,
+            &self.handler,
+            self.max_header_list_size,
+            &self.tasks,
+        )
+    }
+
+    fn abort(shared: &Shared, id: u32, status: &Status) {
+        abort(shared, id, status);
+    }
+
+    fn count(&self, what: Counted) {
+        let Some(stats) = &self.stats else {
+            return;
+        };
+        let counter = match what {
+            Counted::Refused => &stats.streams_refused,
+            Counted::ResetByPeer => &stats.streams_reset_by_peer,
+            Counted::IdleClosed => &stats.connections_idle_closed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -551,7 +586,7 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
 
 /// Ends stream `id` from the connection task with `status` (its request could not be read):
 /// trailers (or Trailers-Only), then RST_STREAM(NO_ERROR) if the client is still sending.
-pub(crate) fn abort(shared: &Shared, id: u32, status: &Status) {
+fn abort(shared: &Shared, id: u32, status: &Status) {
     let end = StreamEnd::error(status.code.as_u32(), status.message.clone());
     let mut wakes = Wakes::default();
     let mut st = shared.lock();

@@ -2,7 +2,7 @@
 //! by hand (an `h2::client` talking to the server, an `h2::server` fake backend for the
 //! client), raw bytes of a real Kitex client, and raw TCP for the GOAWAY refusal.
 
-mod common;
+use sluice_testkit::h2frames as common;
 mod support;
 
 use std::net::SocketAddr;

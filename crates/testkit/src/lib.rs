@@ -5,7 +5,12 @@
 //! direction (`conn<N>.c2s.bin`, `conn<N>.s2c.bin`) and a `DECODED.md` that states, frame by
 //! frame, what the bytes mean. [`Capture::load`] reads both; the expectations in [`Expected`]
 //! come from `DECODED.md` only, never from Sluice's own decoders, so tests compare the two.
+//!
+//! [`h2frames`] splits the HTTP/2 captures into frames, independently of Sluice's own HTTP/2
+//! code.
 #![forbid(unsafe_code)]
+
+pub mod h2frames;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -4,12 +4,12 @@
 //! The spec's header blocks use plain HPACK literals (no Huffman, fresh dynamic table), so a
 //! small literal-only HPACK reader below is enough to get at the header values.
 
-mod common;
+use sluice_testkit::h2frames as common;
 
 use bytes::BytesMut;
 use common::{split_frames, TYPE_DATA, TYPE_HEADERS};
-use sluice_http2::{
-    headers, parse_timeout, Code, Codec, GrpcContentType, MessageDecoder, MethodPath, Status,
+use sluice_grpc::{
+    headers, parse_timeout, Code, GrpcCodec, GrpcContentType, MessageDecoder, MethodPath, Status,
 };
 use sluice_testkit::hex;
 use std::time::Duration;
@@ -163,7 +163,7 @@ fn request_headers() {
         ("echo", "EchoService", "Echo")
     );
     let ct = GrpcContentType::parse(header(&list, headers::CONTENT_TYPE)).unwrap();
-    assert_eq!((ct.subtype(), ct.codec()), (None, Codec::Protobuf));
+    assert_eq!((ct.subtype(), ct.codec()), (None, GrpcCodec::Protobuf));
     assert_eq!(
         parse_timeout(header(&list, headers::GRPC_TIMEOUT).as_bytes()),
         Ok(Duration::from_secs(1))
@@ -210,7 +210,7 @@ fn response_headers_and_trailers() {
     let head = hpack_decode(hs[0].body());
     assert_eq!(header(&head, ":status"), "200");
     let ct = GrpcContentType::parse(header(&head, headers::CONTENT_TYPE)).unwrap();
-    assert_eq!(ct.codec(), Codec::Protobuf);
+    assert_eq!(ct.codec(), GrpcCodec::Protobuf);
 
     assert!(hs[1].end_stream());
     let trailers = hpack_decode(hs[1].body());
@@ -234,7 +234,7 @@ fn trailers_only_biz_error() {
     assert_eq!(header(&list, ":status"), "200");
     assert_eq!(
         GrpcContentType::parse(header(&list, headers::CONTENT_TYPE)).map(|c| c.codec()),
-        Some(Codec::Protobuf)
+        Some(GrpcCodec::Protobuf)
     );
     let status = Status::from_header_values(
         header(&list, headers::GRPC_STATUS).as_bytes(),
@@ -270,11 +270,11 @@ fn thrift_args_and_result_messages() {
     dec.finish(&buf).unwrap();
 
     let mut out = Vec::new();
-    sluice_http2::encode(&args, false, &mut out).unwrap();
-    sluice_http2::encode(&result, false, &mut out).unwrap();
+    sluice_grpc::encode(&args, false, &mut out).unwrap();
+    sluice_grpc::encode(&result, false, &mut out).unwrap();
     assert_eq!(out, wire);
     assert_eq!(
         GrpcContentType::parse("application/grpc+thrift").map(|c| c.codec()),
-        Some(Codec::Thrift)
+        Some(GrpcCodec::Thrift)
     );
 }

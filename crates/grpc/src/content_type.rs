@@ -7,21 +7,26 @@
 //! content type in its response (kitex-wire.md 5.4), so [`GrpcContentType::subtype`] keeps what
 //! was received.
 
-/// How the messages of a call are serialized.
+/// How the messages of a gRPC call are serialized, as the call's `content-type` says.
+///
+/// Not to be confused with `sluice_sniff::Codec`, the codec of a ping-pong (non-gRPC) message,
+/// read from its envelope's version word: thrift strict binary or Kitex protobuf, each with its
+/// own message header. A gRPC message carries no envelope at all: its bytes are the bare
+/// protobuf message or thrift struct, and only the content-subtype tells which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Codec {
+pub enum GrpcCodec {
     /// Protobuf: no subtype, `+proto`, and (as Kitex decides) any subtype other than `thrift`.
     Protobuf,
     /// Thrift binary structs, no message envelope (kitex-wire.md 5.3): subtype `thrift`.
     Thrift,
 }
 
-impl Codec {
+impl GrpcCodec {
     /// The `content-type` a Kitex client sends for this codec.
     pub const fn content_type(self) -> &'static str {
         match self {
-            Codec::Protobuf => "application/grpc",
-            Codec::Thrift => "application/grpc+thrift",
+            GrpcCodec::Protobuf => "application/grpc",
+            GrpcCodec::Thrift => "application/grpc+thrift",
         }
     }
 }
@@ -72,10 +77,10 @@ impl<'a> GrpcContentType<'a> {
     }
 
     /// The codec a Kitex server uses for this content type.
-    pub fn codec(&self) -> Codec {
+    pub fn codec(&self) -> GrpcCodec {
         match self.subtype {
-            Some(sub) if sub.eq_ignore_ascii_case("thrift") => Codec::Thrift,
-            _ => Codec::Protobuf,
+            Some(sub) if sub.eq_ignore_ascii_case("thrift") => GrpcCodec::Thrift,
+            _ => GrpcCodec::Protobuf,
         }
     }
 }
@@ -89,20 +94,20 @@ fn is_ows(c: char) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(v: &str) -> Option<(Option<&str>, Codec)> {
+    fn parse(v: &str) -> Option<(Option<&str>, GrpcCodec)> {
         GrpcContentType::parse(v).map(|c| (c.subtype(), c.codec()))
     }
 
     #[test]
     fn kitex_content_types() {
-        assert_eq!(parse("application/grpc"), Some((None, Codec::Protobuf)));
+        assert_eq!(parse("application/grpc"), Some((None, GrpcCodec::Protobuf)));
         assert_eq!(
             parse("application/grpc+thrift"),
-            Some((Some("thrift"), Codec::Thrift))
+            Some((Some("thrift"), GrpcCodec::Thrift))
         );
         assert_eq!(
             parse("application/grpc+proto"),
-            Some((Some("proto"), Codec::Protobuf))
+            Some((Some("proto"), GrpcCodec::Protobuf))
         );
     }
 
@@ -110,32 +115,35 @@ mod tests {
     fn other_subtypes_are_protobuf_for_kitex() {
         assert_eq!(
             parse("application/grpc+json"),
-            Some((Some("json"), Codec::Protobuf))
+            Some((Some("json"), GrpcCodec::Protobuf))
         );
         assert_eq!(
             parse("application/grpc+thriftx"),
-            Some((Some("thriftx"), Codec::Protobuf))
+            Some((Some("thriftx"), GrpcCodec::Protobuf))
         );
-        assert_eq!(parse("application/grpc+"), Some((None, Codec::Protobuf)));
+        assert_eq!(
+            parse("application/grpc+"),
+            Some((None, GrpcCodec::Protobuf))
+        );
     }
 
     #[test]
     fn parameters_are_ignored() {
         assert_eq!(
             parse("application/grpc+thrift; charset=utf-8"),
-            Some((Some("thrift"), Codec::Thrift))
+            Some((Some("thrift"), GrpcCodec::Thrift))
         );
         assert_eq!(
             parse("application/grpc;charset=utf-8"),
-            Some((None, Codec::Protobuf))
+            Some((None, GrpcCodec::Protobuf))
         );
         assert_eq!(
             parse("application/grpc;thrift"),
-            Some((None, Codec::Protobuf))
+            Some((None, GrpcCodec::Protobuf))
         );
         assert_eq!(
             parse("application/grpc+proto ;a=b;c=d"),
-            Some((Some("proto"), Codec::Protobuf))
+            Some((Some("proto"), GrpcCodec::Protobuf))
         );
     }
 
@@ -143,7 +151,7 @@ mod tests {
     fn case_insensitive() {
         assert_eq!(
             parse("Application/GRPC+Thrift"),
-            Some((Some("Thrift"), Codec::Thrift))
+            Some((Some("Thrift"), GrpcCodec::Thrift))
         );
     }
 
@@ -165,7 +173,7 @@ mod tests {
 
     #[test]
     fn codec_content_types_round_trip() {
-        for codec in [Codec::Protobuf, Codec::Thrift] {
+        for codec in [GrpcCodec::Protobuf, GrpcCodec::Thrift] {
             assert_eq!(parse(codec.content_type()).map(|(_, c)| c), Some(codec));
         }
     }

@@ -4,15 +4,15 @@
 //! from this crate: the "gRPC compressed flag = F" / "gRPC message length = N" annotations of
 //! every DATA frame, the quoted strings of its summary line, and the HPACK-decoded header lists.
 
-mod common;
+use sluice_testkit::h2frames as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use common::{split_frames, TYPE_DATA};
-use sluice_http2::{
-    format_timeout, parse_timeout, percent_decode, Code, Codec, GrpcContentType, Message,
+use sluice_grpc::{
+    format_timeout, parse_timeout, percent_decode, Code, GrpcCodec, GrpcContentType, Message,
     MessageDecoder, MethodPath,
 };
 use sluice_testkit::{captures_dir, chunks, split_points, Capture, Dir, GRPC};
@@ -182,7 +182,7 @@ fn check_messages(name: &str) {
                 let mut starts = Vec::new();
                 for m in &msgs {
                     starts.push(start);
-                    start += sluice_http2::PREFIX_LEN + m.data.len();
+                    start += sluice_grpc::PREFIX_LEN + m.data.len();
                 }
                 let mut frame_start = 0;
                 for (w, payload) in want.iter().zip(&payloads) {
@@ -250,9 +250,9 @@ fn check_headers(name: &str) {
     let (lists, trailer_lines) = header_lists(&decoded);
     assert!(!lists.is_empty(), "{name}: no header lists");
     let codec = if name.starts_with("grpc-pb") {
-        Codec::Protobuf
+        GrpcCodec::Protobuf
     } else {
-        Codec::Thrift
+        GrpcCodec::Thrift
     };
     let mut seen = BTreeMap::<&str, usize>::new();
     for list in &lists {
@@ -271,7 +271,11 @@ fn check_headers(name: &str) {
                     let p = MethodPath::parse(value).unwrap();
                     assert_eq!(p.service, "EchoService");
                     assert!(p.method.starts_with("Echo"), "{value}");
-                    let package = if codec == Codec::Protobuf { "echo" } else { "" };
+                    let package = if codec == GrpcCodec::Protobuf {
+                        "echo"
+                    } else {
+                        ""
+                    };
                     assert_eq!(p.package, package, "{value}");
                 }
                 "content-type" => {
@@ -312,7 +316,7 @@ fn check_headers(name: &str) {
         let code = Code::parse(num.as_bytes()).unwrap();
         assert_eq!(code.name(), Some(code_name));
         let status =
-            sluice_http2::Status::from_header_values(num.as_bytes(), Some(message.as_bytes()))
+            sluice_grpc::Status::from_header_values(num.as_bytes(), Some(message.as_bytes()))
                 .unwrap();
         assert_eq!(status.message, message);
         if code != Code::OK {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use sluice_http2::{
+use sluice_grpc::{
     encode, encode_prefix, format_timeout, parse_timeout, percent_decode, percent_encode, Code,
     GrpcContentType, MessageDecoder, MessageError, MethodPath, MAX_TIMEOUT, PREFIX_LEN,
 };
