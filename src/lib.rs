@@ -14,6 +14,7 @@
 pub use bytes;
 pub use sluice_client as client;
 pub use sluice_framed as framed;
+pub use sluice_grpc as grpc;
 pub use sluice_h2wire as h2wire;
 pub use sluice_http2 as http2;
 pub use sluice_io as io;
