@@ -148,7 +148,8 @@ async fn stream_call(
         })
         .await;
         tx.reset(Reset {
-            code: 1,
+            // The caller's own cancel, as a Kitex TTStream client sends it.
+            code: sluice::stream::ResetCode::TTStream(12007),
             message: "soak cancel".into(),
             cancel_path: None,
         })

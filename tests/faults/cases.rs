@@ -139,10 +139,12 @@ async fn run_stream(opened: Result<ClientStream, String>) -> StreamOutcome {
                 Incoming::End(e) => {
                     return match e.error {
                         None => StreamOutcome::Ok,
-                        Some(err) => StreamOutcome::Error(err.code, err.message),
+                        Some(err) => StreamOutcome::Error(err.code.value() as u32, err.message),
                     }
                 }
-                Incoming::Reset(r) => return StreamOutcome::Reset(r.code, r.message),
+                Incoming::Reset(r) => {
+                    return StreamOutcome::Reset(r.code.value() as u32, r.message)
+                }
             }
         }
     })
@@ -302,10 +304,12 @@ async fn one_message_then_end(stream: ClientStream) -> (Bytes, StreamOutcome) {
                 Incoming::End(e) => {
                     return match e.error {
                         None => StreamOutcome::Ok,
-                        Some(err) => StreamOutcome::Error(err.code, err.message),
+                        Some(err) => StreamOutcome::Error(err.code.value() as u32, err.message),
                     }
                 }
-                Incoming::Reset(r) => return StreamOutcome::Reset(r.code, r.message),
+                Incoming::Reset(r) => {
+                    return StreamOutcome::Reset(r.code.value() as u32, r.message)
+                }
             }
         }
     })

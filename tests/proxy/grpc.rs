@@ -187,7 +187,7 @@ async fn deadline_propagates_and_cancel_travels_downstream() {
     tx.send(Bytes::from_static(b"y")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     tx.reset(Reset {
-        code: 8,
+        code: sluice_stream::ResetCode::Http2(8),
         message: "cancel".into(),
         cancel_path: None,
     })

@@ -186,7 +186,7 @@ async fn upstream_cancel_becomes_a_downstream_rst_with_the_cancel_path_extended(
         }
     }
     tx.reset(Reset {
-        code: 12007,
+        code: sluice_stream::ResetCode::TTStream(12007),
         message: "user cancel".into(),
         cancel_path: Some("ServiceA".into()),
     })
@@ -346,7 +346,12 @@ impl StreamingHandler for Replay {
             messages: vec![first.clone()],
         };
         let Some((data, end)) = self.script.get(&first).cloned() else {
-            stream.finish(StreamEnd::error(6, "no script")).await;
+            stream
+                .finish(StreamEnd::error(
+                    sluice_stream::StatusCode::TTStream(6),
+                    "no script",
+                ))
+                .await;
             return;
         };
         let fails = end.error.is_some();
@@ -377,7 +382,7 @@ fn frames(bytes: &[u8]) -> Vec<StreamFrame> {
 fn end_of(f: &StreamFrame) -> StreamEnd {
     StreamEnd {
         error: f.exception().unwrap().map(|ex| sluice_stream::ErrorStatus {
-            code: ex.kind.0 as u32,
+            code: sluice_stream::StatusCode::TTStream(ex.kind.0),
             message: ex.message,
         }),
         trailers: Metadata::new(),

@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use sluice_io::QueueTx;
-use sluice_stream::{ClientStream, Closed, Event, EventSink, Metadata, PipeTx, Reset, StreamEnd};
+use sluice_stream::{
+    ClientStream, Closed, Event, EventSink, Metadata, PipeTx, Reset, ResetCode, StreamEnd,
+};
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
 use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState, StreamFrame};
@@ -267,7 +269,7 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                             FrameType::Trailer => {
                                 let error = f.exception().ok().flatten().map(|ex| {
                                     sluice_stream::ErrorStatus {
-                                        code: ex.kind.0 as u32,
+                                        code: sluice_stream::StatusCode::TTStream(ex.kind.0),
                                         message: ex.message,
                                     }
                                 });
@@ -279,7 +281,9 @@ fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamCo
                             FrameType::Rst => {
                                 let ex = f.exception().ok().flatten();
                                 Event::Reset(Reset {
-                                    code: ex.as_ref().map_or(0, |e| e.kind.0 as u32),
+                                    code: ex.as_ref().map_or(ResetCode::Gone, |e| {
+                                        ResetCode::TTStream(e.kind.0)
+                                    }),
                                     message: ex.map_or_else(|| "rst".to_owned(), |e| e.message),
                                     cancel_path: f.cancel_path().map(str::to_owned),
                                 })
@@ -423,7 +427,7 @@ impl EventSink for ClientSink {
                 self.queue(vec![StreamFrame::trailer(self.id, self.method.clone())])
             }
             Event::Reset(r) => {
-                let code = if r.code == 0 { 12007 } else { r.code as i32 };
+                let code = r.code.to_ttstream();
                 // Kitex clients follow an Rst with a Trailer for peers that wait for one.
                 let frames =
                     self.reset_frames(&mut state, code, r.message, r.cancel_path.as_deref(), true);

@@ -461,7 +461,7 @@ impl EventSink for ClientSink {
                 st.forget_if_finished(id, &mut wakes);
             }
             Event::Reset(r) => {
-                tracing::debug!(code = r.code, message = %r.message, "user reset the gRPC stream");
+                tracing::debug!(code = %r.code, message = %r.message, "user reset the gRPC stream");
                 st.reset_now(id, Reason::CANCEL);
                 if let Some(s) = st.streams.get_mut(&id) {
                     s.gone = true;

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use sluice_grpc::fields::{trailer_status, ResponseHead};
 use sluice_h2wire::hpack::Encoder;
-use sluice_stream::{ErrorStatus, Metadata, StreamEnd};
+use sluice_stream::{ErrorStatus, Metadata, StatusCode, StreamEnd};
 
 pub(crate) use sluice_grpc::fields::{
     compressed_by_headers, compressed_in_fields, field, is_connection_specific, valid_name,
@@ -83,9 +83,10 @@ pub(crate) enum Head {
 pub(crate) fn response_head(fields: Vec<(Bytes, Bytes)>, end_stream: bool) -> Head {
     match sluice_grpc::fields::response_head(&fields, end_stream) {
         ResponseHead::Informational => Head::Informational,
-        ResponseHead::Failed(status) => {
-            Head::End(StreamEnd::error(status.code.as_u32(), status.message))
-        }
+        ResponseHead::Failed(status) => Head::End(StreamEnd::error(
+            StatusCode::Grpc(status.code.as_u32()),
+            status.message,
+        )),
         // Trailers-Only.
         ResponseHead::Grpc if end_stream => Head::End(end_from(fields)),
         ResponseHead::Grpc => {
@@ -106,7 +107,7 @@ pub(crate) fn end_from(fields: Vec<(Bytes, Bytes)>) -> StreamEnd {
     });
     StreamEnd {
         error: (!status.is_ok()).then(|| ErrorStatus {
-            code: status.code.as_u32(),
+            code: StatusCode::Grpc(status.code.as_u32()),
             message: status.message,
         }),
         trailers,

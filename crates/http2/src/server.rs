@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::Reason;
 use sluice_stream::{
-    Closed, Event, EventSink, Metadata, Protocol, ServerStream, StreamEnd, StreamRequest,
-    StreamingHandler,
+    Closed, Event, EventSink, Metadata, Protocol, ServerStream, StatusCode, StreamEnd,
+    StreamRequest, StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -587,7 +587,10 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
 /// Ends stream `id` from the connection task with `status` (its request could not be read):
 /// trailers (or Trailers-Only), then RST_STREAM(NO_ERROR) if the client is still sending.
 fn abort(shared: &Shared, id: u32, status: &Status) {
-    let end = StreamEnd::error(status.code.as_u32(), status.message.clone());
+    let end = StreamEnd::error(
+        StatusCode::Grpc(status.code.as_u32()),
+        status.message.clone(),
+    );
     let mut wakes = Wakes::default();
     let mut st = shared.lock();
     end_stream(&mut st, id, &end, &mut wakes);
@@ -638,7 +641,8 @@ fn end_stream(st: &mut State, id: u32, end: &StreamEnd, wakes: &mut Wakes) {
     let content_type = s.content_type.clone();
     let status = match &end.error {
         None => Status::ok(),
-        Some(e) => Status::new(Code::new(e.code), e.message.clone()),
+        // A TTStream code (a handler of the other family) is mapped to its nearest status.
+        Some(e) => Status::new(Code::new(e.code.to_grpc()), e.message.clone()),
     };
     let block = if headers_sent {
         let mut out = BytesMut::with_capacity(128);
@@ -670,7 +674,8 @@ impl EventSink for ServerSink {
                     start(&mut st, id, &Metadata::new());
                 }
                 if let Err(e) = st.send_message(id, m) {
-                    let end = StreamEnd::error(Code::INTERNAL.as_u32(), e.to_string());
+                    let end =
+                        StreamEnd::error(StatusCode::Grpc(Code::INTERNAL.as_u32()), e.to_string());
                     end_stream(&mut st, id, &end, &mut wakes);
                 }
             }
@@ -683,7 +688,7 @@ impl EventSink for ServerSink {
             }
             Event::End(end) => end_stream(&mut st, id, &end, &mut wakes),
             Event::Reset(reset) => {
-                tracing::debug!(code = reset.code, message = %reset.message, "handler reset the gRPC stream");
+                tracing::debug!(code = %reset.code, message = %reset.message, "handler reset the gRPC stream");
                 st.reset_now(id, Reason::CANCEL);
                 st.finish(id);
                 st.forget_if_finished(id, &mut wakes);
@@ -706,7 +711,7 @@ impl EventSink for ServerSink {
         // The handler returned without ending the stream: end it for it. (A stream that has
         // ended takes nothing more; nothing is sent then.)
         let _ = self.push(Event::End(StreamEnd::error(
-            Code::INTERNAL.as_u32(),
+            StatusCode::Grpc(Code::INTERNAL.as_u32()),
             "stream handler ended without a status",
         )));
     }

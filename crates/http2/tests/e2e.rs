@@ -210,7 +210,10 @@ async fn error_after_messages() {
     );
     let end = expect_end(&mut recv).await;
     let err = end.error.expect("an error status");
-    assert_eq!((err.code, err.message.as_str()), (13, FAIL_MESSAGE));
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (sluice_stream::StatusCode::Grpc(13), FAIL_MESSAGE)
+    );
     assert_eq!(end.trailers.get_str("biz-status"), Some("10001"));
     assert_eq!(end.trailers.get_str("biz-extra"), Some("{\"k\":\"v\"}"));
 }
@@ -294,7 +297,11 @@ async fn client_enforces_the_deadline() {
     loop {
         match next(&mut recv).await {
             Incoming::End(end) => {
-                assert_eq!(end.error.map(|e| e.code), Some(4), "DEADLINE_EXCEEDED");
+                assert_eq!(
+                    end.error.map(|e| e.code),
+                    Some(sluice_stream::StatusCode::Grpc(4)),
+                    "DEADLINE_EXCEEDED"
+                );
                 break;
             }
             Incoming::Headers(_) => continue,
@@ -316,7 +323,7 @@ async fn client_reset_reaches_the_handler() {
     };
     assert_eq!(&m[..], b"first");
     send.reset(Reset {
-        code: 8,
+        code: sluice_stream::ResetCode::Http2(8),
         message: "cancelled by the caller".into(),
         cancel_path: None,
     })
@@ -626,7 +633,7 @@ async fn streams_reset_by_the_caller_leave_no_handler_behind() {
             assert_eq!(next(&mut recv).await, Incoming::Message(msg));
         }
         send.reset(Reset {
-            code: 8,
+            code: sluice_stream::ResetCode::Http2(8),
             message: "cancelled".into(),
             cancel_path: None,
         })
@@ -661,7 +668,7 @@ async fn a_stream_reset_right_after_opening_leaves_nothing_on_the_client_connect
         let (send, recv) = open(&client, &request("Echo")).await.split();
         // Pushed at once, before the connection task runs again.
         send.push(sluice_stream::Event::Reset(Reset {
-            code: 8,
+            code: sluice_stream::ResetCode::Http2(8),
             message: "caller went away".into(),
             cancel_path: None,
         }))

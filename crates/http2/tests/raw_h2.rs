@@ -740,7 +740,10 @@ async fn client_maps_non_grpc_and_trailers_only_responses() {
         .split();
     let end = end_of(&mut recv).await;
     let err = end.error.unwrap();
-    assert_eq!((err.code, err.message.as_str()), (5, "not found"));
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (sluice_stream::StatusCode::Grpc(5), "not found")
+    );
     let got: Vec<(&[u8], &[u8])> = end.trailers.iter().collect();
     assert_eq!(got, vec![(&b"biz-status"[..], &b"7"[..])]);
 

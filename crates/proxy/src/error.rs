@@ -57,7 +57,11 @@ pub(crate) fn open_failed(
 }
 
 /// The downstream reset a forwarded stream.
-pub(crate) fn downstream_reset(downstream: &str, message: &str, code: u32) -> ProxyError {
+pub(crate) fn downstream_reset(
+    downstream: &str,
+    message: &str,
+    code: sluice_stream::ResetCode,
+) -> ProxyError {
     ProxyError::new(
         ErrorKind::DownstreamReset,
         format!("sluice: downstream {downstream:?} reset the stream: {message} (code {code})"),

@@ -15,9 +15,10 @@ use sluice_client::OpenStream;
 use sluice_http2::OpenRequest;
 use sluice_server::ProxyError;
 use sluice_stream::{
-    ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ServerSend,
-    ServerStream, StreamRequest, StreamingHandler,
+    ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ResetCode,
+    ServerSend, ServerStream, StreamRequest, StreamingHandler,
 };
+use sluice_thrift::ExceptionKind;
 use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
@@ -35,6 +36,18 @@ fn forwardable(mut md: Metadata) -> Metadata {
     md.retain(|k, _| k != str_key::CONN_RESET.as_bytes());
     md
 }
+
+/// The code of a reset the proxy sends downstream: the TTStream exception type `kind` for a
+/// TTStream stream, CANCEL for an HTTP/2 one.
+fn cancel_code(protocol: &Protocol, kind: ExceptionKind) -> ResetCode {
+    match protocol {
+        Protocol::TTStream => ResetCode::TTStream(kind.0),
+        Protocol::Grpc { .. } => ResetCode::Http2(CANCEL),
+    }
+}
+
+/// HTTP/2's CANCEL error code (RFC 9113 section 7).
+const CANCEL: u32 = 8;
 
 fn family(protocol: &Protocol) -> Family {
     match protocol {
@@ -280,7 +293,7 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 if self.up.push(Event::Message(m)).is_err() {
                     // The upstream is gone: cancel downstream.
                     let _ = self.down.push(Event::Reset(Reset {
-                        code: 12007,
+                        code: cancel_code(&self.protocol, ExceptionKind::TTSTREAM_USER_CANCEL),
                         message: "upstream went away".into(),
                         cancel_path: Some(CANCEL_PATH_NAME.into()),
                     }));
@@ -394,7 +407,7 @@ impl<P: Phases> Splice<'_, P> {
         up_tx.finish(e.to_stream_end(self.protocol)).await;
         down_tx
             .reset(Reset {
-                code: 12015,
+                code: cancel_code(self.protocol, ExceptionKind::TTSTREAM_TIMEOUT),
                 message: "deadline exceeded".into(),
                 cancel_path: Some(CANCEL_PATH_NAME.into()),
             })

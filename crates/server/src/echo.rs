@@ -184,7 +184,16 @@ impl sluice_stream::StreamingHandler for EchoHandler {
                             if req.method.contains("Fail") {
                                 stream
                                     .finish(sluice_stream::StreamEnd::error(
-                                        6,
+                                        // 6 in the stream's own family (a TTStream internal
+                                        // error; for gRPC the number the echo always sent).
+                                        match req.protocol {
+                                            sluice_stream::Protocol::TTStream => {
+                                                sluice_stream::StatusCode::TTStream(6)
+                                            }
+                                            sluice_stream::Protocol::Grpc { .. } => {
+                                                sluice_stream::StatusCode::Grpc(6)
+                                            }
+                                        },
                                         format!("biz error: echo: injected stream failure after {count} messages"),
                                     ))
                                     .await;

@@ -22,7 +22,7 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use sluice_http2::Code;
-use sluice_stream::{Protocol, StreamEnd};
+use sluice_stream::{Protocol, StatusCode, StreamEnd};
 use sluice_thrift::{ApplicationException, ExceptionKind};
 
 use crate::request::Response;
@@ -193,12 +193,14 @@ impl ProxyError {
     /// whichever `protocol` the stream speaks.
     pub fn to_stream_end(&self, protocol: &Protocol) -> StreamEnd {
         match protocol {
-            Protocol::TTStream => {
-                StreamEnd::error(self.kind.ttstream_kind().0 as u32, self.message.clone())
-            }
-            Protocol::Grpc { .. } => {
-                StreamEnd::error(self.kind.grpc_code().as_u32(), self.message.clone())
-            }
+            Protocol::TTStream => StreamEnd::error(
+                StatusCode::TTStream(self.kind.ttstream_kind().0),
+                self.message.clone(),
+            ),
+            Protocol::Grpc { .. } => StreamEnd::error(
+                StatusCode::Grpc(self.kind.grpc_code().as_u32()),
+                self.message.clone(),
+            ),
         }
     }
 }
@@ -255,11 +257,11 @@ mod tests {
                 "{kind}"
             );
             let end = e.to_stream_end(&Protocol::TTStream).error.unwrap();
-            assert_eq!(end.code, ttstream, "{kind}");
+            assert_eq!(end.code, StatusCode::TTStream(ttstream), "{kind}");
             let end = e.to_stream_end(&grpc).error.unwrap();
             assert_eq!(
                 (end.code, end.message.as_str()),
-                (grpc_code, "sluice: x"),
+                (StatusCode::Grpc(grpc_code), "sluice: x"),
                 "{kind}"
             );
         }

@@ -22,8 +22,8 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use sluice_io::QueueTx;
 use sluice_stream::{
-    Closed, Event, EventSink, Metadata, PipeTx, Protocol, Reset, ServerStream, StreamEnd,
-    StreamRequest, StreamingHandler,
+    Closed, Event, EventSink, Metadata, PipeTx, Protocol, Reset, ResetCode, ServerStream,
+    StreamEnd, StreamRequest, StreamingHandler,
 };
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
@@ -142,7 +142,9 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                             }
                             let ex = frame.exception().ok().flatten();
                             Some(Event::Reset(Reset {
-                                code: ex.as_ref().map_or(0, |e| e.kind.0 as u32),
+                                code: ex
+                                    .as_ref()
+                                    .map_or(ResetCode::Gone, |e| ResetCode::TTStream(e.kind.0)),
                                 message: ex.map_or_else(|| "rst".to_owned(), |e| e.message),
                                 cancel_path: frame.cancel_path().map(str::to_owned),
                             }))
@@ -154,7 +156,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                         let _ = entry
                             .to_user
                             .send(Event::Reset(Reset {
-                                code: ILLEGAL_FRAME as u32,
+                                code: ResetCode::TTStream(ILLEGAL_FRAME),
                                 message: format!("illegal frame: {e}"),
                                 cancel_path: None,
                             }))
@@ -438,7 +440,8 @@ impl EventSink for ServerSink {
             }
             Event::Reset(r) => {
                 if side.may_send(FrameType::Rst) {
-                    let ex = ApplicationException::new(ExceptionKind(r.code as i32), r.message);
+                    let ex =
+                        ApplicationException::new(ExceptionKind(r.code.to_ttstream()), r.message);
                     frames.extend(frame_chunks(StreamFrame::rst(
                         self.id,
                         self.method.clone(),
@@ -483,7 +486,8 @@ pub(crate) fn trailer(id: i32, method: &Bytes, end: StreamEnd) -> StreamFrame {
         }
     }
     if let Some(err) = end.error {
-        let ex = ApplicationException::new(ExceptionKind(err.code as i32), err.message);
+        // A gRPC status (a handler of the other family) is mapped to its nearest type.
+        let ex = ApplicationException::new(ExceptionKind(err.code.to_ttstream()), err.message);
         f.payload = exception_payload(&String::from_utf8_lossy(method), id, &ex);
     }
     f

@@ -86,11 +86,75 @@ impl Metadata {
     }
 }
 
-/// An error end status: a gRPC status code, or a TTStream exception type id, and its message.
+/// The code of an error end, typed by the protocol family that carries it, so a gRPC status
+/// can never go out as a TTStream exception type or the other way round: a driver of the other
+/// family converts it explicitly ([`StatusCode::to_grpc`], [`StatusCode::to_ttstream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusCode {
+    /// A gRPC status code (`grpc-status`).
+    Grpc(u32),
+    /// A TTStream trailer exception's type id: a `TApplicationException` type (1 unknown
+    /// method, 6 internal error, ...) or one of TTStream's 12001-12015 codes.
+    TTStream(i32),
+}
+
+impl StatusCode {
+    /// The code as a gRPC status. A TTStream type maps to its nearest status: 1 (unknown
+    /// method) to 12 `UNIMPLEMENTED`, 20 (unknown service) to Kitex's 20, 12014 and 12015
+    /// (timeouts) to 4 `DEADLINE_EXCEEDED`, 12007-12011 (cancellations) to 1 `CANCELLED`, any
+    /// other to 2 `UNKNOWN`.
+    pub fn to_grpc(self) -> u32 {
+        match self {
+            StatusCode::Grpc(c) => c,
+            StatusCode::TTStream(1) => 12,
+            StatusCode::TTStream(20) => 20,
+            StatusCode::TTStream(12014 | 12015) => 4,
+            StatusCode::TTStream(12007..=12011) => 1,
+            StatusCode::TTStream(_) => 2,
+        }
+    }
+
+    /// The code as a TTStream exception type. A gRPC status maps to its nearest type: 12
+    /// `UNIMPLEMENTED` to 1 (unknown method), 20 to 20 (unknown service), 4
+    /// `DEADLINE_EXCEEDED` to 12015, 1 `CANCELLED` to 12007, any other to 6 (internal error).
+    pub fn to_ttstream(self) -> i32 {
+        match self {
+            StatusCode::TTStream(t) => t,
+            StatusCode::Grpc(12) => 1,
+            StatusCode::Grpc(20) => 20,
+            StatusCode::Grpc(4) => 12015,
+            StatusCode::Grpc(1) => 12007,
+            StatusCode::Grpc(_) => 6,
+        }
+    }
+
+    /// The number as its own family writes it.
+    pub fn value(self) -> i64 {
+        match self {
+            StatusCode::Grpc(c) => i64::from(c),
+            StatusCode::TTStream(t) => i64::from(t),
+        }
+    }
+}
+
+/// Compares the number, whichever family: for tests and logs that know the family already.
+impl PartialEq<u32> for StatusCode {
+    fn eq(&self, other: &u32) -> bool {
+        self.value() == i64::from(*other)
+    }
+}
+
+impl std::fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.value())
+    }
+}
+
+/// An error end status: its typed code and its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorStatus {
-    /// gRPC status code (gRPC streams) or `TApplicationException` type id (TTStream).
-    pub code: u32,
+    /// gRPC status code (gRPC streams) or exception type id (TTStream).
+    pub code: StatusCode,
     /// Message (decoded, not percent-encoded).
     pub message: String,
 }
@@ -112,7 +176,7 @@ impl StreamEnd {
     }
 
     /// An error end.
-    pub fn error(code: u32, message: impl Into<String>) -> Self {
+    pub fn error(code: StatusCode, message: impl Into<String>) -> Self {
         Self {
             error: Some(ErrorStatus {
                 code,
@@ -123,12 +187,63 @@ impl StreamEnd {
     }
 }
 
+/// Why a stream was aborted, typed by the protocol family that carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetCode {
+    /// A TTStream RST's exception type id (12007 user cancel, ...).
+    TTStream(i32),
+    /// An HTTP/2 RST_STREAM error code (8 CANCEL, ...).
+    Http2(u32),
+    /// The other side went away (its connection closed, or its handle was dropped) without a
+    /// code of its own.
+    Gone,
+}
+
+impl ResetCode {
+    /// The code of a TTStream RST: an HTTP/2 code, or none, is a cancel (12007).
+    pub fn to_ttstream(self) -> i32 {
+        match self {
+            ResetCode::TTStream(t) => t,
+            ResetCode::Http2(_) | ResetCode::Gone => 12007,
+        }
+    }
+
+    /// The code of an HTTP/2 RST_STREAM: a TTStream code, or none, is CANCEL (8).
+    pub fn to_http2(self) -> u32 {
+        match self {
+            ResetCode::Http2(c) => c,
+            ResetCode::TTStream(_) | ResetCode::Gone => 8,
+        }
+    }
+
+    /// The number as its own family writes it (0 for [`ResetCode::Gone`]).
+    pub fn value(self) -> i64 {
+        match self {
+            ResetCode::TTStream(t) => i64::from(t),
+            ResetCode::Http2(c) => i64::from(c),
+            ResetCode::Gone => 0,
+        }
+    }
+}
+
+/// Compares the number, whichever family: for tests and logs that know the family already.
+impl PartialEq<u32> for ResetCode {
+    fn eq(&self, other: &u32) -> bool {
+        self.value() == i64::from(*other)
+    }
+}
+
+impl std::fmt::Display for ResetCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.value())
+    }
+}
+
 /// An abort: TTStream RST or HTTP/2 RST_STREAM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reset {
-    /// TTStream: the RST exception's type id (e.g. 12007 cancel); gRPC: the HTTP/2 error code
-    /// (8 CANCEL).
-    pub code: u32,
+    /// Why, in the family that aborted it.
+    pub code: ResetCode,
     /// Reason, for logs and for the exception payload.
     pub message: String,
     /// TTStream cascading cancel path (`ttscp`), if any.
@@ -297,7 +412,7 @@ async fn recv_message(rx: &mut PipeRx, done: &mut bool) -> Result<Option<Bytes>,
 /// What a closed connection looks like to a receiver.
 fn closed_reset() -> Reset {
     Reset {
-        code: 0,
+        code: ResetCode::Gone,
         message: "connection closed".into(),
         cancel_path: None,
     }

@@ -43,7 +43,7 @@ impl Shared {
 /// connection closed, or the stream ended on the producer's side (its reader dropped it).
 fn connection_closed() -> Event {
     Event::Reset(Reset {
-        code: 0,
+        code: crate::ResetCode::Gone,
         message: "stream closed".into(),
         cancel_path: None,
     })

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_h2wire::frame::{self, Reason};
 use sluice_h2wire::{Settings, MAX_WINDOW};
-use sluice_stream::{Event, Reset};
+use sluice_stream::{Event, Reset, ResetCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::role::{Counted, Role};
@@ -213,7 +213,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
             let _ = sluice_stream::EventSink::push(
                 &r.to_user,
                 Event::Reset(Reset {
-                    code: reason.0,
+                    code: ResetCode::Http2(reason.0),
                     message: format!("stream reset by the {who}: {reason}"),
                     cancel_path: None,
                 }),
@@ -321,7 +321,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
                 let _ = sluice_stream::EventSink::push(
                     &r.to_user,
                     Event::Reset(Reset {
-                        code: Reason::REFUSED_STREAM.0,
+                        code: ResetCode::Http2(Reason::REFUSED_STREAM.0),
                         message: format!(
                             "server went away ({reason}) before the stream was processed"
                         ),

@@ -12,7 +12,7 @@ use std::task::Context;
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_h2wire::frame::{self, Reason};
 use sluice_h2wire::{Frame, PREFACE};
-use sluice_stream::{Event, Reset, StreamEnd};
+use sluice_stream::{Event, Reset, ResetCode, StatusCode, StreamEnd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fields::{end_from, response_head, Head};
@@ -353,7 +353,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
                     );
                     self.client_end(
                         id,
-                        StreamEnd::error(Code::RESOURCE_EXHAUSTED.as_u32(), msg),
+                        StreamEnd::error(StatusCode::Grpc(Code::RESOURCE_EXHAUSTED.as_u32()), msg),
                         true,
                     );
                     return Ok(());
@@ -388,7 +388,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
                         if let Some(why) = malformed {
                             self.client_end(
                                 id,
-                                StreamEnd::error(Code::INTERNAL.as_u32(), why),
+                                StreamEnd::error(StatusCode::Grpc(Code::INTERNAL.as_u32()), why),
                                 true,
                             );
                             return Ok(());
@@ -454,7 +454,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
             let _ = sluice_stream::EventSink::push(
                 &r.to_user,
                 Event::Reset(Reset {
-                    code: u32::from(Reason::PROTOCOL_ERROR),
+                    code: ResetCode::Http2(u32::from(Reason::PROTOCOL_ERROR)),
                     message: status.message,
                     cancel_path: None,
                 }),
@@ -623,7 +623,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
                 Side::Server => self.bad_request_stream(id, status),
                 Side::Client => self.client_end(
                     id,
-                    StreamEnd::error(status.code.as_u32(), status.message),
+                    StreamEnd::error(StatusCode::Grpc(status.code.as_u32()), status.message),
                     true,
                 ),
             }
@@ -644,7 +644,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
                 Side::Server => self.bad_request_stream(id, status),
                 Side::Client => self.client_end(
                     id,
-                    StreamEnd::error(status.code.as_u32(), status.message),
+                    StreamEnd::error(StatusCode::Grpc(status.code.as_u32()), status.message),
                     false,
                 ),
             }
@@ -661,7 +661,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
             Ending::NoTrailers => self.client_end(
                 id,
                 StreamEnd::error(
-                    Code::INTERNAL.as_u32(),
+                    StatusCode::Grpc(Code::INTERNAL.as_u32()),
                     "server closed the stream without sending trailers",
                 ),
                 false,
@@ -729,7 +729,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
             let _ = sluice_stream::EventSink::push(
                 &r.to_user,
                 Event::Reset(Reset {
-                    code: reason.0,
+                    code: ResetCode::Http2(reason.0),
                     message: why.to_owned(),
                     cancel_path: None,
                 }),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::{self, Reason};
 use sluice_h2wire::{hpack, FrameDecoder, DEFAULT_WINDOW, MAX_WINDOW, PREFACE};
-use sluice_stream::{PipeTx, StreamEnd};
+use sluice_stream::{PipeTx, StatusCode, StreamEnd};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::status::Code;
@@ -648,7 +648,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         for id in expired {
             self.client_end(
                 id,
-                StreamEnd::error(Code::DEADLINE_EXCEEDED.as_u32(), "deadline exceeded"),
+                StreamEnd::error(
+                    StatusCode::Grpc(Code::DEADLINE_EXCEEDED.as_u32()),
+                    "deadline exceeded",
+                ),
                 true,
             );
         }

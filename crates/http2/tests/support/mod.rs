@@ -135,7 +135,10 @@ impl StreamingHandler for Scripted {
             }
             other => {
                 stream
-                    .finish(StreamEnd::error(12, format!("unknown method {other}")))
+                    .finish(StreamEnd::error(
+                        sluice_stream::StatusCode::Grpc(12),
+                        format!("unknown method {other}"),
+                    ))
                     .await
             }
         }
@@ -181,7 +184,7 @@ async fn echo(req: StreamRequest, mut stream: ServerStream) {
 }
 
 pub fn fail_end() -> StreamEnd {
-    let mut end = StreamEnd::error(13, FAIL_MESSAGE);
+    let mut end = StreamEnd::error(sluice_stream::StatusCode::Grpc(13), FAIL_MESSAGE);
     end.trailers.push("biz-status", "10001");
     end.trailers.push("biz-extra", "{\"k\":\"v\"}");
     end
