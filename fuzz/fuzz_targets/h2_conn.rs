@@ -25,16 +25,14 @@ fuzz_target!(|data: &[u8]| {
     run_connection(steps, |io| async move {
         // Every field set today; the update keeps this building when the config grows one.
         #[allow(clippy::needless_update)]
-        let config = GrpcServerConfig {
-            max_concurrent_streams: 8,
-            initial_stream_window: 65_535,
-            initial_connection_window: 4 * 65_535,
-            max_frame_size: 16 * 1024,
-            max_header_list_size: 16 * 1024,
-            max_message_size: 64 * 1024,
-            handshake_timeout: Duration::from_secs(1),
-            ..GrpcServerConfig::default()
-        };
+        let config = GrpcServerConfig::default()
+            .with_max_concurrent_streams(8)
+            .with_initial_stream_window(65_535)
+            .with_initial_connection_window(4 * 65_535)
+            .with_max_frame_size(16 * 1024)
+            .with_max_header_list_size(16 * 1024)
+            .with_max_message_size(64 * 1024)
+            .with_handshake_timeout(Duration::from_secs(1));
         let handler = Arc::new(FuzzEcho::default());
         // Errors are the connection's verdict on bad input, not findings.
         let _ = sluice_http2::serve_connection(io, PEER, &config, handler, std::future::pending())

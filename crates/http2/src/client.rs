@@ -47,6 +47,7 @@ use crate::timeout::format_timeout;
 
 /// Settings of a [`GrpcClient`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GrpcClientConfig {
     /// The downstream's addresses, used in turn.
     pub endpoints: Vec<SocketAddr>,
@@ -70,6 +71,48 @@ pub struct GrpcClientConfig {
 }
 
 impl GrpcClientConfig {
+    /// Sets [`connect_timeout`](Self::connect_timeout).
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn with_max_message_size(mut self, max_message_size: usize) -> Self {
+        self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Sets [`initial_stream_window`](Self::initial_stream_window).
+    pub fn with_initial_stream_window(mut self, initial_stream_window: u32) -> Self {
+        self.initial_stream_window = initial_stream_window;
+        self
+    }
+
+    /// Sets [`initial_connection_window`](Self::initial_connection_window).
+    pub fn with_initial_connection_window(mut self, initial_connection_window: u32) -> Self {
+        self.initial_connection_window = initial_connection_window;
+        self
+    }
+
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn with_max_frame_size(mut self, max_frame_size: u32) -> Self {
+        self.max_frame_size = max_frame_size;
+        self
+    }
+
+    /// Sets [`max_header_list_size`](Self::max_header_list_size).
+    pub fn with_max_header_list_size(mut self, max_header_list_size: u32) -> Self {
+        self.max_header_list_size = max_header_list_size;
+        self
+    }
+
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
     /// Defaults for these endpoints: 1 s connect timeout, 4 MiB messages, 1 MiB stream and
     /// 8 MiB connection windows, 16 KiB frames, 64 KiB header lists, 10 s for the server's
     /// SETTINGS.

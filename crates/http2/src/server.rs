@@ -56,6 +56,7 @@ use sluice_stream::{
     StreamRequest, StreamingHandler,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::Instrument;
 
 use crate::conn::{
     ConnConfig, Connection, Counted, HeaderBlock, Http2Error, Opening, Role, Shared, Side, State,
@@ -78,6 +79,7 @@ pub const HANDLER_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the server side of gRPC connections.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GrpcServerConfig {
     /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at once.
     pub max_concurrent_streams: u32,
@@ -103,6 +105,71 @@ pub struct GrpcServerConfig {
     /// Counters of refused and reset streams and idle-closed connections, shared by every
     /// connection given this config; `None` counts nothing.
     pub stats: Option<Arc<GrpcServerStats>>,
+    /// The connection's span: the parent of each stream's `stream` span (debug level, so it
+    /// costs nothing unless asked for). Default: none.
+    pub span: tracing::Span,
+}
+
+impl GrpcServerConfig {
+    /// Sets [`max_concurrent_streams`](Self::max_concurrent_streams).
+    pub fn with_max_concurrent_streams(mut self, max_concurrent_streams: u32) -> Self {
+        self.max_concurrent_streams = max_concurrent_streams;
+        self
+    }
+
+    /// Sets [`initial_stream_window`](Self::initial_stream_window).
+    pub fn with_initial_stream_window(mut self, initial_stream_window: u32) -> Self {
+        self.initial_stream_window = initial_stream_window;
+        self
+    }
+
+    /// Sets [`initial_connection_window`](Self::initial_connection_window).
+    pub fn with_initial_connection_window(mut self, initial_connection_window: u32) -> Self {
+        self.initial_connection_window = initial_connection_window;
+        self
+    }
+
+    /// Sets [`max_frame_size`](Self::max_frame_size).
+    pub fn with_max_frame_size(mut self, max_frame_size: u32) -> Self {
+        self.max_frame_size = max_frame_size;
+        self
+    }
+
+    /// Sets [`max_header_list_size`](Self::max_header_list_size).
+    pub fn with_max_header_list_size(mut self, max_header_list_size: u32) -> Self {
+        self.max_header_list_size = max_header_list_size;
+        self
+    }
+
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn with_max_message_size(mut self, max_message_size: usize) -> Self {
+        self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Sets [`handshake_timeout`](Self::handshake_timeout).
+    pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Sets [`stats`](Self::stats).
+    pub fn with_stats(mut self, stats: Option<Arc<GrpcServerStats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Sets [`span`](Self::span).
+    pub fn with_span(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
+    }
 }
 
 /// What gRPC connections counted (see [`GrpcServerConfig::stats`]).
@@ -130,6 +197,7 @@ impl Default for GrpcServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             stats: None,
+            span: tracing::Span::none(),
         }
     }
 }
@@ -200,6 +268,7 @@ where
         max_header_list_size: config.max_header_list_size,
         tasks: tasks.clone(),
         stats: config.stats.clone(),
+        span: config.span.clone(),
     };
     let (mut conn, _) = Connection::new(io, peer, cfg, role);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -236,6 +305,7 @@ struct ServerRole<H> {
     max_header_list_size: u32,
     tasks: Arc<sluice_io::TaskGroup>,
     stats: Option<Arc<GrpcServerStats>>,
+    span: tracing::Span,
 }
 
 impl<H: StreamingHandler> Role for ServerRole<H> {
@@ -249,6 +319,7 @@ impl<H: StreamingHandler> Role for ServerRole<H> {
             &self.handler,
             self.max_header_list_size,
             &self.tasks,
+            &self.span,
         )
     }
 
@@ -414,6 +485,7 @@ fn open_stream<H: StreamingHandler>(
     handler: &Arc<H>,
     max_header_list_size: u32,
     tasks: &sluice_io::TaskGroup,
+    conn_span: &tracing::Span,
 ) -> Opening {
     let id = block.stream;
     if block.too_large {
@@ -498,7 +570,15 @@ fn open_stream<H: StreamingHandler>(
     });
     let (stream, to_user) = ServerStream::new(sink);
     let handler = handler.clone();
-    tasks.spawn(async move { handler.handle(request, stream).await });
+    let span = tracing::debug_span!(
+        parent: conn_span,
+        "stream",
+        service = %request.service,
+        method = %request.method,
+        stream = id,
+        downstream = tracing::field::Empty,
+    );
+    tasks.spawn(async move { handler.handle(request, stream).await }.instrument(span));
     Opening::Accept {
         to_user,
         compressed_ok,

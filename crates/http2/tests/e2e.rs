@@ -374,10 +374,7 @@ async fn handler_without_status_ends_with_internal() {
 async fn slow_handler_backpressures_the_client() {
     // A small stream window keeps the bound tight: what can be in flight is the client's
     // channel, one message in each pump, the window, and the handler's channel.
-    let config = GrpcServerConfig {
-        initial_stream_window: 64 * 1024,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_initial_stream_window(64 * 1024);
     let server = TestServer::start_with(config).await;
     let client = client(&server);
     let (send, _recv) = open(&client, &request("Stall")).await.split();
@@ -542,10 +539,7 @@ async fn an_unreachable_endpoint_is_skipped() {
 
 #[tokio::test]
 async fn oversized_message_ends_with_resource_exhausted() {
-    let config = GrpcServerConfig {
-        max_message_size: 1024,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_max_message_size(1024);
     let mut server = TestServer::start_with(config).await;
     let client = client(&server);
     let (send, mut recv) = open(&client, &request("RecvReport")).await.split();

@@ -246,10 +246,7 @@ async fn malformed_requests_are_reset_and_the_connection_goes_on() {
 
 #[tokio::test]
 async fn a_header_list_over_the_limit_gets_resource_exhausted() {
-    let config = GrpcServerConfig {
-        max_header_list_size: 1024,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_max_header_list_size(1024);
     let server = TestServer::start_with(config).await;
     let mut c = Conn::open(&server, &[]).await;
     let big = "v".repeat(100);
@@ -273,10 +270,7 @@ async fn a_header_list_over_the_limit_gets_resource_exhausted() {
 
 #[tokio::test]
 async fn header_blocks_too_large_or_in_too_many_pieces_end_the_connection() {
-    let config = GrpcServerConfig {
-        max_header_list_size: 1024,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_max_header_list_size(1024);
     let server = TestServer::start_with(config).await;
 
     let mut c = Conn::open(&server, &[]).await;
@@ -302,10 +296,7 @@ async fn header_blocks_too_large_or_in_too_many_pieces_end_the_connection() {
 
 #[tokio::test]
 async fn data_breaking_the_stream_rules_is_caught() {
-    let config = GrpcServerConfig {
-        initial_stream_window: 65_535,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_initial_stream_window(65_535);
     let server = TestServer::start_with(config).await;
     let mut c = Conn::open(&server, &[]).await;
     // Past the stream window (the handler never reads): that stream is reset, and the
@@ -420,10 +411,7 @@ async fn a_bad_start_ends_the_connection_with_goaway() {
 
 #[tokio::test]
 async fn a_silent_client_is_closed_after_the_handshake_timeout() {
-    let config = GrpcServerConfig {
-        handshake_timeout: Duration::from_millis(200),
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_handshake_timeout(Duration::from_millis(200));
     let mut server = TestServer::start_with(config).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     // The test server's listener reads 10 bytes of preface before handing over.
@@ -435,10 +423,7 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
 
 #[tokio::test]
 async fn streams_over_the_concurrency_limit_are_refused() {
-    let config = GrpcServerConfig {
-        max_concurrent_streams: 2,
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default().with_max_concurrent_streams(2);
     let server = TestServer::start_with(config).await;
     let mut c = Conn::open(&server, &[]).await;
     for stream in [1u32, 3, 5] {
@@ -728,11 +713,9 @@ async fn an_idle_connection_is_closed_with_goaway_after_the_idle_timeout() {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let stats = Arc::new(sluice_http2::GrpcServerStats::default());
-    let config = GrpcServerConfig {
-        idle_timeout: Duration::from_secs(60),
-        stats: Some(stats.clone()),
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default()
+        .with_idle_timeout(Duration::from_secs(60))
+        .with_stats(Some(stats.clone()));
     let (reports, _reports_rx) = tokio::sync::mpsc::unbounded_channel();
     let handler = Arc::new(support::Scripted {
         reports,
@@ -795,11 +778,9 @@ async fn refused_streams_are_counted() {
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let stats = Arc::new(sluice_http2::GrpcServerStats::default());
-    let config = GrpcServerConfig {
-        max_concurrent_streams: 1,
-        stats: Some(stats.clone()),
-        ..GrpcServerConfig::default()
-    };
+    let config = GrpcServerConfig::default()
+        .with_max_concurrent_streams(1)
+        .with_stats(Some(stats.clone()));
     let server = TestServer::start_with(config).await;
     let mut c = Conn::open(&server, &[]).await;
     c.send(&frame(

@@ -391,14 +391,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
         stats,
     } = ctx;
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
-    let grpc = sluice_http2::GrpcServerConfig {
-        max_message_size: config.max_frame_size,
-        // The preface is what the sniffer waits for; SETTINGS follows it at once.
-        handshake_timeout: config.sniff_timeout,
-        idle_timeout: config.idle_timeout,
-        stats: Some(stats.grpc.clone()),
-        ..Default::default()
-    };
+    let grpc = grpc_config(&config, &stats, &span);
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
         tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
@@ -449,19 +442,27 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         }
     }
     let io = sluice_io::PrefixedIo::new(buf.freeze(), tls_stream);
-    let grpc = sluice_http2::GrpcServerConfig {
-        max_message_size: config.max_frame_size,
-        // The preface is what the sniffer waits for; SETTINGS follows it at once.
-        handshake_timeout: config.sniff_timeout,
-        idle_timeout: config.idle_timeout,
-        stats: Some(ctx.stats.grpc.clone()),
-        ..Default::default()
-    };
+    let grpc = grpc_config(&config, &ctx.stats, &ctx.span);
     let shutdown = async move { drain.signaled().await };
     let span = ctx.span;
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
         tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
     }
+}
+
+/// The HTTP/2 settings of a gRPC connection on this listener.
+fn grpc_config(
+    config: &ServerConfig,
+    stats: &ServerStats,
+    span: &tracing::Span,
+) -> sluice_http2::GrpcServerConfig {
+    sluice_http2::GrpcServerConfig::default()
+        .with_max_message_size(config.max_frame_size)
+        // The preface is what the sniffer waits for; SETTINGS follows it at once.
+        .with_handshake_timeout(config.sniff_timeout)
+        .with_idle_timeout(config.idle_timeout)
+        .with_stats(Some(stats.grpc.clone()))
+        .with_span(span.clone())
 }
 
 /// Reads until the connection-level sniffer decides.
