@@ -19,15 +19,17 @@ pub enum Balance {
 }
 
 impl std::str::FromStr for Balance {
-    type Err = String;
+    type Err = crate::UnknownName;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "round-robin" => Ok(Balance::RoundRobin),
             "weighted-random" => Ok(Balance::WeightedRandom),
-            other => Err(format!(
-                "unknown balance {other:?} (expected round-robin or weighted-random)"
-            )),
+            other => Err(crate::UnknownName {
+                what: "balance",
+                name: other.to_owned(),
+                expected: "round-robin or weighted-random",
+            }),
         }
     }
 }

@@ -64,7 +64,7 @@ impl Transport {
 }
 
 impl FromStr for Transport {
-    type Err = String;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -72,11 +72,25 @@ impl FromStr for Transport {
             "ttheader-unframed" => Ok(Transport::TTHeaderUnframed),
             "framed" => Ok(Transport::Framed),
             "buffered" => Ok(Transport::Buffered),
-            other => Err(format!(
-                "unknown transport {other:?} (expected ttheader, ttheader-unframed, framed or buffered)"
-            )),
+            other => Err(UnknownName {
+                what: "transport",
+                name: other.to_owned(),
+                expected: "ttheader, ttheader-unframed, framed or buffered",
+            }),
         }
     }
+}
+
+/// A configuration name (transport, balance) that is not one of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?} (expected {expected})")]
+pub struct UnknownName {
+    /// What was named.
+    pub what: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The names that are known.
+    pub expected: &'static str,
 }
 
 /// One downstream address and its weight (for weighted-random balancing).

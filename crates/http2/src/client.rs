@@ -180,7 +180,22 @@ pub enum GrpcClientError {
     },
     /// The request cannot be expressed in HTTP/2 (bad path, authority or content-type).
     #[error("invalid gRPC request: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(InvalidRequest),
+}
+
+/// Which part of an [`OpenRequest`] cannot be sent as an HTTP/2 header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    /// `:path` does not start with `/` or holds bytes a header value cannot.
+    #[error("path {0:?}")]
+    Path(String),
+    /// `:authority` holds bytes a header value cannot.
+    #[error("authority {0:?}")]
+    Authority(String),
+    /// `content-type` holds bytes a header value cannot.
+    #[error("content-type {0:?}")]
+    ContentType(String),
 }
 
 /// A client for one gRPC downstream. Cheap to clone; clones share the connections.
@@ -382,15 +397,13 @@ struct RequestHead {
 impl RequestHead {
     fn new(req: &OpenRequest) -> Result<RequestHead, GrpcClientError> {
         if !req.path.starts_with('/') || !valid_value(req.path.as_bytes()) {
-            return Err(GrpcClientError::InvalidRequest(format!(
-                "path {:?}",
-                req.path
+            return Err(GrpcClientError::InvalidRequest(InvalidRequest::Path(
+                req.path.clone(),
             )));
         }
         if !valid_value(req.authority.as_bytes()) {
-            return Err(GrpcClientError::InvalidRequest(format!(
-                "authority {:?}",
-                req.authority
+            return Err(GrpcClientError::InvalidRequest(InvalidRequest::Authority(
+                req.authority.clone(),
             )));
         }
         let content_type = if req.content_type.is_empty() {
@@ -398,10 +411,9 @@ impl RequestHead {
         } else if valid_value(req.content_type.as_bytes()) {
             Bytes::copy_from_slice(req.content_type.as_bytes())
         } else {
-            return Err(GrpcClientError::InvalidRequest(format!(
-                "content-type {:?}",
-                req.content_type
-            )));
+            return Err(GrpcClientError::InvalidRequest(
+                InvalidRequest::ContentType(req.content_type.clone()),
+            ));
         };
         Ok(RequestHead {
             content_type,

@@ -36,7 +36,7 @@ mod conn;
 mod fields;
 pub mod server;
 
-pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, OpenRequest};
+pub use client::{GrpcClient, GrpcClientConfig, GrpcClientError, InvalidRequest, OpenRequest};
 pub use conn::Http2Error;
 pub use server::{
     refuse_connection, serve_connection, GrpcServerConfig, GrpcServerError, GrpcServerStats,

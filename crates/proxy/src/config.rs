@@ -271,10 +271,12 @@ impl Config {
             if let Some(t) = &d.transport {
                 c.transport = t
                     .parse::<Transport>()
-                    .map_err(|m| err(key("transport"), m))?;
+                    .map_err(|e| err(key("transport"), e.to_string()))?;
             }
             if let Some(b) = &d.balance {
-                c.balance = b.parse::<Balance>().map_err(|m| err(key("balance"), m))?;
+                c.balance = b
+                    .parse::<Balance>()
+                    .map_err(|e| err(key("balance"), e.to_string()))?;
             }
             c.multiplex = d.multiplex.unwrap_or(false);
             if c.multiplex && !c.transport.is_ttheader() {
