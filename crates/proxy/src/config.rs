@@ -122,6 +122,7 @@ use sluice_server::TlsConfig;
 
 /// A listener.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Listener {
     /// Name for logs (defaults to the address).
     pub name: String,
@@ -137,6 +138,7 @@ pub struct Listener {
 
 /// A header/metainfo match.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeaderMatch {
     /// String key (TTHeader info block 0x01, or mesh header).
     pub key: String,
@@ -146,6 +148,7 @@ pub struct HeaderMatch {
 
 /// A route: the first that matches a request wins.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Route {
     /// Exact service name, or `None` for `"*"` (any, including none).
     pub service: Option<String>,
@@ -163,6 +166,7 @@ pub struct Route {
 
 /// Server-side limits, shared by all listeners.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame or message. Default 16 MiB.
     pub max_frame_size: usize,
@@ -184,6 +188,7 @@ pub struct Limits {
 
 /// A checked configuration.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Listeners.
     pub listeners: Vec<Listener>,
