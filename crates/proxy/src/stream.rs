@@ -137,7 +137,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         );
         let target = match self.phases.route(&head, &self.router) {
             Ok(t) => t,
-            Err(e) => return self.refuse_stream(&info, up, &req.protocol, e).await,
+            Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
         };
         info.downstream = Some(&target.downstream);
         // The request's (or stream's) span, set up by the server at debug level, names its
@@ -151,11 +151,14 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::Stream(&mut headers))
         {
-            return self.refuse_stream(&info, up, &req.protocol, e).await;
+            return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await;
         }
-        let down = match self.open_downstream(&req, &target, headers).await {
+        // The opening and the splice are boxed: each is large, and inline they would make every
+        // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
+        // which costs far more per stream than two small boxes.
+        let down = match Box::pin(self.open_downstream(&req, &target, headers)).await {
             Ok(d) => d,
-            Err(e) => return self.refuse_stream(&info, up, &req.protocol, e).await,
+            Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
         };
         let first_response_timeout = self
             .config
@@ -178,7 +181,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             deadline,
             first_response_timeout,
         };
-        splice.run(info, up, down).await;
+        Box::pin(splice.run(info, up, down)).await;
     }
 }
 
