@@ -12,6 +12,9 @@ mod custom_route;
 #[path = "../examples/custom_streaming_handler.rs"]
 mod custom_streaming_handler;
 #[allow(dead_code, unreachable_pub)]
+#[path = "../examples/embed_server.rs"]
+mod embed_server;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../examples/generic_clients.rs"]
 mod generic_clients;
 #[allow(dead_code, unreachable_pub)]
@@ -26,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice::client::{Call, ClientConfig, Endpoint, GenericClient, OpenStream, TTStreamClient};
+use sluice::client::{
+    Call, ClientConfig, Endpoint, GenericClient, OpenStream, TTStreamClient, Transport,
+};
 use sluice::http2::{GrpcClient, GrpcClientConfig, OpenRequest};
 use sluice::proxy::Proxy;
 use sluice::sniff::Codec;
@@ -151,6 +156,58 @@ fn echo_result(text: &str) -> Bytes {
 
 fn kvs(pairs: Vec<(String, String)>) -> HashMap<String, String> {
     pairs.into_iter().collect()
+}
+
+/// The string in a result struct `{0: string}`.
+fn result_string(body: &[u8]) -> String {
+    assert_eq!(&body[..3], &[0x0b, 0x00, 0x00], "field 0, a string");
+    let len = i32::from_be_bytes(body[3..7].try_into().unwrap()) as usize;
+    assert_eq!(body.len(), 7 + len + 1, "one field, then STOP");
+    String::from_utf8(body[7..7 + len].to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embed_server_answers_hello_from_the_header_and_echoes_the_rest() {
+    let listener = sluice::server::bind_listener(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handle, drain) = sluice::server::drain::channel();
+    let serving = tokio::spawn(embed_server::run(listener, drain));
+    for (transport, service, expected) in [
+        (
+            Transport::TTHeader,
+            "Greeter",
+            "hello from Greeter over ttheader",
+        ),
+        (Transport::Framed, "", "hello from  over framed"),
+    ] {
+        let mut header = Header::default();
+        if !service.is_empty() {
+            header.str_kvs.insert("isn", service);
+        }
+        let client = GenericClient::new(client_config(addr).with_transport(transport));
+        let call = |method: &str, header: Header| Call {
+            method: method.into(),
+            msg_type: MessageType::Call,
+            codec: Codec::Thrift,
+            args: generic_clients::echo_args("x"),
+            header,
+            deadline: None,
+        };
+        let reply = client.call(call("Hello", header)).await.unwrap().unwrap();
+        assert_eq!(reply.msg_type, MessageType::Reply);
+        assert_eq!(result_string(&reply.body), expected, "{transport:?}");
+        let reply = client
+            .call(call("Echo", Header::default()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.body, echo_result("x"), "{transport:?}");
+    }
+    handle.drain();
+    tokio::time::timeout(Duration::from_secs(15), serving)
+        .await
+        .expect("the server stops once drained")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
