@@ -13,7 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice::server::{DefaultHandler, Request, Response, Server, ServerConfig};
 
-struct Handler;
+/// Echoes, except `Hello`.
+#[derive(Debug)]
+pub struct Handler;
 
 impl DefaultHandler for Handler {
     async fn handle(&self, req: Request) -> Response {
@@ -39,16 +41,22 @@ impl DefaultHandler for Handler {
     }
 }
 
+/// Serves [`Handler`] on `listener` until `drain` is signalled.
+pub async fn run(listener: tokio::net::TcpListener, drain: sluice::server::Drain) {
+    Server::new(
+        ServerConfig::default().with_name("embedded"),
+        Arc::new(Handler),
+    )
+    .serve(listener, drain)
+    .await
+}
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt::init();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:9999").await?;
     let (handle, drain) = sluice::server::drain::channel();
-    let server = Server::new(
-        ServerConfig::default().with_name("embedded"),
-        Arc::new(Handler),
-    );
-    let serving = tokio::spawn(server.serve(listener, drain));
+    let serving = tokio::spawn(run(listener, drain));
     tokio::signal::ctrl_c().await?;
     handle.drain();
     let _ = serving.await;

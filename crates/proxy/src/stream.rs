@@ -12,11 +12,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use sluice_client::OpenStream;
-use sluice_http2::OpenRequest;
+use sluice_http2::{Code, OpenRequest};
 use sluice_server::ProxyError;
 use sluice_stream::{
     ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ResetCode,
-    ServerSend, ServerStream, StreamRequest, StreamingHandler,
+    ServerSend, ServerStream, StatusCode, StreamEnd, StreamRequest, StreamingHandler,
 };
 use sluice_thrift::ExceptionKind;
 use sluice_ttheader::str_key;
@@ -259,14 +259,45 @@ struct ToUpstream<P> {
     info: OwnedInfo,
     /// Told when the stream has ended on the upstream side.
     done: Mutex<Option<oneshot::Sender<()>>>,
-    /// Set when the forwarder ended the upstream side itself (deadline): what the downstream
-    /// sends or how it ends no longer reaches the caller.
+    /// Set once the caller's side has been ended, by the forwarder itself (deadline) or by the
+    /// downstream's end or reset passed on: whichever sets it first answers the caller, and
+    /// nothing the downstream sends after reaches the caller.
     cut: AtomicBool,
     /// Shared with `ToDownstream`: set when the downstream ended the stream.
     down_ended: Arc<AtomicBool>,
     first: Arc<FirstResponse>,
-    /// The error the caller was answered with, when the downstream reset the stream.
+    /// The stream's deadline, which the gRPC client enforces downstream too.
+    deadline: Option<Instant>,
+    /// The error the caller was answered with, when the downstream reset the stream (or ended
+    /// it for the deadline).
     error: Mutex<Option<ProxyError>>,
+}
+
+impl<P: Phases> ToUpstream<P> {
+    /// True for a gRPC end with DEADLINE_EXCEEDED once the stream's deadline has passed: the
+    /// downstream gRPC client enforces the same deadline as the forwarder's timer, and
+    /// whichever fires first must read the same to the caller.
+    fn ends_for_the_deadline(&self, end: &StreamEnd) -> bool {
+        matches!(self.protocol, Protocol::Grpc { .. })
+            && end
+                .error
+                .as_ref()
+                .is_some_and(|e| e.code == StatusCode::Grpc(Code::DEADLINE_EXCEEDED.as_u32()))
+            && self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Claims the caller's end; false if it was already ended.
+    fn claim_end(&self) -> bool {
+        !self.cut.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends the caller's stream with Sluice's own error `e` (after the error phase).
+    fn fail(&self, e: ProxyError) {
+        let e = self.phases.on_error(&self.info.borrow(), e);
+        let _ = self.up.push(Event::End(e.to_stream_end(&self.protocol)));
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        self.finished();
+    }
 }
 
 impl<P> ToUpstream<P> {
@@ -305,6 +336,11 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 }
                 Ok(())
             }
+            Event::End(_) | Event::Reset(_) if !self.claim_end() => Err(Closed),
+            Event::End(end) if self.ends_for_the_deadline(&end) => {
+                self.fail(error::stream_deadline(&self.info.downstream));
+                Ok(())
+            }
             Event::End(mut end) => {
                 end.trailers = forwardable(std::mem::take(&mut end.trailers));
                 self.phases.response_filter(
@@ -316,11 +352,11 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 Ok(())
             }
             Event::Reset(r) => {
-                let e = error::downstream_reset(&self.info.downstream, &r.message, r.code);
-                let e = self.phases.on_error(&self.info.borrow(), e);
-                let _ = self.up.push(Event::End(e.to_stream_end(&self.protocol)));
-                *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                self.finished();
+                self.fail(error::downstream_reset(
+                    &self.info.downstream,
+                    &r.message,
+                    r.code,
+                ));
                 Ok(())
             }
             Event::HalfClose => Ok(()),
@@ -391,11 +427,13 @@ impl<P: Phases> Splice<'_, P> {
             cut: AtomicBool::new(false),
             down_ended,
             first: first.clone(),
+            deadline: self.deadline,
             error: Mutex::new(None),
         });
         down_rx.splice(to_up.clone());
         let downstream = to_up.info.downstream.as_str();
-        let e = match wait_end(done_rx, self.deadline, &first, watched).await {
+        let mut done_rx = done_rx;
+        let e = match wait_end(&mut done_rx, self.deadline, &first, watched).await {
             Outcome::Ended => return to_up,
             Outcome::Deadline => error::stream_deadline(downstream),
             Outcome::NoResponse => {
@@ -405,7 +443,12 @@ impl<P: Phases> Splice<'_, P> {
         // The caller hears of the deadline, not of the downstream reset that follows from it
         // (resetting the downstream stream ends its incoming side, which `ToUpstream` would
         // otherwise report as a downstream reset).
-        to_up.cut.store(true, Ordering::Release);
+        if !to_up.claim_end() {
+            // The downstream's end (or reset) reached the caller at the same moment: that is
+            // the answer. Wait until `ToUpstream` has recorded it.
+            let _ = done_rx.await;
+            return to_up;
+        }
         let e = self.forwarder.phases.on_error(&to_up.info.borrow(), e);
         up_tx.finish(e.to_stream_end(self.protocol)).await;
         down_tx
@@ -434,14 +477,13 @@ enum Outcome {
 /// Waits for the stream to end, its deadline, or the downstream's silence to run out (told by
 /// the proxy's [`SilenceWatch`]).
 async fn wait_end(
-    done_rx: oneshot::Receiver<()>,
+    done_rx: &mut oneshot::Receiver<()>,
     deadline: Option<Instant>,
     first: &FirstResponse,
     watched: bool,
 ) -> Outcome {
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
     // end reaching the upstream: it was reset from the upstream side.
-    let mut done_rx = std::pin::pin!(done_rx);
     let mut deadline_sleep = std::pin::pin!(async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -451,7 +493,7 @@ async fn wait_end(
     loop {
         let watching = watched && !first.seen();
         tokio::select! {
-            _ = &mut done_rx => return Outcome::Ended,
+            _ = &mut *done_rx => return Outcome::Ended,
             () = &mut deadline_sleep => return Outcome::Deadline,
             () = first.notify.notified(), if watching => {
                 if first.expired() && !first.seen() {
