@@ -1,4 +1,5 @@
-//! The forwarder's errors, as [`ProxyError`]s with the texts callers (and the docs) rely on.
+//! The forwarder's errors, as [`ProxyError`]s with the texts callers (and the docs) rely on;
+//! a phase of one's own can answer with the same ones.
 
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ use sluice_client::Error as ClientError;
 use sluice_server::{ErrorKind, ProxyError};
 
 /// No route matched.
-pub(crate) fn no_route(service: &str, method: &str) -> ProxyError {
+pub fn no_route(service: &str, method: &str) -> ProxyError {
     ProxyError::new(
         ErrorKind::NoRoute,
         format!("sluice: no route for service {service:?} method {method:?}"),
@@ -14,7 +15,7 @@ pub(crate) fn no_route(service: &str, method: &str) -> ProxyError {
 }
 
 /// A route (or a phase) named a downstream that is not configured.
-pub(crate) fn not_configured(downstream: &str) -> ProxyError {
+pub fn not_configured(downstream: &str) -> ProxyError {
     ProxyError::new(
         ErrorKind::Internal,
         format!("sluice: downstream {downstream:?} is not configured"),

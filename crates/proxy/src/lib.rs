@@ -12,7 +12,7 @@
 
 mod clients;
 pub mod config;
-mod error;
+pub mod error;
 mod forwarder;
 pub mod phases;
 mod pingpong;

@@ -9,7 +9,7 @@
 //! | kind | ping-pong (TApplicationException / Kitex-pb ErrorProto type) | TTStream (trailer exception type) | gRPC status |
 //! |---|---|---|---|
 //! | `NoRoute` | 1 `UNKNOWN_METHOD` | 1 `UNKNOWN_METHOD` | 12 `UNIMPLEMENTED` |
-//! | `WrongCluster` | 20 `UNKNOWN_SERVICE` | 20 `UNKNOWN_SERVICE` | 20 (Kitex's unknown service) |
+//! | `WrongCluster` | 20 `UNKNOWN_SERVICE` | 20 `UNKNOWN_SERVICE` | 20 (Kitex's unknown service)* |
 //! | `Unavailable` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 14 `UNAVAILABLE` |
 //! | `Deadline` | 6 `INTERNAL_ERROR` | 12015 (stream timeout) | 4 `DEADLINE_EXCEEDED` |
 //! | `DownstreamReset` | 6 `INTERNAL_ERROR` | 12009 (cancelled by downstream) | 1 `CANCELLED` |
@@ -17,6 +17,9 @@
 //! | `Refused` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 7 `PERMISSION_DENIED` |
 //! | `Overloaded` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 14 `UNAVAILABLE` |
 //! | `Internal` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 13 `INTERNAL` |
+//!
+//! \* A gRPC connection that reaches a `ttstream` listener is refused before any stream exists:
+//! with a GOAWAY whose debug data carries the same text.
 
 use std::error::Error as StdError;
 use std::fmt;
