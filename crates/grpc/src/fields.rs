@@ -3,6 +3,9 @@
 //!
 //! Fields are `(name, value)` pairs as an HPACK decoder yields them, pseudo-headers included,
 //! in order. Turning them into protocol-neutral metadata is left to the drivers.
+//!
+//! The small checks are `#[inline]`: the HTTP/2 driver calls them per field from another crate,
+//! where they would otherwise be a call each.
 
 use bytes::Bytes;
 
@@ -12,6 +15,7 @@ use crate::status::{percent_decode, Code, Status};
 
 /// Headers HTTP/2 forbids (RFC 9113 8.2.2): a request or response carrying one is malformed,
 /// and none is ever sent.
+#[inline]
 pub fn is_connection_specific(name: &[u8]) -> bool {
     matches!(
         name,
@@ -21,6 +25,7 @@ pub fn is_connection_specific(name: &[u8]) -> bool {
 
 /// A field name HTTP/2 can carry: a non-empty token of lower-case characters (RFC 9110 5.1,
 /// RFC 9113 8.2.1), or a pseudo-header name.
+#[inline]
 pub fn valid_name(name: &[u8]) -> bool {
     let body = name.strip_prefix(b":").unwrap_or(name);
     !body.is_empty()
@@ -50,6 +55,7 @@ pub fn valid_name(name: &[u8]) -> bool {
 /// A field value HTTP/2 can carry: "A field value MUST NOT contain the zero value (ASCII NUL,
 /// 0x00), line feed (ASCII LF, 0x0a), or carriage return (ASCII CR, 0x0d) at any position"
 /// (RFC 9113 8.2.1).
+#[inline]
 pub fn valid_value(value: &[u8]) -> bool {
     !value.iter().any(|&b| matches!(b, 0 | b'\n' | b'\r'))
 }
@@ -65,6 +71,7 @@ pub fn compressed_by_headers<'a>(mut encoding: impl Iterator<Item = &'a [u8]>) -
 }
 
 /// [`compressed_by_headers`] for decoded fields.
+#[inline]
 pub fn compressed_in_fields(fields: &[(Bytes, Bytes)]) -> bool {
     compressed_by_headers(
         fields
@@ -75,6 +82,7 @@ pub fn compressed_in_fields(fields: &[(Bytes, Bytes)]) -> bool {
 }
 
 /// The first value of `name` among decoded fields.
+#[inline]
 pub fn field<'a>(fields: &'a [(Bytes, Bytes)], name: &str) -> Option<&'a Bytes> {
     fields
         .iter()

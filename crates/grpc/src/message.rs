@@ -132,6 +132,7 @@ impl MessageDecoder {
     /// Like [`Self::decode`], but takes the message straight out of `src` without copying it:
     /// for bytes that arrive whole, as an HTTP/2 DATA frame usually carries whole messages.
     /// Returns `Ok(None)` (leaving `src` as it was) when `src` does not hold a whole message.
+    #[inline]
     pub fn decode_bytes(&self, src: &mut Bytes) -> Result<Option<Message>, MessageError> {
         let Some((compressed, len)) = self.prefix(src)? else {
             return Ok(None);
@@ -216,6 +217,7 @@ impl MessageDecoder {
 /// message as separate buffers (a vectored write or a chain of `Bytes`).
 ///
 /// Fails with [`MessageError::TooLarge`] when `len` does not fit the 32-bit length field.
+#[inline]
 pub fn encode_prefix(len: usize, compressed: bool) -> Result<[u8; PREFIX_LEN], MessageError> {
     let wire_len = u32::try_from(len).map_err(|_| MessageError::TooLarge {
         len: len as u64,

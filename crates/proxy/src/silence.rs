@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// How often the table is checked: a silent downstream is noticed within this much of its
@@ -32,20 +32,25 @@ pub(crate) struct FirstResponse {
     expired: AtomicBool,
     /// The caller sent something since the last check.
     active: AtomicBool,
-    /// Told when `expired` is set.
-    pub(crate) notify: Notify,
+    /// Fired by the checking task when `expired` is set. (A one-shot channel the stream's
+    /// task waits on, rather than a `Notify`, whose waiter registers and unregisters under a
+    /// lock at every wake-up of that task.)
+    silent: Mutex<Option<oneshot::Sender<()>>>,
     timeout: Duration,
 }
 
 impl FirstResponse {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Self {
+    /// A stream's watch, and what tells its task that the downstream stayed silent too long.
+    pub(crate) fn new(timeout: Duration) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let first = Self {
             seen: AtomicBool::new(false),
             expired: AtomicBool::new(false),
             active: AtomicBool::new(false),
-            notify: Notify::new(),
+            silent: Mutex::new(Some(tx)),
             timeout,
-        }
+        };
+        (first, rx)
     }
 
     pub(crate) fn seen(&self) -> bool {
@@ -64,9 +69,8 @@ impl FirstResponse {
     }
 
     /// The downstream sent something. Called for every downstream event: once `seen` is set
-    /// this is a load, not a store. Nobody is woken: the stream's task waits on `notify` only
-    /// for an expiry, which `seen` rules out, so waking it now would cost a task poll per
-    /// stream for nothing.
+    /// this is a load, not a store. Nobody is woken: the stream's task waits for its end, and
+    /// `seen` only rules an expiry out.
     pub(crate) fn downstream_answered(&self) {
         if !self.seen() {
             self.seen.store(true, Ordering::Relaxed);
@@ -98,7 +102,9 @@ impl Slot {
         };
         if since + f.timeout <= now {
             f.expired.store(true, Ordering::Relaxed);
-            f.notify.notify_one();
+            if let Some(tx) = f.silent.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(());
+            }
         }
     }
 }
@@ -232,8 +238,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_stream_expires_and_an_answered_one_does_not() {
         let watch = SilenceWatch::default();
-        let silent = Arc::new(FirstResponse::new(Duration::from_secs(1)));
-        let answered = Arc::new(FirstResponse::new(Duration::from_secs(1)));
+        let (silent, mut silent_end) = FirstResponse::new(Duration::from_secs(1));
+        let (answered, mut answered_end) = FirstResponse::new(Duration::from_secs(1));
+        let (silent, answered) = (Arc::new(silent), Arc::new(answered));
         let _a = watch.watch(silent.clone());
         let _b = watch.watch(answered.clone());
         answered.downstream_answered();
@@ -247,20 +254,29 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(silent.expired());
+        assert_eq!(
+            silent_end.try_recv(),
+            Ok(()),
+            "the silent stream's task was told"
+        );
         assert!(!answered.expired());
+        assert!(
+            answered_end.try_recv().is_err(),
+            "the answered stream's task was not"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_checker_stops_when_nothing_is_watched() {
         let watch = SilenceWatch::default();
-        let slot = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1))));
+        let slot = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1)).0));
         assert!(watch.table.lock().unwrap().checker.is_some());
         drop(slot);
         tokio::time::sleep(TICK * 3).await;
         assert!(watch.table.lock().unwrap().checker.is_none());
         assert!(watch.table.lock().unwrap().is_empty());
         // A freed slot is taken again: the table grows with the streams watched at once.
-        let _again = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1))));
+        let _again = watch.watch(Arc::new(FirstResponse::new(Duration::from_secs(1)).0));
         assert_eq!(watch.table.lock().unwrap().slots.len(), 1);
     }
 }

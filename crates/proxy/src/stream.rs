@@ -409,7 +409,8 @@ impl<P: Phases> Splice<'_, P> {
         let (done_tx, done_rx) = oneshot::channel();
         let down_ended = Arc::new(AtomicBool::new(false));
         let watched = !self.first_response_timeout.is_zero();
-        let first = Arc::new(FirstResponse::new(self.first_response_timeout));
+        let (first, mut silent_rx) = FirstResponse::new(self.first_response_timeout);
+        let first = Arc::new(first);
         // Watched only while the stream runs (and not at all with the timeout off).
         let _watched = watched.then(|| self.forwarder.silence.watch(first.clone()));
         up_rx.splice(Arc::new(ToDownstream {
@@ -433,7 +434,8 @@ impl<P: Phases> Splice<'_, P> {
         down_rx.splice(to_up.clone());
         let downstream = to_up.info.downstream.as_str();
         let mut done_rx = done_rx;
-        let e = match wait_end(&mut done_rx, self.deadline, &first, watched).await {
+        let silence = watched.then_some((&mut silent_rx, &*first));
+        let e = match wait_end(&mut done_rx, self.deadline, silence).await {
             Outcome::Ended => return to_up,
             Outcome::Deadline => error::stream_deadline(downstream),
             Outcome::NoResponse => {
@@ -474,13 +476,12 @@ enum Outcome {
     NoResponse,
 }
 
-/// Waits for the stream to end, its deadline, or the downstream's silence to run out (told by
-/// the proxy's [`SilenceWatch`]).
+/// Waits for the stream to end, its deadline, or the downstream's silence to run out (told
+/// through `silent_rx` by the proxy's [`SilenceWatch`](crate::silence::SilenceWatch)).
 async fn wait_end(
     done_rx: &mut oneshot::Receiver<()>,
     deadline: Option<Instant>,
-    first: &FirstResponse,
-    watched: bool,
+    silence: Option<(&mut oneshot::Receiver<()>, &FirstResponse)>,
 ) -> Outcome {
     // `done_rx` also resolves (with an error) when the downstream stream is dropped without an
     // end reaching the upstream: it was reset from the upstream side.
@@ -490,15 +491,20 @@ async fn wait_end(
             None => std::future::pending().await,
         }
     });
+    let (mut silent_rx, first) = match silence {
+        Some((rx, first)) => (Some(rx), Some(first)),
+        None => (None, None),
+    };
     loop {
-        let watching = watched && !first.seen();
         tokio::select! {
             _ = &mut *done_rx => return Outcome::Ended,
             () = &mut deadline_sleep => return Outcome::Deadline,
-            () = first.notify.notified(), if watching => {
-                if first.expired() && !first.seen() {
+            Some(Ok(())) = async { Some((&mut **silent_rx.as_mut()?).await) }, if silent_rx.is_some() => {
+                // The downstream may have answered just after the check: then it is not silent.
+                if !first.is_some_and(FirstResponse::seen) {
                     return Outcome::NoResponse;
                 }
+                silent_rx = None;
             }
         }
     }
