@@ -26,7 +26,7 @@ pub(crate) struct Ctx<H, S> {
     pub(crate) config: Arc<ServerConfig>,
     /// The connection's span: the parent of its log lines (given explicitly rather than
     /// entered on every poll of the connection, which would cost a subscriber call per poll).
-    pub(crate) span: tracing::Span,
+    pub(crate) span: ConnSpan,
     pub(crate) handler: Arc<H>,
     pub(crate) streaming: Arc<S>,
     pub(crate) stats: Arc<ServerStats>,
@@ -34,11 +34,10 @@ pub(crate) struct Ctx<H, S> {
 
 /// What a protocol driver needs besides its socket and handler: the listener's settings and
 /// the counters it reports refusals in.
-#[derive(Clone)]
 pub(crate) struct ConnCtx {
     pub(crate) config: Arc<ServerConfig>,
     /// The connection's span (see [`Ctx::span`]).
-    pub(crate) span: tracing::Span,
+    pub(crate) span: ConnSpan,
     pub(crate) stats: Arc<ServerStats>,
 }
 
@@ -224,13 +223,56 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for AnyIo<T> {
 
 /// The span of one connection: every line logged while it is served (its requests' and
 /// streams' included) names the listener, the peer and, once sniffed, the protocol family.
-pub(crate) fn span(config: &ServerConfig, peer: SocketAddr) -> tracing::Span {
-    tracing::info_span!(
-        "conn",
-        listener = %config.name,
-        %peer,
-        protocol = tracing::field::Empty,
-    )
+///
+/// Made the first time a line is logged (or a debug span needs a parent): a span costs about
+/// a kilobyte of the subscriber's memory for as long as the connection lives, and most
+/// connections never log a line.
+pub(crate) struct ConnSpan {
+    config: Arc<ServerConfig>,
+    peer: SocketAddr,
+    protocol: std::sync::OnceLock<&'static str>,
+    span: std::sync::OnceLock<tracing::Span>,
+}
+
+impl ConnSpan {
+    pub(crate) fn new(config: Arc<ServerConfig>, peer: SocketAddr) -> Self {
+        Self {
+            config,
+            peer,
+            protocol: std::sync::OnceLock::new(),
+            span: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The span, made now if it was not yet.
+    pub(crate) fn get(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            tracing::info_span!(
+                "conn",
+                listener = %self.config.name,
+                peer = %self.peer,
+                protocol = self.protocol.get().copied().unwrap_or_default(),
+            )
+        })
+    }
+
+    /// Records the protocol family once it is sniffed.
+    pub(crate) fn set_protocol(&self, protocol: &'static str) {
+        let _ = self.protocol.set(protocol);
+        if let Some(span) = self.span.get() {
+            span.record("protocol", protocol);
+        }
+    }
+
+    /// The parent of a request's or stream's debug span: the connection's span when debug
+    /// spans can exist at all, else none (and nothing is made).
+    pub(crate) fn for_children(&self) -> tracing::Span {
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            self.get().clone()
+        } else {
+            tracing::Span::none()
+        }
+    }
 }
 
 /// Serves a connection over any byte stream: a [`TcpStream`] keeps TCP's own path, anything
@@ -276,7 +318,7 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
         Err(_) => {
             ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
-                tracing::info!(parent: &ctx.span,
+                tracing::info!(parent: ctx.span.get(),
                     suppressed,
                     "closing connection: no protocol recognised within the sniff timeout"
                 );
@@ -284,24 +326,24 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
             return;
         }
         Ok(Err(e)) => {
-            tracing::debug!(parent: &ctx.span, error = %e, "connection closed before sniffing");
+            tracing::debug!(parent: ctx.span.get(), error = %e, "connection closed before sniffing");
             return;
         }
         Ok(Ok(Detection::NotOurs(reason))) => {
             ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(parent: &ctx.span, %reason, "closing connection: not a protocol this listener serves");
+            tracing::warn!(parent: ctx.span.get(), %reason, "closing connection: not a protocol this listener serves");
             return;
         }
         Ok(Ok(Detection::Protocol(f))) => f,
     };
-    ctx.span.record("protocol", family.as_str());
+    ctx.span.set_protocol(family.as_str());
     let wrong = matches!(
         (config.cluster, family),
         (Cluster::TTStream, Family::Http2) | (Cluster::Grpc, Family::PingPong | Family::TTStream)
     );
     if wrong {
         ctx.stats.wrong_cluster.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(parent: &ctx.span,
+        tracing::warn!(parent: ctx.span.get(),
             cluster = config.cluster.as_str(),
             ?family,
             "refusing a connection of the other cluster's family"
@@ -328,7 +370,7 @@ fn driver<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     drain: Drain,
 ) -> Driver {
     let cctx = ConnCtx {
-        span: ctx.span.clone(),
+        span: ctx.span,
         config: config.clone(),
         stats: ctx.stats.clone(),
     };
@@ -369,11 +411,11 @@ async fn refuse_http2<C: ConnIo>(
     peer: SocketAddr,
     buf: BytesMut,
     text: &str,
-    span: tracing::Span,
+    span: ConnSpan,
 ) {
     let io = sluice_io::PrefixedIo::new(buf.freeze(), stream);
     if let Err(e) = sluice_http2::refuse_connection(io, peer, text).await {
-        tracing::debug!(parent: &span, error = %e, "refusing an HTTP/2 connection failed");
+        tracing::debug!(parent: span.get(), error = %e, "refusing an HTTP/2 connection failed");
     }
 }
 
@@ -394,7 +436,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     let grpc = grpc_config(&config, &stats, &span);
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
-        tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(parent: span.get(), reason = %e, "closing HTTP/2 connection");
     }
 }
 
@@ -414,11 +456,11 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            tracing::warn!(parent: &ctx.span, reason = %e, "closing connection: TLS handshake failed");
+            tracing::warn!(parent: ctx.span.get(), reason = %e, "closing connection: TLS handshake failed");
             return;
         }
         Err(_) => {
-            tracing::info!(parent: &ctx.span, "closing connection: TLS handshake timed out");
+            tracing::info!(parent: ctx.span.get(), "closing connection: TLS handshake timed out");
             return;
         }
     };
@@ -437,7 +479,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
         Ok(Ok(Ok(Detection::Protocol(Family::Http2)))) => {}
         other => {
             ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(parent: &ctx.span, ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
+            tracing::warn!(parent: ctx.span.get(), ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
             return;
         }
     }
@@ -446,7 +488,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     let shutdown = async move { drain.signaled().await };
     let span = ctx.span;
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
-        tracing::warn!(parent: &span, reason = %e, "closing HTTP/2 connection");
+        tracing::warn!(parent: span.get(), reason = %e, "closing HTTP/2 connection");
     }
 }
 
@@ -454,7 +496,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
 fn grpc_config(
     config: &ServerConfig,
     stats: &ServerStats,
-    span: &tracing::Span,
+    span: &ConnSpan,
 ) -> sluice_http2::GrpcServerConfig {
     sluice_http2::GrpcServerConfig::default()
         .with_max_message_size(config.max_frame_size)
@@ -462,7 +504,7 @@ fn grpc_config(
         .with_handshake_timeout(config.sniff_timeout)
         .with_idle_timeout(config.idle_timeout)
         .with_stats(Some(stats.grpc.clone()))
-        .with_span(span.clone())
+        .with_span(span.for_children())
 }
 
 /// Reads until the connection-level sniffer decides.

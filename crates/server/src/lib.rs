@@ -381,7 +381,7 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
 
     fn ctx(&self, peer: SocketAddr) -> conn::Ctx<H, S> {
         conn::Ctx {
-            span: conn::span(&self.config, peer),
+            span: conn::ConnSpan::new(self.config.clone(), peer),
             config: self.config.clone(),
             handler: self.handler.clone(),
             streaming: self.streaming.clone(),

@@ -122,7 +122,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                     Incoming::Reject(to, ex) => {
                         encode_reply_into(&to, Response::error(ex.clone()), true, &mut out);
                         let _ = sluice_io::write_all_vectored(&mut wr, &mut out).await;
-                        tracing::warn!(parent: &span, method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
+                        tracing::warn!(parent: span.get(), method = %to.method, reason = %ex.message, "closing connection after rejecting a request");
                         break 'conn Ok(());
                     }
                     Incoming::Request(req)
@@ -210,15 +210,15 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                         Expiry::Frame => {
                             stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                             if let Some(suppressed) = stats.logs.frame.allow() {
-                                tracing::info!(parent: &span, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
+                                tracing::info!(parent: span.get(), bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a request did not complete within the frame timeout");
                             }
                         }
                         Expiry::Idle => {
                             stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(parent: &span, "closing idle connection");
+                            tracing::debug!(parent: span.get(), "closing idle connection");
                         }
                         Expiry::Drained => {
-                            tracing::debug!(parent: &span, "closing drained connection");
+                            tracing::debug!(parent: span.get(), "closing drained connection");
                         }
                     }
                     break Ok(());
@@ -261,19 +261,19 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             match read {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(parent: &span, bytes = buf.len(), "peer closed in the middle of a message");
+                        tracing::info!(parent: span.get(), bytes = buf.len(), "peer closed in the middle of a message");
                     }
                     break Ok(());
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::debug!(parent: &span, error = %e, "read failed");
+                    tracing::debug!(parent: span.get(), error = %e, "read failed");
                     break Ok(());
                 }
             }
         };
         if let Err(e) = outcome {
-            tracing::warn!(parent: &span, reason = %e, "closing connection");
+            tracing::warn!(parent: span.get(), reason = %e, "closing connection");
         }
         // Let in-flight handlers finish and write their replies, bounded by the drain grace;
         // then the set is dropped, which aborts whatever still runs.
@@ -289,7 +289,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
                 }
             }
             if !m.is_empty() {
-                tracing::debug!(parent: &span, left = m.len(), "aborting requests still running at close");
+                tracing::debug!(parent: span.get(), left = m.len(), "aborting requests still running at close");
             }
         }
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
@@ -310,9 +310,12 @@ enum Expiry {
 /// The span of one request: debug level, so that it costs nothing unless asked for (then every
 /// line logged while the request is served names it). `downstream` is recorded by a
 /// forwarding handler.
-fn request_span(req: &Request, conn: &tracing::Span) -> tracing::Span {
+fn request_span(req: &Request, conn: &crate::conn::ConnSpan) -> tracing::Span {
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
-        parent: conn,
+        parent: conn.get(),
         "request",
         service = %req.service,
         method = %req.method,
@@ -324,14 +327,14 @@ fn request_span(req: &Request, conn: &tracing::Span) -> tracing::Span {
 /// Appends a finished mux task's reply (none for oneway) to `out`.
 fn take_reply(
     done: Result<Option<Chunks>, tokio::task::JoinError>,
-    span: &tracing::Span,
+    span: &crate::conn::ConnSpan,
     out: &mut Vec<Bytes>,
 ) {
     match done {
         Ok(Some(reply)) => out.extend(reply),
         Ok(None) => {}
         Err(e) => {
-            tracing::error!(parent: span, error = %e, "request handler failed; its caller gets no reply");
+            tracing::error!(parent: span.get(), error = %e, "request handler failed; its caller gets no reply");
         }
     }
 }

@@ -152,7 +152,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                         _ => None,
                     },
                     Err(e) => {
-                        tracing::debug!(parent: &span, stream = id, error = %e, "frame not allowed in this stream state");
+                        tracing::debug!(parent: span.get(), stream = id, error = %e, "frame not allowed in this stream state");
                         let _ = entry
                             .to_user
                             .send(Event::Reset(Reset {
@@ -201,7 +201,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                 // The stream reached no handler: the caller may safely retry it elsewhere.
                 let e = e.retry_safe(true);
                 stats.streams_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(parent: &span, stream = id, reason = %e, "refusing a stream");
+                tracing::debug!(parent: span.get(), stream = id, reason = %e, "refusing a stream");
                 let ex = e.to_exception();
                 // Within the queue's limit like any other frame: a peer that opens streams
                 // and does not read its refusals stops being read.
@@ -240,7 +240,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             let h = handler.clone();
             // The stream's span (debug level: free unless asked for) inside the connection's.
             let stream_span = tracing::debug_span!(
-                parent: &span,
+                parent: span.get(),
                 "stream",
                 service = %req.service,
                 method = %req.method,
@@ -273,11 +273,11 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             if partial_since.is_some() {
                 stats.frame_timeouts.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = stats.logs.frame.allow() {
-                    tracing::info!(parent: &span, bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
+                    tracing::info!(parent: span.get(), bytes = buf.len(), timeout = ?config.frame_timeout, suppressed, "closing connection: a frame did not complete within the frame timeout");
                 }
             } else {
                 stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(parent: &span, "closing idle connection");
+                tracing::debug!(parent: span.get(), "closing idle connection");
             }
             break None;
         }
@@ -294,7 +294,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             } => match r {
                 Ok(0) => {
                     if !buf.is_empty() {
-                        tracing::info!(parent: &span, bytes = buf.len(), "peer closed in the middle of a frame");
+                        tracing::info!(parent: span.get(), bytes = buf.len(), "peer closed in the middle of a frame");
                     }
                     break None;
                 }
@@ -309,7 +309,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
         }
     };
     if let Some(r) = reason {
-        tracing::warn!(parent: &span, reason = %r, "closing connection");
+        tracing::warn!(parent: span.get(), reason = %r, "closing connection");
     }
     // Dropping the streams' senders tells every handler the connection is gone.
     streams.clear();
@@ -318,7 +318,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
     let cancelled = handlers.finish(config.drain_grace).await;
     if cancelled > 0 {
         // Their sinks (and queue senders) went with them, which lets the writer finish.
-        tracing::debug!(parent: &span,
+        tracing::debug!(parent: span.get(),
             cancelled,
             "cancelled stream handlers still running at close"
         );
