@@ -145,6 +145,12 @@ impl Phases for TestPhases {
         Ok(())
     }
 
+    fn rewrite_method(&self, info: &CallInfo<'_>, _target: &Target<'_>) -> Option<String> {
+        // The echo downstream fails any method whose name has `Fail` in it: a caller of `Alias`
+        // gets that failure only if the downstream saw the new name.
+        (info.method == "Alias").then(|| "EchoFail".to_owned())
+    }
+
     fn on_error(&self, info: &CallInfo<'_>, error: ProxyError) -> ProxyError {
         self.errors
             .lock()
@@ -569,6 +575,39 @@ async fn a_route_phase_overrides_the_configured_routes_in_every_family() {
         Answer::Ok
     );
     assert_eq!((fx.echo.requests_seen(), fx.b.requests_seen()), (1, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_rewrite_phase_renames_the_method_downstream_in_every_family() {
+    let fx = Fixture::start().await;
+    // Routed by the override (the configured routes name no `Alias`).
+    let to_echo = [("x-downstream", "echo")];
+    // Ping-pong: the echo's EchoFail exception comes back to a caller of `Alias`.
+    let (code, text) = pingpong(fx.tt, PingPong::TTHeader, "Alias", &to_echo)
+        .await
+        .error();
+    assert_eq!(
+        (code, text.as_str()),
+        (6, "biz error: echo: injected failure for EchoFail")
+    );
+    // Without the rename the same method is echoed.
+    assert_eq!(
+        pingpong(fx.tt, PingPong::TTHeader, "EchoBidi", &to_echo).await,
+        Answer::Ok
+    );
+    // Streams: the echo ends a stream whose method names `Fail` with an error.
+    for (what, answer) in [
+        ("ttstream", ttstream(fx.tt, "Alias", &to_echo, true).await),
+        ("grpc", grpc(fx.grpc, "Alias", &to_echo, true).await),
+    ] {
+        let (code, text) = answer.error();
+        assert_eq!(code, 6, "{what}: {text}");
+        assert!(text.contains("injected stream failure"), "{what}: {text}");
+    }
+    assert_eq!(
+        ttstream(fx.tt, "EchoBidi", &to_echo, true).await,
+        Answer::Ok
+    );
 }
 
 // === the error matrix: one test per kind ===

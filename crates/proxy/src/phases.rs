@@ -5,14 +5,15 @@
 //! so an implementation overrides only what it needs):
 //!
 //! ```text
-//!   route ──▶ request_filter ──▶ (downstream call or stream) ──▶ response_filter ──▶ logging
+//!   route ──▶ request_filter ──▶ rewrite_method ──▶ (call or stream) ──▶ response_filter ──▶ logging
 //!     │              │                      │
 //!     └──────────────┴──────── error ───────┴──▶ on_error ──▶ (rendered to the caller) ──▶ logging
 //! ```
 //!
 //! * [`route`](Phases::route) picks the downstream and the deadline;
 //! * [`request_filter`](Phases::request_filter) may rewrite the metainfo that goes downstream
-//!   (after the per-hop keys were dropped) or refuse the request;
+//!   (after the per-hop keys were dropped) or refuse the request, and
+//!   [`rewrite_method`](Phases::rewrite_method) may rename the method;
 //! * [`response_filter`](Phases::response_filter) may rewrite the metainfo that comes back
 //!   (ping-pong reply keys; stream headers and trailers);
 //! * [`on_error`](Phases::on_error) sees (and may replace) every error Sluice itself answers
@@ -117,6 +118,15 @@ pub trait Phases: Send + Sync + 'static {
     ) -> Result<(), ProxyError> {
         let _ = (info, target, metainfo);
         Ok(())
+    }
+
+    /// Renames the method sent downstream: the ping-pong envelope (and TTHeader key 9), the
+    /// TTStream method key, the last segment of the gRPC `:path`. `None` keeps the caller's.
+    /// The caller's reply still names the caller's method, and the phases after it see the
+    /// caller's. Runs after [`request_filter`](Self::request_filter). Default: `None`.
+    fn rewrite_method(&self, info: &CallInfo<'_>, target: &Target<'_>) -> Option<String> {
+        let _ = (info, target);
+        None
     }
 
     /// Rewrites the metainfo coming back: a ping-pong reply's keys, a stream's headers and its

@@ -96,9 +96,13 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         {
             return self.refuse(&info, e);
         }
+        let method = match self.phases.rewrite_method(&info, &target) {
+            Some(renamed) => renamed,
+            None => req.method,
+        };
         let client = self.clients.pingpong(&target.downstream, || dc.clone());
         let mut call = Call {
-            method: req.method,
+            method,
             msg_type: req.msg_type,
             codec: req.codec,
             args: req.args,

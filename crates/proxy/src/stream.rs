@@ -63,6 +63,7 @@ impl<P: Phases> Forwarder<P> {
         req: &StreamRequest,
         target: &Target<'_>,
         headers: Metadata,
+        renamed: Option<String>,
     ) -> Result<ClientStream, ProxyError> {
         let downstream = &*target.downstream;
         let Some(dc) = self.config.downstreams.get(downstream) else {
@@ -73,7 +74,7 @@ impl<P: Phases> Forwarder<P> {
                 .clients
                 .ttstream(downstream, || dc.clone())
                 .open(OpenStream {
-                    method: req.method.clone(),
+                    method: renamed.unwrap_or_else(|| req.method.clone()),
                     service: req.service.clone(),
                     headers,
                 })
@@ -87,7 +88,14 @@ impl<P: Phases> Forwarder<P> {
                 .clients
                 .grpc(downstream, || dc.clone())
                 .open(&OpenRequest {
-                    path: path.clone(),
+                    path: match renamed {
+                        // `/package.Service/Method`: the method is the last segment.
+                        Some(m) => match path.rfind('/') {
+                            Some(i) => format!("{}/{m}", &path[..i]),
+                            None => format!("/{m}"),
+                        },
+                        None => path.clone(),
+                    },
                     content_type: content_type.clone(),
                     authority: authority.clone(),
                     headers,
@@ -156,7 +164,8 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         // The opening and the splice are boxed: each is large, and inline they would make every
         // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
         // which costs far more per stream than two small boxes.
-        let down = match Box::pin(self.open_downstream(&req, &target, headers)).await {
+        let renamed = self.phases.rewrite_method(&info, &target);
+        let down = match Box::pin(self.open_downstream(&req, &target, headers, renamed)).await {
             Ok(d) => d,
             Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
         };
