@@ -126,6 +126,31 @@ fn grpc_open(method: &str, headers: Metadata) -> OpenRequest {
     }
 }
 
+/// A thrift call of `method` with the echo's `EchoRequest{1: "x"}`-style args for `text`.
+fn thrift_call(method: &str, text: &str, header: Header) -> Call {
+    Call {
+        method: method.into(),
+        msg_type: MessageType::Call,
+        codec: Codec::Thrift,
+        args: generic_clients::echo_args(text),
+        header,
+        deadline: None,
+    }
+}
+
+/// Drains a server or proxy started by an example and checks that it stops `within` this.
+async fn stops_once_drained(
+    handle: sluice::server::DrainHandle,
+    serving: tokio::task::JoinHandle<()>,
+    within: Duration,
+) {
+    handle.drain();
+    tokio::time::timeout(within, serving)
+        .await
+        .expect("the server stops once drained")
+        .unwrap();
+}
+
 /// A TTHeader thrift call of `Echo` with `str_kvs` as metainfo.
 async fn echo_call(addr: SocketAddr, text: &str, str_kvs: &[(&str, &str)]) -> Bytes {
     let mut header = Header::default();
@@ -134,14 +159,7 @@ async fn echo_call(addr: SocketAddr, text: &str, str_kvs: &[(&str, &str)]) -> By
         header.str_kvs.insert(k.to_string(), v.to_string());
     }
     let reply = GenericClient::new(client_config(addr))
-        .call(Call {
-            method: "Echo".into(),
-            msg_type: MessageType::Call,
-            codec: Codec::Thrift,
-            args: generic_clients::echo_args(text),
-            header,
-            deadline: None,
-        })
+        .call(thrift_call("Echo", text, header))
         .await
         .unwrap()
         .unwrap();
@@ -185,14 +203,7 @@ async fn embed_server_answers_hello_from_the_header_and_echoes_the_rest() {
             header.str_kvs.insert("isn", service);
         }
         let client = GenericClient::new(client_config(addr).with_transport(transport));
-        let call = |method: &str, header: Header| Call {
-            method: method.into(),
-            msg_type: MessageType::Call,
-            codec: Codec::Thrift,
-            args: generic_clients::echo_args("x"),
-            header,
-            deadline: None,
-        };
+        let call = |method: &str, header: Header| thrift_call(method, "x", header);
         let reply = client.call(call("Hello", header)).await.unwrap().unwrap();
         assert_eq!(reply.msg_type, MessageType::Reply);
         assert_eq!(result_string(&reply.body), expected, "{transport:?}");
@@ -203,11 +214,7 @@ async fn embed_server_answers_hello_from_the_header_and_echoes_the_rest() {
             .unwrap();
         assert_eq!(reply.body, echo_result("x"), "{transport:?}");
     }
-    handle.drain();
-    tokio::time::timeout(Duration::from_secs(15), serving)
-        .await
-        .expect("the server stops once drained")
-        .unwrap();
+    stops_once_drained(handle, serving, Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,14 +256,7 @@ async fn custom_streaming_handler_upper_cases_over_ttstream_and_grpc() {
 
     // Ping-pong on the same port: refused, this server serves streams only.
     let reply = GenericClient::new(client_config(addr))
-        .call(Call {
-            method: "Echo".into(),
-            msg_type: MessageType::Call,
-            codec: Codec::Thrift,
-            args: generic_clients::echo_args("x"),
-            header: Header::default(),
-            deadline: None,
-        })
+        .call(thrift_call("Echo", "x", Header::default()))
         .await
         .unwrap()
         .unwrap();
@@ -264,11 +264,7 @@ async fn custom_streaming_handler_upper_cases_over_ttstream_and_grpc() {
     let (ex, _) = ApplicationException::decode(&reply.body).unwrap();
     assert_eq!(ex.kind, ExceptionKind::UNKNOWN_METHOD, "{}", ex.message);
 
-    handle.drain();
-    tokio::time::timeout(Duration::from_secs(5), serving)
-        .await
-        .expect("the server stops once drained")
-        .unwrap();
+    stops_once_drained(handle, serving, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,11 +364,7 @@ async fn layer_metainfo_adds_the_key_and_counts_every_request_and_stream() {
     assert_eq!(counts.grpc_calls.load(Ordering::Relaxed), 4);
     assert_eq!(handler.requests_seen(), 9, "each went downstream once");
 
-    handle.drain();
-    tokio::time::timeout(Duration::from_secs(15), serving)
-        .await
-        .expect("the proxy stops once drained")
-        .unwrap();
+    stops_once_drained(handle, serving, Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,14 +425,7 @@ async fn custom_route_sends_each_tenant_to_its_own_downstream() {
     let mut header = Header::default();
     header.str_kvs.insert(custom_route::TENANT_KEY, "zzz");
     let reply = GenericClient::new(client_config(addr))
-        .call(Call {
-            method: "Echo".into(),
-            msg_type: MessageType::Call,
-            codec: Codec::Thrift,
-            args: generic_clients::echo_args("x"),
-            header,
-            deadline: None,
-        })
+        .call(thrift_call("Echo", "x", header))
         .await
         .unwrap()
         .unwrap();
@@ -452,9 +437,5 @@ async fn custom_route_sends_each_tenant_to_its_own_downstream() {
         (2, 2)
     );
 
-    handle.drain();
-    tokio::time::timeout(Duration::from_secs(15), serving)
-        .await
-        .expect("the proxy stops once drained")
-        .unwrap();
+    stops_once_drained(handle, serving, Duration::from_secs(15)).await;
 }

@@ -4,12 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use sluice_client::ClientConfig;
 use sluice_server::{ProxyError, RateLog};
 
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::phases::{CallInfo, DefaultPhases, Phases};
-use crate::route::Router;
+use crate::route::{RequestHead, Router, Target};
 use crate::silence::SilenceWatch;
 
 /// Counters of a [`Forwarder`].
@@ -122,6 +123,25 @@ impl<P: Phases> Forwarder<P> {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Routes a request or stream: the route phase, then the chosen downstream's settings
+    /// (a downstream the configuration lacks is an error). The request's (or stream's) span
+    /// names the downstream.
+    pub(crate) fn route<'r>(
+        &'r self,
+        head: &RequestHead<'_>,
+    ) -> Result<(Target<'r>, &'r ClientConfig), ProxyError> {
+        let target = self.phases.route(head, &self.router)?;
+        let Some(dc) = self.config.downstreams.get(&*target.downstream) else {
+            return Err(crate::error::not_configured(&target.downstream));
+        };
+        // The span is the server's, at debug level. Looking up the current span costs a
+        // registry lookup, so only when debug spans can exist at all.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("downstream", &*target.downstream);
+        }
+        Ok((target, dc))
     }
 
     /// Passes an error Sluice answers with through [`Phases::on_error`], counts it and logs

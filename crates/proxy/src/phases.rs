@@ -92,6 +92,26 @@ pub struct CallInfo<'a> {
     pub start: Instant,
 }
 
+impl<'a> CallInfo<'a> {
+    /// A request or stream not yet routed, arrived at `start`.
+    pub fn new(
+        peer: SocketAddr,
+        family: Family,
+        service: &'a str,
+        method: &'a str,
+        start: Instant,
+    ) -> Self {
+        Self {
+            peer,
+            family,
+            service,
+            method,
+            downstream: None,
+            start,
+        }
+    }
+}
+
 /// The forwarder's phase hooks. See the [module docs](self) for the order they run in.
 pub trait Phases: Send + Sync + 'static {
     /// Chooses where a request or stream goes, once, before anything is sent. Default: the

@@ -58,14 +58,6 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
     async fn handle(&self, req: Request) -> Response {
         self.stats.count_request();
         let start = Instant::now();
-        let mut info = CallInfo {
-            peer: req.peer,
-            family: Family::PingPong,
-            service: &req.service,
-            method: &req.method,
-            downstream: None,
-            start,
-        };
         let lookup = |k: &str| req.header.str_kvs.get(k).map(|v| v.as_ref());
         let head = RequestHead::new(
             req.peer,
@@ -75,20 +67,12 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             req.deadline,
             &lookup,
         );
-        let target = match self.phases.route(&head, &self.router) {
-            Ok(t) => t,
+        let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start);
+        let (target, dc) = match self.route(&head) {
+            Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e),
         };
-        let Some(dc) = self.config.downstreams.get(&*target.downstream) else {
-            return self.refuse(&info, error::not_configured(&target.downstream));
-        };
         info.downstream = Some(&target.downstream);
-        // The request's (or stream's) span, set up by the server at debug level, names its
-        // downstream. Looking up the current span costs a registry lookup, so only when debug
-        // spans can exist at all.
-        if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::Span::current().record("downstream", &*target.downstream);
-        }
         let mut header = downstream_header(req.header);
         if let Err(e) =
             self.phases

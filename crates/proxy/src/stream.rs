@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use sluice_client::OpenStream;
-use sluice_http2::{Code, OpenRequest};
+use sluice_client::{ClientConfig, OpenStream};
+use sluice_http2::{Code, OpenRequest, Reason};
 use sluice_server::ProxyError;
 use sluice_stream::{
     ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ResetCode,
@@ -42,12 +42,9 @@ fn forwardable(mut md: Metadata) -> Metadata {
 fn cancel_code(protocol: &Protocol, kind: ExceptionKind) -> ResetCode {
     match protocol {
         Protocol::TTStream => ResetCode::TTStream(kind.0),
-        Protocol::Grpc { .. } => ResetCode::Http2(CANCEL),
+        Protocol::Grpc { .. } => ResetCode::Http2(Reason::CANCEL.into()),
     }
 }
-
-/// HTTP/2's CANCEL error code (RFC 9113 section 7).
-const CANCEL: u32 = 8;
 
 fn family(protocol: &Protocol) -> Family {
     match protocol {
@@ -62,13 +59,11 @@ impl<P: Phases> Forwarder<P> {
         &self,
         req: &StreamRequest,
         target: &Target<'_>,
+        dc: &ClientConfig,
         headers: Metadata,
         renamed: Option<String>,
     ) -> Result<ClientStream, ProxyError> {
         let downstream = &*target.downstream;
-        let Some(dc) = self.config.downstreams.get(downstream) else {
-            return Err(error::not_configured(downstream));
-        };
         match &req.protocol {
             Protocol::TTStream => self
                 .clients
@@ -126,14 +121,6 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
     async fn handle(&self, mut req: StreamRequest, up: ServerStream) {
         self.stats.count_stream();
         let family = family(&req.protocol);
-        let mut info = CallInfo {
-            peer: req.peer,
-            family,
-            service: &req.service,
-            method: &req.method,
-            downstream: None,
-            start: Instant::now(),
-        };
         let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
         let head = RequestHead::new(
             req.peer,
@@ -143,17 +130,12 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             req.deadline,
             &lookup,
         );
-        let target = match self.phases.route(&head, &self.router) {
-            Ok(t) => t,
+        let mut info = CallInfo::new(req.peer, family, &req.service, &req.method, Instant::now());
+        let (target, dc) = match self.route(&head) {
+            Ok(routed) => routed,
             Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
         };
         info.downstream = Some(&target.downstream);
-        // The request's (or stream's) span, set up by the server at debug level, names its
-        // downstream. Looking up the current span costs a registry lookup, so only when debug
-        // spans can exist at all.
-        if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::Span::current().record("downstream", &*target.downstream);
-        }
         let mut headers = forwardable(req.headers.clone());
         if let Err(e) =
             self.phases
@@ -165,15 +147,11 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
         // which costs far more per stream than two small boxes.
         let renamed = self.phases.rewrite_method(&info, &target);
-        let down = match Box::pin(self.open_downstream(&req, &target, headers, renamed)).await {
+        let down = match Box::pin(self.open_downstream(&req, &target, dc, headers, renamed)).await {
             Ok(d) => d,
             Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
         };
-        let first_response_timeout = self
-            .config
-            .downstreams
-            .get(&*target.downstream)
-            .map_or(Duration::ZERO, |d| d.first_response_timeout);
+        let first_response_timeout = dc.first_response_timeout;
         let (deadline, start) = (target.deadline, info.start);
         // The sinks outlive this borrow of the request: they own its names (moved, not copied).
         let info = OwnedInfo {

@@ -447,6 +447,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
     /// Server: the request's messages could not be decoded. The client gets `status` (the
     /// sending side ends first, so nothing the handler sends later can change it), then the
     /// handler hears that its input broke off.
+    /// Ends a stream whose received data cannot be handed on: a server answers the request
+    /// with `status`; a client ends its user's stream with it (resetting the stream when
+    /// `reset`, else only if the server has not finished it).
+    fn bad_stream(&mut self, id: u32, status: Status, reset: bool) {
+        match R::SIDE {
+            Side::Server => self.bad_request_stream(id, status),
+            Side::Client => self.client_end(
+                id,
+                StreamEnd::error(StatusCode::Grpc(status.code.as_u32()), status.message),
+                reset,
+            ),
+        }
+    }
+
     fn bad_request_stream(&mut self, id: u32, status: Status) {
         tracing::debug!(peer = %self.peer, stream = id, message = %status.message, "bad gRPC request stream");
         R::abort(&self.shared, id, &status);
@@ -619,14 +633,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
             return;
         }
         if let Some(status) = bad {
-            match R::SIDE {
-                Side::Server => self.bad_request_stream(id, status),
-                Side::Client => self.client_end(
-                    id,
-                    StreamEnd::error(StatusCode::Grpc(status.code.as_u32()), status.message),
-                    true,
-                ),
-            }
+            self.bad_stream(id, status, true);
             return;
         }
         // Everything received is decoded and handed on: its window is the peer's again.
@@ -639,15 +646,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         };
         if let Some(e) = truncated {
             // The stream ended inside a message.
-            let status = Status::new(Code::INTERNAL, e.to_string());
-            match R::SIDE {
-                Side::Server => self.bad_request_stream(id, status),
-                Side::Client => self.client_end(
-                    id,
-                    StreamEnd::error(StatusCode::Grpc(status.code.as_u32()), status.message),
-                    false,
-                ),
-            }
+            self.bad_stream(id, Status::new(Code::INTERNAL, e.to_string()), false);
             return;
         }
         match ending {
