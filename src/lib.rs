@@ -12,12 +12,14 @@
 //! * errors Sluice answers callers with: [`ProxyError`] and its [`ErrorKind`].
 #![forbid(unsafe_code)]
 pub use bytes;
+pub use sluice_admin as admin;
 pub use sluice_client as client;
 pub use sluice_framed as framed;
 pub use sluice_grpc as grpc;
 pub use sluice_h2wire as h2wire;
 pub use sluice_http2 as http2;
 pub use sluice_io as io;
+pub use sluice_metrics as metrics;
 pub use sluice_proxy as proxy;
 pub use sluice_server as server;
 pub use sluice_sniff as sniff;

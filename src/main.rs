@@ -264,6 +264,9 @@ async fn run(cfg: Config) -> ExitCode {
     for (name, addr) in proxy.local_addrs() {
         tracing::info!(listener = %name, %addr, "serving");
     }
+    if let Some(addr) = proxy.admin_addr() {
+        tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config");
+    }
     let (handle, drain) = sluice_server::drain::channel();
     let serving = tokio::spawn(proxy.serve(drain));
     shutdown_signal().await;

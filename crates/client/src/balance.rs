@@ -18,6 +18,16 @@ pub enum Balance {
     WeightedRandom,
 }
 
+impl Balance {
+    /// The name the configuration uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::WeightedRandom => "weighted-random",
+        }
+    }
+}
+
 impl std::str::FromStr for Balance {
     type Err = crate::UnknownName;
 

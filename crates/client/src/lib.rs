@@ -426,6 +426,11 @@ impl GenericClient {
         &self.config
     }
 
+    /// True while at least one endpoint is outside its failure backoff.
+    pub fn has_usable_endpoint(&self) -> bool {
+        self.endpoints.iter().any(|e| e.is_up())
+    }
+
     /// Next seq id: unique across this client's connections, never 0, wrapping to negative
     /// values like Kitex's counter.
     fn next_seq(&self) -> i32 {

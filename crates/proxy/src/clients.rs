@@ -108,6 +108,24 @@ impl Clients {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// True when some downstream of `configured` may be usable: it has an endpoint, and its
+    /// ping-pong client, if one was made, has an endpoint outside its failure backoff. (Only
+    /// the ping-pong client keeps a backoff; a downstream no call has reached yet counts as
+    /// usable.)
+    pub fn any_usable<'a>(
+        &self,
+        configured: impl IntoIterator<Item = (&'a String, &'a ClientConfig)>,
+    ) -> bool {
+        let made = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        configured.into_iter().any(|(name, config)| {
+            !config.endpoints.is_empty()
+                && made
+                    .get(name)
+                    .and_then(|d| d.pingpong.get())
+                    .is_none_or(|c| c.has_usable_endpoint())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,31 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     runtime: RawRuntime,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    max_label_values: Option<usize>,
+    max_series: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: String,
+    sample_ratio: Option<f64>,
+    queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -134,6 +159,30 @@ pub struct Listener {
     pub default_service: Option<String>,
     /// TLS (gRPC listeners), with ALPN `h2`.
     pub tls: Option<TlsConfig>,
+    /// The certificate and key files `tls` was read from (shown by the admin `/config`; the
+    /// key's contents never are).
+    pub tls_files: Option<(String, String)>,
+}
+
+/// The admin listener (`[admin]`): `/metrics`, `/healthz`, `/readyz`, `/config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Admin {
+    /// Address to bind (HTTP/1.1).
+    pub address: SocketAddr,
+}
+
+/// The access log (`[access_log]`): one JSON line per call or stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AccessLog {
+    /// `"stdout"`, `"stderr"`, or a file path (appended to).
+    pub path: String,
+    /// Share of calls and streams logged, 0 to 1. Default 1.
+    pub sample_ratio: f64,
+    /// Lines waiting to be written at most; past it lines are dropped (and counted).
+    /// Default 4096.
+    pub queue: usize,
 }
 
 /// A header/metainfo match.
@@ -200,6 +249,12 @@ pub struct Config {
     pub limits: Limits,
     /// Runtime worker threads (`[runtime] worker_threads`); `None`: one per core.
     pub worker_threads: Option<usize>,
+    /// The admin listener; `None` (the default): none, and no metrics are kept.
+    pub admin: Option<Admin>,
+    /// Limits of the metrics registry (`[metrics]`).
+    pub metrics: sluice_metrics::MetricsConfig,
+    /// The access log; `None` (the default): off.
+    pub access_log: Option<AccessLog>,
 }
 
 fn ms(v: Option<u64>, default_ms: u64) -> Duration {
@@ -376,15 +431,17 @@ impl Config {
                                 e.to_string(),
                             )
                         })?;
-                    Some(tls)
+                    Some((tls, (cert.clone(), k.clone())))
                 }
             };
+            let (tls, tls_files) = tls.unzip();
             listeners.push(Listener {
                 name,
                 address,
                 cluster,
                 default_service: l.default_service.clone(),
                 tls,
+                tls_files,
             });
         }
 
@@ -423,13 +480,190 @@ impl Config {
         if raw.runtime.worker_threads == Some(0) {
             return Err(err("runtime.worker_threads", "must be at least 1"));
         }
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => Some(Admin {
+                address: resolve(&a.address).map_err(|m| err("admin.address", m))?,
+            }),
+        };
+        let defaults = sluice_metrics::MetricsConfig::default();
+        let metrics = defaults
+            .with_max_label_values(
+                raw.metrics
+                    .max_label_values
+                    .unwrap_or(defaults.max_label_values),
+            )
+            .with_max_series(raw.metrics.max_series.unwrap_or(defaults.max_series));
+        if metrics.max_label_values == 0 {
+            return Err(err("metrics.max_label_values", "must be at least 1"));
+        }
+        if metrics.max_series == 0 {
+            return Err(err("metrics.max_series", "must be at least 1"));
+        }
+        let access_log = match &raw.access_log {
+            None => None,
+            Some(a) => {
+                let sample_ratio = a.sample_ratio.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&sample_ratio) {
+                    return Err(err("access_log.sample_ratio", "must be between 0 and 1"));
+                }
+                let queue = a.queue.unwrap_or(4096);
+                if queue == 0 {
+                    return Err(err("access_log.queue", "must be at least 1"));
+                }
+                if a.path.is_empty() {
+                    return Err(err(
+                        "access_log.path",
+                        "must name a file, \"stdout\" or \"stderr\"",
+                    ));
+                }
+                Some(AccessLog {
+                    path: a.path.clone(),
+                    sample_ratio,
+                    queue,
+                })
+            }
+        };
         Ok(Config {
             listeners,
             routes,
             downstreams,
             limits,
             worker_threads: raw.runtime.worker_threads,
+            admin,
+            metrics,
+            access_log,
         })
+    }
+
+    /// The effective configuration as TOML, every default filled in, in the file's own keys
+    /// (what the admin `/config` serves). TLS files are named by path; no key material is
+    /// ever included.
+    pub fn to_toml(&self) -> String {
+        use toml::{Table, Value};
+        fn int(n: impl TryInto<i64>) -> Value {
+            Value::Integer(n.try_into().unwrap_or(i64::MAX))
+        }
+        fn ms(d: Duration) -> Value {
+            int(d.as_millis())
+        }
+        fn text(s: impl Into<String>) -> Value {
+            Value::String(s.into())
+        }
+        let mut root = Table::new();
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let mut t = Table::new();
+                t.insert("name".into(), text(&l.name));
+                t.insert("address".into(), text(l.address.to_string()));
+                t.insert("cluster".into(), text(l.cluster.as_str()));
+                if let Some(d) = &l.default_service {
+                    t.insert("default_service".into(), text(d));
+                }
+                if let Some((cert, key)) = &l.tls_files {
+                    t.insert("tls_cert".into(), text(cert));
+                    t.insert("tls_key".into(), text(key));
+                }
+                Value::Table(t)
+            })
+            .collect();
+        root.insert("listeners".into(), Value::Array(listeners));
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| {
+                let mut t = Table::new();
+                t.insert("service".into(), text(r.service.as_deref().unwrap_or("*")));
+                if let Some(m) = &r.method {
+                    t.insert("method".into(), text(m));
+                }
+                if let Some(h) = &r.header {
+                    let mut m = Table::new();
+                    m.insert("key".into(), text(&h.key));
+                    m.insert("value".into(), text(&h.value));
+                    t.insert("header".into(), Value::Table(m));
+                }
+                t.insert("downstream".into(), text(&r.downstream));
+                if let Some(d) = r.timeout {
+                    t.insert("timeout_ms".into(), ms(d));
+                }
+                if let Some(d) = r.max_timeout {
+                    t.insert("max_timeout_ms".into(), ms(d));
+                }
+                Value::Table(t)
+            })
+            .collect();
+        root.insert("routes".into(), Value::Array(routes));
+        let mut downstreams = Table::new();
+        for (name, d) in &self.downstreams {
+            let mut t = Table::new();
+            let endpoints = d
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let mut ep = Table::new();
+                    ep.insert("address".into(), text(e.addr.to_string()));
+                    ep.insert("weight".into(), int(e.weight));
+                    Value::Table(ep)
+                })
+                .collect();
+            t.insert("endpoints".into(), Value::Array(endpoints));
+            t.insert("transport".into(), text(d.transport.as_str()));
+            t.insert("balance".into(), text(d.balance.as_str()));
+            t.insert("multiplex".into(), Value::Boolean(d.multiplex));
+            t.insert("connect_timeout_ms".into(), ms(d.connect_timeout));
+            t.insert("request_timeout_ms".into(), ms(d.request_timeout));
+            t.insert("max_idle_per_endpoint".into(), int(d.max_idle_per_endpoint));
+            t.insert("idle_timeout_ms".into(), ms(d.idle_timeout));
+            t.insert("failure_backoff_ms".into(), ms(d.failure_backoff));
+            t.insert(
+                "first_response_timeout_ms".into(),
+                ms(d.first_response_timeout),
+            );
+            downstreams.insert(name.clone(), Value::Table(t));
+        }
+        root.insert("downstreams".into(), Value::Table(downstreams));
+        let l = &self.limits;
+        let mut limits = Table::new();
+        limits.insert("max_frame_size".into(), int(l.max_frame_size));
+        limits.insert("sniff_timeout_ms".into(), ms(l.sniff_timeout));
+        limits.insert("idle_timeout_ms".into(), ms(l.idle_timeout));
+        limits.insert("max_connections".into(), int(l.max_connections));
+        limits.insert(
+            "max_in_flight_per_conn".into(),
+            int(l.max_in_flight_per_conn),
+        );
+        limits.insert("drain_grace_ms".into(), ms(l.drain_grace));
+        limits.insert("frame_timeout_ms".into(), ms(l.frame_timeout));
+        limits.insert("max_streams_per_conn".into(), int(l.max_streams_per_conn));
+        root.insert("limits".into(), Value::Table(limits));
+        let mut runtime = Table::new();
+        if let Some(n) = self.worker_threads {
+            runtime.insert("worker_threads".into(), int(n));
+        }
+        root.insert("runtime".into(), Value::Table(runtime));
+        if let Some(a) = &self.admin {
+            let mut t = Table::new();
+            t.insert("address".into(), text(a.address.to_string()));
+            root.insert("admin".into(), Value::Table(t));
+        }
+        let mut metrics = Table::new();
+        metrics.insert(
+            "max_label_values".into(),
+            int(self.metrics.max_label_values),
+        );
+        metrics.insert("max_series".into(), int(self.metrics.max_series));
+        root.insert("metrics".into(), Value::Table(metrics));
+        if let Some(a) = &self.access_log {
+            let mut t = Table::new();
+            t.insert("path".into(), text(&a.path));
+            t.insert("sample_ratio".into(), Value::Float(a.sample_ratio));
+            t.insert("queue".into(), int(a.queue));
+            root.insert("access_log".into(), Value::Table(t));
+        }
+        toml::to_string(&root).unwrap_or_default()
     }
 
     /// The effective configuration, one line per listener, route and downstream.

@@ -3,12 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_client::ClientConfig;
 use sluice_server::{ProxyError, RateLog};
 
 use crate::clients::Clients;
 use crate::config::Config;
+use crate::observe::ProxyMetrics;
 use crate::phases::{CallInfo, DefaultPhases, Phases};
 use crate::route::{RequestHead, Router, Target};
 use crate::silence::SilenceWatch;
@@ -77,6 +79,8 @@ pub struct Forwarder<P = DefaultPhases> {
     pub(crate) stats: Stats,
     /// Budget of warn lines for failed downstream calls and streams.
     pub(crate) downstream_log: RateLog,
+    /// Kitex's RPC series and Sluice's own, when metrics are on.
+    pub(crate) metrics: Option<ProxyMetrics>,
 }
 
 impl Forwarder {
@@ -97,6 +101,54 @@ impl<P: Phases> Forwarder<P> {
             silence: SilenceWatch::default(),
             stats: Stats::default(),
             downstream_log: RateLog::default(),
+            metrics: None,
+        }
+    }
+
+    /// Reports every call and stream to `metrics` (Kitex's `kitex_server_*` and
+    /// `kitex_client_*` series, and Sluice's `sluice_downstream_errors_total`,
+    /// `sluice_requests_in_flight` and `sluice_streams_active`).
+    pub fn with_metrics(mut self, metrics: Arc<sluice_metrics::Metrics>) -> Self {
+        self.metrics = Some(ProxyMetrics::new(metrics));
+        self
+    }
+
+    /// The metrics registry, when metrics are on.
+    pub fn metrics(&self) -> Option<&Arc<sluice_metrics::Metrics>> {
+        self.metrics.as_ref().map(|m| &m.registry)
+    }
+
+    /// True when something reads the caller's service name (metrics): only then is it looked
+    /// up.
+    pub(crate) fn wants_caller(&self) -> bool {
+        self.metrics.is_some()
+    }
+
+    /// Reports a finished call or stream: received (`ok` is how the caller's answer reads),
+    /// and, when a downstream call or stream was attempted, how that went and how long it took.
+    pub(crate) fn observe(
+        &self,
+        info: &CallInfo<'_>,
+        ok: bool,
+        downstream: Option<(bool, Duration)>,
+    ) {
+        let Some(m) = &self.metrics else { return };
+        let rpc = sluice_metrics::Rpc {
+            caller: info.caller,
+            callee: info.service,
+            method: info.method,
+            retry: 0,
+        };
+        m.server(&rpc, ok, info.start.elapsed());
+        if let (Some((down_ok, elapsed)), Some(name)) = (downstream, info.downstream) {
+            m.client(
+                &sluice_metrics::Rpc {
+                    callee: name,
+                    ..rpc
+                },
+                down_ok,
+                elapsed,
+            );
         }
     }
 
@@ -155,6 +207,9 @@ impl<P: Phases> Forwarder<P> {
     /// Counts and logs (within the log budget) an error a caller was answered with.
     pub(crate) fn record(&self, info: &CallInfo<'_>, e: &ProxyError) {
         self.stats.count_error(e);
+        if let Some(m) = &self.metrics {
+            m.error(info.downstream, e);
+        }
         if e.kind() != sluice_server::ErrorKind::NoRoute {
             if let Some(suppressed) = self.downstream_log.allow() {
                 tracing::warn!(

@@ -14,6 +14,7 @@ mod clients;
 pub mod config;
 pub mod error;
 mod forwarder;
+mod observe;
 pub mod phases;
 mod pingpong;
 pub mod route;
@@ -23,12 +24,14 @@ mod stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sluice_admin::Health;
+use sluice_metrics::Metrics;
 use sluice_server::layer::{Identity, Layer};
 use sluice_server::{DefaultHandler, Drain, Server, StreamingHandler};
 use tokio::net::TcpListener;
 
 pub use clients::Clients;
-pub use config::{Cluster, Config, ConfigError};
+pub use config::{AccessLog, Admin, Cluster, Config, ConfigError};
 pub use forwarder::{Forwarder, Stats};
 pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
 pub use route::{Family, RequestHead, Router, Target};
@@ -40,6 +43,9 @@ pub struct Proxy<P = DefaultPhases> {
     config: Arc<Config>,
     forwarder: Arc<Forwarder<P>>,
     bound: Vec<(config::Listener, TcpListener)>,
+    /// The admin listener, when `[admin]` is configured.
+    admin: Option<TcpListener>,
+    health: Arc<Health>,
 }
 
 impl Proxy {
@@ -50,9 +56,16 @@ impl Proxy {
 }
 
 impl<P: Phases> Proxy<P> {
-    /// Binds every listener of `config`; requests and streams go through `phases`.
+    /// Binds every listener of `config` (and the admin listener, when `[admin]` is set: then
+    /// metrics are kept too); requests and streams go through `phases`.
     pub async fn bind_with(config: Config, phases: P) -> std::io::Result<Proxy<P>> {
         let config = Arc::new(config);
+        let admin = match &config.admin {
+            Some(a) => Some(TcpListener::bind(a.address).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("admin listener on {}: {e}", a.address))
+            })?),
+            None => None,
+        };
         let mut bound = Vec::new();
         for l in &config.listeners {
             let tcp = sluice_server::bind_listener(l.address).map_err(|e| {
@@ -63,11 +76,35 @@ impl<P: Phases> Proxy<P> {
             })?;
             bound.push((l.clone(), tcp));
         }
+        let mut forwarder = Forwarder::with_phases(config.clone(), phases);
+        if admin.is_some() {
+            forwarder = forwarder.with_metrics(Metrics::new(config.metrics));
+        }
+        let forwarder = Arc::new(forwarder);
+        let usable = {
+            let (f, c) = (Arc::downgrade(&forwarder), config.clone());
+            move || {
+                f.upgrade()
+                    .is_none_or(|f| f.clients().any_usable(&c.downstreams))
+            }
+        };
         Ok(Proxy {
-            forwarder: Arc::new(Forwarder::with_phases(config.clone(), phases)),
+            forwarder,
             config,
             bound,
+            admin,
+            health: Arc::new(Health::new().with_usable(usable)),
         })
+    }
+
+    /// Where the admin listener is bound, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The health `/healthz` and `/readyz` report.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Where each listener is bound (useful with port 0).
@@ -96,12 +133,49 @@ impl<P: Phases> Proxy<P> {
         L::Service: DefaultHandler + StreamingHandler,
     {
         let handler = Arc::new(layer.layer(self.forwarder.clone()));
+        let metrics = self.forwarder.metrics().cloned();
         let mut tasks = tokio::task::JoinSet::new();
         for (l, tcp) in self.bound {
             let server = Server::new(self.config.server_config(&l), handler.clone())
                 .with_streaming(handler.clone());
+            if let Some(m) = &self.forwarder.metrics {
+                m.listener_series(&l.name, server.stats());
+            }
             tasks.spawn(server.serve(tcp, drain.clone()));
         }
-        while tasks.join_next().await.is_some() {}
+        if let Some(m) = &self.forwarder.metrics {
+            m.process_series(&self.health);
+        }
+        // The admin listener outlives the drain: it answers `/readyz` with 503 while the
+        // listeners drain, and stops once they are done.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|listener| {
+            let mut admin = sluice_admin::Admin::new(self.health.clone()).with_config({
+                let c = self.config.clone();
+                move || c.to_toml()
+            });
+            if let Some(m) = &metrics {
+                admin = admin.with_metrics(m.clone());
+            }
+            tokio::spawn(sluice_admin::serve(listener, Arc::new(admin), async {
+                let _ = admin_stopped.await;
+            }))
+        });
+        self.health.set_serving();
+        let mut draining = std::pin::pin!(drain.signaled());
+        let mut drain_seen = false;
+        loop {
+            tokio::select! {
+                () = &mut draining, if !drain_seen => {
+                    drain_seen = true;
+                    self.health.set_draining();
+                }
+                done = tasks.join_next() => if done.is_none() { break },
+            }
+        }
+        let _ = admin_stop.send(());
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
     }
 }

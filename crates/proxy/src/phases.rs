@@ -90,6 +90,10 @@ pub struct CallInfo<'a> {
     pub downstream: Option<&'a str>,
     /// When the request or stream arrived at the forwarder.
     pub start: Instant,
+    /// The calling service as the caller named it (TTHeader `FromService`, gRPC
+    /// `source-service`), when metrics or the access log are on; empty otherwise or when the
+    /// caller named none.
+    pub caller: &'a str,
 }
 
 impl<'a> CallInfo<'a> {
@@ -108,7 +112,14 @@ impl<'a> CallInfo<'a> {
             method,
             downstream: None,
             start,
+            caller: "",
         }
+    }
+
+    /// The same, with the caller's service name.
+    pub fn with_caller(mut self, caller: &'a str) -> Self {
+        self.caller = caller;
+        self
     }
 }
 

@@ -10,6 +10,7 @@ use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
 
 use crate::error;
 use crate::forwarder::Forwarder;
+use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead};
 
@@ -58,6 +59,18 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
     async fn handle(&self, req: Request) -> Response {
         self.stats.count_request();
         let start = Instant::now();
+        let _active = Active::new(self.metrics.as_ref().map(|m| m.active(Family::PingPong)));
+        // Only metrics read the caller's name: a clone of the value (not of its bytes), kept
+        // because the header moves downstream.
+        let caller = if self.wants_caller() {
+            req.header.int_kvs.get(int_key::FROM_SERVICE).cloned()
+        } else {
+            None
+        };
+        let caller = caller
+            .as_deref()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .unwrap_or("");
         let lookup = |k: &str| req.header.str_kvs.get(k).map(|v| v.as_ref());
         let head = RequestHead::new(
             req.peer,
@@ -67,7 +80,8 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             req.deadline,
             &lookup,
         );
-        let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start);
+        let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start)
+            .with_caller(caller);
         let (target, dc) = match self.route(&head) {
             Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e),
@@ -93,7 +107,9 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             header,
             deadline: target.deadline,
         };
+        let sent = self.metrics.as_ref().map(|_| Instant::now());
         let result = client.call_mut(&mut call).await;
+        let took = sent.map(|t| t.elapsed()).unwrap_or_default();
         // The method now lives in the call (moved, not copied): the phases after the call see
         // it there.
         let info = CallInfo {
@@ -103,6 +119,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             peer: req.peer,
             family: Family::PingPong,
             start,
+            caller,
         };
         match result {
             Ok(Some(reply)) => {
@@ -110,10 +127,15 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
                 self.phases
                     .response_filter(&info, &mut Metainfo::TTHeader(&mut str_kvs));
                 self.phases.logging(&info, None);
+                // An EXCEPTION is an error to Kitex's metrics; a REPLY (declared exceptions
+                // included) is a success.
+                let ok = reply.msg_type != MessageType::Exception;
+                self.observe(&info, ok, Some((ok, took)));
                 Response {
-                    body: match reply.msg_type {
-                        MessageType::Exception => ResponseBody::RawException(reply.body),
-                        _ => ResponseBody::Reply(reply.body),
+                    body: if ok {
+                        ResponseBody::Reply(reply.body)
+                    } else {
+                        ResponseBody::RawException(reply.body)
                     },
                     str_kvs,
                 }
@@ -121,16 +143,28 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             // Oneway: the server writes nothing back.
             Ok(None) => {
                 self.phases.logging(&info, None);
+                self.observe(&info, true, Some((true, took)));
                 Response::reply(Bytes::new())
             }
-            Err(e) => self.refuse(&info, error::call_failed(e)),
+            Err(e) => {
+                self.observe(&info, false, Some((false, took)));
+                self.refuse_observed(&info, error::call_failed(e))
+            }
         }
     }
 }
 
 impl<P: Phases> Forwarder<P> {
-    /// Answers a ping-pong caller with `e`, after the error and logging phases.
+    /// Answers a ping-pong caller with `e` before any downstream call, after the error and
+    /// logging phases.
     fn refuse(&self, info: &CallInfo<'_>, e: sluice_server::ProxyError) -> Response {
+        self.observe(info, false, None);
+        self.refuse_observed(info, e)
+    }
+
+    /// Answers a ping-pong caller with `e`, after the error and logging phases (the call is
+    /// already reported to the metrics).
+    fn refuse_observed(&self, info: &CallInfo<'_>, e: sluice_server::ProxyError) -> Response {
         let e = self.fail(info, e);
         self.phases.logging(info, Some(&e));
         e.to_response()

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sluice_client::{ClientConfig, OpenStream};
 use sluice_http2::{Code, OpenRequest, Reason};
 use sluice_server::ProxyError;
@@ -24,6 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::error;
 use crate::forwarder::Forwarder;
+use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead, Target};
 use crate::silence::FirstResponse;
@@ -104,13 +106,16 @@ impl<P: Phases> Forwarder<P> {
     }
 
     /// Ends the caller's stream with `e` (after the error phase), counts and logs it.
+    /// `downstream` is how long a failed attempt to open the downstream stream took.
     async fn refuse_stream(
         &self,
         info: &CallInfo<'_>,
         up: ServerStream,
         protocol: &Protocol,
         e: ProxyError,
+        downstream: Option<Duration>,
     ) {
+        self.observe(info, false, downstream.map(|d| (false, d)));
         let e = self.fail(info, e);
         up.finish(e.to_stream_end(protocol)).await;
         self.phases.logging(info, Some(&e));
@@ -121,6 +126,14 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
     async fn handle(&self, mut req: StreamRequest, up: ServerStream) {
         self.stats.count_stream();
         let family = family(&req.protocol);
+        let _active = Active::new(self.metrics.as_ref().map(|m| m.active(family)));
+        // Only metrics read the caller's name (gRPC `source-service`; TTStream sends none).
+        let caller = match &req.protocol {
+            Protocol::Grpc { .. } if self.wants_caller() => {
+                req.headers.get(SOURCE_SERVICE).cloned().unwrap_or_default()
+            }
+            _ => Bytes::new(),
+        };
         let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
         let head = RequestHead::new(
             req.peer,
@@ -130,10 +143,11 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             req.deadline,
             &lookup,
         );
-        let mut info = CallInfo::new(req.peer, family, &req.service, &req.method, Instant::now());
+        let mut info = CallInfo::new(req.peer, family, &req.service, &req.method, Instant::now())
+            .with_caller(utf8(&caller));
         let (target, dc) = match self.route(&head) {
             Ok(routed) => routed,
-            Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
+            Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await,
         };
         info.downstream = Some(&target.downstream);
         let mut headers = forwardable(req.headers.clone());
@@ -141,15 +155,19 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::Stream(&mut headers))
         {
-            return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await;
+            return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await;
         }
         // The opening and the splice are boxed: each is large, and inline they would make every
         // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
         // which costs far more per stream than two small boxes.
         let renamed = self.phases.rewrite_method(&info, &target);
+        let opening = self.metrics.as_ref().map(|_| Instant::now());
         let down = match Box::pin(self.open_downstream(&req, &target, dc, headers, renamed)).await {
             Ok(d) => d,
-            Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e)).await,
+            Err(e) => {
+                let took = opening.map(|t| t.elapsed());
+                return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, took)).await;
+            }
         };
         let first_response_timeout = dc.first_response_timeout;
         let (deadline, start) = (target.deadline, info.start);
@@ -161,6 +179,8 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             method: std::mem::take(&mut req.method),
             downstream: target.downstream.into_owned(),
             start,
+            opened: opening.unwrap_or(start),
+            caller,
         };
         let splice = Splice {
             forwarder: self,
@@ -181,6 +201,17 @@ struct OwnedInfo {
     method: String,
     downstream: String,
     start: Instant,
+    /// When the downstream stream was opened (metrics only; else `start`).
+    opened: Instant,
+    caller: Bytes,
+}
+
+/// The gRPC metadata naming the calling service.
+const SOURCE_SERVICE: &str = "source-service";
+
+/// `b` as text, or empty when it is not UTF-8.
+fn utf8(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
 }
 
 impl OwnedInfo {
@@ -192,6 +223,7 @@ impl OwnedInfo {
             method: &self.method,
             downstream: Some(&self.downstream),
             start: self.start,
+            caller: utf8(&self.caller),
         }
     }
 }
@@ -258,6 +290,9 @@ struct ToUpstream<P> {
     /// The error the caller was answered with, when the downstream reset the stream (or ended
     /// it for the deadline).
     error: Mutex<Option<ProxyError>>,
+    /// Set when the downstream's end reached the caller with no error status: the stream
+    /// succeeded (for the metrics).
+    ended_ok: AtomicBool,
 }
 
 impl<P: Phases> ToUpstream<P> {
@@ -329,6 +364,9 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 Ok(())
             }
             Event::End(mut end) => {
+                if end.error.is_none() {
+                    self.ended_ok.store(true, Ordering::Relaxed);
+                }
                 end.trailers = forwardable(std::mem::take(&mut end.trailers));
                 self.phases.response_filter(
                     &self.info.borrow(),
@@ -377,6 +415,14 @@ impl<P: Phases> Splice<'_, P> {
         let to_up = self.splice(info, up, down).await;
         let error = to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
         let info = to_up.info.borrow();
+        if self.forwarder.metrics.is_some() {
+            // A stream counts once, with its whole duration; it succeeded only if the
+            // downstream ended it without an error status (not reset by either side, not cut
+            // by the deadline).
+            let ok = error.is_none() && to_up.ended_ok.load(Ordering::Relaxed);
+            let took = to_up.info.opened.elapsed();
+            self.forwarder.observe(&info, ok, Some((ok, took)));
+        }
         if let Some(e) = &error {
             self.forwarder.record(&info, e);
         }
@@ -417,6 +463,7 @@ impl<P: Phases> Splice<'_, P> {
             first: first.clone(),
             deadline: self.deadline,
             error: Mutex::new(None),
+            ended_ok: AtomicBool::new(false),
         });
         down_rx.splice(to_up.clone());
         let downstream = to_up.info.downstream.as_str();

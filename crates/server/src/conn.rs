@@ -306,7 +306,13 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
 ) {
     let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let stats = ctx.stats.clone();
+    let _open = crate::OpenGuard::new(&stats.open);
     if let Some(tls) = config.tls.clone() {
+        // TLS is offered on gRPC listeners only.
+        let counts = stats.family(Family::Http2);
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
+        let _open_family = crate::OpenGuard::new(&counts.open);
         Box::pin(serve_tls(stream, peer, tls, ctx, drain)).await;
         return;
     }
@@ -337,6 +343,9 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
         Ok(Ok(Detection::Protocol(f))) => f,
     };
     ctx.span.set_protocol(family.as_str());
+    let counts = stats.family(family);
+    counts.accepted.fetch_add(1, Ordering::Relaxed);
+    let _open_family = crate::OpenGuard::new(&counts.open);
     let wrong = matches!(
         (config.cluster, family),
         (Cluster::TTStream, Family::Http2) | (Cluster::Grpc, Family::PingPong | Family::TTStream)

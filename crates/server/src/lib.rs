@@ -28,7 +28,9 @@ mod ttstream;
 type Chunks = Vec<bytes::Bytes>;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use sluice_sniff::Family;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,11 +88,24 @@ impl Cluster {
     }
 }
 
+/// Connection counts of one protocol family on one server.
+#[derive(Debug, Default)]
+pub struct FamilyStats {
+    /// Connections sniffed as this family.
+    pub accepted: AtomicU64,
+    /// Connections of this family open now.
+    pub open: AtomicI64,
+}
+
 /// Counters of one server.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Connections accepted.
     pub connections: AtomicU64,
+    /// Connections open now, sniffed or not.
+    pub open: AtomicI64,
+    /// Per protocol family (see [`ServerStats::family`]).
+    pub families: [FamilyStats; 3],
     /// Connections of the other protocol family, refused with a pointer to the right cluster.
     pub wrong_cluster: AtomicU64,
     /// Connections that spoke no protocol Sluice serves.
@@ -113,6 +128,33 @@ pub struct ServerStats {
     pub grpc: Arc<GrpcServerStats>,
     /// Budgets for the per-connection log lines (a flood of bad peers logs ten a second).
     pub(crate) logs: RefusalLogs,
+}
+
+impl ServerStats {
+    /// The counts of one protocol family.
+    pub fn family(&self, family: Family) -> &FamilyStats {
+        &self.families[match family {
+            Family::PingPong => 0,
+            Family::TTStream => 1,
+            Family::Http2 => 2,
+        }]
+    }
+}
+
+/// Decrements an open-connections count when the connection ends, however it ends.
+pub(crate) struct OpenGuard<'a>(&'a AtomicI64);
+
+impl<'a> OpenGuard<'a> {
+    pub(crate) fn new(open: &'a AtomicI64) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Log budgets for refusals that a flood of peers could repeat at will.

@@ -1,0 +1,248 @@
+//! Kitex's RPC series: a throughput counter and a latency histogram (microseconds) labelled
+//! `caller`, `callee`, `method`, `retry`, `status`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+
+use crate::labels::{Caps, Label};
+use crate::{LATENCY_BUCKETS_US, OTHER, UNKNOWN};
+
+/// The label values of one call or stream. Empty values are reported as `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rpc<'a> {
+    /// The calling service (TTHeader `FromService`, gRPC `source-service`).
+    pub caller: &'a str,
+    /// The called service.
+    pub callee: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// The attempt number: 0 for a first attempt.
+    pub retry: u32,
+}
+
+impl<'a> Rpc<'a> {
+    fn or_unknown(self) -> Self {
+        let f = |s: &'a str| if s.is_empty() { UNKNOWN } else { s };
+        Rpc {
+            caller: f(self.caller),
+            callee: f(self.callee),
+            method: f(self.method),
+            retry: self.retry,
+        }
+    }
+
+    fn hash(&self, state: &RandomState) -> u64 {
+        let mut h = state.build_hasher();
+        self.caller.hash(&mut h);
+        self.callee.hash(&mut h);
+        self.method.hash(&mut h);
+        self.retry.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// How a call or stream ended, as Kitex labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `succeed`.
+    Succeed,
+    /// `error`: Sluice or the downstream answered with an error (an exception, a non-OK
+    /// status, a reset).
+    Error,
+}
+
+impl Status {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeed => "succeed",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// A counter and a histogram of one label set.
+#[derive(Debug)]
+struct Pair {
+    count: IntCounter,
+    latency: Histogram,
+}
+
+/// One label combination: its series per status, made when first observed (so a status that
+/// never happened has no series, as in Kitex).
+#[derive(Debug)]
+struct Entry {
+    caller: Box<str>,
+    callee: Box<str>,
+    method: Box<str>,
+    retry: u32,
+    by_status: [OnceLock<Pair>; 2],
+}
+
+impl Entry {
+    fn is(&self, rpc: &Rpc<'_>) -> bool {
+        *self.method == *rpc.method
+            && *self.callee == *rpc.callee
+            && *self.caller == *rpc.caller
+            && self.retry == rpc.retry
+    }
+}
+
+/// One of Kitex's two RPC series families (server or client).
+pub struct RpcSeries {
+    throughput: IntCounterVec,
+    latency: HistogramVec,
+    /// Label combinations by hash (collisions share the bucket's list).
+    entries: RwLock<HashMap<u64, Vec<Arc<Entry>>>>,
+    hasher: RandomState,
+    caps: Arc<Caps>,
+}
+
+impl std::fmt::Debug for RpcSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcSeries")
+            .field(
+                "series",
+                &self.entries.read().values().map(Vec::len).sum::<usize>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+const LABELS: [&str; 5] = ["caller", "callee", "method", "status", "retry"];
+
+impl RpcSeries {
+    pub(crate) fn new(
+        registry: &Registry,
+        prefix: &str,
+        throughput_help: &str,
+        latency_help: &str,
+        caps: Arc<Caps>,
+    ) -> Self {
+        let throughput = IntCounterVec::new(
+            Opts::new(format!("{prefix}_throughput"), throughput_help),
+            &LABELS,
+        )
+        .expect("a valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(format!("{prefix}_latency_us"), latency_help)
+                .buckets(LATENCY_BUCKETS_US.to_vec()),
+            &LABELS,
+        )
+        .expect("a valid metric");
+        registry
+            .register(Box::new(throughput.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("registered once");
+        Self {
+            throughput,
+            latency,
+            entries: RwLock::new(HashMap::new()),
+            hasher: RandomState::new(),
+            caps,
+        }
+    }
+
+    /// Counts one call or stream and observes its duration (in microseconds).
+    pub fn record(&self, rpc: &Rpc<'_>, status: Status, elapsed: Duration) {
+        let rpc = rpc.or_unknown();
+        let hash = rpc.hash(&self.hasher);
+        {
+            let entries = self.entries.read();
+            if let Some(e) = entries
+                .get(&hash)
+                .and_then(|v| v.iter().find(|e| e.is(&rpc)))
+            {
+                self.observe(e, status, elapsed);
+                return;
+            }
+        }
+        self.record_new(rpc, status, elapsed);
+    }
+
+    /// A label combination not seen as it is: its values pass the caps (and may be folded),
+    /// then the (possibly folded) combination is found or made.
+    #[cold]
+    fn record_new(&self, rpc: Rpc<'_>, status: Status, elapsed: Duration) {
+        let mut folded = Rpc {
+            caller: self.caps.admit(Label::Caller, rpc.caller),
+            callee: self.caps.admit(Label::Callee, rpc.callee),
+            method: self.caps.admit(Label::Method, rpc.method),
+            retry: rpc.retry,
+        };
+        let mut entries = self.entries.write();
+        let mut hash = folded.hash(&self.hasher);
+        let known = |entries: &HashMap<u64, Vec<Arc<Entry>>>, hash, rpc: &Rpc<'_>| {
+            entries
+                .get(&hash)
+                .and_then(|v| v.iter().find(|e| e.is(rpc)).cloned())
+        };
+        if let Some(e) = known(&entries, hash, &folded) {
+            drop(entries);
+            self.observe(&e, status, elapsed);
+            return;
+        }
+        let len: usize = entries.values().map(Vec::len).sum();
+        if len >= self.caps.config.max_series {
+            for (label, value) in [
+                (Label::Caller, folded.caller),
+                (Label::Callee, folded.callee),
+                (Label::Method, folded.method),
+            ] {
+                if value != OTHER {
+                    self.caps.fold(label);
+                }
+            }
+            folded = Rpc {
+                caller: OTHER,
+                callee: OTHER,
+                method: OTHER,
+                retry: folded.retry,
+            };
+            hash = folded.hash(&self.hasher);
+            if let Some(e) = known(&entries, hash, &folded) {
+                drop(entries);
+                self.observe(&e, status, elapsed);
+                return;
+            }
+        }
+        let e = Arc::new(Entry {
+            caller: folded.caller.into(),
+            callee: folded.callee.into(),
+            method: folded.method.into(),
+            retry: folded.retry,
+            by_status: Default::default(),
+        });
+        entries.entry(hash).or_default().push(e.clone());
+        drop(entries);
+        self.observe(&e, status, elapsed);
+    }
+
+    fn observe(&self, e: &Entry, status: Status, elapsed: Duration) {
+        let pair = e.by_status[status as usize].get_or_init(|| {
+            let retry = e.retry.to_string();
+            let values = [
+                &*e.caller,
+                &*e.callee,
+                &*e.method,
+                status.as_str(),
+                retry.as_str(),
+            ];
+            Pair {
+                count: self.throughput.with_label_values(&values),
+                latency: self.latency.with_label_values(&values),
+            }
+        });
+        pair.count.inc();
+        pair.latency.observe(elapsed.as_micros() as f64);
+    }
+}
