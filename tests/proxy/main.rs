@@ -1,6 +1,7 @@
 //! The ping-pong proxy end to end: the real `sluice` binary over loopback sockets, in front of
 //! in-process downstreams.
 
+mod admin;
 mod grpc;
 mod kitex_replay;
 mod support;

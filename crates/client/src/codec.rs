@@ -182,6 +182,7 @@ impl ReplyDecoder {
                 msg_type: env.msg_type,
                 body: message.slice(env.body_offset..),
                 header,
+                endpoint: None,
             },
         }))
     }

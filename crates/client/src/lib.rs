@@ -245,6 +245,8 @@ pub struct Reply {
     pub body: Bytes,
     /// Reply header as received (`biz-*`, backward metainfo, `crrst`).
     pub header: Header,
+    /// The endpoint that answered (set by [`GenericClient`]).
+    pub endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Why a call failed. Each variant names the downstream and, where there is one, the endpoint.
@@ -486,6 +488,10 @@ impl GenericClient {
                     ep.mark_down();
                     tracing::debug!(error = %e, "endpoint unavailable, trying the next one");
                     last_err = Some(e);
+                }
+                Ok(Some(mut reply)) => {
+                    reply.endpoint = Some(ep.endpoint.addr);
+                    return Ok(Some(reply));
                 }
                 other => return other,
             }

@@ -108,6 +108,9 @@ pub struct GrpcServerConfig {
     /// The connection's span: the parent of each stream's `stream` span (debug level, so it
     /// costs nothing unless asked for). Default: none.
     pub span: tracing::Span,
+    /// The listener's name, given to every [`StreamRequest`] (see
+    /// [`sluice_stream::listener_name`]). Default empty.
+    pub listener: &'static str,
 }
 
 impl GrpcServerConfig {
@@ -170,6 +173,12 @@ impl GrpcServerConfig {
         self.span = span;
         self
     }
+
+    /// Sets [`listener`](Self::listener).
+    pub fn with_listener(mut self, listener: &'static str) -> Self {
+        self.listener = listener;
+        self
+    }
 }
 
 /// What gRPC connections counted (see [`GrpcServerConfig::stats`]).
@@ -198,6 +207,7 @@ impl Default for GrpcServerConfig {
             idle_timeout: Duration::from_secs(600),
             stats: None,
             span: tracing::Span::none(),
+            listener: "",
         }
     }
 }
@@ -269,6 +279,7 @@ where
         tasks: tasks.clone(),
         stats: config.stats.clone(),
         span: config.span.clone(),
+        listener: config.listener,
     };
     let (mut conn, _) = Connection::new(io, peer, cfg, role);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -306,21 +317,14 @@ struct ServerRole<H> {
     tasks: Arc<sluice_io::TaskGroup>,
     stats: Option<Arc<GrpcServerStats>>,
     span: tracing::Span,
+    listener: &'static str,
 }
 
 impl<H: StreamingHandler> Role for ServerRole<H> {
     const SIDE: Side = Side::Server;
 
     fn open(&mut self, shared: &Arc<Shared>, block: HeaderBlock) -> Opening {
-        open_stream(
-            shared,
-            block,
-            self.peer,
-            &self.handler,
-            self.max_header_list_size,
-            &self.tasks,
-            &self.span,
-        )
+        open_stream(shared, block, self)
     }
 
     fn abort(shared: &Shared, id: u32, status: &Status) {
@@ -481,12 +485,18 @@ fn check(head: &RequestHead) -> Result<Call, Refusal> {
 fn open_stream<H: StreamingHandler>(
     shared: &Arc<Shared>,
     block: HeaderBlock,
-    peer: SocketAddr,
-    handler: &Arc<H>,
-    max_header_list_size: u32,
-    tasks: &sluice_io::TaskGroup,
-    conn_span: &tracing::Span,
+    role: &ServerRole<H>,
 ) -> Opening {
+    let ServerRole {
+        peer,
+        handler,
+        max_header_list_size,
+        tasks,
+        span: conn_span,
+        listener,
+        ..
+    } = role;
+    let (peer, max_header_list_size, listener) = (*peer, *max_header_list_size, *listener);
     let id = block.stream;
     if block.too_large {
         tracing::debug!(%peer, stream = id, limit = max_header_list_size, "refusing gRPC request: header list too large");
@@ -562,6 +572,7 @@ fn open_stream<H: StreamingHandler>(
             )
         }),
         deadline: call.deadline,
+        listener,
     };
     shared.lock().add_stream(id, content_type_bytes);
     let sink = Arc::new(ServerSink {

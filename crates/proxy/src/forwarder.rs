@@ -3,11 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sluice_client::ClientConfig;
 use sluice_server::{ProxyError, RateLog};
 
+use crate::access_log::AccessLogger;
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::observe::ProxyMetrics;
@@ -81,6 +82,43 @@ pub struct Forwarder<P = DefaultPhases> {
     pub(crate) downstream_log: RateLog,
     /// Kitex's RPC series and Sluice's own, when metrics are on.
     pub(crate) metrics: Option<ProxyMetrics>,
+    /// The access log, when on.
+    pub(crate) access_log: Option<AccessLogger>,
+}
+
+/// How a call or stream ended, for the metrics and the access log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done<'a> {
+    /// How the caller's answer reads: success, or an error (an exception, an error status, a
+    /// reset, or Sluice's own error).
+    pub(crate) ok: bool,
+    /// Sluice's own error, when it answered with one.
+    pub(crate) error: Option<&'a ProxyError>,
+    /// When a downstream call or stream was attempted: whether it succeeded and how long it
+    /// took.
+    pub(crate) downstream: Option<(bool, Duration)>,
+    /// The access log's protocol name.
+    pub(crate) protocol: &'static str,
+    /// The downstream endpoint that answered, when known.
+    pub(crate) endpoint: Option<std::net::SocketAddr>,
+    /// Payload bytes from and to the caller.
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+impl Done<'_> {
+    /// Nothing known yet but the protocol.
+    pub(crate) fn new(protocol: &'static str) -> Self {
+        Self {
+            ok: false,
+            error: None,
+            downstream: None,
+            protocol,
+            endpoint: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
 }
 
 impl Forwarder {
@@ -102,7 +140,18 @@ impl<P: Phases> Forwarder<P> {
             stats: Stats::default(),
             downstream_log: RateLog::default(),
             metrics: None,
+            access_log: None,
         }
+    }
+
+    /// Writes a line per call and stream to `log` (see [`AccessLog`](crate::AccessLog)).
+    pub fn with_access_log(mut self, log: &crate::AccessLog) -> std::io::Result<Self> {
+        let logger = AccessLogger::start(log)?;
+        if let Some(m) = &self.metrics {
+            m.access_log_drops(logger.dropped.clone());
+        }
+        self.access_log = Some(logger);
+        Ok(self)
     }
 
     /// Reports every call and stream to `metrics` (Kitex's `kitex_server_*` and
@@ -118,37 +167,54 @@ impl<P: Phases> Forwarder<P> {
         self.metrics.as_ref().map(|m| &m.registry)
     }
 
-    /// True when something reads the caller's service name (metrics): only then is it looked
-    /// up.
-    pub(crate) fn wants_caller(&self) -> bool {
-        self.metrics.is_some()
+    /// True when metrics or the access log are on: only then are the caller's name and the
+    /// downstream call's duration taken.
+    pub(crate) fn observed(&self) -> bool {
+        self.metrics.is_some() || self.access_log.is_some()
     }
 
-    /// Reports a finished call or stream: received (`ok` is how the caller's answer reads),
-    /// and, when a downstream call or stream was attempted, how that went and how long it took.
-    pub(crate) fn observe(
-        &self,
-        info: &CallInfo<'_>,
-        ok: bool,
-        downstream: Option<(bool, Duration)>,
-    ) {
-        let Some(m) = &self.metrics else { return };
-        let rpc = sluice_metrics::Rpc {
-            caller: info.caller,
-            callee: info.service,
-            method: info.method,
-            retry: 0,
-        };
-        m.server(&rpc, ok, info.start.elapsed());
-        if let (Some((down_ok, elapsed)), Some(name)) = (downstream, info.downstream) {
-            m.client(
-                &sluice_metrics::Rpc {
-                    callee: name,
-                    ..rpc
-                },
-                down_ok,
-                elapsed,
-            );
+    /// Reports a finished call or stream to the metrics and the access log.
+    pub(crate) fn finish(&self, info: &CallInfo<'_>, done: Done<'_>) {
+        if let Some(m) = &self.metrics {
+            let rpc = sluice_metrics::Rpc {
+                caller: info.caller,
+                callee: info.service,
+                method: info.method,
+                retry: 0,
+            };
+            m.server(&rpc, done.ok, info.start.elapsed());
+            if let (Some((down_ok, elapsed)), Some(name)) = (done.downstream, info.downstream) {
+                m.client(
+                    &sluice_metrics::Rpc {
+                        callee: name,
+                        ..rpc
+                    },
+                    down_ok,
+                    elapsed,
+                );
+            }
+        }
+        if let Some(log) = &self.access_log {
+            if log.sampled() {
+                let took = info.start.elapsed();
+                log.log(&crate::access_log::Line {
+                    time: crate::access_log::rfc3339(SystemTime::now() - took),
+                    listener: info.listener,
+                    peer: info.peer,
+                    protocol: done.protocol,
+                    service: info.service,
+                    method: info.method,
+                    caller: info.caller,
+                    downstream: info.downstream,
+                    endpoint: done.endpoint,
+                    status: if done.ok { "succeed" } else { "error" },
+                    error_kind: done.error.map(|e| crate::observe::kind_label(e.kind())),
+                    error: done.error.map(|e| e.to_string()),
+                    duration_us: crate::access_log::micros(took),
+                    bytes_in: done.bytes_in,
+                    bytes_out: done.bytes_out,
+                });
+            }
         }
     }
 

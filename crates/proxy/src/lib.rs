@@ -10,6 +10,7 @@
 //! through unchanged.
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod clients;
 pub mod config;
 pub mod error;
@@ -79,6 +80,9 @@ impl<P: Phases> Proxy<P> {
         let mut forwarder = Forwarder::with_phases(config.clone(), phases);
         if admin.is_some() {
             forwarder = forwarder.with_metrics(Metrics::new(config.metrics));
+        }
+        if let Some(log) = &config.access_log {
+            forwarder = forwarder.with_access_log(log)?;
         }
         let forwarder = Arc::new(forwarder);
         let usable = {

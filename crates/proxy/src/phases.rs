@@ -94,6 +94,8 @@ pub struct CallInfo<'a> {
     /// `source-service`), when metrics or the access log are on; empty otherwise or when the
     /// caller named none.
     pub caller: &'a str,
+    /// The listener the request or stream arrived on (empty when not known).
+    pub listener: &'static str,
 }
 
 impl<'a> CallInfo<'a> {
@@ -113,7 +115,14 @@ impl<'a> CallInfo<'a> {
             downstream: None,
             start,
             caller: "",
+            listener: "",
         }
+    }
+
+    /// The same, with the listener's name.
+    pub fn with_listener(mut self, listener: &'static str) -> Self {
+        self.listener = listener;
+        self
     }
 
     /// The same, with the caller's service name.

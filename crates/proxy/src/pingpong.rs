@@ -4,12 +4,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_client::Call;
-use sluice_server::{DefaultHandler, Request, Response, ResponseBody};
+use sluice_server::{DefaultHandler, Request, Response, ResponseBody, Transport};
 use sluice_thrift::MessageType;
 use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
 
 use crate::error;
-use crate::forwarder::Forwarder;
+use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead};
@@ -55,14 +55,25 @@ fn upstream_keys(down: Header) -> StrKvs {
     kvs
 }
 
+/// The access log's name of a ping-pong framing.
+fn protocol(t: Transport) -> &'static str {
+    match t {
+        Transport::TTHeader => "ttheader",
+        Transport::TTHeaderUnframed => "ttheader-unframed",
+        Transport::Framed => "framed",
+        Transport::Buffered => "buffered",
+        Transport::Mesh(_) => "mesh",
+    }
+}
+
 impl<P: Phases> DefaultHandler for Forwarder<P> {
     async fn handle(&self, req: Request) -> Response {
         self.stats.count_request();
         let start = Instant::now();
         let _active = Active::new(self.metrics.as_ref().map(|m| m.active(Family::PingPong)));
-        // Only metrics read the caller's name: a clone of the value (not of its bytes), kept
-        // because the header moves downstream.
-        let caller = if self.wants_caller() {
+        // Only metrics and the access log read the caller's name: a clone of the value (not
+        // of its bytes), kept because the header moves downstream.
+        let caller = if self.observed() {
             req.header.int_kvs.get(int_key::FROM_SERVICE).cloned()
         } else {
             None
@@ -71,6 +82,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             .as_deref()
             .and_then(|c| std::str::from_utf8(c).ok())
             .unwrap_or("");
+        let done = Done::new(protocol(req.transport));
         let lookup = |k: &str| req.header.str_kvs.get(k).map(|v| v.as_ref());
         let head = RequestHead::new(
             req.peer,
@@ -81,10 +93,11 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             &lookup,
         );
         let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start)
-            .with_caller(caller);
+            .with_caller(caller)
+            .with_listener(req.listener);
         let (target, dc) = match self.route(&head) {
             Ok(routed) => routed,
-            Err(e) => return self.refuse(&info, e),
+            Err(e) => return self.refuse(&info, e, done),
         };
         info.downstream = Some(&target.downstream);
         let mut header = downstream_header(req.header);
@@ -92,7 +105,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::TTHeader(&mut header.str_kvs))
         {
-            return self.refuse(&info, e);
+            return self.refuse(&info, e, done);
         }
         let method = match self.phases.rewrite_method(&info, &target) {
             Some(renamed) => renamed,
@@ -107,7 +120,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             header,
             deadline: target.deadline,
         };
-        let sent = self.metrics.as_ref().map(|_| Instant::now());
+        let sent = self.observed().then(Instant::now);
         let result = client.call_mut(&mut call).await;
         let took = sent.map(|t| t.elapsed()).unwrap_or_default();
         // The method now lives in the call (moved, not copied): the phases after the call see
@@ -120,6 +133,11 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             family: Family::PingPong,
             start,
             caller,
+            listener: req.listener,
+        };
+        let done = Done {
+            bytes_in: call.args.len() as u64,
+            ..done
         };
         match result {
             Ok(Some(reply)) => {
@@ -130,7 +148,16 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
                 // An EXCEPTION is an error to Kitex's metrics; a REPLY (declared exceptions
                 // included) is a success.
                 let ok = reply.msg_type != MessageType::Exception;
-                self.observe(&info, ok, Some((ok, took)));
+                self.finish(
+                    &info,
+                    Done {
+                        ok,
+                        downstream: Some((ok, took)),
+                        endpoint: reply.endpoint,
+                        bytes_out: reply.body.len() as u64,
+                        ..done
+                    },
+                );
                 Response {
                     body: if ok {
                         ResponseBody::Reply(reply.body)
@@ -143,30 +170,47 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             // Oneway: the server writes nothing back.
             Ok(None) => {
                 self.phases.logging(&info, None);
-                self.observe(&info, true, Some((true, took)));
+                self.finish(
+                    &info,
+                    Done {
+                        ok: true,
+                        downstream: Some((true, took)),
+                        ..done
+                    },
+                );
                 Response::reply(Bytes::new())
             }
-            Err(e) => {
-                self.observe(&info, false, Some((false, took)));
-                self.refuse_observed(&info, error::call_failed(e))
-            }
+            Err(e) => self.refuse(
+                &info,
+                error::call_failed(e),
+                Done {
+                    downstream: Some((false, took)),
+                    ..done
+                },
+            ),
         }
     }
 }
 
 impl<P: Phases> Forwarder<P> {
-    /// Answers a ping-pong caller with `e` before any downstream call, after the error and
-    /// logging phases.
-    fn refuse(&self, info: &CallInfo<'_>, e: sluice_server::ProxyError) -> Response {
-        self.observe(info, false, None);
-        self.refuse_observed(info, e)
-    }
-
-    /// Answers a ping-pong caller with `e`, after the error and logging phases (the call is
-    /// already reported to the metrics).
-    fn refuse_observed(&self, info: &CallInfo<'_>, e: sluice_server::ProxyError) -> Response {
+    /// Answers a ping-pong caller with `e`, after the error and logging phases; `done` says
+    /// whether a downstream call was made.
+    fn refuse(
+        &self,
+        info: &CallInfo<'_>,
+        e: sluice_server::ProxyError,
+        done: Done<'_>,
+    ) -> Response {
         let e = self.fail(info, e);
         self.phases.logging(info, Some(&e));
+        self.finish(
+            info,
+            Done {
+                ok: false,
+                error: Some(&e),
+                ..done
+            },
+        );
         e.to_response()
     }
 }

@@ -6,7 +6,7 @@
 //! downstream reset (TTStream: with the cancel path `ttscp` extended by this proxy's name); a
 //! downstream reset ends the upstream stream with an error; a deadline ends both.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
 use crate::error;
-use crate::forwarder::Forwarder;
+use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead, Target};
@@ -115,10 +115,17 @@ impl<P: Phases> Forwarder<P> {
         e: ProxyError,
         downstream: Option<Duration>,
     ) {
-        self.observe(info, false, downstream.map(|d| (false, d)));
         let e = self.fail(info, e);
         up.finish(e.to_stream_end(protocol)).await;
         self.phases.logging(info, Some(&e));
+        self.finish(
+            info,
+            Done {
+                error: Some(&e),
+                downstream: downstream.map(|d| (false, d)),
+                ..Done::new(protocol_name(protocol))
+            },
+        );
     }
 }
 
@@ -129,7 +136,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         let _active = Active::new(self.metrics.as_ref().map(|m| m.active(family)));
         // Only metrics read the caller's name (gRPC `source-service`; TTStream sends none).
         let caller = match &req.protocol {
-            Protocol::Grpc { .. } if self.wants_caller() => {
+            Protocol::Grpc { .. } if self.observed() => {
                 req.headers.get(SOURCE_SERVICE).cloned().unwrap_or_default()
             }
             _ => Bytes::new(),
@@ -144,7 +151,8 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             &lookup,
         );
         let mut info = CallInfo::new(req.peer, family, &req.service, &req.method, Instant::now())
-            .with_caller(utf8(&caller));
+            .with_caller(utf8(&caller))
+            .with_listener(req.listener);
         let (target, dc) = match self.route(&head) {
             Ok(routed) => routed,
             Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await,
@@ -161,7 +169,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
         // which costs far more per stream than two small boxes.
         let renamed = self.phases.rewrite_method(&info, &target);
-        let opening = self.metrics.as_ref().map(|_| Instant::now());
+        let opening = self.observed().then(Instant::now);
         let down = match Box::pin(self.open_downstream(&req, &target, dc, headers, renamed)).await {
             Ok(d) => d,
             Err(e) => {
@@ -181,6 +189,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             start,
             opened: opening.unwrap_or(start),
             caller,
+            listener: req.listener,
         };
         let splice = Splice {
             forwarder: self,
@@ -201,9 +210,18 @@ struct OwnedInfo {
     method: String,
     downstream: String,
     start: Instant,
-    /// When the downstream stream was opened (metrics only; else `start`).
+    /// When the downstream stream was opened (metrics and access log only; else `start`).
     opened: Instant,
     caller: Bytes,
+    listener: &'static str,
+}
+
+/// The access log's name of a stream protocol.
+fn protocol_name(protocol: &Protocol) -> &'static str {
+    match protocol {
+        Protocol::TTStream => "ttstream",
+        Protocol::Grpc { .. } => "grpc",
+    }
 }
 
 /// The gRPC metadata naming the calling service.
@@ -224,6 +242,7 @@ impl OwnedInfo {
             downstream: Some(&self.downstream),
             start: self.start,
             caller: utf8(&self.caller),
+            listener: self.listener,
         }
     }
 }
@@ -235,6 +254,9 @@ struct ToDownstream {
     down_ended: Arc<AtomicBool>,
     /// The first-response clock, restarted by each caller message until the downstream answers.
     first: Arc<FirstResponse>,
+    /// Payload bytes from the caller (`[0]`) and to it (`[1]`), shared with `ToUpstream`;
+    /// counted only for the access log.
+    bytes: Option<Arc<[AtomicU64; 2]>>,
 }
 
 impl EventSink for ToDownstream {
@@ -245,6 +267,9 @@ impl EventSink for ToDownstream {
             }
             Event::Message(_) | Event::HalfClose => {
                 self.first.caller_active();
+                if let (Event::Message(m), Some(bytes)) = (&ev, &self.bytes) {
+                    bytes[0].fetch_add(m.len() as u64, Ordering::Relaxed);
+                }
                 self.down.push(ev)
             }
             Event::Reset(reset) => {
@@ -293,6 +318,8 @@ struct ToUpstream<P> {
     /// Set when the downstream's end reached the caller with no error status: the stream
     /// succeeded (for the metrics).
     ended_ok: AtomicBool,
+    /// Payload bytes from the caller (`[0]`) and to it (`[1]`), when counted.
+    bytes: Option<Arc<[AtomicU64; 2]>>,
 }
 
 impl<P: Phases> ToUpstream<P> {
@@ -346,6 +373,9 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 Ok(())
             }
             Event::Message(m) => {
+                if let Some(bytes) = &self.bytes {
+                    bytes[1].fetch_add(m.len() as u64, Ordering::Relaxed);
+                }
                 if self.up.push(Event::Message(m)).is_err() {
                     // The upstream is gone: cancel downstream.
                     let _ = self.down.push(Event::Reset(Reset {
@@ -415,16 +445,32 @@ impl<P: Phases> Splice<'_, P> {
         let to_up = self.splice(info, up, down).await;
         let error = to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
         let info = to_up.info.borrow();
-        if self.forwarder.metrics.is_some() {
+        if let Some(e) = &error {
+            self.forwarder.record(&info, e);
+        }
+        if self.forwarder.observed() {
             // A stream counts once, with its whole duration; it succeeded only if the
             // downstream ended it without an error status (not reset by either side, not cut
             // by the deadline).
             let ok = error.is_none() && to_up.ended_ok.load(Ordering::Relaxed);
             let took = to_up.info.opened.elapsed();
-            self.forwarder.observe(&info, ok, Some((ok, took)));
-        }
-        if let Some(e) = &error {
-            self.forwarder.record(&info, e);
+            self.forwarder.finish(
+                &info,
+                Done {
+                    ok,
+                    error: error.as_ref(),
+                    downstream: Some((ok, took)),
+                    bytes_in: to_up
+                        .bytes
+                        .as_ref()
+                        .map_or(0, |b| b[0].load(Ordering::Relaxed)),
+                    bytes_out: to_up
+                        .bytes
+                        .as_ref()
+                        .map_or(0, |b| b[1].load(Ordering::Relaxed)),
+                    ..Done::new(protocol_name(self.protocol))
+                },
+            );
         }
         self.forwarder.phases.logging(&info, error.as_ref());
     }
@@ -446,10 +492,16 @@ impl<P: Phases> Splice<'_, P> {
         let first = Arc::new(first);
         // Watched only while the stream runs (and not at all with the timeout off).
         let _watched = watched.then(|| self.forwarder.silence.watch(first.clone()));
+        let bytes = self
+            .forwarder
+            .access_log
+            .is_some()
+            .then(|| Arc::new([AtomicU64::new(0), AtomicU64::new(0)]));
         up_rx.splice(Arc::new(ToDownstream {
             down: down_tx.clone(),
             down_ended: down_ended.clone(),
             first: first.clone(),
+            bytes: bytes.clone(),
         }));
         let to_up = Arc::new(ToUpstream {
             up: up_tx.clone(),
@@ -464,6 +516,7 @@ impl<P: Phases> Splice<'_, P> {
             deadline: self.deadline,
             error: Mutex::new(None),
             ended_ok: AtomicBool::new(false),
+            bytes,
         });
         down_rx.splice(to_up.clone());
         let downstream = to_up.info.downstream.as_str();

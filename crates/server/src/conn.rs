@@ -514,6 +514,7 @@ fn grpc_config(
         .with_idle_timeout(config.idle_timeout)
         .with_stats(Some(stats.grpc.clone()))
         .with_span(span.for_children())
+        .with_listener(config.listener)
 }
 
 /// Reads until the connection-level sniffer decides.

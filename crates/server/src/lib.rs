@@ -181,8 +181,11 @@ impl StreamingHandler for NoStreaming {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// Name of the listener, for logs.
+    /// Name of the listener, for logs, and carried by every request and stream
+    /// ([`Request::listener`]).
     pub name: String,
+    /// `name`, shared (set by [`Server::new`]).
+    pub(crate) listener: &'static str,
     /// Time a new connection has to send enough bytes to be recognised. Default 5 s.
     pub sniff_timeout: Duration,
     /// A connection with no request or stream in flight and nothing read for this long is
@@ -218,6 +221,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             name: "sluice".to_owned(),
+            listener: "",
             sniff_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(30),
@@ -318,7 +322,8 @@ pub struct Server<H, S = NoStreaming> {
 
 impl<H: DefaultHandler> Server<H> {
     /// A server that hands ping-pong requests to `handler` and serves no streams.
-    pub fn new(config: ServerConfig, handler: Arc<H>) -> Self {
+    pub fn new(mut config: ServerConfig, handler: Arc<H>) -> Self {
+        config.listener = sluice_stream::listener_name(&config.name);
         Self {
             config: Arc::new(config),
             handler,

@@ -502,6 +502,7 @@ fn next_request(
         header,
         deadline,
         args,
+        listener: config.listener,
     })))
 }
 

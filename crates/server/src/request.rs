@@ -69,6 +69,8 @@ pub struct Request {
     /// The args struct (thrift) or request message (Kitex protobuf): the bytes after the
     /// envelope. A slice of the read buffer.
     pub args: Bytes,
+    /// The name of the listener the request arrived on.
+    pub listener: &'static str,
 }
 
 /// What the handler answers.

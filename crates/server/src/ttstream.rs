@@ -223,6 +223,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                 method: String::from_utf8_lossy(&method).into_owned(),
                 headers: Metadata(frame.take_str_kvs()),
                 deadline: None,
+                listener: config.listener,
             };
             let side = Arc::new(Mutex::new(ServerSide {
                 state,

@@ -296,6 +296,28 @@ pub struct StreamRequest {
     pub headers: Metadata,
     /// From `grpc-timeout` (TTStream sends none).
     pub deadline: Option<Instant>,
+    /// The name of the listener the stream arrived on (see [`listener_name`]); empty when
+    /// the server was given none.
+    pub listener: &'static str,
+}
+
+/// `name` as a `&'static str` shared by every request of a listener, so that requests carry
+/// their listener's name at no cost per request. Each distinct name is allocated once for the
+/// life of the process (names come from configuration, so there are few).
+pub fn listener_name(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(name) {
+        return n;
+    }
+    let n: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(n);
+    n
 }
 
 /// The stream is gone (the other side or the connection closed).
