@@ -1,0 +1,229 @@
+//! What the forwarder reports to the metrics registry: Kitex's server series for every call and
+//! stream it receives, Kitex's client series for every call and stream it sends downstream, and
+//! Sluice's own counters of errors, requests in flight and active streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
+use sluice_metrics::{Metrics, Rpc, Status};
+use sluice_server::{ErrorKind, ProxyError};
+
+use crate::route::Family;
+
+/// The `kind` label of an error.
+pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NoRoute => "no_route",
+        ErrorKind::WrongCluster => "wrong_cluster",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Deadline => "deadline",
+        ErrorKind::DownstreamReset => "downstream_reset",
+        ErrorKind::BadReply => "bad_reply",
+        ErrorKind::Refused => "refused",
+        ErrorKind::Overloaded => "overloaded",
+        _ => "internal",
+    }
+}
+
+/// The forwarder's series, resolved once.
+#[derive(Debug)]
+pub(crate) struct ProxyMetrics {
+    pub(crate) registry: Arc<Metrics>,
+    /// `sluice_downstream_errors_total{downstream, kind}`: every error the forwarder answered a
+    /// caller with (`downstream="none"` when no route matched).
+    errors: IntCounterVec,
+    /// `sluice_requests_in_flight`: ping-pong requests being forwarded.
+    in_flight: IntGauge,
+    /// `sluice_streams_active{protocol}`: streams being forwarded (TTStream, gRPC).
+    streams: [IntGauge; 2],
+    /// Per listener, filled from the servers' counters at scrape time.
+    accepted: IntCounterVec,
+    open: IntGaugeVec,
+    refusals: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    pub(crate) fn new(registry: Arc<Metrics>) -> Self {
+        let errors = registry.counter_vec(
+            "sluice_downstream_errors_total",
+            "Calls and streams Sluice answered with an error of its own, by downstream and kind.",
+            &["downstream", "kind"],
+        );
+        let in_flight = registry
+            .gauge_vec(
+                "sluice_requests_in_flight",
+                "Ping-pong requests being forwarded.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]);
+        let streams = registry.gauge_vec(
+            "sluice_streams_active",
+            "Streams being forwarded, by protocol.",
+            &["protocol"],
+        );
+        let accepted = registry.counter_vec(
+            "sluice_connections_accepted_total",
+            "Connections accepted, by listener and recognised protocol.",
+            &["listener", "protocol"],
+        );
+        let open = registry.gauge_vec(
+            "sluice_connections_open",
+            "Connections open, by listener and protocol (\"sniffing\": not yet recognised).",
+            &["listener", "protocol"],
+        );
+        let refusals = registry.counter_vec(
+            "sluice_refusals_total",
+            "Connections and streams refused or closed by the server, by listener and reason.",
+            &["listener", "reason"],
+        );
+        Self {
+            errors,
+            in_flight,
+            streams: [
+                streams.with_label_values(&["ttstream"]),
+                streams.with_label_values(&["grpc"]),
+            ],
+            accepted,
+            open,
+            refusals,
+            registry,
+        }
+    }
+
+    /// Counts an error the forwarder answered a caller with.
+    pub(crate) fn error(&self, downstream: Option<&str>, e: &ProxyError) {
+        self.errors
+            .with_label_values(&[downstream.unwrap_or("none"), kind_label(e.kind())])
+            .inc();
+    }
+
+    /// The gauge of requests or streams of `family` being forwarded.
+    pub(crate) fn active(&self, family: Family) -> &IntGauge {
+        match family {
+            Family::PingPong => &self.in_flight,
+            Family::TTStream => &self.streams[0],
+            Family::Grpc => &self.streams[1],
+        }
+    }
+
+    /// One call or stream received (`kitex_server_*`).
+    pub(crate) fn server(&self, rpc: &Rpc<'_>, ok: bool, elapsed: Duration) {
+        self.registry.server().record(rpc, status(ok), elapsed);
+    }
+
+    /// One call or stream sent downstream (`kitex_client_*`).
+    pub(crate) fn client(&self, rpc: &Rpc<'_>, ok: bool, elapsed: Duration) {
+        self.registry.client().record(rpc, status(ok), elapsed);
+    }
+}
+
+fn status(ok: bool) -> Status {
+    if ok {
+        Status::Succeed
+    } else {
+        Status::Error
+    }
+}
+
+/// Decrements its gauge when dropped: a request or stream counted active until it is done,
+/// whichever way it ends.
+#[derive(Debug)]
+pub(crate) struct Active<'a>(Option<&'a IntGauge>);
+
+impl<'a> Active<'a> {
+    pub(crate) fn new(gauge: Option<&'a IntGauge>) -> Self {
+        if let Some(g) = gauge {
+            g.inc();
+        }
+        Self(gauge)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.dec();
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Sluice's series of one listener, copied at each scrape from the server's own counters
+    /// (the data path pays nothing more for them):
+    /// `sluice_connections_accepted_total{listener, protocol}`,
+    /// `sluice_connections_open{listener, protocol}` (`protocol="sniffing"`: not yet
+    /// recognised) and `sluice_refusals_total{listener, reason}`.
+    pub(crate) fn listener_series(&self, listener: &str, stats: Arc<sluice_server::ServerStats>) {
+        use sluice_metrics::set_counter;
+        use sluice_sniff::Family as Sniffed;
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+        let per_family: Vec<_> = [Sniffed::PingPong, Sniffed::TTStream, Sniffed::Http2]
+            .into_iter()
+            .map(|f| {
+                (
+                    f,
+                    self.accepted.with_label_values(&[listener, f.as_str()]),
+                    self.open.with_label_values(&[listener, f.as_str()]),
+                )
+            })
+            .collect();
+        let sniffing = self.open.with_label_values(&[listener, "sniffing"]);
+        type Counted = fn(&sluice_server::ServerStats) -> &AtomicU64;
+        let reasons: [(&str, Counted); 10] = [
+            ("wrong_cluster", |s| &s.wrong_cluster),
+            ("not_ours", |s| &s.not_ours),
+            ("max_connections", |s| &s.connections_refused),
+            ("idle_timeout", |s| &s.idle_closed),
+            ("frame_timeout", |s| &s.frame_timeouts),
+            ("stream_limit", |s| &s.streams_refused),
+            ("reset_flood", |s| &s.reset_floods),
+            ("sniff_timeout", |s| &s.sniff_timeouts),
+            ("grpc_stream_refused", |s| &s.grpc.streams_refused),
+            ("grpc_idle_timeout", |s| &s.grpc.connections_idle_closed),
+        ];
+        let reasons: Vec<_> = reasons
+            .into_iter()
+            .map(|(name, get)| (self.refusals.with_label_values(&[listener, name]), get))
+            .collect();
+        self.registry.on_scrape(move || {
+            let mut sniffed = 0;
+            for (f, accepted, open) in &per_family {
+                let counts = stats.family(*f);
+                set_counter(accepted, counts.accepted.load(Relaxed));
+                let n = counts.open.load(Relaxed);
+                sniffed += n;
+                open.set(n);
+            }
+            sniffing.set((stats.open.load(Relaxed) - sniffed).max(0));
+            for (counter, get) in &reasons {
+                set_counter(counter, get(&stats).load(Relaxed));
+            }
+        });
+    }
+
+    /// `sluice_draining` (1 once a shutdown signal arrived) and `sluice_config_reloads_total`.
+    pub(crate) fn process_series(&self, health: &Arc<sluice_admin::Health>) {
+        let draining = self
+            .registry
+            .gauge_vec(
+                "sluice_draining",
+                "1 while the proxy drains after a shutdown signal, else 0.",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]);
+        // Registered now so dashboards find it; configuration reloads count here when they
+        // exist.
+        self.registry.counter_vec(
+            "sluice_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let health = Arc::downgrade(health);
+        self.registry.on_scrape(move || {
+            let on = health.upgrade().is_some_and(|h| h.is_draining());
+            draining.set(i64::from(on));
+        });
+    }
+}
