@@ -3,6 +3,7 @@
 
 mod grpc;
 mod kitex_replay;
+mod observability;
 mod support;
 mod ttstream;
 
