@@ -4,6 +4,7 @@
 mod admin;
 mod grpc;
 mod kitex_replay;
+mod observability;
 mod support;
 mod ttstream;
 

@@ -76,6 +76,9 @@ pub(crate) struct Sluice {
     /// listener).
     #[allow(dead_code)]
     pub(crate) grpc_addr: Option<SocketAddr>,
+    /// The address of `{admin_port}` (an `[admin]` listener), when the config names one.
+    #[allow(dead_code)]
+    pub(crate) admin_addr: Option<SocketAddr>,
     config_path: PathBuf,
     /// What the process logged so far: its stderr is read as it comes, so a chatty proxy
     /// never blocks on a full pipe.
@@ -85,13 +88,18 @@ pub(crate) struct Sluice {
 
 impl Sluice {
     /// Starts the binary with `toml`, where `{port}` is replaced by a free port for the first
-    /// listener (and `{grpc_port}`, if present, by another); waits until it accepts connections.
+    /// listener (and `{grpc_port}` and `{admin_port}`, if present, by others); waits until it
+    /// accepts connections.
     pub(crate) fn start(toml: &str) -> Sluice {
         let port = free_port();
         let grpc_port = toml.contains("{grpc_port}").then(free_port);
+        let admin_port = toml.contains("{admin_port}").then(free_port);
         let mut toml = toml.replace("{port}", &port.to_string());
         if let Some(p) = grpc_port {
             toml = toml.replace("{grpc_port}", &p.to_string());
+        }
+        if let Some(p) = admin_port {
+            toml = toml.replace("{admin_port}", &p.to_string());
         }
         let path =
             std::env::temp_dir().join(format!("sluice-test-{}-{}.toml", std::process::id(), port));
@@ -128,6 +136,7 @@ impl Sluice {
             child,
             addr,
             grpc_addr: grpc_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+            admin_addr: admin_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             config_path: path,
             log,
             log_reader,
