@@ -110,7 +110,11 @@ class Proc:
             self.p.wait()
 
 
-def start_sluice(tmp, binary=None):
+# TOML appended to this build's config in A/B mode (--extra-config): a feature on against off.
+EXTRA_CONFIG = ""
+
+
+def start_sluice(tmp, binary=None, extra=""):
     cfg = os.path.join(tmp, "sluice.toml")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -130,6 +134,7 @@ endpoints = ["127.0.0.1:{ECHO_PORT}"]
 max_idle_per_endpoint = 256
 [runtime]
 worker_threads = {SLUICE_THREADS}
+{extra}
 """)
     p = Proc(pinned(1, [binary or BIN, "run", "--config", cfg]), PROXY_PORT)
     wait_port(GRPC_PORT)
@@ -202,7 +207,7 @@ def measure(kind, proto, size, seconds, tmp):
     name, args, listener = proto
     proc = None
     if kind == "sluice":
-        proc = start_sluice(tmp)
+        proc = start_sluice(tmp, extra=EXTRA_CONFIG)
     elif kind == "baseline":
         proc = start_sluice(tmp, BASELINE)
     elif kind == "haproxy":
@@ -365,7 +370,12 @@ def main():
                     help="A/B mode: alternate this build's proxy with another `sluice` binary (the"
                     " baseline) under the same load generator and echo server, and print the proxy"
                     " CPU per 10k requests of both; writes nothing")
+    ap.add_argument("--extra-config", default="",
+                    help="A/B mode: TOML appended to this build's config only (e.g. an [admin]"
+                    " section, to measure metrics on against off with --compare on the same binary)")
     a = ap.parse_args()
+    global EXTRA_CONFIG
+    EXTRA_CONFIG = a.extra_config.replace("\\n", "\n")
     if a.compare:
         global BASELINE
         BASELINE = os.path.abspath(a.compare)

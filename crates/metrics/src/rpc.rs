@@ -1,10 +1,11 @@
 //! Kitex's RPC series: a throughput counter and a latency histogram (microseconds) labelled
 //! `caller`, `callee`, `method`, `retry`, `status`.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::{Arc, OnceLock};
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use hashbrown::{Equivalent, HashMap};
 
 use parking_lot::RwLock;
 use prometheus::{
@@ -37,14 +38,42 @@ impl<'a> Rpc<'a> {
             retry: self.retry,
         }
     }
+}
 
-    fn hash(&self, state: &RandomState) -> u64 {
-        let mut h = state.build_hasher();
-        self.caller.hash(&mut h);
-        self.callee.hash(&mut h);
-        self.method.hash(&mut h);
-        self.retry.hash(&mut h);
-        h.finish()
+/// Hashed as [`Key`] is, so a borrowed label set finds its entry without an allocation.
+impl Hash for Rpc<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.caller.hash(h);
+        self.callee.hash(h);
+        self.method.hash(h);
+        self.retry.hash(h);
+    }
+}
+
+/// The owned label set an entry is kept under.
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    caller: Box<str>,
+    callee: Box<str>,
+    method: Box<str>,
+    retry: u32,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.caller.hash(h);
+        self.callee.hash(h);
+        self.method.hash(h);
+        self.retry.hash(h);
+    }
+}
+
+impl Equivalent<Key> for Rpc<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        *k.method == *self.method
+            && *k.callee == *self.callee
+            && *k.caller == *self.caller
+            && k.retry == self.retry
     }
 }
 
@@ -75,43 +104,25 @@ struct Pair {
     latency: Histogram,
 }
 
-/// One label combination: its series per status, made when first observed (so a status that
+/// One label combination's series per status, made when first observed (so a status that
 /// never happened has no series, as in Kitex).
-#[derive(Debug)]
-struct Entry {
-    caller: Box<str>,
-    callee: Box<str>,
-    method: Box<str>,
-    retry: u32,
-    by_status: [OnceLock<Pair>; 2],
-}
-
-impl Entry {
-    fn is(&self, rpc: &Rpc<'_>) -> bool {
-        *self.method == *rpc.method
-            && *self.callee == *rpc.callee
-            && *self.caller == *rpc.caller
-            && self.retry == rpc.retry
-    }
-}
+type Entry = [OnceLock<Pair>; 2];
 
 /// One of Kitex's two RPC series families (server or client).
 pub struct RpcSeries {
     throughput: IntCounterVec,
     latency: HistogramVec,
-    /// Label combinations by hash (collisions share the bucket's list).
-    entries: RwLock<HashMap<u64, Vec<Arc<Entry>>>>,
-    hasher: RandomState,
-    caps: Arc<Caps>,
+    /// Label combinations (folded ones under their folded labels), hashed with hashbrown's
+    /// fast default hasher: label values are bounded by the caps, so flooding the table is not
+    /// a concern.
+    entries: RwLock<HashMap<Key, Entry>>,
+    caps: std::sync::Arc<Caps>,
 }
 
 impl std::fmt::Debug for RpcSeries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcSeries")
-            .field(
-                "series",
-                &self.entries.read().values().map(Vec::len).sum::<usize>(),
-            )
+            .field("series", &self.entries.read().len())
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +135,7 @@ impl RpcSeries {
         prefix: &str,
         throughput_help: &str,
         latency_help: &str,
-        caps: Arc<Caps>,
+        caps: std::sync::Arc<Caps>,
     ) -> Self {
         let throughput = IntCounterVec::new(
             Opts::new(format!("{prefix}_throughput"), throughput_help),
@@ -147,7 +158,6 @@ impl RpcSeries {
             throughput,
             latency,
             entries: RwLock::new(HashMap::new()),
-            hasher: RandomState::new(),
             caps,
         }
     }
@@ -155,14 +165,10 @@ impl RpcSeries {
     /// Counts one call or stream and observes its duration (in microseconds).
     pub fn record(&self, rpc: &Rpc<'_>, status: Status, elapsed: Duration) {
         let rpc = rpc.or_unknown();
-        let hash = rpc.hash(&self.hasher);
         {
             let entries = self.entries.read();
-            if let Some(e) = entries
-                .get(&hash)
-                .and_then(|v| v.iter().find(|e| e.is(&rpc)))
-            {
-                self.observe(e, status, elapsed);
+            if let Some((k, e)) = entries.get_key_value(&rpc) {
+                self.observe(k, e, status, elapsed);
                 return;
             }
         }
@@ -180,19 +186,7 @@ impl RpcSeries {
             retry: rpc.retry,
         };
         let mut entries = self.entries.write();
-        let mut hash = folded.hash(&self.hasher);
-        let known = |entries: &HashMap<u64, Vec<Arc<Entry>>>, hash, rpc: &Rpc<'_>| {
-            entries
-                .get(&hash)
-                .and_then(|v| v.iter().find(|e| e.is(rpc)).cloned())
-        };
-        if let Some(e) = known(&entries, hash, &folded) {
-            drop(entries);
-            self.observe(&e, status, elapsed);
-            return;
-        }
-        let len: usize = entries.values().map(Vec::len).sum();
-        if len >= self.caps.config.max_series {
+        if !entries.contains_key(&folded) && entries.len() >= self.caps.config.max_series {
             for (label, value) in [
                 (Label::Caller, folded.caller),
                 (Label::Callee, folded.callee),
@@ -208,32 +202,30 @@ impl RpcSeries {
                 method: OTHER,
                 retry: folded.retry,
             };
-            hash = folded.hash(&self.hasher);
-            if let Some(e) = known(&entries, hash, &folded) {
-                drop(entries);
-                self.observe(&e, status, elapsed);
-                return;
-            }
         }
-        let e = Arc::new(Entry {
-            caller: folded.caller.into(),
-            callee: folded.callee.into(),
-            method: folded.method.into(),
-            retry: folded.retry,
-            by_status: Default::default(),
-        });
-        entries.entry(hash).or_default().push(e.clone());
-        drop(entries);
-        self.observe(&e, status, elapsed);
+        if !entries.contains_key(&folded) {
+            let key = Key {
+                caller: folded.caller.into(),
+                callee: folded.callee.into(),
+                method: folded.method.into(),
+                retry: folded.retry,
+            };
+            entries.insert(key, Default::default());
+        }
+        // Observed under the write lock: this path runs once per new combination (and for
+        // folded values), never in the steady state.
+        if let Some((k, e)) = entries.get_key_value(&folded) {
+            self.observe(k, e, status, elapsed);
+        }
     }
 
-    fn observe(&self, e: &Entry, status: Status, elapsed: Duration) {
-        let pair = e.by_status[status as usize].get_or_init(|| {
-            let retry = e.retry.to_string();
+    fn observe(&self, k: &Key, e: &Entry, status: Status, elapsed: Duration) {
+        let pair = e[status as usize].get_or_init(|| {
+            let retry = k.retry.to_string();
             let values = [
-                &*e.caller,
-                &*e.callee,
-                &*e.method,
+                &*k.caller,
+                &*k.callee,
+                &*k.method,
                 status.as_str(),
                 retry.as_str(),
             ];

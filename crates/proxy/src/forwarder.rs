@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_client::ClientConfig;
 use sluice_server::{ProxyError, RateLog};
@@ -104,6 +104,8 @@ pub(crate) struct Done<'a> {
     /// Payload bytes from and to the caller.
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    /// When it ended, if already read from the clock.
+    pub(crate) end: Option<Instant>,
 }
 
 impl Done<'_> {
@@ -117,6 +119,7 @@ impl Done<'_> {
             endpoint: None,
             bytes_in: 0,
             bytes_out: 0,
+            end: None,
         }
     }
 }
@@ -175,6 +178,10 @@ impl<P: Phases> Forwarder<P> {
 
     /// Reports a finished call or stream to the metrics and the access log.
     pub(crate) fn finish(&self, info: &CallInfo<'_>, done: Done<'_>) {
+        if !self.observed() {
+            return;
+        }
+        let took = done.end.unwrap_or_else(Instant::now) - info.start;
         if let Some(m) = &self.metrics {
             let rpc = sluice_metrics::Rpc {
                 caller: info.caller,
@@ -182,7 +189,7 @@ impl<P: Phases> Forwarder<P> {
                 method: info.method,
                 retry: 0,
             };
-            m.server(&rpc, done.ok, info.start.elapsed());
+            m.server(&rpc, done.ok, took);
             if let (Some((down_ok, elapsed)), Some(name)) = (done.downstream, info.downstream) {
                 m.client(
                     &sluice_metrics::Rpc {
@@ -196,7 +203,6 @@ impl<P: Phases> Forwarder<P> {
         }
         if let Some(log) = &self.access_log {
             if log.sampled() {
-                let took = info.start.elapsed();
                 log.log(&crate::access_log::Line {
                     time: crate::access_log::rfc3339(SystemTime::now() - took),
                     listener: info.listener,

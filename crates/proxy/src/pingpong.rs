@@ -122,7 +122,9 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         };
         let sent = self.observed().then(Instant::now);
         let result = client.call_mut(&mut call).await;
-        let took = sent.map(|t| t.elapsed()).unwrap_or_default();
+        // One clock read serves both the downstream call's and the whole request's duration.
+        let answered = sent.map(|t| (t, Instant::now()));
+        let took = answered.map(|(t, now)| now - t).unwrap_or_default();
         // The method now lives in the call (moved, not copied): the phases after the call see
         // it there.
         let info = CallInfo {
@@ -137,6 +139,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         };
         let done = Done {
             bytes_in: call.args.len() as u64,
+            end: answered.map(|(_, now)| now),
             ..done
         };
         match result {
