@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use sluice_client::{ClientConfig, Endpoint, OpenStream, TTStreamClient};
+use sluice_stream::{Incoming, Metadata, StreamEnd};
 use sluice_thrift::MessageType;
 use sluice_ttheader::{int_key, Header};
 use tokio::io::AsyncWriteExt;
@@ -244,6 +246,42 @@ async fn the_access_log_has_one_json_line_per_call() {
     )
     .await;
     assert_eq!(failed.msg_type, MessageType::Exception);
+    // One TTStream bidi stream of two messages: one line, with the messages' bytes.
+    let streams = TTStreamClient::new(ClientConfig::new(
+        "caller",
+        vec![Endpoint {
+            addr: sluice.addr,
+            weight: 1,
+        }],
+    ));
+    let (tx, mut rx) = streams
+        .open(OpenStream {
+            method: "EchoBidi".into(),
+            service: "EchoService".into(),
+            headers: Metadata::new(),
+        })
+        .await
+        .unwrap()
+        .split();
+    let messages = [thrift_args(b"one"), thrift_args(b"two!")];
+    for m in &messages {
+        tx.send(m.clone()).await.unwrap();
+    }
+    tx.close_send().await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the stream ends")
+        {
+            Incoming::End(e) => {
+                assert_eq!(e, StreamEnd::ok());
+                break;
+            }
+            Incoming::Reset(r) => panic!("reset: {r:?}"),
+            _ => {}
+        }
+    }
+    drop((tx, rx, streams));
     // The writer flushes as its queue empties; the drain on SIGTERM flushes the rest.
     sluice.terminate();
     assert!(sluice.wait_exit(Duration::from_secs(15)).is_some());
@@ -253,7 +291,7 @@ async fn the_access_log_has_one_json_line_per_call() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
     for l in &lines[..3] {
         assert_eq!(l["listener"], "main");
         assert_eq!(l["protocol"], "ttheader");
@@ -278,4 +316,16 @@ async fn the_access_log_has_one_json_line_per_call() {
     assert_eq!(f["downstream"], "dead");
     assert_eq!(f["error_kind"], "unavailable");
     assert!(f["error"].as_str().unwrap().contains("dead"), "{f}");
+    let st = &lines[4];
+    assert_eq!(st["protocol"], "ttstream");
+    assert_eq!(st["method"], "EchoBidi");
+    assert_eq!(st["status"], "succeed");
+    assert_eq!(st["downstream"], "echo");
+    let sent: u64 = messages.iter().map(|m| m.len() as u64).sum();
+    assert_eq!(st["bytes_in"].as_u64(), Some(sent));
+    assert_eq!(
+        st["bytes_out"].as_u64(),
+        Some(sent),
+        "the echo sends them back"
+    );
 }
