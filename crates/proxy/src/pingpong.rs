@@ -12,6 +12,7 @@ use crate::error;
 use crate::forwarder::Forwarder;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead};
+use crate::trace::{self, TraceContext};
 
 /// String keys that belong to one hop and are never copied across the proxy.
 pub(crate) fn is_hop_str_key(k: &[u8]) -> bool {
@@ -48,6 +49,16 @@ fn downstream_header(up: Header) -> Header {
     }
 }
 
+/// Gives the downstream header the hop's `traceparent`, in the key(s) it came in.
+fn relay_trace(kvs: &mut StrKvs, hop: &TraceContext) {
+    let value = hop.traceparent_value();
+    for key in trace::TTHEADER_KEYS {
+        if kvs.get(key).is_some_and(|v| hop.same_trace(v)) {
+            kvs.insert(Bytes::from_static(key.as_bytes()), value.clone());
+        }
+    }
+}
+
 fn upstream_keys(down: Header) -> StrKvs {
     let mut kvs = down.str_kvs;
     kvs.retain(|k, _| !is_hop_str_key(k));
@@ -68,18 +79,23 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             &lookup,
         );
         let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start);
-        let (target, dc) = match self.route(&head) {
+        info.trace = TraceContext::continue_from(&trace::TTHEADER_KEYS, lookup);
+        let (target, dc) = match self.route(&head, info.trace.as_ref()) {
             Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e),
         };
         info.downstream = Some(&target.downstream);
         let mut header = downstream_header(req.header);
+        if let Some(hop) = &info.trace {
+            relay_trace(&mut header.str_kvs, hop);
+        }
         if let Err(e) =
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::TTHeader(&mut header.str_kvs))
         {
             return self.refuse(&info, e);
         }
+        let trace = info.trace;
         let method = match self.phases.rewrite_method(&info, &target) {
             Some(renamed) => renamed,
             None => req.method,
@@ -103,6 +119,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             peer: req.peer,
             family: Family::PingPong,
             start,
+            trace,
         };
         match result {
             Ok(Some(reply)) => {
