@@ -15,7 +15,7 @@ use sluice_volo_fixtures::echo::EchoServiceClient;
 use sluice_volo_fixtures::volo_thrift::{ApplicationExceptionKind, ClientError};
 use sluice_volo_fixtures::{
     client, request, start_server, with_metainfo, with_persistent, FAIL_MESSAGE, HOP_KEY,
-    TENANT_KEY, TRANSPORT_QUERY,
+    TENANT_KEY, TRACEPARENT_KEY, TRANSPORT_QUERY,
 };
 use support::Sluice;
 
@@ -225,6 +225,44 @@ async fn volo_transient_metainfo_through_sluice() {
         .to_string();
         assert_eq!(got, "t|hop=edge", "{what}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volo_trace_context_continued_through_sluice() {
+    // A volo client sends the transient metainfo `traceparent` as `RPC_TRANSIT_traceparent`
+    // (what Kitex's OpenTelemetry tracer sends); the volo server reports what it received.
+    // Directly it sees the caller's value; through Sluice, a child of it: the same trace id
+    // and flags, Sluice's own span as the parent.
+    const SENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const INVALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1x";
+    let volo = volo_server().await;
+    let sluice = Sluice::start(&catch_all_config(volo, "ttheader"));
+    let seen = |addr: SocketAddr, value: &'static str, what: &'static str| async move {
+        let c = client(addr, "ttheader");
+        let got = within(
+            what,
+            with_metainfo(&[], &[(TRACEPARENT_KEY, value)], c.echo(request("t"))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .message
+        .unwrap()
+        .to_string();
+        got.strip_prefix("t|traceparent=")
+            .unwrap_or_else(|| panic!("{what}: the server saw no traceparent: {got:?}"))
+            .to_owned()
+    };
+    assert_eq!(seen(volo, SENT, "direct").await, SENT, "control");
+    let got = seen(sluice.addr, SENT, "through sluice").await;
+    assert_eq!(got.len(), SENT.len(), "{got:?}");
+    assert_eq!(&got[..36], &SENT[..36], "the same trace id: {got:?}");
+    assert_eq!(&got[52..], &SENT[52..], "the same flags: {got:?}");
+    assert_ne!(&got[36..52], &SENT[36..52], "a new parent id: {got:?}");
+    assert_eq!(
+        seen(sluice.addr, INVALID, "invalid through sluice").await,
+        INVALID,
+        "an invalid traceparent passes unchanged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,10 @@ BIN_KEY = "trace-bin"
 # Every byte value, including ones that are not valid UTF-8 or printable.
 BIN_VALUE = bytes(range(256))
 PROBE_KEY = "x-probe"
+# The W3C spec's example trace context, and an invalid one (an all-zero parent id).
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACEPARENT_INVALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"
+TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
 
 FAIL_CODE = grpc.StatusCode.INVALID_ARGUMENT
 FAIL_DETAILS = "payload rejected by the grpcio server"
@@ -393,6 +397,53 @@ def check_metadata(stubs, label):
             f"client, {BIN_KEY} (256 byte values) passes both ways untouched")
 
 
+def is_child_traceparent(got, sent):
+    """True if `got` continues `sent`'s trace one hop on: the same trace id and flags, another
+    valid parent id."""
+    if got is None or len(got) != 55:
+        return False
+    parent = got[36:52]
+    return (
+        got[:36] == sent[:36]
+        and got[52:] == sent[52:]
+        and parent != sent[36:52]
+        and parent != "0" * 16
+        and all(c in "0123456789abcdef" for c in parent)
+    )
+
+
+def check_trace_context(stubs, label):
+    seen_values = []
+    for key in ("traceparent", "rpc-transit-traceparent"):
+        probe = f"trace-{key}-{label}"
+        md = [(PROBE_KEY, probe), (key, TRACEPARENT), ("tracestate", TRACESTATE)]
+        reply = call(f"{label} {key} call", stubs.echo, b"tp", metadata=md, timeout=CALL_TIMEOUT)
+        assert reply == b"tp", f"{label}: {key} call replied {reply!r}"
+        seen = OBS.metadata.get(probe)
+        assert seen is not None, f"{label}: the server never saw the {key} probe"
+        got = seen.get(key)
+        if label == "direct":
+            assert got == TRACEPARENT, f"{label}: server saw {key}={got!r}, want {TRACEPARENT}"
+        else:
+            assert is_child_traceparent(got, TRACEPARENT), (
+                f"{label}: server saw {key}={got!r}, want a child of {TRACEPARENT} "
+                "(same trace id and flags, a new parent id)")
+        assert seen.get("tracestate") == TRACESTATE, (
+            f"{label}: server saw tracestate={seen.get('tracestate')!r}, want it unchanged")
+        seen_values.append(got)
+    probe = f"trace-invalid-{label}"
+    md = [(PROBE_KEY, probe), ("traceparent", TRACEPARENT_INVALID)]
+    call(f"{label} invalid traceparent call", stubs.echo, b"tp", metadata=md, timeout=CALL_TIMEOUT)
+    seen = OBS.metadata.get(probe) or {}
+    assert seen.get("traceparent") == TRACEPARENT_INVALID, (
+        f"{label}: an invalid traceparent reached the server as {seen.get('traceparent')!r}")
+    if label == "direct":
+        return "trace context: traceparent and tracestate reach the server as sent"
+    return (f"trace context: traceparent and rpc-transit-traceparent continued one hop "
+            f"({seen_values[0][36:52]} is the proxy's span), tracestate and an invalid "
+            "traceparent unchanged")
+
+
 def check_fail(stubs, label):
     try:
         reply = stubs.echo_fail(b"bad", timeout=CALL_TIMEOUT)
@@ -509,6 +560,7 @@ def main():
                 check_client_stream,
                 check_bidi,
                 check_metadata,
+                check_trace_context,
                 check_fail,
                 check_deadline,
                 check_cancel,

@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    exception, read_reply, request, start_echo, start_streaming, thrift_args, Shape, Sluice,
+    assert_child_traceparent, exception, read_reply, request, start_echo, start_streaming,
+    thrift_args, Shape, Sluice, TRACEPARENT,
 };
 
 fn config(down: std::net::SocketAddr) -> String {
@@ -114,6 +115,64 @@ async fn unary_bidi_server_streaming_and_errors() {
     assert_eq!(
         err.message,
         "biz error: echo: injected stream failure after 1 messages"
+    );
+}
+
+/// One unary `Echo` call with `headers` added; returns the metadata the downstream saw.
+async fn metadata_seen(
+    c: &GrpcClient,
+    handler: &sluice_server::echo::EchoHandler,
+    headers: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
+    let mut r = req("Echo");
+    for (k, v) in headers {
+        r.headers.push(k.to_string(), v.to_string());
+    }
+    let (tx, mut rx) = c.open(&r).await.unwrap().split();
+    tx.send(Bytes::from_static(b"t")).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (msgs, end) = drain(&mut rx).await;
+    assert_eq!(msgs, vec![Bytes::from_static(b"t")]);
+    assert_eq!(end.unwrap().error, None);
+    handler.last_str_kvs().into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_continued_one_hop_and_invalid_ones_untouched() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let c = client(sluice.addr);
+    // The standard metadata and Kitex's transient metainfo form.
+    for key in ["traceparent", "rpc-transit-traceparent"] {
+        let seen = metadata_seen(
+            &c,
+            &handler,
+            &[(key, TRACEPARENT), ("tracestate", "congo=t61rcWkgMzE")],
+        )
+        .await;
+        assert_child_traceparent(seen.get(key).map(String::as_str), TRACEPARENT, key);
+        assert_eq!(
+            seen.get("tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE"),
+            "{key}: tracestate passes unchanged"
+        );
+        assert_eq!(
+            seen.get("rpc-transit-kx-req-id").map(String::as_str),
+            Some("g-1"),
+            "{key}: the other metadata crosses"
+        );
+    }
+    let invalid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1";
+    let seen = metadata_seen(&c, &handler, &[("traceparent", invalid)]).await;
+    assert_eq!(
+        seen.get("traceparent").map(String::as_str),
+        Some(invalid),
+        "an invalid traceparent passes unchanged"
+    );
+    let seen = metadata_seen(&c, &handler, &[]).await;
+    assert!(
+        !seen.contains_key("traceparent") && !seen.contains_key("rpc-transit-traceparent"),
+        "no trace is started: {seen:?}"
     );
 }
 

@@ -257,6 +257,91 @@ async fn metainfo_goes_down_backward_keys_come_back_hop_keys_stay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_continued_one_hop_tracestate_and_invalid_ones_untouched() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&matrix_config(echo, free_port()));
+    let shape = Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let not_sampled = TRACEPARENT.replace("-01", "-00");
+    // Kitex obs-opentelemetry's transient metainfo key and the plain W3C name, sampled or not,
+    // straight to the downstream and through a multiplexed one.
+    for (key, sent, service) in [
+        ("RPC_TRANSIT_traceparent", TRACEPARENT, "EchoService"),
+        ("RPC_TRANSIT_traceparent", not_sampled.as_str(), "via-mux"),
+        ("traceparent", TRACEPARENT, "EchoService"),
+    ] {
+        let what = format!("{key} {sent} via {service}");
+        let mut h = svc(service);
+        h.str_kvs.insert(key, sent.to_owned());
+        h.str_kvs.insert(
+            "RPC_TRANSIT_tracestate",
+            "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        );
+        let r = roundtrip(sluice.addr, shape, &h, "Echo", &thrift_args(b"t")).await;
+        assert_eq!(r.msg_type, MessageType::Reply, "{what}");
+        let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+        assert_child_traceparent(got.get(key).map(String::as_str), sent, &what);
+        assert_eq!(
+            got.get("RPC_TRANSIT_tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            "{what}: tracestate passes unchanged"
+        );
+        let other = if key == "traceparent" {
+            "RPC_TRANSIT_traceparent"
+        } else {
+            "traceparent"
+        };
+        assert!(!got.contains_key(other), "{what}: no other key is added");
+    }
+    // Two requests of one trace are two hops: two span ids.
+    let mut h = svc("EchoService");
+    h.str_kvs.insert("RPC_TRANSIT_traceparent", TRACEPARENT);
+    let mut parents = std::collections::HashSet::new();
+    for _ in 0..2 {
+        roundtrip(sluice.addr, shape, &h, "Echo", &thrift_args(b"t")).await;
+        let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+        parents.insert(got["RPC_TRANSIT_traceparent"][36..52].to_owned());
+    }
+    assert_eq!(parents.len(), 2, "a new span id per hop: {parents:?}");
+
+    // Invalid ones pass as they came (and start no trace); so does a request without one.
+    for invalid in [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "not a traceparent",
+    ] {
+        let mut h = svc("EchoService");
+        h.str_kvs.insert("RPC_TRANSIT_traceparent", invalid);
+        let r = roundtrip(sluice.addr, shape, &h, "Echo", &thrift_args(b"t")).await;
+        assert_eq!(r.msg_type, MessageType::Reply, "{invalid}");
+        let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+        assert_eq!(
+            got.get("RPC_TRANSIT_traceparent").map(String::as_str),
+            Some(invalid),
+            "an invalid traceparent passes unchanged"
+        );
+        assert!(!got.contains_key("traceparent"), "{invalid}");
+    }
+    roundtrip(
+        sluice.addr,
+        shape,
+        &svc("EchoService"),
+        "Echo",
+        &thrift_args(b"t"),
+    )
+    .await;
+    let got: std::collections::HashMap<_, _> = handler.last_str_kvs().into_iter().collect();
+    assert!(
+        !got.contains_key("RPC_TRANSIT_traceparent") && !got.contains_key("traceparent"),
+        "no trace is started: {got:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_by_header_and_default_service() {
     let (echo, handler, _d) = start_echo().await;
     let sluice = Sluice::start(&matrix_config(echo, free_port()));

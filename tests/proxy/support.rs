@@ -345,3 +345,30 @@ pub(crate) fn exception(r: &RawReply) -> sluice_thrift::ApplicationException {
         .unwrap()
         .0
 }
+
+/// The W3C spec's example `traceparent` (sampled).
+#[allow(dead_code)]
+pub(crate) const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Asserts that `got` continues the trace of `sent` as a child: the same trace id and flags,
+/// another parent id (non-zero, lower-case hex), version 00.
+#[allow(dead_code)]
+pub(crate) fn assert_child_traceparent(got: Option<&str>, sent: &str, what: &str) {
+    let got = got.unwrap_or_else(|| panic!("{what}: the downstream saw no traceparent"));
+    assert_eq!(got.len(), 55, "{what}: {got:?}");
+    assert_eq!(
+        &got[..36],
+        &sent[..36],
+        "{what}: the same trace id: {got:?}"
+    );
+    assert_eq!(&got[52..], &sent[52..], "{what}: the same flags: {got:?}");
+    let parent = &got[36..52];
+    assert_ne!(parent, &sent[36..52], "{what}: a new parent id: {got:?}");
+    assert!(
+        parent
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            && parent != "0000000000000000",
+        "{what}: a valid parent id: {got:?}"
+    );
+}

@@ -15,7 +15,9 @@ use sluice_ttstream::{FrameDecoder, FrameType, StreamFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{free_port, rss_kib, start_echo, start_streaming, Sluice};
+use crate::support::{
+    assert_child_traceparent, free_port, rss_kib, start_echo, start_streaming, Sluice, TRACEPARENT,
+};
 
 fn config(down: std::net::SocketAddr) -> String {
     format!(
@@ -147,6 +149,83 @@ async fn bidi_client_and_server_streaming_and_errors() {
     );
     // Kitex clients still send a Trailer after the stream ended; nothing breaks.
     let _ = tx.close_send().await;
+}
+
+/// Opens an `EchoBidi` stream with `headers`, echoes one message, and returns the headers the
+/// downstream saw.
+async fn headers_seen(
+    c: &TTStreamClient,
+    handler: &sluice_server::echo::EchoHandler,
+    headers: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
+    let mut o = open("EchoBidi");
+    for (k, v) in headers {
+        o.headers.push(k.to_string(), v.to_string());
+    }
+    let (tx, mut rx) = c.open(o).await.unwrap().split();
+    tx.send(msg(0)).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (_, msgs, end) = drain(&mut rx).await;
+    assert_eq!((msgs, end), (vec![msg(0)], Ok(StreamEnd::ok())));
+    handler.last_str_kvs().into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_continued_one_hop_and_invalid_ones_untouched() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config(echo));
+    let c = client(sluice.addr);
+    for key in ["RPC_TRANSIT_traceparent", "traceparent"] {
+        let seen = headers_seen(
+            &c,
+            &handler,
+            &[
+                (key, TRACEPARENT),
+                ("RPC_TRANSIT_tracestate", "congo=t61rcWkgMzE"),
+            ],
+        )
+        .await;
+        assert_child_traceparent(seen.get(key).map(String::as_str), TRACEPARENT, key);
+        assert_eq!(
+            seen.get("RPC_TRANSIT_tracestate").map(String::as_str),
+            Some("congo=t61rcWkgMzE"),
+            "{key}: tracestate passes unchanged"
+        );
+        assert_eq!(
+            seen.get("RPC_TRANSIT_KX_REQ_ID").map(String::as_str),
+            Some("s-1"),
+            "{key}: the other metainfo crosses"
+        );
+    }
+    // Both keys of one trace: both name the hop.
+    let seen = headers_seen(
+        &c,
+        &handler,
+        &[
+            ("RPC_TRANSIT_traceparent", TRACEPARENT),
+            ("traceparent", TRACEPARENT),
+        ],
+    )
+    .await;
+    assert_child_traceparent(
+        seen.get("traceparent").map(String::as_str),
+        TRACEPARENT,
+        "both keys",
+    );
+    assert_eq!(seen.get("traceparent"), seen.get("RPC_TRANSIT_traceparent"));
+
+    let invalid = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01";
+    let seen = headers_seen(&c, &handler, &[("RPC_TRANSIT_traceparent", invalid)]).await;
+    assert_eq!(
+        seen.get("RPC_TRANSIT_traceparent").map(String::as_str),
+        Some(invalid),
+        "an invalid traceparent passes unchanged"
+    );
+    let seen = headers_seen(&c, &handler, &[]).await;
+    assert!(
+        !seen.contains_key("RPC_TRANSIT_traceparent") && !seen.contains_key("traceparent"),
+        "no trace is started: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -588,6 +588,7 @@ fn open_stream<H: StreamingHandler>(
         method = %request.method,
         stream = id,
         downstream = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     tasks.spawn(async move { handler.handle(request, stream).await }.instrument(span));
     Opening::Accept {

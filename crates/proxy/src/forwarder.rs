@@ -15,6 +15,7 @@ use crate::observe::ProxyMetrics;
 use crate::phases::{CallInfo, DefaultPhases, Phases};
 use crate::route::{RequestHead, Router, Target};
 use crate::silence::SilenceWatch;
+use crate::trace::TraceContext;
 
 /// Counters of a [`Forwarder`].
 #[derive(Debug, Default)]
@@ -251,10 +252,11 @@ impl<P: Phases> Forwarder<P> {
 
     /// Routes a request or stream: the route phase, then the chosen downstream's settings
     /// (a downstream the configuration lacks is an error). The request's (or stream's) span
-    /// names the downstream.
+    /// names the downstream and the trace id, if a trace came with it.
     pub(crate) fn route<'r>(
         &'r self,
         head: &RequestHead<'_>,
+        trace: Option<&TraceContext>,
     ) -> Result<(Target<'r>, &'r ClientConfig), ProxyError> {
         let target = self.phases.route(head, &self.router)?;
         let Some(dc) = self.config.downstreams.get(&*target.downstream) else {
@@ -263,7 +265,11 @@ impl<P: Phases> Forwarder<P> {
         // The span is the server's, at debug level. Looking up the current span costs a
         // registry lookup, so only when debug spans can exist at all.
         if tracing::level_enabled!(tracing::Level::DEBUG) {
-            tracing::Span::current().record("downstream", &*target.downstream);
+            let span = tracing::Span::current();
+            span.record("downstream", &*target.downstream);
+            if let Some(t) = trace {
+                span.record("trace_id", tracing::field::display(t.trace_id_hex()));
+            }
         }
         Ok((target, dc))
     }

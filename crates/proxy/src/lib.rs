@@ -7,7 +7,8 @@
 //! rendered once, here, in the caller's protocol: no route is `UNKNOWN_METHOD`, an unreachable
 //! or failing downstream is an `INTERNAL_ERROR` naming the downstream and the cause, a passed
 //! deadline is an `INTERNAL_ERROR` that says so. Downstream exceptions and `biz-*` keys pass
-//! through unchanged.
+//! through unchanged. A W3C `traceparent` that arrives is continued: the downstream gets one of
+//! the same trace naming this hop as its parent ([`trace`]).
 #![forbid(unsafe_code)]
 
 mod access_log;
@@ -21,6 +22,7 @@ mod pingpong;
 pub mod route;
 mod silence;
 mod stream;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub use forwarder::{Forwarder, Stats};
 pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
 pub use route::{Family, RequestHead, Router, Target};
 pub use sluice_server::{ErrorKind, ProxyError};
+pub use trace::TraceContext;
 
 /// A bound, not yet serving, proxy.
 #[derive(Debug)]

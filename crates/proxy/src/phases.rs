@@ -12,7 +12,8 @@
 //!
 //! * [`route`](Phases::route) picks the downstream and the deadline;
 //! * [`request_filter`](Phases::request_filter) may rewrite the metainfo that goes downstream
-//!   (after the per-hop keys were dropped) or refuse the request, and
+//!   (after the per-hop keys were dropped and a W3C `traceparent` was continued, see
+//!   [`CallInfo::trace`]) or refuse the request, and
 //!   [`rewrite_method`](Phases::rewrite_method) may rename the method;
 //! * [`response_filter`](Phases::response_filter) may rewrite the metainfo that comes back
 //!   (ping-pong reply keys; stream headers and trailers);
@@ -32,6 +33,7 @@ use sluice_stream::Metadata;
 use sluice_ttheader::StrKvs;
 
 use crate::route::{Family, RequestHead, Router, Target};
+use crate::trace::TraceContext;
 
 /// The metainfo of a request or response, whichever protocol carries it: TTHeader string keys
 /// (ping-pong) or stream headers and trailers (TTStream, gRPC metadata).
@@ -96,10 +98,14 @@ pub struct CallInfo<'a> {
     pub caller: &'a str,
     /// The listener the request or stream arrived on (empty when not known).
     pub listener: &'static str,
+    /// This hop of the caller's W3C trace, when the request or stream arrived with a valid
+    /// `traceparent` (see [`trace`](crate::trace)); the metainfo sent downstream already
+    /// carries the hop's own `traceparent`. `None` when no trace came: none is started.
+    pub trace: Option<TraceContext>,
 }
 
 impl<'a> CallInfo<'a> {
-    /// A request or stream not yet routed, arrived at `start`.
+    /// A request or stream not yet routed, arrived at `start`, with no trace context.
     pub fn new(
         peer: SocketAddr,
         family: Family,
@@ -116,6 +122,7 @@ impl<'a> CallInfo<'a> {
             start,
             caller: "",
             listener: "",
+            trace: None,
         }
     }
 

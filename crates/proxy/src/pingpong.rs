@@ -13,6 +13,7 @@ use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead};
+use crate::trace::{self, TraceContext};
 
 /// String keys that belong to one hop and are never copied across the proxy.
 pub(crate) fn is_hop_str_key(k: &[u8]) -> bool {
@@ -46,6 +47,16 @@ fn downstream_header(up: Header) -> Header {
         str_kvs,
         int_kvs,
         ..Header::default()
+    }
+}
+
+/// Gives the downstream header the hop's `traceparent`, in the key(s) it came in.
+fn relay_trace(kvs: &mut StrKvs, hop: &TraceContext) {
+    let value = hop.traceparent_value();
+    for key in trace::TTHEADER_KEYS {
+        if kvs.get(key).is_some_and(|v| hop.same_trace(v)) {
+            kvs.insert(Bytes::from_static(key.as_bytes()), value.clone());
+        }
     }
 }
 
@@ -95,18 +106,23 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start)
             .with_caller(caller)
             .with_listener(req.listener);
-        let (target, dc) = match self.route(&head) {
+        info.trace = TraceContext::continue_from(&trace::TTHEADER_KEYS, lookup);
+        let (target, dc) = match self.route(&head, info.trace.as_ref()) {
             Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e, done),
         };
         info.downstream = Some(&target.downstream);
         let mut header = downstream_header(req.header);
+        if let Some(hop) = &info.trace {
+            relay_trace(&mut header.str_kvs, hop);
+        }
         if let Err(e) =
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::TTHeader(&mut header.str_kvs))
         {
             return self.refuse(&info, e, done);
         }
+        let trace = info.trace;
         let method = match self.phases.rewrite_method(&info, &target) {
             Some(renamed) => renamed,
             None => req.method,
@@ -136,6 +152,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             start,
             caller,
             listener: req.listener,
+            trace,
         };
         let done = Done {
             bytes_in: call.args.len() as u64,

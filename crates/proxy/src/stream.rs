@@ -29,6 +29,7 @@ use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
 use crate::route::{Family, RequestHead, Target};
 use crate::silence::FirstResponse;
+use crate::trace::{self, TraceContext};
 
 /// Name this proxy adds to a TTStream cancel path.
 pub(crate) const CANCEL_PATH_NAME: &str = "sluice";
@@ -45,6 +46,24 @@ fn cancel_code(protocol: &Protocol, kind: ExceptionKind) -> ResetCode {
     match protocol {
         Protocol::TTStream => ResetCode::TTStream(kind.0),
         Protocol::Grpc { .. } => ResetCode::Http2(Reason::CANCEL.into()),
+    }
+}
+
+/// The keys a stream of `protocol` carries its `traceparent` in, in the order they are tried.
+fn trace_keys(protocol: &Protocol) -> &'static [&'static str; 2] {
+    match protocol {
+        Protocol::TTStream => &trace::TTHEADER_KEYS,
+        Protocol::Grpc { .. } => &trace::GRPC_KEYS,
+    }
+}
+
+/// Gives the downstream headers the hop's `traceparent`, in the key(s) it came in (in place).
+fn relay_trace(md: &mut Metadata, keys: &[&str; 2], hop: &TraceContext) {
+    let value = hop.traceparent_value();
+    for (k, v) in md.0.iter_mut() {
+        if keys.iter().any(|key| k.as_ref() == key.as_bytes()) && hop.same_trace(v) {
+            *v = value.clone();
+        }
     }
 }
 
@@ -153,12 +172,17 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
         let mut info = CallInfo::new(req.peer, family, &req.service, &req.method, Instant::now())
             .with_caller(utf8(&caller))
             .with_listener(req.listener);
-        let (target, dc) = match self.route(&head) {
+        let keys = trace_keys(&req.protocol);
+        info.trace = TraceContext::continue_from(keys, lookup);
+        let (target, dc) = match self.route(&head, info.trace.as_ref()) {
             Ok(routed) => routed,
             Err(e) => return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await,
         };
         info.downstream = Some(&target.downstream);
         let mut headers = forwardable(req.headers.clone());
+        if let Some(hop) = &info.trace {
+            relay_trace(&mut headers, keys, hop);
+        }
         if let Err(e) =
             self.phases
                 .request_filter(&info, &target, &mut Metainfo::Stream(&mut headers))
@@ -178,7 +202,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             }
         };
         let first_response_timeout = dc.first_response_timeout;
-        let (deadline, start) = (target.deadline, info.start);
+        let (deadline, start, trace) = (target.deadline, info.start, info.trace);
         // The sinks outlive this borrow of the request: they own its names (moved, not copied).
         let info = OwnedInfo {
             peer: req.peer,
@@ -190,6 +214,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             opened: opening.unwrap_or(start),
             caller,
             listener: req.listener,
+            trace,
         };
         let splice = Splice {
             forwarder: self,
@@ -214,6 +239,7 @@ struct OwnedInfo {
     opened: Instant,
     caller: Bytes,
     listener: &'static str,
+    trace: Option<TraceContext>,
 }
 
 /// The access log's name of a stream protocol.
@@ -243,6 +269,7 @@ impl OwnedInfo {
             start: self.start,
             caller: utf8(&self.caller),
             listener: self.listener,
+            trace: self.trace,
         }
     }
 }

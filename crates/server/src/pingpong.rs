@@ -308,8 +308,8 @@ enum Expiry {
 }
 
 /// The span of one request: debug level, so that it costs nothing unless asked for (then every
-/// line logged while the request is served names it). `downstream` is recorded by a
-/// forwarding handler.
+/// line logged while the request is served names it). `downstream` and `trace_id` are
+/// recorded by a forwarding handler.
 fn request_span(req: &Request, conn: &crate::conn::ConnSpan) -> tracing::Span {
     if !tracing::level_enabled!(tracing::Level::DEBUG) {
         return tracing::Span::none();
@@ -321,6 +321,7 @@ fn request_span(req: &Request, conn: &crate::conn::ConnSpan) -> tracing::Span {
         method = %req.method,
         seq = req.seq_id,
         downstream = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     )
 }
 

@@ -247,6 +247,7 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
                 method = %req.method,
                 stream = id,
                 downstream = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
             );
             handlers
                 .spawn(async move { h.handle(req, server_stream).await }.instrument(stream_span));

@@ -5,7 +5,9 @@
 //! The server's `Echo` returns the request message, with `|tenant=<v>` appended when the call
 //! carries the persistent metainfo key [`TENANT_KEY`] (sent on the wire as the TTHeader string
 //! key `RPC_PERSIST_TENANT`), then `|hop=<v>` when it carries the transient key [`HOP_KEY`]
-//! (`RPC_TRANSIT_HOP`, which a volo server files as an upstream value). `EchoFail` always
+//! (`RPC_TRANSIT_HOP`, which a volo server files as an upstream value), then
+//! `|traceparent=<v>` when it carries the transient key [`TRACEPARENT_KEY`]
+//! (`RPC_TRANSIT_traceparent`, as Kitex's OpenTelemetry tracer sends it). `EchoFail` always
 //! answers with an application exception whose message is [`FAIL_MESSAGE`]. An `Echo` of exactly
 //! [`TRANSPORT_QUERY`] answers instead with the framing the server detected for that request
 //! (`"ttheader"`, `"framed"` or `"buffered"`). volo-build ignores
@@ -56,6 +58,10 @@ pub const TENANT_KEY: &str = "TENANT";
 /// The transient metainfo key the server reports back in `Echo` replies.
 pub const HOP_KEY: &str = "HOP";
 
+/// The transient metainfo key of a W3C trace context, which the server reports back in `Echo`
+/// replies.
+pub const TRACEPARENT_KEY: &str = "traceparent";
+
 /// The `Echo` message that asks the server which framing the request arrived in.
 pub const TRANSPORT_QUERY: &str = "?transport";
 
@@ -69,12 +75,13 @@ pub struct EchoHandler;
 impl EchoHandler {
     fn reply(req: EchoRequest) -> EchoResponse {
         let mut message = req.message.map(|m| m.to_string()).unwrap_or_default();
-        let (tenant, hop, seen) = METAINFO
+        let (tenant, hop, traceparent, seen) = METAINFO
             .try_with(|mi| {
                 let mi = mi.borrow();
                 (
                     mi.get_persistent(TENANT_KEY),
                     mi.get_upstream(HOP_KEY),
+                    mi.get_upstream(TRACEPARENT_KEY),
                     mi.get::<SeenFraming>().map(|s| s.0),
                 )
             })
@@ -91,6 +98,10 @@ impl EchoHandler {
         if let Some(h) = hop {
             message.push_str("|hop=");
             message.push_str(&h);
+        }
+        if let Some(t) = traceparent {
+            message.push_str("|traceparent=");
+            message.push_str(&t);
         }
         EchoResponse {
             message: Some(message.into()),
