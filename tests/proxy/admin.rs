@@ -329,3 +329,92 @@ async fn the_access_log_has_one_json_line_per_call() {
         "the echo sends them back"
     );
 }
+
+/// The value of the series `name{labels}` (labels exactly as written) in the metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_and_pool_connections_are_counted_exactly() {
+    use tokio::io::AsyncReadExt;
+    let (echo, _h, _d) = start_echo().await;
+    let admin_port = free_port();
+    let sluice = Sluice::start(&config(echo, admin_port, ""));
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    wait_listening(admin, "the admin listener");
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut conn = TcpStream::connect(sluice.addr).await.unwrap();
+    for i in 0..20 {
+        let req = request(
+            tt(),
+            &header("EchoService"),
+            false,
+            "Echo",
+            MessageType::Call,
+            i + 1,
+            &thrift_args(&vec![b'x'; 100 * i as usize]),
+        );
+        sent += req.len() as u64;
+        conn.write_all(&req).await.unwrap();
+        // A framed TTHeader reply: a 4-byte length, then that many bytes.
+        let len = conn.read_u32().await.unwrap();
+        let mut frame = vec![0u8; len as usize];
+        conn.read_exact(&mut frame).await.unwrap();
+        received += 4 + u64::from(len);
+    }
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (_, text) = get(admin, "/metrics");
+        let open = sample(
+            &text,
+            "sluice_connections_open{listener=\"main\",protocol=\"pingpong\"}",
+        );
+        if open == Some(0.0) || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        sample(&text, "sluice_bytes_received_total{listener=\"main\"}"),
+        Some(sent as f64),
+        "every byte the caller wrote"
+    );
+    assert_eq!(
+        sample(&text, "sluice_bytes_sent_total{listener=\"main\"}"),
+        Some(received as f64),
+        "every byte the caller read"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_connections_accepted_total{listener=\"main\",protocol=\"pingpong\"}"
+        ),
+        Some(1.0)
+    );
+    // Calls one at a time reuse one pooled connection to the echo, idle now.
+    let pool = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_pool"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_pool_connections{downstream=\"echo\",state=\"idle\"}"
+        ),
+        Some(1.0),
+        "{pool}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_pool_connections{downstream=\"echo\",state=\"in_use\"}"
+        ),
+        Some(0.0),
+        "{pool}"
+    );
+}

@@ -31,6 +31,7 @@ use sluice_thrift::MessageType;
 use sluice_ttheader::Header;
 
 pub use balance::Balance;
+pub use pool::PoolCounts;
 pub use ttstream::{OpenStream, TTStreamClient};
 
 /// Downstream ping-pong transport.
@@ -426,6 +427,18 @@ impl GenericClient {
     /// The settings.
     pub fn config(&self) -> &ClientConfig {
         &self.config
+    }
+
+    /// Its connections now, over every endpoint.
+    pub fn pool_counts(&self) -> PoolCounts {
+        self.endpoints
+            .iter()
+            .map(|e| e.counts())
+            .fold(PoolCounts::default(), |a, c| PoolCounts {
+                idle: a.idle + c.idle,
+                in_use: a.in_use + c.in_use,
+                mux: a.mux + c.mux,
+            })
     }
 
     /// True while at least one endpoint is outside its failure backoff.

@@ -24,6 +24,37 @@ pub(crate) struct Conn {
     /// Reused list of buffers for the request's vectored write.
     iov: Vec<Bytes>,
     idle_since: Instant,
+    /// Counts this connection among the endpoint's pooled connections while it lives.
+    _live: Live,
+}
+
+/// One live pooled connection in its endpoint's count (decremented when it is dropped,
+/// whichever way it goes).
+#[derive(Debug)]
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Live {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An endpoint's connections at one moment (see [`crate::GenericClient::pool_counts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Pooled connections waiting for a call.
+    pub idle: usize,
+    /// Pooled connections carrying a call.
+    pub in_use: usize,
+    /// Multiplexed connections open.
+    pub mux: usize,
 }
 
 #[derive(Debug)]
@@ -31,6 +62,8 @@ pub(crate) struct EndpointState {
     pub(crate) endpoint: Endpoint,
     config: Arc<ClientConfig>,
     idle: Mutex<Vec<Conn>>,
+    /// Pooled connections alive, idle or carrying a call.
+    live: Arc<std::sync::atomic::AtomicUsize>,
     down_until: Mutex<Option<Instant>>,
     mux: tokio::sync::Mutex<Option<Arc<MuxConn>>>,
     decoder: ReplyDecoder,
@@ -51,6 +84,7 @@ impl EndpointState {
             endpoint,
             config,
             idle: Mutex::new(Vec::new()),
+            live: Arc::default(),
             down_until: Mutex::new(None),
             mux: tokio::sync::Mutex::new(None),
             decoder,
@@ -95,6 +129,22 @@ impl EndpointState {
         Ok(stream)
     }
 
+    /// The endpoint's connections now (the multiplexed one counts while its slot holds it).
+    pub(crate) fn counts(&self) -> PoolCounts {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
+        let mux = match self.mux.try_lock() {
+            Ok(slot) => usize::from(slot.is_some()),
+            // Being connected or replaced right now.
+            Err(_) => 1,
+        };
+        PoolCounts {
+            idle,
+            in_use: live.saturating_sub(idle),
+            mux,
+        }
+    }
+
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
@@ -136,6 +186,7 @@ impl EndpointState {
             buf: BytesMut::new(),
             iov: Vec::with_capacity(2),
             idle_since: Instant::now(),
+            _live: Live::new(&self.live),
         };
         match self.exchange(conn, call, seq).await {
             Ok(r) => Ok(r),

@@ -242,6 +242,18 @@ impl Drop for Handle {
 }
 
 impl GrpcClient {
+    /// HTTP/2 connections the client holds now (one being dialled counts).
+    pub fn open_connections(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| match s.conn.try_lock() {
+                Ok(c) => usize::from(c.is_some()),
+                Err(_) => 1,
+            })
+            .sum()
+    }
+
     /// A client; nothing is dialled until the first stream.
     pub fn new(config: GrpcClientConfig) -> Self {
         let slots = config

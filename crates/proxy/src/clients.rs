@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use sluice_client::{ClientConfig, GenericClient, TTStreamClient};
+use sluice_client::{ClientConfig, GenericClient, PoolCounts, TTStreamClient};
 use sluice_http2::{GrpcClient, GrpcClientConfig};
 
 /// One downstream's clients; each is made the first time a call of its family needs it.
@@ -107,6 +107,24 @@ impl Clients {
     /// True if no downstream was called yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Each downstream's connections now: its ping-pong pool (idle, in use, multiplexed) and
+    /// its gRPC client's HTTP/2 connections.
+    pub fn pool_counts(&self) -> Vec<(String, PoolCounts, usize)> {
+        let made = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        made.iter()
+            .map(|(name, d)| {
+                (
+                    name.clone(),
+                    d.pingpong
+                        .get()
+                        .map(|c| c.pool_counts())
+                        .unwrap_or_default(),
+                    d.grpc.get().map_or(0, |c| c.open_connections()),
+                )
+            })
+            .collect()
     }
 
     /// True when some downstream of `configured` may be usable: it has an endpoint, and its

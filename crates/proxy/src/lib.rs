@@ -152,6 +152,13 @@ impl<P: Phases> Proxy<P> {
         }
         if let Some(m) = &self.forwarder.metrics {
             m.process_series(&self.health);
+            // Weak: the forwarder owns the registry whose hook this is.
+            let f = Arc::downgrade(&self.forwarder);
+            m.pool_series(move || {
+                f.upgrade()
+                    .map(|f| f.clients().pool_counts())
+                    .unwrap_or_default()
+            });
         }
         // The admin listener outlives the drain: it answers `/readyz` with 503 while the
         // listeners drain, and stops once they are done.

@@ -41,6 +41,8 @@ pub(crate) struct ProxyMetrics {
     accepted: IntCounterVec,
     open: IntGaugeVec,
     refusals: IntCounterVec,
+    bytes_received: IntCounterVec,
+    bytes_sent: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -77,7 +79,19 @@ impl ProxyMetrics {
             "Connections and streams refused or closed by the server, by listener and reason.",
             &["listener", "reason"],
         );
+        let bytes_received = registry.counter_vec(
+            "sluice_bytes_received_total",
+            "Bytes read from callers, by listener (TLS records included).",
+            &["listener"],
+        );
+        let bytes_sent = registry.counter_vec(
+            "sluice_bytes_sent_total",
+            "Bytes written to callers, by listener (TLS records included).",
+            &["listener"],
+        );
         Self {
+            bytes_received,
+            bytes_sent,
             errors,
             in_flight,
             streams: [
@@ -170,6 +184,8 @@ impl ProxyMetrics {
             })
             .collect();
         let sniffing = self.open.with_label_values(&[listener, "sniffing"]);
+        let received = self.bytes_received.with_label_values(&[listener]);
+        let sent = self.bytes_sent.with_label_values(&[listener]);
         type Counted = fn(&sluice_server::ServerStats) -> &AtomicU64;
         let reasons: [(&str, Counted); 10] = [
             ("wrong_cluster", |s| &s.wrong_cluster),
@@ -197,8 +213,36 @@ impl ProxyMetrics {
                 open.set(n);
             }
             sniffing.set((stats.open.load(Relaxed) - sniffed).max(0));
+            set_counter(&received, stats.bytes.read.load(Relaxed));
+            set_counter(&sent, stats.bytes.written.load(Relaxed));
             for (counter, get) in &reasons {
                 set_counter(counter, get(&stats).load(Relaxed));
+            }
+        });
+    }
+
+    /// `sluice_pool_connections{downstream, state}`: each downstream's connections at scrape
+    /// time (`idle`, `in_use` and `mux` for ping-pong, `grpc` for HTTP/2).
+    pub(crate) fn pool_series(
+        &self,
+        counts: impl Fn() -> Vec<(String, sluice_client::PoolCounts, usize)> + Send + Sync + 'static,
+    ) {
+        let pool = self.registry.gauge_vec(
+            "sluice_pool_connections",
+            "Connections to each downstream, by state (idle, in_use, mux: ping-pong; grpc: HTTP/2).",
+            &["downstream", "state"],
+        );
+        self.registry.on_scrape(move || {
+            for (name, p, grpc) in counts() {
+                for (state, n) in [
+                    ("idle", p.idle),
+                    ("in_use", p.in_use),
+                    ("mux", p.mux),
+                    ("grpc", grpc),
+                ] {
+                    pool.with_label_values(&[name.as_str(), state])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
             }
         });
     }

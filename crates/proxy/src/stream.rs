@@ -480,13 +480,16 @@ impl<P: Phases> Splice<'_, P> {
             // downstream ended it without an error status (not reset by either side, not cut
             // by the deadline).
             let ok = error.is_none() && to_up.ended_ok.load(Ordering::Relaxed);
-            let took = to_up.info.opened.elapsed();
+            // One clock read ends both the stream's and its downstream stream's duration.
+            let end = Instant::now();
+            let took = end - to_up.info.opened;
             self.forwarder.finish(
                 &info,
                 Done {
                     ok,
                     error: error.as_ref(),
                     downstream: Some((ok, took)),
+                    end: Some(end),
                     bytes_in: to_up
                         .bytes
                         .as_ref()

@@ -299,7 +299,7 @@ where
 
 /// Sniffs a connection and runs its driver (or serves it over TLS).
 pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
-    mut stream: C,
+    stream: C,
     peer: SocketAddr,
     ctx: Ctx<H, S>,
     drain: Drain,
@@ -307,6 +307,7 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
     let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let stats = ctx.stats.clone();
+    let mut stream = crate::counted::Counted::new(stream, stats.bytes.clone());
     let _open = crate::OpenGuard::new(&stats.open);
     if let Some(tls) = config.tls.clone() {
         // TLS is offered on gRPC listeners only.

@@ -14,6 +14,9 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+mod counted;
+
+pub use counted::IoBytes;
 pub mod drain;
 pub mod echo;
 pub mod error;
@@ -106,6 +109,8 @@ pub struct ServerStats {
     pub open: AtomicI64,
     /// Per protocol family (see [`ServerStats::family`]).
     pub families: [FamilyStats; 3],
+    /// Bytes read from and written to this server's connections.
+    pub bytes: Arc<IoBytes>,
     /// Connections of the other protocol family, refused with a pointer to the right cluster.
     pub wrong_cluster: AtomicU64,
     /// Connections that spoke no protocol Sluice serves.
