@@ -20,6 +20,7 @@ pub use sluice_h2wire as h2wire;
 pub use sluice_http2 as http2;
 pub use sluice_io as io;
 pub use sluice_metrics as metrics;
+pub use sluice_otlp as otlp;
 pub use sluice_proxy as proxy;
 pub use sluice_server as server;
 pub use sluice_sniff as sniff;

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_proxy::{Config, Proxy};
+use sluice_otlp::{Exporting, SpanExport};
+use sluice_proxy::{Config, DefaultPhases, Phases, Proxy};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -253,8 +254,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the span export may take to send what is queued when the proxy stops.
+const EXPORT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(cfg: Config) -> ExitCode {
-    let proxy = match Proxy::bind(cfg).await {
+    let export = match SpanExport::start(&cfg.tracing) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("sluice: tracing.otlp_endpoint: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(export) = export else {
+        return serve(Proxy::bind(cfg).await).await;
+    };
+    tracing::info!(
+        endpoint = cfg.tracing.otlp_endpoint.as_deref().unwrap_or(""),
+        sample_ratio = cfg.tracing.sample_ratio,
+        "exporting spans over OTLP"
+    );
+    let phases = Exporting::new(DefaultPhases, Some(export.clone()));
+    let code = serve(Proxy::bind_with(cfg, phases).await).await;
+    // What the last calls queued goes out before the process ends.
+    let _ = tokio::task::spawn_blocking(move || export.shutdown(EXPORT_FLUSH_TIMEOUT)).await;
+    code
+}
+
+async fn serve<P: Phases>(proxy: std::io::Result<Proxy<P>>) -> ExitCode {
+    let proxy = match proxy {
         Ok(p) => p,
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -5,6 +5,7 @@ mod admin;
 mod grpc;
 mod kitex_replay;
 mod observability;
+mod otlp;
 mod support;
 mod ttstream;
 
@@ -740,6 +741,49 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         assert_eq!(out.status.success(), expect_ok, "{all}");
         assert!(all.contains(expect), "{all}");
     }
+    // `[tracing]` is shown when it exports, and checked.
+    for (section, expect_ok, expect) in [
+        (
+            "otlp_endpoint = \"http://127.0.0.1:4317\"",
+            true,
+            "tracing otlp_endpoint=http://127.0.0.1:4317 sample_ratio=1",
+        ),
+        (
+            "otlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.25",
+            true,
+            "sample_ratio=0.25",
+        ),
+        (
+            "sample_ratio = 1.5",
+            false,
+            "tracing.sample_ratio: must be between 0.0 and 1.0",
+        ),
+        (
+            "otlp_endpoint = \"https://collector:4317\"",
+            false,
+            "tracing.otlp_endpoint: \"https://collector:4317\": expected http://host:port",
+        ),
+        (
+            "otlp_endpoint = \"http://collector:4317/v1/traces\"",
+            false,
+            "expected http://host:port, with no path",
+        ),
+        ("otlp = true", false, "unknown field `otlp`"),
+    ] {
+        let text = std::fs::read_to_string(&good).unwrap() + &format!("\n[tracing]\n{section}\n");
+        let out = check_text(&dir, "tracing", &text);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), expect_ok, "{section}: {all}");
+        assert!(all.contains(expect), "{section}: {all}");
+    }
+    assert!(
+        !stdout.contains("tracing"),
+        "nothing exported by default: {stdout}"
+    );
     // TLS belongs to gRPC listeners.
     let text = std::fs::read_to_string(&good).unwrap().replacen(
         "default_service = \"DefaultSvc\"",

@@ -1,4 +1,4 @@
-//! The TOML configuration: listeners, routes, downstreams, limits.
+//! The TOML configuration: listeners, routes, downstreams, limits, runtime, tracing.
 //!
 //! Every key, its default and an example are in `docs/configuration.md`. Loading checks the
 //! whole file and reports the first problem with the key that holds it, e.g.
@@ -42,6 +42,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    tracing: RawTracing,
     admin: Option<RawAdmin>,
     #[serde(default)]
     metrics: RawMetrics,
@@ -67,6 +69,13 @@ struct RawAccessLog {
     path: String,
     sample_ratio: Option<f64>,
     queue: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    sample_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -235,6 +244,29 @@ pub struct Limits {
     pub max_streams_per_conn: usize,
 }
 
+/// Export of the hop spans (`[tracing]`). The relay of W3C trace context
+/// ([`trace`](crate::trace)) does not depend on it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Tracing {
+    /// OTLP/gRPC collector (`http://host:port`) to export one span per forwarded call or
+    /// stream to; `None` (the default): nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// Share of the calls that arrive without a trace whose span is exported, as a new trace
+    /// (0.0 to 1.0). A call that arrives with a trace is exported when its caller sampled it.
+    /// Default 1.0.
+    pub sample_ratio: f64,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -255,6 +287,8 @@ pub struct Config {
     pub metrics: sluice_metrics::MetricsConfig,
     /// The access log; `None` (the default): off.
     pub access_log: Option<AccessLog>,
+    /// Span export (`[tracing]`).
+    pub tracing: Tracing,
 }
 
 fn ms(v: Option<u64>, default_ms: u64) -> Duration {
@@ -524,6 +558,16 @@ impl Config {
                 })
             }
         };
+        let tracing = Tracing {
+            otlp_endpoint: raw.tracing.otlp_endpoint.clone(),
+            sample_ratio: raw.tracing.sample_ratio.unwrap_or(1.0),
+        };
+        if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+            return Err(err("tracing.sample_ratio", "must be between 0.0 and 1.0"));
+        }
+        if let Some(e) = &tracing.otlp_endpoint {
+            check_otlp_endpoint(e).map_err(|m| err("tracing.otlp_endpoint", m))?;
+        }
         Ok(Config {
             listeners,
             routes,
@@ -533,6 +577,7 @@ impl Config {
             admin,
             metrics,
             access_log,
+            tracing,
         })
     }
 
@@ -663,6 +708,15 @@ impl Config {
             t.insert("queue".into(), int(a.queue));
             root.insert("access_log".into(), Value::Table(t));
         }
+        let mut tracing = Table::new();
+        if let Some(e) = &self.tracing.otlp_endpoint {
+            tracing.insert("otlp_endpoint".into(), text(e));
+        }
+        tracing.insert(
+            "sample_ratio".into(),
+            Value::Float(self.tracing.sample_ratio),
+        );
+        root.insert("tracing".into(), Value::Table(tracing));
         toml::to_string(&root).unwrap_or_default()
     }
 
@@ -732,8 +786,30 @@ impl Config {
             self.worker_threads
                 .map_or_else(|| "one per core".to_owned(), |n| n.to_string())
         );
+        if let Some(e) = &self.tracing.otlp_endpoint {
+            let _ = writeln!(
+                s,
+                "tracing otlp_endpoint={e} sample_ratio={}",
+                self.tracing.sample_ratio
+            );
+        }
         s
     }
+}
+
+/// An OTLP/gRPC endpoint is `http://host:port` (plain HTTP/2: TLS to the collector is not
+/// offered).
+fn check_otlp_endpoint(e: &str) -> Result<(), String> {
+    let Some(rest) = e.strip_prefix("http://") else {
+        return Err(format!(
+            "{e:?}: expected http://host:port (plain HTTP/2; TLS to the collector is not offered)"
+        ));
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(format!("{e:?}: expected http://host:port, with no path"));
+    }
+    Ok(())
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, String> {

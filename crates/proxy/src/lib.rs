@@ -34,7 +34,7 @@ use sluice_server::{DefaultHandler, Drain, Server, StreamingHandler};
 use tokio::net::TcpListener;
 
 pub use clients::Clients;
-pub use config::{AccessLog, Admin, Cluster, Config, ConfigError};
+pub use config::{AccessLog, Admin, Cluster, Config, ConfigError, Tracing};
 pub use forwarder::{Forwarder, Stats};
 pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
 pub use route::{Family, RequestHead, Router, Target};

@@ -149,6 +149,20 @@ impl TraceContext {
         }
     }
 
+    /// A hop that starts a trace of its own: random trace and span ids, no parent, sampled.
+    /// Used for span export only; the relay never sends one downstream.
+    pub fn new_root() -> TraceContext {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&new_span_id());
+        trace_id[8..].copy_from_slice(&new_span_id());
+        TraceContext {
+            trace_id,
+            span_id: new_span_id(),
+            parent_span_id: [0; 8],
+            flags: FLAG_SAMPLED,
+        }
+    }
+
     /// The first valid `traceparent` among `keys` (in that order), looked up with `get`, and
     /// the hop that continues it. `None` when no key holds a valid one; then nothing is
     /// allocated and `get` is called once per key.
