@@ -112,6 +112,8 @@ class Proc:
 
 # TOML appended to this build's config in A/B mode (--extra-config): a feature on against off.
 EXTRA_CONFIG = ""
+# The load generator sends a W3C traceparent (--traceparent).
+TRACEPARENT = False
 
 
 def start_sluice(tmp, binary=None, extra=""):
@@ -215,6 +217,9 @@ def measure(kind, proto, size, seconds, tmp):
     elif kind == "nginx":
         proc = start_nginx(tmp)
     port = ECHO_PORT if kind == "direct" else (GRPC_PORT if listener == "grpc" else PROXY_PORT)
+    # In A/B mode only this build's runs send a traceparent (the feature on); otherwise all do.
+    if TRACEPARENT and (kind != "baseline" or not BASELINE):
+        args = args + ["--traceparent"]
     try:
         bench(port, args, size, 1)
         c0 = cpu_seconds(proc.pid) if proc else 0.0
@@ -370,12 +375,16 @@ def main():
                     help="A/B mode: alternate this build's proxy with another `sluice` binary (the"
                     " baseline) under the same load generator and echo server, and print the proxy"
                     " CPU per 10k requests of both; writes nothing")
+    ap.add_argument("--traceparent", action="store_true",
+                    help="the load generator sends a W3C traceparent with every request and stream"
+                    " (in A/B mode: to this build only, the baseline gets none)")
     ap.add_argument("--extra-config", default="",
                     help="A/B mode: TOML appended to this build's config only (e.g. an [admin]"
                     " section, to measure metrics on against off with --compare on the same binary)")
     a = ap.parse_args()
-    global EXTRA_CONFIG
+    global EXTRA_CONFIG, TRACEPARENT
     EXTRA_CONFIG = a.extra_config.replace("\\n", "\n")
+    TRACEPARENT = a.traceparent
     if a.compare:
         global BASELINE
         BASELINE = os.path.abspath(a.compare)

@@ -38,6 +38,24 @@ pub(crate) struct BenchArgs {
     pub(crate) messages: usize,
     /// Streaming modes: clients the callers are spread over.
     pub(crate) connections: usize,
+    /// Send a W3C `traceparent` with every request and stream.
+    pub(crate) traceparent: bool,
+}
+
+/// A sampled W3C trace context, as a traced caller sends it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The stream headers a caller of `proto` sends: none, or its trace context.
+fn stream_headers(proto: StreamProto, traced: bool) -> sluice_stream::Metadata {
+    let mut md = sluice_stream::Metadata::new();
+    if traced {
+        let key = match proto {
+            StreamProto::TTStream => "RPC_TRANSIT_traceparent",
+            StreamProto::Grpc | StreamProto::GrpcUnary => "traceparent",
+        };
+        md.push(key, TRACEPARENT);
+    }
+    md
 }
 
 /// Streaming families the load generator speaks.
@@ -146,6 +164,7 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
         let msg = payload(Codec::Thrift, a.size, caller);
         let per_stream = a.messages.max(1);
         let limit = a.requests;
+        let traced = a.traceparent;
         tasks.spawn(async move {
             let mut hist = new_hist();
             let (mut ok, mut errors) = (0u64, 0u64);
@@ -166,7 +185,7 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                         .open(sluice_client::OpenStream {
                             method: "EchoBidi".into(),
                             service: "EchoService".into(),
-                            headers: sluice_stream::Metadata::new(),
+                            headers: stream_headers(proto, traced),
                         })
                         .await
                         .ok(),
@@ -183,7 +202,7 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                                 "application/grpc+thrift".into()
                             },
                             authority: "EchoService".into(),
-                            headers: sluice_stream::Metadata::new(),
+                            headers: stream_headers(proto, traced),
                             deadline: None,
                         })
                         .await
@@ -335,11 +354,17 @@ pub(crate) async fn run(a: BenchArgs) -> BenchResult {
         };
         let codec = a.codec;
         let limit = a.requests;
+        let traced = a.traceparent;
         tasks.spawn(async move {
             let mut hist = new_hist();
             let (mut ok, mut errors) = (0u64, 0u64);
             let mut header = Header::default();
             header.str_kvs.insert(str_key::IDL_SERVICE_NAME, "EchoService");
+            if traced {
+                header
+                    .str_kvs
+                    .insert("RPC_TRANSIT_traceparent", TRACEPARENT);
+            }
             let mut next_due = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(limit) = limit {

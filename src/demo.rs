@@ -74,6 +74,7 @@ async fn row(
         stream,
         messages: 1,
         connections: 1,
+        traceparent: false,
     };
     let r = crate::bench::run(args).await;
     println!(

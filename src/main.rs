@@ -84,6 +84,10 @@ enum Command {
         /// have a connection of their own.
         #[arg(long, default_value_t = 1)]
         connections: usize,
+        /// Sends a W3C `traceparent` with every request and stream (TTHeader and TTStream:
+        /// `RPC_TRANSIT_traceparent`; gRPC: `traceparent`), as a traced Kitex caller does.
+        #[arg(long)]
+        traceparent: bool,
     },
     /// Starts echo services and the proxy on loopback, sends traffic of every protocol through
     /// it, prints a table, then keeps serving (no configuration needed).
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
             protocol,
             messages,
             connections,
+            traceparent,
         } => {
             let stream = match protocol.as_str() {
                 "pingpong" => None,
@@ -237,6 +242,7 @@ fn main() -> ExitCode {
                 stream,
                 messages,
                 connections: connections.max(1),
+                traceparent,
             };
             let r = rt.block_on(bench::run(args.clone()));
             bench::print(&args, &r);
