@@ -418,3 +418,49 @@ async fn bytes_and_pool_connections_are_counted_exactly() {
         "{pool}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_by_reason() {
+    use tokio::io::AsyncReadExt;
+    let (echo, _h, _d) = start_echo().await;
+    let admin_port = free_port();
+    let sluice = Sluice::start(&config(echo, admin_port, ""));
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    wait_listening(admin, "the admin listener");
+    // A framed TTHeader frame whose header is garbage: a protocol error.
+    let mut bad = TcpStream::connect(sluice.addr).await.unwrap();
+    let mut frame = vec![0, 0, 0, 16, 0x10, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    frame.extend_from_slice(&[0xee; 6]);
+    bad.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest)).await;
+    // HTTP/2 on a ttstream listener: the other cluster's family.
+    let mut grpc = TcpStream::connect(sluice.addr).await.unwrap();
+    grpc.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc.read_to_end(&mut rest)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = get(admin, "/metrics");
+        let reason = |r: &str| {
+            sample(
+                &text,
+                &format!("sluice_refusals_total{{listener=\"main\",reason=\"{r}\"}}"),
+            )
+        };
+        if reason("protocol_error") == Some(1.0) && reason("wrong_cluster") == Some(1.0) {
+            assert_eq!(reason("not_ours"), Some(0.0));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            text.lines()
+                .filter(|l| l.starts_with("sluice_refusals"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -446,6 +446,7 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     let grpc = grpc_config(&config, &stats, &span);
     let shutdown = async move { drain.signaled().await };
     if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, handler, shutdown).await {
+        stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(parent: span.get(), reason = %e, "closing HTTP/2 connection");
     }
 }
@@ -466,6 +467,7 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(parent: ctx.span.get(), reason = %e, "closing connection: TLS handshake failed");
             return;
         }

@@ -129,6 +129,9 @@ pub struct ServerStats {
     pub reset_floods: AtomicU64,
     /// Connections closed because no protocol was recognised within the sniff timeout.
     pub sniff_timeouts: AtomicU64,
+    /// Connections closed for what the peer sent: a malformed or oversized frame or message,
+    /// an HTTP/2 connection error, a failed TLS handshake.
+    pub protocol_errors: AtomicU64,
     /// What the listener's gRPC connections counted (streams refused or reset, idle closes).
     pub grpc: Arc<GrpcServerStats>,
     /// Budgets for the per-connection log lines (a flood of bad peers logs ten a second).

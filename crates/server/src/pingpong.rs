@@ -273,6 +273,7 @@ pub(crate) fn run<C: ConnIo, H: DefaultHandler>(
             }
         };
         if let Err(e) = outcome {
+            stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(parent: span.get(), reason = %e, "closing connection");
         }
         // Let in-flight handlers finish and write their replies, bounded by the drain grace;

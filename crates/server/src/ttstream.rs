@@ -117,7 +117,10 @@ pub(crate) async fn run<C: ConnIo, S: StreamingHandler>(
             let mut frame = match decoder.decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => break 'conn Some(format!("malformed TTStream frame: {e}")),
+                Err(e) => {
+                    stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    break 'conn Some(format!("malformed TTStream frame: {e}"));
+                }
             };
             progress = true;
             let id = frame.stream_id;
