@@ -40,7 +40,8 @@ impl<'a> Rpc<'a> {
     }
 }
 
-/// Hashed as [`Key`] is, so a borrowed label set finds its entry without an allocation.
+/// Hashed as the cache's owned key is, so a borrowed label set finds its entry without an
+/// allocation.
 impl Hash for Rpc<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
         self.caller.hash(h);

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use sluice_sniff::{Detection, Family};
+
+use crate::counted::Counted;
 use sluice_stream::{ServerStream, StreamRequest, StreamingHandler};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -152,6 +154,32 @@ impl ConnIo for TcpStream {
         make_room(buf, chunk);
         // Ready readiness makes this read now; stale readiness is cleared and the task waits.
         poll_read_into(rd, buf, cx)
+    }
+}
+
+/// A counted connection is served as the connection it wraps (a TCP stream keeps its owned
+/// halves and its buffer-less wait for readiness).
+impl<C: ConnIo> ConnIo for Counted<C> {
+    type Reader = Counted<C::Reader>;
+    type Writer = Counted<C::Writer>;
+
+    fn split_io(self) -> (Self::Reader, Self::Writer) {
+        let (rd, wr) = self.inner.split_io();
+        (
+            Counted::new(rd, self.bytes.clone()),
+            Counted::new(wr, self.bytes),
+        )
+    }
+
+    fn poll_read_some(
+        rd: &mut Self::Reader,
+        buf: &mut BytesMut,
+        chunk: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let r = C::poll_read_some(&mut rd.inner, buf, chunk, cx);
+        crate::counted::add(&rd.bytes.read, &r);
+        r
     }
 }
 
@@ -307,7 +335,7 @@ pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingH
     let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let stats = ctx.stats.clone();
-    let mut stream = crate::counted::Counted::new(stream, stats.bytes.clone());
+    let mut stream = Counted::new(stream, stats.bytes.clone());
     let _open = crate::OpenGuard::new(&stats.open);
     if let Some(tls) = config.tls.clone() {
         // TLS is offered on gRPC listeners only.

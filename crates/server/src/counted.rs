@@ -6,10 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::conn::ConnIo;
 
 /// Bytes read and written on a listener's connections, on a cache line of their own (every
 /// connection of the listener adds to them).
@@ -26,8 +23,8 @@ pub struct IoBytes {
 /// write call, beside a system call that costs far more.
 #[derive(Debug)]
 pub(crate) struct Counted<T> {
-    inner: T,
-    bytes: Arc<IoBytes>,
+    pub(crate) inner: T,
+    pub(crate) bytes: Arc<IoBytes>,
 }
 
 impl<T> Counted<T> {
@@ -36,7 +33,7 @@ impl<T> Counted<T> {
     }
 }
 
-fn add(counter: &AtomicU64, r: &Poll<std::io::Result<usize>>) {
+pub(crate) fn add(counter: &AtomicU64, r: &Poll<std::io::Result<usize>>) {
     if let Poll::Ready(Ok(n)) = r {
         counter.fetch_add(*n as u64, Ordering::Relaxed);
     }
@@ -89,29 +86,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<C: ConnIo> ConnIo for Counted<C> {
-    type Reader = Counted<C::Reader>;
-    type Writer = Counted<C::Writer>;
-
-    fn split_io(self) -> (Self::Reader, Self::Writer) {
-        let (rd, wr) = self.inner.split_io();
-        (
-            Counted::new(rd, self.bytes.clone()),
-            Counted::new(wr, self.bytes),
-        )
-    }
-
-    fn poll_read_some(
-        rd: &mut Self::Reader,
-        buf: &mut BytesMut,
-        chunk: usize,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<usize>> {
-        let r = C::poll_read_some(&mut rd.inner, buf, chunk, cx);
-        add(&rd.bytes.read, &r);
-        r
     }
 }
