@@ -194,6 +194,30 @@ pub struct AccessLog {
     pub queue: usize,
 }
 
+impl AccessLog {
+    /// An access log to `path` (`"stdout"`, `"stderr"` or a file), every call logged, a queue
+    /// of 4096 lines.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            sample_ratio: 1.0,
+            queue: 4096,
+        }
+    }
+
+    /// Sets [`sample_ratio`](Self::sample_ratio) (clamped to 0..=1).
+    pub fn with_sample_ratio(mut self, ratio: f64) -> Self {
+        self.sample_ratio = ratio.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Sets [`queue`](Self::queue) (at least 1).
+    pub fn with_queue(mut self, lines: usize) -> Self {
+        self.queue = lines.max(1);
+        self
+    }
+}
+
 /// A header/metainfo match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
