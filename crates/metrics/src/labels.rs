@@ -61,6 +61,14 @@ impl Caps {
             return value;
         }
         drop(seen);
+        if self.folds[i].get() == 0 {
+            // Said once per label: past this, every new value folds silently (and is counted).
+            tracing::warn!(
+                label = label.name(),
+                cap = self.config.max_label_values,
+                "metrics: label reached its cap of distinct values; new values are reported as \"other\""
+            );
+        }
         self.folds[i].inc();
         OTHER
     }
