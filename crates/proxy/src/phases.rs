@@ -66,6 +66,24 @@ impl Metainfo<'_> {
         }
     }
 
+    /// Sets every value `key` has to `value`, where each stands; nothing if `key` is absent.
+    pub fn replace(&mut self, key: &str, value: Bytes) {
+        match self {
+            Metainfo::TTHeader(kv) => {
+                if kv.get(key).is_some() {
+                    kv.insert(Bytes::copy_from_slice(key.as_bytes()), value);
+                }
+            }
+            Metainfo::Stream(md) => {
+                for (k, v) in md.0.iter_mut() {
+                    if k.as_ref() == key.as_bytes() {
+                        *v = value.clone();
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes `key` (every value of it).
     pub fn remove(&mut self, key: &str) {
         match self {

@@ -50,16 +50,6 @@ fn downstream_header(up: Header) -> Header {
     }
 }
 
-/// Gives the downstream header the hop's `traceparent`, in the key(s) it came in.
-fn relay_trace(kvs: &mut StrKvs, hop: &TraceContext) {
-    let value = hop.traceparent_value();
-    for key in trace::TTHEADER_KEYS {
-        if kvs.get(key).is_some_and(|v| hop.same_trace(v)) {
-            kvs.insert(Bytes::from_static(key.as_bytes()), value.clone());
-        }
-    }
-}
-
 fn upstream_keys(down: Header) -> StrKvs {
     let mut kvs = down.str_kvs;
     kvs.retain(|k, _| !is_hop_str_key(k));
@@ -114,7 +104,10 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         info.downstream = Some(&target.downstream);
         let mut header = downstream_header(req.header);
         if let Some(hop) = &info.trace {
-            relay_trace(&mut header.str_kvs, hop);
+            hop.relay(
+                &mut Metainfo::TTHeader(&mut header.str_kvs),
+                &trace::TTHEADER_KEYS,
+            );
         }
         if let Err(e) =
             self.phases

@@ -57,16 +57,6 @@ fn trace_keys(protocol: &Protocol) -> &'static [&'static str; 2] {
     }
 }
 
-/// Gives the downstream headers the hop's `traceparent`, in the key(s) it came in (in place).
-fn relay_trace(md: &mut Metadata, keys: &[&str; 2], hop: &TraceContext) {
-    let value = hop.traceparent_value();
-    for (k, v) in md.0.iter_mut() {
-        if keys.iter().any(|key| k.as_ref() == key.as_bytes()) && hop.same_trace(v) {
-            *v = value.clone();
-        }
-    }
-}
-
 fn family(protocol: &Protocol) -> Family {
     match protocol {
         Protocol::TTStream => Family::TTStream,
@@ -198,7 +188,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             info.downstream = Some(&target.downstream);
             let mut headers = forwardable(req.headers.clone());
             if let Some(hop) = &info.trace {
-                relay_trace(&mut headers, keys, hop);
+                hop.relay(&mut Metainfo::Stream(&mut headers), keys);
             }
             if let Err(e) =
                 self.phases
