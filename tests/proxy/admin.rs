@@ -91,6 +91,7 @@ async fn readyz_turns_503_on_sigterm_while_a_request_is_still_being_answered() {
     wait_listening(admin, "the admin listener");
     assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(get(admin, "/readyz"), (200, "ready\n".to_owned()));
+    assert!(get(admin, "/metrics").1.contains("\nsluice_draining 0\n"));
 
     // A request the downstream answers in 1.5 s: its connection stays open through the drain
     // until the reply is written.
@@ -128,6 +129,10 @@ async fn readyz_turns_503_on_sigterm_while_a_request_is_still_being_answered() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (_, text) = tokio::task::spawn_blocking(move || get(admin, "/metrics"))
+        .await
+        .unwrap();
+    assert!(text.contains("\nsluice_draining 1\n"), "{text}");
     let (reply, replied_at) = reply.await.unwrap();
     let reply = reply.expect("the in-flight request is answered during the drain");
     assert_eq!(reply.msg_type, MessageType::Reply);
