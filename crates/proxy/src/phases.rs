@@ -84,6 +84,18 @@ impl Metainfo<'_> {
         }
     }
 
+    /// Gives this metainfo (going downstream) the hop's `traceparent`, in place, in each of
+    /// `keys` that holds a `traceparent` of the hop's trace (the key it was continued from, and
+    /// any other naming the same trace); other values pass unchanged.
+    pub fn relay_trace(&mut self, hop: &TraceContext, keys: &[&str]) {
+        let value = hop.traceparent_value();
+        for key in keys {
+            if self.get(key).is_some_and(|v| hop.same_trace(v)) {
+                self.replace(key, value.clone());
+            }
+        }
+    }
+
     /// Removes `key` (every value of it).
     pub fn remove(&mut self, key: &str) {
         match self {

@@ -104,10 +104,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         info.downstream = Some(&target.downstream);
         let mut header = downstream_header(req.header);
         if let Some(hop) = &info.trace {
-            hop.relay(
-                &mut Metainfo::TTHeader(&mut header.str_kvs),
-                &trace::TTHEADER_KEYS,
-            );
+            Metainfo::TTHeader(&mut header.str_kvs).relay_trace(hop, &trace::TTHEADER_KEYS);
         }
         if let Err(e) =
             self.phases

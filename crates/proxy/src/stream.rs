@@ -188,7 +188,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             info.downstream = Some(&target.downstream);
             let mut headers = forwardable(req.headers.clone());
             if let Some(hop) = &info.trace {
-                hop.relay(&mut Metainfo::Stream(&mut headers), keys);
+                Metainfo::Stream(&mut headers).relay_trace(hop, keys);
             }
             if let Err(e) =
                 self.phases

@@ -192,18 +192,6 @@ impl TraceContext {
         Bytes::copy_from_slice(&self.traceparent())
     }
 
-    /// Gives the metainfo going downstream the hop's `traceparent`, in place, in each of
-    /// `keys` that holds a `traceparent` of this trace (the key it was continued from, and any
-    /// other naming the same trace); other values pass unchanged.
-    pub fn relay(&self, md: &mut crate::phases::Metainfo<'_>, keys: &[&str]) {
-        let value = self.traceparent_value();
-        for key in keys {
-            if md.get(key).is_some_and(|v| self.same_trace(v)) {
-                md.replace(key, value.clone());
-            }
-        }
-    }
-
     /// True if `value` is a valid `traceparent` of this trace: a key of the list holding one
     /// gets the hop's `traceparent` (the key continued, and any other naming the same trace).
     pub fn same_trace(&self, value: &[u8]) -> bool {
