@@ -56,10 +56,7 @@ impl Phases for TenantRoute {
             Some(route) => route.deadline(head.deadline, Instant::now()),
             None => head.deadline,
         };
-        Ok(Target {
-            downstream: downstream.clone().into(),
-            deadline,
-        })
+        Ok(Target::new(downstream.clone(), deadline))
     }
 }
 

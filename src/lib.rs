@@ -14,6 +14,7 @@
 pub use bytes;
 pub use sluice_admin as admin;
 pub use sluice_client as client;
+pub use sluice_discovery as discovery;
 pub use sluice_framed as framed;
 pub use sluice_grpc as grpc;
 pub use sluice_h2wire as h2wire;

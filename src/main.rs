@@ -23,11 +23,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the proxy described by a TOML file until SIGINT/SIGTERM, then drains.
+    /// Runs the proxy described by a TOML file until SIGINT/SIGTERM, then drains. SIGHUP
+    /// reloads the file.
     Run {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Also reload when the file changes (checked every second).
+        #[arg(long)]
+        watch: bool,
     },
     /// Checks a configuration file and prints the effective listeners, routes and downstreams.
     Check {
@@ -121,7 +125,7 @@ fn main() -> ExitCode {
     init_logs();
     // `run` reads its configuration first: it says how many worker threads to start.
     let run_config = match &cli.command {
-        Command::Run { config } => match Config::load(config) {
+        Command::Run { config, .. } => match Config::load(config) {
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("sluice: {}: {e}", config.display());
@@ -160,7 +164,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, watch } => {
             // Loaded above, before the runtime.
             let Some(cfg) = run_config else {
                 return ExitCode::FAILURE;
@@ -172,7 +176,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            rt.block_on(run(cfg))
+            rt.block_on(run(cfg, config, watch))
         }
         Command::Echo { listen } => rt.block_on(echo(listen)),
         Command::Bench {
@@ -263,7 +267,7 @@ fn main() -> ExitCode {
 /// How long the span export may take to send what is queued when the proxy stops.
 const EXPORT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn run(cfg: Config) -> ExitCode {
+async fn run(cfg: Config, path: PathBuf, watch: bool) -> ExitCode {
     let export = match SpanExport::start(&cfg.tracing) {
         Ok(e) => e,
         Err(e) => {
@@ -272,7 +276,7 @@ async fn run(cfg: Config) -> ExitCode {
         }
     };
     let Some(export) = export else {
-        return serve(Proxy::bind(cfg).await).await;
+        return serve(Proxy::bind(cfg).await, path, watch).await;
     };
     tracing::info!(
         endpoint = cfg.tracing.otlp_endpoint.as_deref().unwrap_or(""),
@@ -280,15 +284,19 @@ async fn run(cfg: Config) -> ExitCode {
         "exporting spans over OTLP"
     );
     let phases = Exporting::new(DefaultPhases, Some(export.clone()));
-    let code = serve(Proxy::bind_with(cfg, phases).await).await;
+    let code = serve(Proxy::bind_with(cfg, phases).await, path, watch).await;
     // What the last calls queued goes out before the process ends.
     let _ = tokio::task::spawn_blocking(move || export.shutdown(EXPORT_FLUSH_TIMEOUT)).await;
     code
 }
 
-async fn serve<P: Phases>(proxy: std::io::Result<Proxy<P>>) -> ExitCode {
+async fn serve<P: Phases>(
+    proxy: std::io::Result<Proxy<P>>,
+    path: PathBuf,
+    watch: bool,
+) -> ExitCode {
     let proxy = match proxy {
-        Ok(p) => p,
+        Ok(p) => p.with_config_path(path),
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::FAILURE;
@@ -301,8 +309,10 @@ async fn serve<P: Phases>(proxy: std::io::Result<Proxy<P>>) -> ExitCode {
         tracing::info!(%addr, "admin listener: /metrics /healthz /readyz /config");
     }
     let (handle, drain) = sluice_server::drain::channel();
+    let reloads = reload_triggers(proxy.reload_handle(), watch);
     let serving = tokio::spawn(proxy.serve(drain));
     shutdown_signal().await;
+    reloads.abort();
     tracing::info!("draining");
     handle.drain();
     let _ = serving.await;
@@ -340,6 +350,55 @@ async fn echo(listen: String) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// Reloads on SIGHUP, and with `--watch` when the file's modification time or size changes
+/// (checked every second). The outcome is logged by the proxy.
+fn reload_triggers(handle: sluice_proxy::ReloadHandle, watch: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; reload with POST /reload");
+                None
+            }
+        };
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let path = handle.path().map(|p| p.to_path_buf());
+        let mut last = path.as_deref().and_then(stamp);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            let hup_recv = async {
+                match &mut hup {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                got = hup_recv => {
+                    if got.is_none() {
+                        hup = None;
+                        continue;
+                    }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                }
+                _ = tick.tick(), if watch => {
+                    let now = path.as_deref().and_then(stamp);
+                    if now == last {
+                        continue;
+                    }
+                    last = now;
+                    tracing::info!("the configuration file changed: reloading");
+                }
+            }
+            // The proxy logs and counts the outcome.
+            let _ = handle.reload().await;
+        }
+    })
+}
+
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -117,12 +117,7 @@ impl Phases for TestPhases {
         head: &RequestHead<'_>,
         router: &'r Router,
     ) -> Result<Target<'r>, ProxyError> {
-        let to = |d: &str| {
-            Ok(Target {
-                downstream: d.to_owned().into(),
-                deadline: head.deadline,
-            })
-        };
+        let to = |d: &str| Ok(Target::new(d.to_owned(), head.deadline));
         if let Some(d) = head.metainfo("x-downstream") {
             return to(std::str::from_utf8(d).unwrap());
         }

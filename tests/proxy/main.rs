@@ -2,6 +2,7 @@
 //! in-process downstreams.
 
 mod admin;
+mod discovery;
 mod grpc;
 mod kitex_replay;
 mod observability;

@@ -6,8 +6,9 @@
 //! | `GET /healthz` | `200 ok` while the process runs |
 //! | `GET /readyz` | `200 ready` once serving; `503` while starting, draining, or while no downstream has a usable endpoint |
 //! | `GET /config` | the effective configuration as TOML |
+//! | `POST /reload` | reloads the configuration (when the proxy offers it): `200 reloaded`, or `422` with the reason the new one was refused (the old one stays) |
 //!
-//! Anything else is `404`; a method other than GET or HEAD is `405`. The admin listener is
+//! Anything else is `404`; a method other than GET or HEAD (POST for `/reload`) is `405`. The admin listener is
 //! separate from the proxy's listeners, serves at most [`MAX_CONNECTIONS`] connections at once,
 //! gives each [`HEADER_TIMEOUT`] to send its request head, and keeps serving while the proxy
 //! drains, so a load balancer sees `/readyz` fail before connections close.
@@ -65,6 +66,16 @@ impl Readiness {
         }
     }
 }
+
+/// A configuration reload (see [`Admin::with_reload`]): what it answers with when it fails.
+pub type ReloadError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The reload hook: starts a reload and tells how it went.
+type ReloadHook = Box<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), ReloadError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// A check of the downstreams (see [`Health::with_usable`]).
 type UsableCheck = Box<dyn Fn() -> bool + Send + Sync>;
@@ -134,6 +145,7 @@ pub struct Admin {
     metrics: Option<Arc<Metrics>>,
     health: Arc<Health>,
     config: Option<ConfigText>,
+    reload: Option<ReloadHook>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -152,6 +164,7 @@ impl Admin {
             metrics: None,
             health,
             config: None,
+            reload: None,
         }
     }
 
@@ -165,6 +178,29 @@ impl Admin {
     pub fn with_config(mut self, config: impl Fn() -> String + Send + Sync + 'static) -> Self {
         self.config = Some(Box::new(config));
         self
+    }
+
+    /// Answers `POST /reload` by running `reload`.
+    pub fn with_reload<F>(mut self, reload: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: Future<Output = Result<(), ReloadError>> + Send + 'static,
+    {
+        self.reload = Some(Box::new(move || Box::pin(reload())));
+        self
+    }
+
+    /// The answer to `POST /reload`.
+    pub async fn reload(&self) -> Response<Full<Bytes>> {
+        match &self.reload {
+            None => text(StatusCode::NOT_FOUND, "reload is not offered\n"),
+            Some(hook) => match hook().await {
+                Ok(()) => text(StatusCode::OK, "reloaded\n"),
+                Err(e) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("reload refused, the configuration in force stays: {e}\n"),
+                ),
+            },
+        }
     }
 
     /// The health the probes report.
@@ -265,8 +301,19 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Futu
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, admin: Arc<Admin>) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let r = admin.respond(req.method(), req.uri().path());
-        async move { Ok::<_, Infallible>(r) }
+        let admin = admin.clone();
+        async move {
+            let r = if req.uri().path() == "/reload" {
+                if req.method() == Method::POST {
+                    admin.reload().await
+                } else {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n")
+                }
+            } else {
+                admin.respond(req.method(), req.uri().path())
+            };
+            Ok::<_, Infallible>(r)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

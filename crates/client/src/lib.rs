@@ -9,8 +9,8 @@
 //! * Seq ids are unique per client (hence per connection) and never 0 (0 is Kitex's control
 //!   frame id).
 //! * A connect timeout and a request deadline; a reply carrying `crrst` retires its connection.
-//! * Static endpoints, round-robin or weighted-random; an endpoint that fails to connect is
-//!   skipped for a backoff period.
+//! * Endpoints given at creation and replaceable while calls run (discovery), round-robin or
+//!   weighted-random; an endpoint that fails to connect is skipped for a backoff period.
 #![forbid(unsafe_code)]
 
 mod balance;
@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use sluice_sniff::Codec;
 use sluice_thrift::MessageType;
@@ -105,7 +106,7 @@ pub struct Endpoint {
 
 /// Client settings; defaults are documented per field. Start from [`ClientConfig::new`] and
 /// set what differs with the `with_*` methods (or assign the public fields).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Downstream name, for errors and logs.
@@ -401,9 +402,19 @@ impl Error {
 #[derive(Debug)]
 pub struct GenericClient {
     config: Arc<ClientConfig>,
+    /// The endpoints in use and their balancer, replaced whole by
+    /// [`set_endpoints`](Self::set_endpoints); a call keeps the endpoint it picked.
+    set: ArcSwap<EndpointSet>,
+    seq: AtomicI32,
+}
+
+/// A client's endpoints at one moment, with the balancer over them.
+#[derive(Debug)]
+struct EndpointSet {
+    /// The endpoints as given (with their current weights).
+    list: Vec<Endpoint>,
     endpoints: Vec<Arc<pool::EndpointState>>,
     balance: balance::Balancer,
-    seq: AtomicI32,
 }
 
 impl GenericClient {
@@ -416,22 +427,58 @@ impl GenericClient {
             .map(|e| Arc::new(pool::EndpointState::new(*e, config.clone())))
             .collect();
         let balance = balance::Balancer::new(config.balance, &config.endpoints);
-        Self {
-            config,
+        let set = ArcSwap::from_pointee(EndpointSet {
+            list: config.endpoints.clone(),
             endpoints,
             balance,
+        });
+        Self {
+            config,
+            set,
             seq: AtomicI32::new(0),
         }
     }
 
-    /// The settings.
+    /// The settings it was made with (its endpoints are the first ones: see
+    /// [`endpoints`](Self::endpoints) for the current ones).
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
 
+    /// The endpoints calls go to now.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.set.load().list.clone()
+    }
+
+    /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
+    /// pooled connections and its failure backoff; a new weight takes effect at once. Calls
+    /// in flight on a removed endpoint finish on their connections, which are closed
+    /// afterwards instead of going back to a pool: removed endpoints are drained, not cut.
+    pub fn set_endpoints(&self, endpoints: &[Endpoint]) {
+        let old = self.set.load();
+        let states = endpoints
+            .iter()
+            .map(|e| {
+                // Weights live in the balancer: an endpoint keeps its state whatever its weight.
+                match old.endpoints.iter().find(|s| s.endpoint.addr == e.addr) {
+                    Some(s) => s.clone(),
+                    None => Arc::new(pool::EndpointState::new(*e, self.config.clone())),
+                }
+            })
+            .collect();
+        let balance = balance::Balancer::new(self.config.balance, endpoints);
+        self.set.store(Arc::new(EndpointSet {
+            list: endpoints.to_vec(),
+            endpoints: states,
+            balance,
+        }));
+    }
+
     /// Its connections now, over every endpoint.
     pub fn pool_counts(&self) -> PoolCounts {
-        self.endpoints
+        self.set
+            .load()
+            .endpoints
             .iter()
             .map(|e| e.counts())
             .fold(PoolCounts::default(), |a, c| PoolCounts {
@@ -443,7 +490,7 @@ impl GenericClient {
 
     /// True while at least one endpoint is outside its failure backoff.
     pub fn has_usable_endpoint(&self) -> bool {
-        self.endpoints.iter().any(|e| e.is_up())
+        self.set.load().endpoints.iter().any(|e| e.is_up())
     }
 
     /// Next seq id: unique across this client's connections, never 0, wrapping to negative
@@ -481,15 +528,20 @@ impl GenericClient {
     }
 
     async fn call_inner(&self, call: &mut Call) -> Result<Option<Reply>, Error> {
-        if self.endpoints.is_empty() {
-            return Err(Error::NoEndpoint {
-                downstream: self.config.name.clone(),
-            });
-        }
         // Try each endpoint at most once: a refused connection moves on to the next one.
         let mut last_err = None;
-        for attempt in 0..self.endpoints.len() {
-            let ep = &self.endpoints[self.balance.pick(&self.endpoints, attempt)];
+        let mut attempt = 0;
+        loop {
+            // The endpoint is picked from the set in force now, and held by the call: a set
+            // replaced meanwhile does not cut it.
+            let ep = {
+                let set = self.set.load();
+                if attempt >= set.endpoints.len() {
+                    break;
+                }
+                set.endpoints[set.balance.pick(&set.endpoints, attempt)].clone()
+            };
+            attempt += 1;
             let seq = self.next_seq();
             let result = if self.config.multiplex && self.config.transport.is_ttheader() {
                 ep.call_mux(call, seq).await

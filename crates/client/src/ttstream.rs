@@ -64,10 +64,22 @@ struct Endpoint {
     next: AtomicUsize,
 }
 
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conns: tokio::sync::Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// A TTStream client for one downstream.
 pub struct TTStreamClient {
     config: Arc<ClientConfig>,
-    endpoints: Vec<Endpoint>,
+    /// Replaced whole by [`set_endpoints`](Self::set_endpoints); a stream keeps the
+    /// connection it opened on.
+    endpoints: arc_swap::ArcSwap<Vec<Arc<Endpoint>>>,
     rr: AtomicUsize,
     next_id: AtomicI32,
 }
@@ -97,18 +109,34 @@ impl TTStreamClient {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| Endpoint {
-                addr: e.addr,
-                conns: tokio::sync::Mutex::new(Vec::new()),
-                next: AtomicUsize::new(0),
-            })
+            .map(|e| Arc::new(Endpoint::new(e.addr)))
             .collect();
         Self {
             config: Arc::new(config),
-            endpoints,
+            endpoints: arc_swap::ArcSwap::from_pointee(endpoints),
             rr: AtomicUsize::new(0),
             next_id: AtomicI32::new(0),
         }
+    }
+
+    /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
+    /// connections; streams open on a removed one run to their end, and its connections
+    /// close once their last stream is done.
+    pub fn set_endpoints(&self, endpoints: &[crate::Endpoint]) {
+        let old = self.endpoints.load();
+        let new = endpoints
+            .iter()
+            .map(|e| match old.iter().find(|o| o.addr == e.addr) {
+                Some(o) => o.clone(),
+                None => Arc::new(Endpoint::new(e.addr)),
+            })
+            .collect();
+        self.endpoints.store(Arc::new(new));
+    }
+
+    /// The endpoints streams are opened on now.
+    pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoints.load().iter().map(|e| e.addr).collect()
     }
 
     fn next_stream_id(&self) -> i32 {
@@ -155,16 +183,18 @@ impl TTStreamClient {
 
     /// Opens a stream: sends its Header frame and returns the handle.
     pub async fn open(&self, req: OpenStream) -> Result<ClientStream, Error> {
-        if self.endpoints.is_empty() {
-            return Err(Error::NoEndpoint {
-                downstream: self.config.name.clone(),
-            });
-        }
         let mut last = None;
-        for attempt in 0..self.endpoints.len() {
-            let ep = &self.endpoints
-                [(self.rr.fetch_add(1, Ordering::Relaxed) + attempt) % self.endpoints.len()];
-            match self.connection(ep).await {
+        let mut attempt = 0;
+        loop {
+            let ep = {
+                let eps = self.endpoints.load();
+                if attempt >= eps.len() {
+                    break;
+                }
+                eps[(self.rr.fetch_add(1, Ordering::Relaxed) + attempt) % eps.len()].clone()
+            };
+            attempt += 1;
+            match self.connection(&ep).await {
                 Ok(conn) => return Ok(self.open_on(conn, req).await),
                 Err(e) => last = Some(e),
             }

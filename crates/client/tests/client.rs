@@ -301,3 +301,72 @@ async fn a_dropped_ttstream_client_leaves_no_connection_task_behind() {
         "the connection's reader or writer outlived its client"
     );
 }
+
+/// Discovery replaces endpoints while calls run: an endpoint that stays keeps its pooled
+/// connection, a new one takes calls at once, a removed one gets no new calls, and a call in
+/// flight on it when it is removed still gets its reply.
+#[tokio::test]
+async fn set_endpoints_keeps_pools_adds_and_drains() {
+    let a = Arc::new(PeerHandler::default());
+    let b = Arc::new(PeerHandler::default());
+    let (addr_a, _da) = serve(a.clone()).await;
+    let (addr_b, _db) = serve(b.clone()).await;
+    let c = Arc::new(GenericClient::new(ClientConfig::new(
+        "echo",
+        vec![ep(addr_a, 1)],
+    )));
+    echo_ok(&c, "one").await;
+    c.set_endpoints(&[ep(addr_a, 1), ep(addr_b, 1)]);
+    assert_eq!(c.endpoints(), vec![ep(addr_a, 1), ep(addr_b, 1)]);
+    for i in 0..10 {
+        echo_ok(&c, &format!("{i}")).await;
+    }
+    let peers_a: HashSet<_> = a.peers.lock().unwrap().iter().copied().collect();
+    assert_eq!(peers_a.len(), 1, "a kept its pooled connection");
+    assert_eq!(a.peers.lock().unwrap().len(), 6, "round robin over both");
+    assert_eq!(b.peers.lock().unwrap().len(), 5);
+
+    // A call in flight on b when b is removed: it is answered.
+    let slow = Arc::new(SlowHandler {
+        delay: Duration::from_millis(300),
+    });
+    let (addr_s, _ds) = serve(slow).await;
+    c.set_endpoints(&[ep(addr_s, 1)]);
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.call(call("Echo", "late")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.set_endpoints(&[ep(addr_a, 1)]);
+    let r = in_flight.await.unwrap().unwrap().unwrap();
+    assert_eq!(r.body, echo_result(&args("late")), "drained, not cut");
+    let before = a.peers.lock().unwrap().len();
+    for i in 0..4 {
+        echo_ok(&c, &format!("after {i}")).await;
+    }
+    assert_eq!(a.peers.lock().unwrap().len(), before + 4, "only a is used");
+    assert_eq!(b.peers.lock().unwrap().len(), 5, "b is used no more");
+    assert_eq!(
+        c.pool_counts().idle,
+        1,
+        "the removed endpoints' pools are gone"
+    );
+
+    c.set_endpoints(&[]);
+    assert!(matches!(
+        c.call(call("Echo", "x")).await,
+        Err(Error::NoEndpoint { .. })
+    ));
+}
+
+#[derive(Debug)]
+struct SlowHandler {
+    delay: Duration,
+}
+
+impl DefaultHandler for SlowHandler {
+    async fn handle(&self, req: Request) -> Response {
+        tokio::time::sleep(self.delay).await;
+        EchoHandler::default().handle(req).await
+    }
+}

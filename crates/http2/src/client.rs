@@ -211,7 +211,9 @@ pub struct GrpcClient {
 struct Inner {
     config: GrpcClientConfig,
     next: AtomicUsize,
-    slots: Vec<Slot>,
+    /// Replaced whole by [`GrpcClient::set_endpoints`]; a stream keeps the connection it
+    /// opened on.
+    slots: arc_swap::ArcSwap<Vec<Arc<Slot>>>,
     /// The connections' tasks; dropped with the client, which cancels them.
     tasks: sluice_io::TaskGroup,
 }
@@ -222,6 +224,15 @@ struct Inner {
 struct Slot {
     addr: SocketAddr,
     conn: Mutex<Option<Arc<Handle>>>,
+}
+
+impl Slot {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conn: Mutex::new(None),
+        }
+    }
 }
 
 /// The client's hold on a connection: while one exists, an idle connection stays open.
@@ -246,6 +257,7 @@ impl GrpcClient {
     pub fn open_connections(&self) -> usize {
         self.inner
             .slots
+            .load()
             .iter()
             .map(|s| match s.conn.try_lock() {
                 Ok(c) => usize::from(c.is_some()),
@@ -259,24 +271,42 @@ impl GrpcClient {
         let slots = config
             .endpoints
             .iter()
-            .map(|&addr| Slot {
-                addr,
-                conn: Mutex::new(None),
-            })
+            .map(|&addr| Arc::new(Slot::new(addr)))
             .collect();
         Self {
             inner: Arc::new(Inner {
                 config,
                 next: AtomicUsize::new(0),
-                slots,
+                slots: arc_swap::ArcSwap::from_pointee(slots),
                 tasks: sluice_io::TaskGroup::new(),
             }),
         }
     }
 
-    /// The configuration.
+    /// The configuration it was made with (its endpoints are the first ones: see
+    /// [`endpoints`](Self::endpoints) for the current ones).
     pub fn config(&self) -> &GrpcClientConfig {
         &self.inner.config
+    }
+
+    /// The endpoints streams are opened on now.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.inner.slots.load().iter().map(|s| s.addr).collect()
+    }
+
+    /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
+    /// connection; a removed one's connection finishes the streams it carries and closes
+    /// when it has none left (the client no longer holds it open).
+    pub fn set_endpoints(&self, endpoints: &[SocketAddr]) {
+        let old = self.inner.slots.load();
+        let new = endpoints
+            .iter()
+            .map(|&addr| match old.iter().find(|s| s.addr == addr) {
+                Some(s) => s.clone(),
+                None => Arc::new(Slot::new(addr)),
+            })
+            .collect();
+        self.inner.slots.store(Arc::new(new));
     }
 
     /// Opens a stream: queues the request HEADERS on the endpoint's connection. The next
@@ -284,7 +314,9 @@ impl GrpcClient {
     /// once.
     pub async fn open(&self, req: &OpenRequest) -> Result<ClientStream, GrpcClientError> {
         let inner = &self.inner;
-        let n = inner.slots.len();
+        // The slots in force now; a set replaced meanwhile does not cut this open.
+        let slots = inner.slots.load_full();
+        let n = slots.len();
         if n == 0 {
             return Err(GrpcClientError::NoEndpoints);
         }
@@ -292,7 +324,7 @@ impl GrpcClient {
         let first = inner.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut last_err = None;
         for i in 0..n {
-            let slot = &inner.slots[(first + i) % n];
+            let slot = &slots[(first + i) % n];
             match self.open_on(slot, req, &head).await {
                 Ok(s) => return Ok(s),
                 Err(

@@ -2,18 +2,33 @@
 //! families (ping-pong, TTStream, gRPC), keyed by downstream name.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use sluice_client::{ClientConfig, GenericClient, PoolCounts, TTStreamClient};
+use sluice_client::{ClientConfig, Endpoint, GenericClient, PoolCounts, TTStreamClient};
 use sluice_http2::{GrpcClient, GrpcClientConfig};
 
 /// One downstream's clients; each is made the first time a call of its family needs it.
 #[derive(Debug)]
 struct DownstreamClients {
     config: ClientConfig,
+    /// The endpoints discovery found last, when it found any: clients made from now on start
+    /// with them, and the lock orders a discovery update against a client being made.
+    found: Mutex<Option<Vec<Endpoint>>>,
     pingpong: OnceLock<Arc<GenericClient>>,
     ttstream: OnceLock<Arc<TTStreamClient>>,
     grpc: OnceLock<Arc<GrpcClient>>,
+}
+
+impl DownstreamClients {
+    /// The settings with the endpoints discovery found last, if any.
+    fn current_config(&self) -> ClientConfig {
+        let found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.config.clone();
+        if let Some(eps) = &*found {
+            c.endpoints = eps.clone();
+        }
+        c
+    }
 }
 
 /// The clients of every downstream a request has reached so far.
@@ -45,6 +60,7 @@ impl Clients {
             .or_insert_with(|| {
                 Arc::new(DownstreamClients {
                     config: config(),
+                    found: Mutex::new(None),
                     pingpong: OnceLock::new(),
                     ttstream: OnceLock::new(),
                     grpc: OnceLock::new(),
@@ -63,7 +79,7 @@ impl Clients {
         d.pingpong
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating ping-pong client");
-                Arc::new(GenericClient::new(d.config.clone()))
+                Arc::new(GenericClient::new(d.current_config()))
             })
             .clone()
     }
@@ -78,7 +94,7 @@ impl Clients {
         d.ttstream
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating TTStream client");
-                Arc::new(TTStreamClient::new(d.config.clone()))
+                Arc::new(TTStreamClient::new(d.current_config()))
             })
             .clone()
     }
@@ -90,13 +106,55 @@ impl Clients {
         d.grpc
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating gRPC client");
-                let c = &d.config;
+                let c = &d.current_config();
                 let mut g = GrpcClientConfig::new(c.endpoints.iter().map(|e| e.addr).collect());
                 g.connect_timeout = c.connect_timeout;
                 g.max_message_size = c.max_frame_size;
                 Arc::new(GrpcClient::new(g))
             })
             .clone()
+    }
+
+    /// Gives downstream `name` the endpoints discovery found: its clients made so far switch
+    /// to them (calls and streams in flight finish where they are), and clients made later
+    /// start with them.
+    pub fn set_endpoints(
+        &self,
+        name: &str,
+        config: impl FnOnce() -> ClientConfig,
+        endpoints: Vec<Endpoint>,
+    ) {
+        let d = self.entry(name, config);
+        let mut found = d.found.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = d.pingpong.get() {
+            c.set_endpoints(&endpoints);
+        }
+        if let Some(c) = d.ttstream.get() {
+            c.set_endpoints(&endpoints);
+        }
+        if let Some(c) = d.grpc.get() {
+            let addrs: Vec<_> = endpoints.iter().map(|e| e.addr).collect();
+            c.set_endpoints(&addrs);
+        }
+        *found = Some(endpoints);
+    }
+
+    /// Forgets downstream `name`'s clients: calls and streams in flight finish on them, new
+    /// ones get new clients (from a new configuration, after a reload).
+    pub fn remove(&self, name: &str) {
+        self.by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// The settings downstream `name`'s clients were made with, when it has an entry.
+    pub fn config_of(&self, name: &str) -> Option<ClientConfig> {
+        self.by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|d| d.config.clone())
     }
 
     /// Number of downstreams that have clients.
@@ -127,7 +185,8 @@ impl Clients {
             .collect()
     }
 
-    /// True when some downstream of `configured` may be usable: it has an endpoint, and its
+    /// True when some downstream of `configured` may be usable: it has an endpoint (the ones
+    /// discovery found, once it found any), and its
     /// ping-pong client, if one was made, has an endpoint outside its failure backoff. (Only
     /// the ping-pong client keeps a backoff; a downstream no call has reached yet counts as
     /// usable.)
@@ -137,9 +196,16 @@ impl Clients {
     ) -> bool {
         let made = self.by_name.read().unwrap_or_else(|e| e.into_inner());
         configured.into_iter().any(|(name, config)| {
-            !config.endpoints.is_empty()
+            let made = made.get(name);
+            // Discovery's endpoints, once it found some, else the configured ones.
+            let has_endpoints = made
+                .and_then(|d| {
+                    let found = d.found.lock().unwrap_or_else(|e| e.into_inner());
+                    found.as_ref().map(|f| !f.is_empty())
+                })
+                .unwrap_or(!config.endpoints.is_empty());
+            has_endpoints
                 && made
-                    .get(name)
                     .and_then(|d| d.pingpong.get())
                     .is_none_or(|c| c.has_usable_endpoint())
         })

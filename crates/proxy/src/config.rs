@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_client::{Balance, ClientConfig, Endpoint, Transport};
+pub use sluice_client::Transport;
+use sluice_client::{Balance, ClientConfig, Endpoint};
 
 /// A configuration problem, naming the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +50,31 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    etcd: Option<RawEtcd>,
+    max_services: Option<usize>,
+    service_idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    register_ttl_ms: Option<u64>,
+    tls_ca: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +120,8 @@ struct RawListener {
     default_service: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    register: Option<String>,
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,7 +130,9 @@ struct RawRoute {
     service: Option<String>,
     method: Option<String>,
     header: Option<RawHeaderMatch>,
-    downstream: String,
+    downstream: Option<String>,
+    discover: Option<String>,
+    transport: Option<String>,
     timeout_ms: Option<u64>,
     max_timeout_ms: Option<u64>,
 }
@@ -126,7 +157,12 @@ enum RawEndpoint {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDownstream {
+    #[serde(default)]
     endpoints: Vec<RawEndpoint>,
+    discovery: Option<String>,
+    service: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+    dns_refresh_ms: Option<u64>,
     transport: Option<String>,
     balance: Option<String>,
     multiplex: Option<bool>,
@@ -171,6 +207,113 @@ pub struct Listener {
     /// The certificate and key files `tls` was read from (shown by the admin `/config`; the
     /// key's contents never are).
     pub tls_files: Option<(String, String)>,
+    /// Service name to register this listener under in etcd (`register`), in Kitex's
+    /// registry format, so Kitex clients using registry-etcd find the proxy.
+    pub register: Option<String>,
+    /// Address to register (`advertise`); `None`: the bound address, or this host's first
+    /// non-loopback IPv4 address with the bound port when bound to `0.0.0.0` / `::`.
+    pub advertise: Option<SocketAddr>,
+}
+
+/// Where a downstream's endpoints come from (`discovery` on a downstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// `endpoints`, resolved once when the configuration loads (the default).
+    Static,
+    /// `endpoints` are `host:port` names re-resolved every `refresh`, every A and AAAA
+    /// record an endpoint (with the name's weight).
+    Dns {
+        /// The names and their weights.
+        names: Vec<(String, u32)>,
+        /// How often they are resolved again.
+        refresh: Duration,
+    },
+    /// The instances registered in etcd under `service`, watched.
+    Etcd {
+        /// The registry service name.
+        service: String,
+        /// Only instances whose tags include all of these.
+        tags: BTreeMap<String, String>,
+    },
+}
+
+impl Source {
+    /// The configuration spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Static => "static",
+            Source::Dns { .. } => "dns",
+            Source::Etcd { .. } => "etcd",
+        }
+    }
+}
+
+/// The etcd connection (`[discovery.etcd]`), for downstreams found in etcd, routes that
+/// discover, and listeners that register.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Etcd {
+    /// The client settings these make (TLS files read).
+    pub client: Arc<sluice_discovery::EtcdConfig>,
+    /// TLS to etcd, as configured (files by path).
+    pub tls_files: Option<EtcdTlsFiles>,
+    /// etcd client endpoints (`host:port` or URLs).
+    pub endpoints: Vec<String>,
+    /// Key prefix. Default `kitex/registry-etcd` (Kitex's registry-etcd).
+    pub prefix: String,
+    /// User name, when etcd has authentication on.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Connect timeout. Default 2 s.
+    pub connect_timeout: Duration,
+    /// TTL of the lease a registered listener's key lives on (kept alive). Default 60 s, as
+    /// Kitex.
+    pub register_ttl: Duration,
+}
+
+/// The TLS files of `[discovery.etcd]` (`tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdTlsFiles {
+    /// The CA that signed etcd's certificate.
+    pub ca: String,
+    /// A client certificate and its key, for etcd's client certificate authentication.
+    pub identity: Option<(String, String)>,
+    /// The name etcd's certificate is checked against, when not the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+/// Discovery settings (`[discovery]`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Discovery {
+    /// The etcd connection, if any.
+    pub etcd: Option<Etcd>,
+    /// Services a discovering route keeps clients for at once; a request for another
+    /// service past it is refused. Default 1000.
+    pub max_services: usize,
+    /// A discovered service's clients are closed once unused this long. Default 5 min.
+    pub service_idle_timeout: Duration,
+}
+
+impl Default for Discovery {
+    fn default() -> Self {
+        Self {
+            etcd: None,
+            max_services: 1000,
+            service_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How a discovering route (`discover = "etcd"`) reaches the services it finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Discover {
+    /// Ping-pong transport to the instances found. Default `ttheader`.
+    pub transport: Transport,
 }
 
 /// The admin listener (`[admin]`): `/metrics`, `/healthz`, `/readyz`, `/config`.
@@ -238,8 +381,11 @@ pub struct Route {
     pub method: Option<String>,
     /// Header match, if set.
     pub header: Option<HeaderMatch>,
-    /// Downstream name.
+    /// Downstream name (empty when the route discovers).
     pub downstream: String,
+    /// Set when the route sends each request to the service it addresses, found in etcd
+    /// (`discover = "etcd"`), instead of a configured downstream.
+    pub discover: Option<Discover>,
     /// Deadline for requests that carry none.
     pub timeout: Option<Duration>,
     /// Upper bound on any request's deadline.
@@ -301,6 +447,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Downstream clients' settings, by name.
     pub downstreams: BTreeMap<String, ClientConfig>,
+    /// Where each downstream's endpoints come from, by name (every downstream has one).
+    pub sources: BTreeMap<String, Source>,
+    /// Discovery: etcd, and the limits of discovering routes.
+    pub discovery: Discovery,
     /// Limits.
     pub limits: Limits,
     /// Runtime worker threads (`[runtime] worker_threads`); `None`: one per core.
@@ -363,13 +513,28 @@ impl Config {
     }
 
     fn check(raw: RawConfig) -> Result<Config, ConfigError> {
+        let discovery = check_discovery(&raw.discovery)?;
         let mut downstreams = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         for (name, d) in &raw.downstreams {
             let key = |k: &str| format!("downstreams.{name}.{k}");
-            if d.endpoints.is_empty() {
-                return Err(err(key("endpoints"), "at least one endpoint is needed"));
+            let kind = d.discovery.as_deref().unwrap_or("static");
+            if kind != "etcd" && (d.service.is_some() || d.tags.is_some()) {
+                let k = if d.service.is_some() {
+                    "service"
+                } else {
+                    "tags"
+                };
+                return Err(err(key(k), "applies to discovery = \"etcd\" only"));
+            }
+            if kind != "dns" && d.dns_refresh_ms.is_some() {
+                return Err(err(
+                    key("dns_refresh_ms"),
+                    "applies to discovery = \"dns\" only",
+                ));
             }
             let mut endpoints = Vec::new();
+            let mut names = Vec::new();
             for (i, e) in d.endpoints.iter().enumerate() {
                 let (address, weight) = match e {
                     RawEndpoint::Address(a) => (a, 1),
@@ -381,10 +546,65 @@ impl Config {
                         "weight must be at least 1",
                     ));
                 }
+                if kind == "dns" {
+                    // Resolved by the DNS source, again and again: only the form is checked
+                    // here, so a name that does not resolve yet does not stop the proxy.
+                    check_host_port(address)
+                        .map_err(|m| err(format!("{}[{i}]", key("endpoints")), m))?;
+                    names.push((address.clone(), weight));
+                    continue;
+                }
                 let addr =
                     resolve(address).map_err(|m| err(format!("{}[{i}]", key("endpoints")), m))?;
                 endpoints.push(Endpoint { addr, weight });
             }
+            let source = match kind {
+                "static" => {
+                    if endpoints.is_empty() {
+                        return Err(err(key("endpoints"), "at least one endpoint is needed"));
+                    }
+                    Source::Static
+                }
+                "dns" => {
+                    if names.is_empty() {
+                        return Err(err(key("endpoints"), "at least one name is needed"));
+                    }
+                    let refresh = ms(d.dns_refresh_ms, 5000);
+                    if refresh < Duration::from_millis(100) {
+                        return Err(err(key("dns_refresh_ms"), "must be at least 100"));
+                    }
+                    Source::Dns { names, refresh }
+                }
+                "etcd" => {
+                    if discovery.etcd.is_none() {
+                        return Err(err(
+                            key("discovery"),
+                            "\"etcd\" needs a [discovery.etcd] section",
+                        ));
+                    }
+                    if !endpoints.is_empty() {
+                        return Err(err(
+                            key("endpoints"),
+                            "a downstream found in etcd takes no endpoints",
+                        ));
+                    }
+                    let service = d.service.clone().unwrap_or_else(|| name.clone());
+                    if service.is_empty() || service.contains('/') {
+                        return Err(err(key("service"), "must be a name without '/'"));
+                    }
+                    Source::Etcd {
+                        service,
+                        tags: d.tags.clone().unwrap_or_default(),
+                    }
+                }
+                other => {
+                    return Err(err(
+                        key("discovery"),
+                        format!("unknown discovery {other:?} (expected static, dns or etcd)"),
+                    ))
+                }
+            };
+            sources.insert(name.clone(), source);
             let mut c = ClientConfig::new(name.clone(), endpoints);
             if let Some(t) = &d.transport {
                 c.transport = t
@@ -493,6 +713,23 @@ impl Config {
                 }
             };
             let (tls, tls_files) = tls.unzip();
+            if let Some(r) = &l.register {
+                if discovery.etcd.is_none() {
+                    return Err(err(key("register"), "needs a [discovery.etcd] section"));
+                }
+                if r.is_empty() || r.contains('/') {
+                    return Err(err(key("register"), "must be a name without '/'"));
+                }
+            }
+            let advertise = match &l.advertise {
+                None => None,
+                Some(_) if l.register.is_none() => {
+                    return Err(err(key("advertise"), "applies with register only"))
+                }
+                Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                    err(key("advertise"), format!("{a:?} is not an ip:port address"))
+                })?),
+            };
             listeners.push(Listener {
                 name,
                 address,
@@ -500,18 +737,56 @@ impl Config {
                 default_service: l.default_service.clone(),
                 tls,
                 tls_files,
+                register: l.register.clone(),
+                advertise,
             });
         }
 
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
-            if !downstreams.contains_key(&r.downstream) {
-                return Err(err(
-                    key("downstream"),
-                    format!("no [downstreams.{}] is defined", r.downstream),
-                ));
-            }
+            let discover = match (&r.downstream, &r.discover) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        key("discover"),
+                        "a route takes downstream or discover, not both",
+                    ))
+                }
+                (None, None) => return Err(err(key("downstream"), "missing (or set discover)")),
+                (Some(d), None) => {
+                    if !downstreams.contains_key(d) {
+                        return Err(err(
+                            key("downstream"),
+                            format!("no [downstreams.{d}] is defined"),
+                        ));
+                    }
+                    if r.transport.is_some() {
+                        return Err(err(
+                            key("transport"),
+                            "applies to discovering routes only (set it on the downstream)",
+                        ));
+                    }
+                    None
+                }
+                (None, Some(how)) => {
+                    if how != "etcd" {
+                        return Err(err(
+                            key("discover"),
+                            format!("unknown discover {how:?} (expected \"etcd\")"),
+                        ));
+                    }
+                    if discovery.etcd.is_none() {
+                        return Err(err(key("discover"), "needs a [discovery.etcd] section"));
+                    }
+                    let transport = match &r.transport {
+                        None => Transport::TTHeader,
+                        Some(t) => t
+                            .parse::<Transport>()
+                            .map_err(|e| err(key("transport"), e.to_string()))?,
+                    };
+                    Some(Discover { transport })
+                }
+            };
             let service = match r.service.as_deref() {
                 None | Some("*") => None,
                 Some(s) => Some(s.to_owned()),
@@ -530,7 +805,8 @@ impl Config {
                     key: h.key.clone(),
                     value: h.value.clone(),
                 }),
-                downstream: r.downstream.clone(),
+                downstream: r.downstream.clone().unwrap_or_default(),
+                discover,
                 timeout,
                 max_timeout,
             });
@@ -596,6 +872,8 @@ impl Config {
             listeners,
             routes,
             downstreams,
+            sources,
+            discovery,
             limits,
             worker_threads: raw.runtime.worker_threads,
             admin,
@@ -635,6 +913,12 @@ impl Config {
                     t.insert("tls_cert".into(), text(cert));
                     t.insert("tls_key".into(), text(key));
                 }
+                if let Some(r) = &l.register {
+                    t.insert("register".into(), text(r));
+                }
+                if let Some(a) = &l.advertise {
+                    t.insert("advertise".into(), text(a.to_string()));
+                }
                 Value::Table(t)
             })
             .collect();
@@ -654,7 +938,15 @@ impl Config {
                     m.insert("value".into(), text(&h.value));
                     t.insert("header".into(), Value::Table(m));
                 }
-                t.insert("downstream".into(), text(&r.downstream));
+                match &r.discover {
+                    Some(d) => {
+                        t.insert("discover".into(), text("etcd"));
+                        t.insert("transport".into(), text(d.transport.as_str()));
+                    }
+                    None => {
+                        t.insert("downstream".into(), text(&r.downstream));
+                    }
+                }
                 if let Some(d) = r.timeout {
                     t.insert("timeout_ms".into(), ms(d));
                 }
@@ -678,7 +970,31 @@ impl Config {
                     Value::Table(ep)
                 })
                 .collect();
-            t.insert("endpoints".into(), Value::Array(endpoints));
+            let source = self.sources.get(name).unwrap_or(&Source::Static);
+            t.insert("discovery".into(), text(source.as_str()));
+            match source {
+                Source::Static => {
+                    t.insert("endpoints".into(), Value::Array(endpoints));
+                }
+                Source::Dns { names, refresh } => {
+                    let names = names
+                        .iter()
+                        .map(|(n, w)| {
+                            let mut ep = Table::new();
+                            ep.insert("address".into(), text(n));
+                            ep.insert("weight".into(), int(*w));
+                            Value::Table(ep)
+                        })
+                        .collect();
+                    t.insert("endpoints".into(), Value::Array(names));
+                    t.insert("dns_refresh_ms".into(), ms(*refresh));
+                }
+                Source::Etcd { service, tags } => {
+                    t.insert("service".into(), text(service));
+                    let tags = tags.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+                    t.insert("tags".into(), Value::Table(tags));
+                }
+            }
             t.insert("transport".into(), text(d.transport.as_str()));
             t.insert("balance".into(), text(d.balance.as_str()));
             t.insert("multiplex".into(), Value::Boolean(d.multiplex));
@@ -732,6 +1048,39 @@ impl Config {
             t.insert("queue".into(), int(a.queue));
             root.insert("access_log".into(), Value::Table(t));
         }
+        let mut discovery = Table::new();
+        discovery.insert("max_services".into(), int(self.discovery.max_services));
+        discovery.insert(
+            "service_idle_timeout_ms".into(),
+            ms(self.discovery.service_idle_timeout),
+        );
+        if let Some(e) = &self.discovery.etcd {
+            let mut t = Table::new();
+            t.insert(
+                "endpoints".into(),
+                Value::Array(e.endpoints.iter().map(text).collect()),
+            );
+            t.insert("prefix".into(), text(&e.prefix));
+            if let Some(u) = &e.username {
+                t.insert("username".into(), text(u));
+                // Never shown: the file holds it.
+                t.insert("password".into(), text("<redacted>"));
+            }
+            t.insert("connect_timeout_ms".into(), ms(e.connect_timeout));
+            t.insert("register_ttl_ms".into(), ms(e.register_ttl));
+            if let Some(f) = &e.tls_files {
+                t.insert("tls_ca".into(), text(&f.ca));
+                if let Some((c, k)) = &f.identity {
+                    t.insert("tls_cert".into(), text(c));
+                    t.insert("tls_key".into(), text(k));
+                }
+                if let Some(n) = &f.server_name {
+                    t.insert("tls_server_name".into(), text(n));
+                }
+            }
+            discovery.insert("etcd".into(), Value::Table(t));
+        }
+        root.insert("discovery".into(), Value::Table(discovery));
         let mut tracing = Table::new();
         if let Some(e) = &self.tracing.otlp_endpoint {
             tracing.insert("otlp_endpoint".into(), text(e));
@@ -772,7 +1121,10 @@ impl Config {
                     .as_ref()
                     .map(|h| format!(" header {}={}", h.key, h.value))
                     .unwrap_or_default(),
-                r.downstream,
+                match &r.discover {
+                    Some(d) => format!("etcd(destination service) via {}", d.transport.as_str()),
+                    None => r.downstream.clone(),
+                },
                 r.timeout
                     .map(|t| format!(" timeout={t:?}"))
                     .unwrap_or_default(),
@@ -795,7 +1147,15 @@ impl Config {
                 .collect();
             let _ = writeln!(
                 s,
-                "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]",
+                "downstream {name}: discovery={} transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]",
+                match self.sources.get(name) {
+                    Some(Source::Etcd { service, .. }) => format!("etcd({service})"),
+                    Some(Source::Dns { names, refresh }) => format!(
+                        "dns({} every {refresh:?})",
+                        names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
+                    ),
+                    _ => "static".to_owned(),
+                },
                 d.transport.as_str(),
                 d.balance,
                 d.multiplex,
@@ -818,6 +1178,122 @@ impl Config {
             );
         }
         s
+    }
+}
+
+fn check_discovery(raw: &RawDiscovery) -> Result<Discovery, ConfigError> {
+    let defaults = Discovery::default();
+    let etcd = match &raw.etcd {
+        None => None,
+        Some(e) => {
+            if e.endpoints.is_empty() {
+                return Err(err(
+                    "discovery.etcd.endpoints",
+                    "at least one endpoint is needed",
+                ));
+            }
+            let prefix = e
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "kitex/registry-etcd".to_owned());
+            if prefix.is_empty() || prefix.ends_with('/') {
+                return Err(err(
+                    "discovery.etcd.prefix",
+                    "must not be empty or end with '/'",
+                ));
+            }
+            if e.password.is_some() != e.username.is_some() {
+                return Err(err(
+                    "discovery.etcd.username",
+                    "username and password go together",
+                ));
+            }
+            let tls_files = match (&e.tls_ca, &e.tls_cert, &e.tls_key) {
+                (None, None, None) => None,
+                (None, _, _) => {
+                    return Err(err(
+                        "discovery.etcd.tls_ca",
+                        "TLS to etcd needs the CA that signed its certificate",
+                    ))
+                }
+                (Some(ca), None, None) => Some(EtcdTlsFiles {
+                    ca: ca.clone(),
+                    identity: None,
+                    server_name: e.tls_server_name.clone(),
+                }),
+                (Some(ca), Some(c), Some(k)) => Some(EtcdTlsFiles {
+                    ca: ca.clone(),
+                    identity: Some((c.clone(), k.clone())),
+                    server_name: e.tls_server_name.clone(),
+                }),
+                (Some(_), _, _) => {
+                    return Err(err(
+                        "discovery.etcd.tls_cert",
+                        "tls_cert and tls_key go together",
+                    ))
+                }
+            };
+            let tls = match &tls_files {
+                None => None,
+                Some(f) => {
+                    let mut tls = sluice_discovery::EtcdTls::from_files(
+                        f.ca.as_ref(),
+                        f.identity.as_ref().map(|(c, _)| c.as_ref()),
+                        f.identity.as_ref().map(|(_, k)| k.as_ref()),
+                    )
+                    .map_err(|e| err("discovery.etcd.tls_ca", e.to_string()))?;
+                    tls.server_name = f.server_name.clone();
+                    Some(tls)
+                }
+            };
+            let register_ttl = ms(e.register_ttl_ms, 60_000);
+            if register_ttl < Duration::from_secs(1) {
+                return Err(err(
+                    "discovery.etcd.register_ttl_ms",
+                    "must be at least 1000 (etcd leases count in seconds)",
+                ));
+            }
+            let connect_timeout = ms(e.connect_timeout_ms, 2000);
+            let client = sluice_discovery::EtcdConfig {
+                endpoints: e.endpoints.clone(),
+                prefix: prefix.clone(),
+                username: e.username.clone(),
+                password: e.password.clone(),
+                connect_timeout,
+                tls,
+                ..Default::default()
+            };
+            client
+                .validate()
+                .map_err(|e| err("discovery.etcd", e.to_string()))?;
+            Some(Etcd {
+                client: Arc::new(client),
+                tls_files,
+                endpoints: e.endpoints.clone(),
+                prefix,
+                username: e.username.clone(),
+                password: e.password.clone(),
+                connect_timeout,
+                register_ttl,
+            })
+        }
+    };
+    let max_services = raw.max_services.unwrap_or(defaults.max_services);
+    if max_services == 0 {
+        return Err(err("discovery.max_services", "must be at least 1"));
+    }
+    Ok(Discovery {
+        etcd,
+        max_services,
+        service_idle_timeout: ms(raw.service_idle_timeout_ms, 300_000),
+    })
+}
+
+/// A DNS endpoint is `host:port`: a name (or address) and a port number.
+fn check_host_port(address: &str) -> Result<(), String> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{address:?} is not host:port")),
     }
 }
 
@@ -845,4 +1321,133 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {address:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[listeners]]
+address = "127.0.0.1:7000"
+cluster = "ttstream"
+"#;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("{BASE}{extra}"))
+    }
+
+    fn key_of(extra: &str) -> String {
+        load(extra).expect_err("refused").key
+    }
+
+    #[test]
+    fn discovery_sources_load_with_their_defaults() {
+        let c = load(
+            r#"
+[discovery.etcd]
+endpoints = ["127.0.0.1:2379"]
+
+[downstreams.echo]
+discovery = "etcd"
+tags = { env = "prod" }
+
+[downstreams.web]
+discovery = "dns"
+endpoints = ["localhost:8888", { address = "localhost:9999", weight = 3 }]
+
+[[routes]]
+service = "EchoService"
+downstream = "echo"
+
+[[routes]]
+service = "*"
+discover = "etcd"
+transport = "framed"
+"#,
+        )
+        .unwrap();
+        let etcd = c.discovery.etcd.as_ref().unwrap();
+        assert_eq!(etcd.prefix, "kitex/registry-etcd");
+        assert_eq!(etcd.register_ttl, Duration::from_secs(60));
+        assert_eq!(c.discovery.max_services, 1000);
+        assert_eq!(
+            c.sources["echo"],
+            Source::Etcd {
+                service: "echo".into(),
+                tags: [("env".to_owned(), "prod".to_owned())].into(),
+            }
+        );
+        assert_eq!(
+            c.sources["web"],
+            Source::Dns {
+                names: vec![("localhost:8888".into(), 1), ("localhost:9999".into(), 3)],
+                refresh: Duration::from_millis(5000),
+            }
+        );
+        assert!(c.downstreams["echo"].endpoints.is_empty());
+        assert_eq!(
+            c.routes[1].discover,
+            Some(Discover {
+                transport: Transport::Framed
+            })
+        );
+        // What /config serves loads back to the same thing.
+        let again = Config::from_toml(&c.to_toml()).unwrap();
+        assert_eq!(again.to_toml(), c.to_toml());
+        assert_eq!(again.sources, c.sources);
+    }
+
+    #[test]
+    fn discovery_mistakes_name_their_key() {
+        let etcd = "[discovery.etcd]\nendpoints = [\"127.0.0.1:2379\"]\n";
+        assert_eq!(
+            key_of("[downstreams.e]\ndiscovery = \"etcd\"\n"),
+            "downstreams.e.discovery",
+            "etcd without [discovery.etcd]"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{etcd}[downstreams.e]\ndiscovery = \"etcd\"\nendpoints = [\"127.0.0.1:1\"]\n"
+            )),
+            "downstreams.e.endpoints"
+        );
+        assert_eq!(
+            key_of("[downstreams.e]\ndiscovery = \"consul\"\nendpoints = [\"127.0.0.1:1\"]\n"),
+            "downstreams.e.discovery"
+        );
+        assert_eq!(
+            key_of("[downstreams.e]\ndiscovery = \"dns\"\nendpoints = [\"no-port\"]\n"),
+            "downstreams.e.endpoints[0]"
+        );
+        assert_eq!(
+            key_of("[downstreams.e]\nendpoints = [\"127.0.0.1:1\"]\ntags = { a = \"b\" }\n"),
+            "downstreams.e.tags"
+        );
+        assert_eq!(
+            key_of("[[routes]]\ndiscover = \"etcd\"\n"),
+            "routes[0].discover"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{etcd}[downstreams.e]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\ndownstream = \"e\"\ndiscover = \"etcd\"\n"
+            )),
+            "routes[0].discover"
+        );
+        assert_eq!(
+            key_of("[[routes]]\nservice = \"x\"\n"),
+            "routes[0].downstream"
+        );
+        assert_eq!(
+            key_of(&format!("{etcd}[discovery]\nmax_services = 0\n")),
+            "discovery.max_services"
+        );
+        assert_eq!(
+            key_of("[discovery.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nusername = \"u\"\n"),
+            "discovery.etcd.username"
+        );
+        let register = "[[listeners]]\naddress = \"127.0.0.1:7001\"\ncluster = \"ttstream\"\nregister = \"gw\"\n";
+        assert_eq!(key_of(register), "listeners[1].register");
+        assert!(load(&format!("{register}{etcd}")).is_ok());
+    }
 }

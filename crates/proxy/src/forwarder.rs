@@ -72,9 +72,12 @@ impl Stats {
 /// ones route by the configuration.
 #[derive(Debug)]
 pub struct Forwarder<P = DefaultPhases> {
-    pub(crate) config: Arc<Config>,
-    pub(crate) router: Router,
-    pub(crate) clients: Clients,
+    /// The configuration and routes in force, replaced whole by a reload; each request and
+    /// stream routes on the snapshot it loaded first.
+    pub(crate) state: arc_swap::ArcSwap<State>,
+    pub(crate) clients: Arc<Clients>,
+    /// Clients of the services discovering routes found, made on demand and bounded.
+    pub(crate) discovered: crate::discovery::Discovered,
     pub(crate) phases: Arc<P>,
     /// Forwarded streams waiting for their downstream's first response.
     pub(crate) silence: SilenceWatch,
@@ -85,6 +88,25 @@ pub struct Forwarder<P = DefaultPhases> {
     pub(crate) metrics: Option<ProxyMetrics>,
     /// The access log, when on.
     pub(crate) access_log: Option<AccessLogger>,
+}
+
+/// One configuration in force: what a reload replaces.
+#[derive(Debug)]
+pub struct State {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Its routes.
+    pub router: Router,
+}
+
+impl State {
+    /// The snapshot of `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            router: Router::new(config.routes.clone()),
+            config,
+        }
+    }
 }
 
 /// How a call or stream ended, for the metrics and the access log.
@@ -136,9 +158,9 @@ impl<P: Phases> Forwarder<P> {
     /// A forwarder for `config` whose requests and streams go through `phases`.
     pub fn with_phases(config: Arc<Config>, phases: P) -> Self {
         Self {
-            router: Router::new(config.routes.clone()),
-            config,
-            clients: Clients::new(),
+            discovered: crate::discovery::Discovered::new(&config),
+            state: arc_swap::ArcSwap::from_pointee(State::new(config)),
+            clients: Arc::new(Clients::new()),
             phases: Arc::new(phases),
             silence: SilenceWatch::default(),
             stats: Stats::default(),
@@ -162,7 +184,9 @@ impl<P: Phases> Forwarder<P> {
     /// `kitex_client_*` series, and Sluice's `sluice_downstream_errors_total`,
     /// `sluice_requests_in_flight` and `sluice_streams_active`).
     pub fn with_metrics(mut self, metrics: Arc<sluice_metrics::Metrics>) -> Self {
-        self.metrics = Some(ProxyMetrics::new(metrics));
+        let m = ProxyMetrics::new(metrics);
+        self.discovered.metrics = Some(m.sources.clone());
+        self.metrics = Some(m);
         self
     }
 
@@ -235,9 +259,15 @@ impl<P: Phases> Forwarder<P> {
         &self.clients
     }
 
-    /// The configured routes.
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// Services a discovering route has clients for now.
+    pub fn discovered_services(&self) -> usize {
+        self.discovered.len()
+    }
+
+    /// The configuration and routes in force now (a later reload does not change the
+    /// snapshot returned).
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
     }
 
     /// The phases.
@@ -245,9 +275,9 @@ impl<P: Phases> Forwarder<P> {
         &self.phases
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.load().config.clone()
     }
 
     /// Routes a request or stream: the route phase, then the chosen downstream's settings
@@ -255,12 +285,18 @@ impl<P: Phases> Forwarder<P> {
     /// names the downstream and the trace id, if a trace came with it.
     pub(crate) fn route<'r>(
         &'r self,
+        state: &'r State,
         head: &RequestHead<'_>,
         trace: Option<&TraceContext>,
     ) -> Result<(Target<'r>, &'r ClientConfig), ProxyError> {
-        let target = self.phases.route(head, &self.router)?;
-        let Some(dc) = self.config.downstreams.get(&*target.downstream) else {
-            return Err(crate::error::not_configured(&target.downstream));
+        let target = self.phases.route(head, &state.router)?;
+        let dc = if target.discovered.is_some() {
+            self.discovered.template()
+        } else {
+            match state.config.downstreams.get(&*target.downstream) {
+                Some(dc) => dc,
+                None => return Err(crate::error::not_configured(&target.downstream)),
+            }
         };
         // The span is the server's, at debug level. Looking up the current span costs a
         // registry lookup, so only when debug spans can exist at all.

@@ -14,29 +14,36 @@
 mod access_log;
 mod clients;
 pub mod config;
+mod discovery;
 pub mod error;
 mod forwarder;
 mod observe;
 pub mod phases;
 mod pingpong;
+pub mod reload;
 pub mod route;
 mod silence;
 mod stream;
 pub mod trace;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_admin::Health;
 use sluice_metrics::Metrics;
 use sluice_server::layer::{Identity, Layer};
-use sluice_server::{DefaultHandler, Drain, Server, StreamingHandler};
+use sluice_server::{DefaultHandler, Drain, DrainHandle, Server, StreamingHandler};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
 
 pub use clients::Clients;
 pub use config::{AccessLog, Admin, Cluster, Config, ConfigError, Tracing};
-pub use forwarder::{Forwarder, Stats};
+pub use forwarder::{Forwarder, State, Stats};
 pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
+pub use reload::{ReloadError, ReloadHandle};
 pub use route::{Family, RequestHead, Router, Target};
 pub use sluice_server::{ErrorKind, ProxyError};
 pub use trace::TraceContext;
@@ -50,6 +57,10 @@ pub struct Proxy<P = DefaultPhases> {
     /// The admin listener, when `[admin]` is configured.
     admin: Option<TcpListener>,
     health: Arc<Health>,
+    /// Reload requests, and the file they read.
+    reload_tx: mpsc::Sender<reload::Request>,
+    reload_rx: mpsc::Receiver<reload::Request>,
+    config_path: Option<PathBuf>,
 }
 
 impl Proxy {
@@ -89,19 +100,38 @@ impl<P: Phases> Proxy<P> {
         }
         let forwarder = Arc::new(forwarder);
         let usable = {
-            let (f, c) = (Arc::downgrade(&forwarder), config.clone());
+            let f = Arc::downgrade(&forwarder);
+            // The downstreams of the configuration in force (a reload may change them).
             move || {
                 f.upgrade()
-                    .is_none_or(|f| f.clients().any_usable(&c.downstreams))
+                    .is_none_or(|f| f.clients().any_usable(&f.config().downstreams))
             }
         };
+        let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Proxy {
             forwarder,
             config,
             bound,
             admin,
             health: Arc::new(Health::new().with_usable(usable)),
+            reload_tx,
+            reload_rx,
+            config_path: None,
         })
+    }
+
+    /// The file the configuration was read from: reloads read it again.
+    pub fn with_config_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_path = Some(path.into());
+        self
+    }
+
+    /// A handle that asks the serving proxy to reload its file (see [`reload`]).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            tx: self.reload_tx.clone(),
+            path: self.config_path.clone(),
+        }
     }
 
     /// Where the admin listener is bound, when there is one.
@@ -141,15 +171,19 @@ impl<P: Phases> Proxy<P> {
     {
         let handler = Arc::new(layer.layer(self.forwarder.clone()));
         let metrics = self.forwarder.metrics().cloned();
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut run = Running {
+            forwarder: self.forwarder.clone(),
+            handler,
+            config: self.config.clone(),
+            servers: JoinSet::new(),
+            listeners: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            config_path: self.config_path.clone(),
+        };
         for (l, tcp) in self.bound {
-            let server = Server::new(self.config.server_config(&l), handler.clone())
-                .with_streaming(handler.clone());
-            if let Some(m) = &self.forwarder.metrics {
-                m.listener_series(&l.name, server.stats());
-            }
-            tasks.spawn(server.serve(tcp, drain.clone()));
+            run.start_listener(l, tcp);
         }
+        run.start_sources(&BTreeMap::new(), &BTreeMap::new());
         if let Some(m) = &self.forwarder.metrics {
             m.process_series(&self.health);
             // Weak: the forwarder owns the registry whose hook this is.
@@ -164,10 +198,24 @@ impl<P: Phases> Proxy<P> {
         // listeners drain, and stops once they are done.
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = self.admin.map(|listener| {
-            let mut admin = sluice_admin::Admin::new(self.health.clone()).with_config({
-                let c = self.config.clone();
-                move || c.to_toml()
-            });
+            let f = self.forwarder.clone();
+            let mut admin = sluice_admin::Admin::new(self.health.clone())
+                .with_config(move || f.config().to_toml());
+            if self.config_path.is_some() {
+                let handle = ReloadHandle {
+                    tx: self.reload_tx.clone(),
+                    path: self.config_path.clone(),
+                };
+                admin = admin.with_reload(move || {
+                    let handle = handle.clone();
+                    async move {
+                        handle
+                            .reload()
+                            .await
+                            .map_err(|e| Box::new(e) as sluice_admin::ReloadError)
+                    }
+                });
+            }
             if let Some(m) = &metrics {
                 admin = admin.with_metrics(m.clone());
             }
@@ -175,21 +223,266 @@ impl<P: Phases> Proxy<P> {
                 let _ = admin_stopped.await;
             }))
         });
+        drop(self.reload_tx);
+        let mut reloads = self.reload_rx;
         self.health.set_serving();
         let mut draining = std::pin::pin!(drain.signaled());
         let mut drain_seen = false;
+        let mut sweep = tokio::time::interval(self.forwarder.discovered.sweep_every());
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if drain_seen && run.servers.is_empty() {
+                break;
+            }
             tokio::select! {
                 () = &mut draining, if !drain_seen => {
                     drain_seen = true;
                     self.health.set_draining();
+                    // Registrations go first, so Kitex clients stop picking this proxy before
+                    // its connections close.
+                    run.deregister_all().await;
+                    tracing::info!("draining listeners");
+                    for l in run.listeners.values() {
+                        l.drain.drain();
+                    }
                 }
-                done = tasks.join_next() => if done.is_none() { break },
+                // A listener removed by a reload, or every listener once drained.
+                Some(_) = run.servers.join_next(), if !run.servers.is_empty() => {}
+                Some(reply) = reloads.recv(), if !drain_seen => {
+                    let outcome = run.reload().await;
+                    if let Some(m) = &self.forwarder.metrics {
+                        m.reloads
+                            .with_label_values(&[if outcome.is_ok() { "ok" } else { "failed" }])
+                            .inc();
+                    }
+                    match &outcome {
+                        Ok(()) => tracing::info!("configuration reloaded"),
+                        Err(e) => tracing::error!(error = %e, "configuration reload refused; the configuration in force stays"),
+                    }
+                    let _ = reply.send(outcome);
+                }
+                _ = sweep.tick() => self.forwarder.discovered.sweep(),
             }
         }
+        run.sources.clear();
         let _ = admin_stop.send(());
         if let Some(a) = admin {
             let _ = a.await;
         }
+    }
+}
+
+/// A listener being served: its own drain (so a reload can remove it), its registration.
+struct ServedListener {
+    config: config::Listener,
+    drain: DrainHandle,
+    registration: Option<sluice_discovery::Registration>,
+}
+
+/// A downstream's endpoint source task (aborted when dropped).
+struct SourceTask {
+    task: AbortHandle,
+}
+
+impl Drop for SourceTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a serving proxy runs, and what a reload changes.
+struct Running<P, H> {
+    forwarder: Arc<Forwarder<P>>,
+    handler: Arc<H>,
+    config: Arc<Config>,
+    servers: JoinSet<()>,
+    listeners: BTreeMap<String, ServedListener>,
+    sources: BTreeMap<String, SourceTask>,
+    config_path: Option<PathBuf>,
+}
+
+/// The settings of a listener that a reload cannot change in place.
+fn listener_key(l: &config::Listener) -> impl PartialEq + '_ {
+    (
+        l.address,
+        l.cluster,
+        &l.default_service,
+        &l.tls_files,
+        &l.register,
+        l.advertise,
+    )
+}
+
+impl<P: Phases, H> Running<P, H>
+where
+    H: DefaultHandler + StreamingHandler,
+{
+    fn start_listener(&mut self, l: config::Listener, tcp: TcpListener) {
+        let (handle, drain) = sluice_server::drain::channel();
+        let server = Server::new(self.config.server_config(&l), self.handler.clone())
+            .with_streaming(self.handler.clone());
+        if let Some(m) = &self.forwarder.metrics {
+            m.listener_series(&l.name, server.stats());
+        }
+        let registration = match (&l.register, &self.config.discovery.etcd) {
+            (Some(_), Some(etcd)) => tcp
+                .local_addr()
+                .ok()
+                .map(|bound| discovery::register(etcd, &l, bound)),
+            _ => None,
+        };
+        self.servers.spawn(server.serve(tcp, drain));
+        self.listeners.insert(
+            l.name.clone(),
+            ServedListener {
+                config: l,
+                drain: handle,
+                registration,
+            },
+        );
+    }
+
+    /// Starts the source of every downstream of the configuration in force whose source or
+    /// settings differ from `old` (all of them at start), and stops the ones that went.
+    fn start_sources(
+        &mut self,
+        old_sources: &BTreeMap<String, config::Source>,
+        old_clients: &BTreeMap<String, sluice_client::ClientConfig>,
+    ) {
+        let config = self.config.clone();
+        self.sources.retain(|name, _| {
+            config
+                .sources
+                .get(name)
+                .is_some_and(|s| *s != config::Source::Static)
+        });
+        for (name, source) in &config.sources {
+            if *source == config::Source::Static {
+                continue;
+            }
+            let Some(client) = config.downstreams.get(name) else {
+                continue;
+            };
+            let unchanged = old_sources.get(name) == Some(source)
+                && old_clients.get(name) == Some(client)
+                && self.sources.contains_key(name);
+            if unchanged {
+                continue;
+            }
+            let task = tokio::spawn(discovery::run_source(
+                name.clone(),
+                source.clone(),
+                config.discovery.etcd.as_ref().map(|e| e.client.clone()),
+                client.clone(),
+                self.forwarder.clients.clone(),
+                self.forwarder.metrics.as_ref().map(|m| m.sources.clone()),
+            ));
+            self.sources.insert(
+                name.clone(),
+                SourceTask {
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    async fn deregister_all(&mut self) {
+        let regs: Vec<_> = self
+            .listeners
+            .values_mut()
+            .filter_map(|l| l.registration.take())
+            .collect();
+        let mut set = JoinSet::new();
+        for r in regs {
+            set.spawn(r.deregister());
+        }
+        while set.join_next().await.is_some() {}
+    }
+
+    /// Reads the file again and applies it (see [`reload`]).
+    async fn reload(&mut self) -> Result<(), ReloadError> {
+        let Some(path) = &self.config_path else {
+            return Err(ReloadError::NoFile);
+        };
+        let new = Config::load(path)?;
+        let old = self.config.clone();
+        // What the running proxy cannot change.
+        if new.admin != old.admin {
+            return Err(ReloadError::NeedsRestart {
+                key: "admin.address".into(),
+                what: "the admin listener",
+            });
+        }
+        if new.worker_threads != old.worker_threads {
+            return Err(ReloadError::NeedsRestart {
+                key: "runtime.worker_threads".into(),
+                what: "the number of worker threads",
+            });
+        }
+        for (i, l) in new.listeners.iter().enumerate() {
+            if let Some(running) = self.listeners.get(&l.name) {
+                if listener_key(&running.config) != listener_key(l) {
+                    return Err(ReloadError::NeedsRestart {
+                        key: format!("listeners[{i}]"),
+                        what: "changing a listener in place (add it under a new name and remove the old one)",
+                    });
+                }
+            }
+        }
+        // Bind the new listeners first: if one cannot be bound, nothing changes.
+        let mut bound = Vec::new();
+        for l in &new.listeners {
+            if self.listeners.contains_key(&l.name) {
+                continue;
+            }
+            let tcp =
+                sluice_server::bind_listener(l.address).map_err(|source| ReloadError::Bind {
+                    listener: l.name.clone(),
+                    address: l.address,
+                    source,
+                })?;
+            bound.push((l.clone(), tcp));
+        }
+        let new = Arc::new(new);
+        // The swap: requests from now on route on the new snapshot.
+        self.forwarder
+            .state
+            .store(Arc::new(forwarder::State::new(new.clone())));
+        self.forwarder.discovered.reconfigure(&new);
+        // Downstreams whose settings changed (or that went) get new clients on their next
+        // request; the others keep theirs.
+        for (name, client) in &old.downstreams {
+            let same = new.downstreams.get(name) == Some(client)
+                && new.sources.get(name) == old.sources.get(name);
+            if !same {
+                self.forwarder.clients.remove(name);
+            }
+        }
+        self.config = new.clone();
+        self.start_sources(&old.sources, &old.downstreams);
+        // Listeners: removed ones drain (their registrations go first), new ones serve.
+        let removed: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|n| !new.listeners.iter().any(|l| &l.name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(mut l) = self.listeners.remove(&name) {
+                if let Some(r) = l.registration.take() {
+                    r.deregister().await;
+                }
+                tracing::info!(listener = %name, "listener removed by reload; draining");
+                l.drain.drain();
+            }
+        }
+        for (l, tcp) in bound {
+            tracing::info!(listener = %l.name, address = %l.address, "listener added by reload");
+            self.start_listener(l, tcp);
+        }
+        if new.limits.max_frame_size != old.limits.max_frame_size {
+            tracing::warn!("limits changed: listeners added from now on use them; the others keep theirs until a restart");
+        }
+        Ok(())
     }
 }

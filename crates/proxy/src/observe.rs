@@ -43,6 +43,10 @@ pub(crate) struct ProxyMetrics {
     refusals: IntCounterVec,
     bytes_received: IntCounterVec,
     bytes_sent: IntCounterVec,
+    /// Endpoint sources (DNS, etcd) and discovered services.
+    pub(crate) sources: crate::discovery::SourceMetrics,
+    /// `sluice_config_reloads_total{result}`.
+    pub(crate) reloads: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -90,6 +94,12 @@ impl ProxyMetrics {
             &["listener"],
         );
         Self {
+            sources: crate::discovery::SourceMetrics::new(&registry),
+            reloads: registry.counter_vec(
+                "sluice_config_reloads_total",
+                "Configuration reloads, by result (ok, failed).",
+                &["result"],
+            ),
             bytes_received,
             bytes_sent,
             errors,
@@ -204,7 +214,13 @@ impl ProxyMetrics {
             .into_iter()
             .map(|(name, get)| (self.refusals.with_label_values(&[listener, name]), get))
             .collect();
+        // Weak: a listener a reload removed leaves its series at their last values, and its
+        // counters are freed with its server.
+        let stats = Arc::downgrade(&stats);
         self.registry.on_scrape(move || {
+            let Some(stats) = stats.upgrade() else {
+                return;
+            };
             let mut sniffed = 0;
             for (f, accepted, open) in &per_family {
                 let counts = stats.family(*f);
@@ -276,13 +292,6 @@ impl ProxyMetrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]);
-        // Registered now so dashboards find it; configuration reloads count here when they
-        // exist.
-        self.registry.counter_vec(
-            "sluice_config_reloads_total",
-            "Configuration reloads, by result.",
-            &["result"],
-        );
         let health = Arc::downgrade(health);
         self.registry.on_scrape(move || {
             let on = health.upgrade().is_some_and(|h| h.is_draining());

@@ -85,6 +85,18 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             .unwrap_or("");
         let done = Done::new(protocol(req.transport));
         let lookup = |k: &str| req.header.str_kvs.get(k).map(|v| v.as_ref());
+        // The snapshot this request routes on, kept to its end (a reload meanwhile does not
+        // change it).
+        let state = self.state.load();
+        // Only a discovering route reads the destination service (ToService, int key 6).
+        let destination = if state.router.discovers() {
+            req.header
+                .int_kvs
+                .get(int_key::TO_SERVICE)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        } else {
+            None
+        };
         let head = RequestHead::new(
             req.peer,
             Family::PingPong,
@@ -92,12 +104,13 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             &req.method,
             req.deadline,
             &lookup,
-        );
+        )
+        .with_destination(destination);
         let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start)
             .with_caller(caller)
             .with_listener(req.listener);
         info.trace = TraceContext::continue_from(&trace::TTHEADER_KEYS, lookup);
-        let (target, dc) = match self.route(&head, info.trace.as_ref()) {
+        let (target, dc) = match self.route(&state, &head, info.trace.as_ref()) {
             Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e, done),
         };
@@ -112,12 +125,22 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
         {
             return self.refuse(&info, e, done);
         }
+        let client = match target.discovered {
+            Some(transport) => match self
+                .discovered
+                .pingpong(&target.downstream, transport)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return self.refuse(&info, e, done),
+            },
+            None => self.clients.pingpong(&target.downstream, || dc.clone()),
+        };
         let trace = info.trace;
         let method = match self.phases.rewrite_method(&info, &target) {
             Some(renamed) => renamed,
             None => req.method,
         };
-        let client = self.clients.pingpong(&target.downstream, || dc.clone());
         let mut call = Call {
             method,
             msg_type: req.msg_type,

@@ -47,6 +47,10 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// The caller's deadline, if it sent one.
     pub deadline: Option<Instant>,
+    /// The destination service the caller addressed, when it named one: TTHeader int key 6
+    /// (ToService), gRPC `destination-service` (else `:authority` without its port). What a
+    /// discovering route looks up, before [`service`](Self::service).
+    pub destination: Option<&'a str>,
     metainfo: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
 }
 
@@ -58,6 +62,7 @@ impl std::fmt::Debug for RequestHead<'_> {
             .field("service", &self.service)
             .field("method", &self.method)
             .field("deadline", &self.deadline)
+            .field("destination", &self.destination)
             .finish_non_exhaustive()
     }
 }
@@ -78,8 +83,23 @@ impl<'a> RequestHead<'a> {
             service,
             method,
             deadline,
+            destination: None,
             metainfo,
         }
+    }
+
+    /// Sets the [`destination`](Self::destination) service (ignored when empty).
+    pub fn with_destination(mut self, destination: Option<&'a str>) -> Self {
+        self.destination = destination.filter(|d| !d.is_empty());
+        self
+    }
+
+    /// The name a discovering route looks up: the destination service if the caller named
+    /// one, else the service (`isn`, the stream's service, or the listener's
+    /// `default_service`); `None` when neither is known.
+    pub fn discovery_name(&self) -> Option<&'a str> {
+        self.destination
+            .or((!self.service.is_empty()).then_some(self.service))
     }
 
     /// The value of a metainfo key (TTHeader string key or stream header) as received.
@@ -94,10 +114,25 @@ impl<'a> RequestHead<'a> {
 /// request); a phase of one's own may give any name (`Cow::Owned`, or a `&'static str`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'r> {
-    /// The downstream (a key of the config's `[downstreams]`).
+    /// The downstream (a key of the config's `[downstreams]`), or for a discovering route the
+    /// service found in etcd.
     pub downstream: Cow<'r, str>,
+    /// Set when `downstream` is a service a discovering route looks up in etcd, not a
+    /// configured downstream: the ping-pong transport its instances are reached with.
+    pub discovered: Option<sluice_client::Transport>,
     /// The effective deadline: see [`Route::deadline`].
     pub deadline: Option<Instant>,
+}
+
+impl<'r> Target<'r> {
+    /// A configured downstream, with the deadline the call runs under.
+    pub fn new(downstream: impl Into<Cow<'r, str>>, deadline: Option<Instant>) -> Self {
+        Self {
+            downstream: downstream.into(),
+            discovered: None,
+            deadline,
+        }
+    }
 }
 
 impl Route {
@@ -149,10 +184,25 @@ impl Router {
     /// The target of `head`: its route's downstream and effective deadline, or `None` when no
     /// route matches.
     pub fn target(&self, head: &RequestHead<'_>) -> Option<Target<'_>> {
-        self.find(head).map(|r| Target {
-            downstream: Cow::Borrowed(&r.downstream),
+        let r = self.find(head)?;
+        let (downstream, discovered) = match &r.discover {
+            // A discovering route with no name to look up matches nothing.
+            Some(d) => (
+                Cow::Owned(head.discovery_name()?.to_owned()),
+                Some(d.transport),
+            ),
+            None => (Cow::Borrowed(r.downstream.as_str()), None),
+        };
+        Some(Target {
+            downstream,
+            discovered,
             deadline: r.deadline(head.deadline, Instant::now()),
         })
+    }
+
+    /// True when some route discovers (then requests carry their destination service).
+    pub fn discovers(&self) -> bool {
+        self.routes.iter().any(|r| r.discover.is_some())
     }
 
     /// The routes.
@@ -175,6 +225,7 @@ mod tests {
                 value: v.into(),
             }),
             downstream: downstream.into(),
+            discover: None,
             timeout: None,
             max_timeout: None,
         }
@@ -198,6 +249,34 @@ mod tests {
         assert_eq!(pick(head("echo", &none)).as_deref(), Some("stable"));
         assert_eq!(pick(head("other", &canary)).as_deref(), Some("default"));
         assert!(Router::new(vec![]).target(&head("echo", &none)).is_none());
+    }
+
+    #[test]
+    fn a_discovering_route_targets_the_destination_then_the_service() {
+        let mut r = route(None, None, "");
+        r.discover = Some(crate::config::Discover {
+            transport: sluice_client::Transport::Framed,
+        });
+        let router = Router::new(vec![r]);
+        assert!(router.discovers());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let none = |_: &str| None;
+        let head = |service, dest| {
+            RequestHead::new(peer, Family::PingPong, service, "m", None, &none)
+                .with_destination(dest)
+        };
+        let t = router
+            .target(&head("EchoService", Some("kxserver")))
+            .unwrap();
+        assert_eq!(t.downstream, "kxserver", "ToService names the destination");
+        assert_eq!(t.discovered, Some(sluice_client::Transport::Framed));
+        let t = router.target(&head("EchoService", Some(""))).unwrap();
+        assert_eq!(t.downstream, "EchoService", "else the IDL service");
+        assert!(
+            router.target(&head("", None)).is_none(),
+            "nothing to look up: no match"
+        );
+        assert!(!Router::new(vec![route(None, None, "d")]).discovers());
     }
 
     #[test]

@@ -57,6 +57,37 @@ fn trace_keys(protocol: &Protocol) -> &'static [&'static str; 2] {
     }
 }
 
+/// A configured downstream's client for a stream.
+enum StreamClient {
+    TTStream(Arc<sluice_client::TTStreamClient>),
+    Grpc(Arc<sluice_http2::GrpcClient>),
+}
+
+/// The destination service a stream names: gRPC `destination-service`, else `:authority`
+/// without its port; TTStream sends none.
+fn destination(req: &StreamRequest) -> Option<&str> {
+    match &req.protocol {
+        Protocol::TTStream => None,
+        Protocol::Grpc { authority, .. } => req
+            .headers
+            .get(DESTINATION_SERVICE)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                let host = match authority.rsplit_once(':') {
+                    // An IPv6 literal keeps its colons: only a port after `]` or in a plain
+                    // name is cut.
+                    Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+                    _ => authority.as_str(),
+                };
+                (!host.is_empty()).then_some(host)
+            }),
+    }
+}
+
+/// The gRPC metadata key naming the destination service (Kitex's `destination-service`).
+const DESTINATION_SERVICE: &str = "destination-service";
+
 fn family(protocol: &Protocol) -> Family {
     match protocol {
         Protocol::TTStream => Family::TTStream,
@@ -65,20 +96,47 @@ fn family(protocol: &Protocol) -> Family {
 }
 
 impl<P: Phases> Forwarder<P> {
-    /// Opens the downstream stream of the same family as the caller's.
+    /// The client of a configured downstream for a stream of `protocol`.
+    fn stream_client(
+        &self,
+        protocol: &Protocol,
+        downstream: &str,
+        dc: &ClientConfig,
+    ) -> StreamClient {
+        match protocol {
+            Protocol::TTStream => {
+                StreamClient::TTStream(self.clients.ttstream(downstream, || dc.clone()))
+            }
+            Protocol::Grpc { .. } => {
+                StreamClient::Grpc(self.clients.grpc(downstream, || dc.clone()))
+            }
+        }
+    }
+
+    /// Opens the downstream stream of the same family as the caller's, on `client`, or for a
+    /// discovered service on its client (made on its first stream).
     async fn open_downstream(
         &self,
         req: &StreamRequest,
         target: &Target<'_>,
-        dc: &ClientConfig,
+        client: Option<StreamClient>,
         headers: Metadata,
         renamed: Option<String>,
     ) -> Result<ClientStream, ProxyError> {
         let downstream = &*target.downstream;
-        match &req.protocol {
-            Protocol::TTStream => self
-                .clients
-                .ttstream(downstream, || dc.clone())
+        let client = match client {
+            Some(c) => c,
+            None => match &req.protocol {
+                Protocol::TTStream => {
+                    StreamClient::TTStream(self.discovered.ttstream(downstream).await?)
+                }
+                Protocol::Grpc { .. } => {
+                    StreamClient::Grpc(self.discovered.grpc(downstream).await?)
+                }
+            },
+        };
+        match (&req.protocol, client) {
+            (Protocol::TTStream, StreamClient::TTStream(c)) => c
                 .open(OpenStream {
                     method: renamed.unwrap_or_else(|| req.method.clone()),
                     service: req.service.clone(),
@@ -86,13 +144,14 @@ impl<P: Phases> Forwarder<P> {
                 })
                 .await
                 .map_err(|e| error::open_failed(downstream, e)),
-            Protocol::Grpc {
-                path,
-                content_type,
-                authority,
-            } => self
-                .clients
-                .grpc(downstream, || dc.clone())
+            (
+                Protocol::Grpc {
+                    path,
+                    content_type,
+                    authority,
+                },
+                StreamClient::Grpc(c),
+            ) => c
                 .open(&OpenRequest {
                     path: match renamed {
                         // `/package.Service/Method`: the method is the last segment.
@@ -111,6 +170,8 @@ impl<P: Phases> Forwarder<P> {
                 })
                 .await
                 .map_err(|e| error::open_failed(downstream, e)),
+            // A client is made for the caller's own family.
+            _ => Err(crate::error::not_configured(downstream)),
         }
     }
 
@@ -166,9 +227,17 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             // The request head lives only for routing, in a block with no await: what lives across
             // an await is kept in the handler's future, which must stay within the allocator's
             // per-thread cache (1 KiB).
+            // The configuration snapshot is read in this block only: what the stream needs of
+            // it afterwards (the target, its client, its first-response timeout) is taken out.
             let routed = {
+                let state = self.state.load();
                 let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
                 info.trace = TraceContext::continue_from(keys, lookup);
+                let destination = if state.router.discovers() {
+                    destination(&req)
+                } else {
+                    None
+                };
                 let head = RequestHead::new(
                     req.peer,
                     family,
@@ -176,10 +245,22 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                     &req.method,
                     req.deadline,
                     &lookup,
-                );
-                self.route(&head, info.trace.as_ref())
+                )
+                .with_destination(destination);
+                self.route(&state, &head, info.trace.as_ref())
+                    .map(|(target, dc)| {
+                        let client = match target.discovered {
+                            Some(_) => None,
+                            None => Some(self.stream_client(&req.protocol, &target.downstream, dc)),
+                        };
+                        let target = Target {
+                            downstream: std::borrow::Cow::Owned(target.downstream.into_owned()),
+                            ..target
+                        };
+                        (target, client, dc.first_response_timeout)
+                    })
             };
-            let (target, dc) = match routed {
+            let (target, client, first_response_timeout) = match routed {
                 Ok(routed) => routed,
                 Err(e) => {
                     return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await
@@ -201,7 +282,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             // which costs far more per stream than two small boxes.
             let renamed = self.phases.rewrite_method(&info, &target);
             let opening = self.observed().then(Instant::now);
-            let down = match Box::pin(self.open_downstream(&req, &target, dc, headers, renamed))
+            let down = match Box::pin(self.open_downstream(&req, &target, client, headers, renamed))
                 .await
             {
                 Ok(d) => d,
@@ -210,7 +291,6 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                     return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, took)).await;
                 }
             };
-            let first_response_timeout = dc.first_response_timeout;
             let (deadline, start, trace) = (target.deadline, info.start, info.trace);
             // The sinks outlive this borrow of the request: they own its names (moved, not copied).
             let info = OwnedInfo {

@@ -8,8 +8,12 @@
 //!
 //! [`h2frames`] splits the HTTP/2 captures into frames, independently of Sluice's own HTTP/2
 //! code.
+//!
+//! [`etcd`] runs a real, throw-away etcd (and `etcdctl` against it) for the service discovery
+//! tests; it skips when etcd is not installed.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod h2frames;
 
 use std::collections::BTreeMap;
