@@ -675,7 +675,12 @@ downstream = "web"
 async fn reloads_under_load_lose_no_call_and_a_bad_file_keeps_the_old_config() {
     let (a, ea, _da) = start_echo().await;
     let (b, eb, _db) = start_echo().await;
-    let extra_port = free_port();
+    // Bound and released again and again by the reloads: a port below the ephemeral range, so
+    // no other test is given it meanwhile by a bind to port 0.
+    let extra_port = (0..10_000u16)
+        .map(|i| 20_000 + ((std::process::id() as u16).wrapping_mul(7).wrapping_add(i)) % 10_000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range");
     let base = |endpoint: SocketAddr, extra_listener: bool, extra_route: bool| {
         let mut t = format!(
             r#"

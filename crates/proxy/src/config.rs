@@ -1147,21 +1147,21 @@ impl Config {
                 .collect();
             let _ = writeln!(
                 s,
-                "downstream {name}: discovery={} transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]",
-                match self.sources.get(name) {
-                    Some(Source::Etcd { service, .. }) => format!("etcd({service})"),
-                    Some(Source::Dns { names, refresh }) => format!(
-                        "dns({} every {refresh:?})",
-                        names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
-                    ),
-                    _ => "static".to_owned(),
-                },
+                "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]{}",
                 d.transport.as_str(),
                 d.balance,
                 d.multiplex,
                 d.connect_timeout,
                 d.request_timeout,
-                eps.join(", ")
+                eps.join(", "),
+                match self.sources.get(name) {
+                    Some(Source::Etcd { service, .. }) => format!(" discovery=etcd({service})"),
+                    Some(Source::Dns { names, refresh }) => format!(
+                        " discovery=dns({} every {refresh:?})",
+                        names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
+                    ),
+                    _ => String::new(),
+                }
             );
         }
         let _ = writeln!(

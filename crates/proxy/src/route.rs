@@ -168,12 +168,15 @@ fn cap_deadline(deadline: Option<Instant>, max: Option<Duration>, now: Instant) 
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Some route discovers: only then do requests read their destination service.
+    discovers: bool,
 }
 
 impl Router {
     /// A router over `routes` (first match wins).
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes }
+        let discovers = routes.iter().any(|r| r.discover.is_some());
+        Self { routes, discovers }
     }
 
     /// The first route matching `head`.
@@ -202,7 +205,7 @@ impl Router {
 
     /// True when some route discovers (then requests carry their destination service).
     pub fn discovers(&self) -> bool {
-        self.routes.iter().any(|r| r.discover.is_some())
+        self.discovers
     }
 
     /// The routes.
