@@ -91,6 +91,11 @@ impl Sluice {
     /// listener (and `{grpc_port}` and `{admin_port}`, if present, by others); waits until it
     /// accepts connections.
     pub(crate) fn start(toml: &str) -> Sluice {
+        Self::start_with(toml, &[])
+    }
+
+    /// Like [`start`](Self::start), with more arguments to `sluice run`.
+    pub(crate) fn start_with(toml: &str, args: &[&str]) -> Sluice {
         let port = free_port();
         let grpc_port = toml.contains("{grpc_port}").then(free_port);
         let admin_port = toml.contains("{admin_port}").then(free_port);
@@ -110,6 +115,7 @@ impl Sluice {
         let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -141,6 +147,12 @@ impl Sluice {
             log,
             log_reader,
         }
+    }
+
+    /// The configuration file it runs on (ports filled in).
+    #[allow(dead_code)]
+    pub(crate) fn config_path(&self) -> &std::path::Path {
+        &self.config_path
     }
 
     /// The process id.

@@ -275,6 +275,8 @@ impl<P: Phases> Proxy<P> {
 /// A listener being served: its own drain (so a reload can remove it), its registration.
 struct ServedListener {
     config: config::Listener,
+    /// Its server's settings (limits, TLS): a reload replaces them for new connections.
+    server: sluice_server::ConfigHandle,
     drain: DrainHandle,
     registration: Option<sluice_discovery::Registration>,
 }
@@ -324,6 +326,7 @@ where
         if let Some(m) = &self.forwarder.metrics {
             m.listener_series(&l.name, server.stats());
         }
+        let server_config = server.config_handle();
         let registration = match (&l.register, &self.config.discovery.etcd) {
             (Some(_), Some(etcd)) => tcp
                 .local_addr()
@@ -336,6 +339,7 @@ where
             l.name.clone(),
             ServedListener {
                 config: l,
+                server: server_config,
                 drain: handle,
                 registration,
             },
@@ -480,8 +484,12 @@ where
             tracing::info!(listener = %l.name, address = %l.address, "listener added by reload");
             self.start_listener(l, tcp);
         }
-        if new.limits.max_frame_size != old.limits.max_frame_size {
-            tracing::warn!("limits changed: listeners added from now on use them; the others keep theirs until a restart");
+        // Listeners that stay: limits (and TLS files read again) for their new connections.
+        for l in &new.listeners {
+            if let Some(running) = self.listeners.get_mut(&l.name) {
+                running.server.set(new.server_config(l));
+                running.config = l.clone();
+            }
         }
         Ok(())
     }

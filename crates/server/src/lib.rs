@@ -67,6 +67,27 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub use request::{DefaultHandler, Request, Response, ResponseBody, Transport};
 pub use sluice_stream::{ServerStream, StreamEnd, StreamRequest, StreamingHandler};
 
+/// Replaces the settings of a running [`Server`] (from [`Server::config_handle`]): connections
+/// accepted afterwards take the new ones, open connections keep theirs; a new
+/// `max_connections` changes the room at the next accept. The listener's name stays.
+#[derive(Debug, Clone)]
+pub struct ConfigHandle(Arc<arc_swap::ArcSwap<ServerConfig>>);
+
+impl ConfigHandle {
+    /// Puts `config` in force for new connections.
+    pub fn set(&self, mut config: ServerConfig) {
+        let old = self.0.load();
+        config.name = old.name.clone();
+        config.listener = old.listener;
+        self.0.store(Arc::new(config));
+    }
+
+    /// The settings in force.
+    pub fn get(&self) -> Arc<ServerConfig> {
+        self.0.load_full()
+    }
+}
+
 /// Which protocol family a listener serves. Proxy listeners are pinned to one cluster; an
 /// embedded server serves every family on one port by default, as a Kitex server does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -322,7 +343,8 @@ impl ServerConfig {
 /// The binary-generic server.
 #[derive(Debug)]
 pub struct Server<H, S = NoStreaming> {
-    config: Arc<ServerConfig>,
+    /// Read at each accept: a [`ConfigHandle`] may replace it while the server runs.
+    config: Arc<arc_swap::ArcSwap<ServerConfig>>,
     handler: Arc<H>,
     streaming: Arc<S>,
     stats: Arc<ServerStats>,
@@ -333,7 +355,7 @@ impl<H: DefaultHandler> Server<H> {
     pub fn new(mut config: ServerConfig, handler: Arc<H>) -> Self {
         config.listener = sluice_stream::listener_name(&config.name);
         Self {
-            config: Arc::new(config),
+            config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
             handler,
             streaming: Arc::new(NoStreaming),
             stats: Arc::default(),
@@ -357,20 +379,37 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
         self.stats.clone()
     }
 
+    /// A handle that replaces the settings of the running server (a configuration reload).
+    pub fn config_handle(&self) -> ConfigHandle {
+        ConfigHandle(self.config.clone())
+    }
+
     /// Accepts and serves connections on `listener` until `drain` is signalled, then lets the
     /// open connections finish (up to the grace period) and returns.
     pub async fn serve(self, listener: TcpListener, drain: Drain) {
         let local = listener.local_addr().ok();
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
+        let mut max = self.config.load().max_connections;
+        let limit = Arc::new(Semaphore::new(max));
         let mut tasks = tokio::task::JoinSet::new();
         // Reaching the limit is logged once per interval, with how many were refused.
         let refusals = RateLog::new(1, Duration::from_secs(10));
-        tracing::info!(listener = %self.config.name, addr = ?local, "listening");
+        tracing::info!(listener = %self.config.load().name, addr = ?local, "listening");
         loop {
             let accepted = tokio::select! {
                 _ = drain.signaled() => break,
                 a = listener.accept() => a,
             };
+            // The settings in force now: a new connection takes them and keeps them.
+            let config = self.config.load_full();
+            if config.max_connections != max {
+                // A reload moved the limit: connections open now stay, the room changes.
+                if config.max_connections > max {
+                    limit.add_permits(config.max_connections - max);
+                } else {
+                    limit.forget_permits(max - config.max_connections);
+                }
+                max = config.max_connections;
+            }
             match accepted {
                 Ok((stream, peer)) => {
                     let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -381,9 +420,9 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                             .fetch_add(1, Ordering::Relaxed);
                         if let Some(suppressed) = refusals.allow() {
                             tracing::warn!(
-                                listener = %self.config.name,
+                                listener = %config.name,
                                 %peer,
-                                limit = self.config.max_connections,
+                                limit = config.max_connections,
                                 refused = suppressed + 1,
                                 "max_connections reached: closing new connections at once"
                             );
@@ -392,7 +431,7 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let ctx = self.ctx(peer);
+                    let ctx = self.ctx_with(config, peer);
                     let drain = drain.clone();
                     tasks.spawn(async move {
                         conn::serve_connection(stream, peer, ctx, drain).await;
@@ -402,19 +441,20 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
                 Err(e) => {
                     // Accept errors (EMFILE, ECONNABORTED...) are per connection: log, back off
                     // a moment so a full fd table does not spin, and keep serving.
-                    tracing::warn!(listener = %self.config.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %config.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             while tasks.try_join_next().is_some() {}
         }
         drop(listener);
-        let grace = self.config.drain_grace;
+        let config = self.config.load();
+        let grace = config.drain_grace;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
             .is_err()
         {
-            tracing::warn!(listener = %self.config.name, open = tasks.len(), "drain grace ended; closing connections");
+            tracing::warn!(listener = %config.name, open = tasks.len(), "drain grace ended; closing connections");
             tasks.abort_all();
         }
     }
@@ -435,9 +475,13 @@ impl<H: DefaultHandler, S: StreamingHandler> Server<H, S> {
     }
 
     fn ctx(&self, peer: SocketAddr) -> conn::Ctx<H, S> {
+        self.ctx_with(self.config.load_full(), peer)
+    }
+
+    fn ctx_with(&self, config: Arc<ServerConfig>, peer: SocketAddr) -> conn::Ctx<H, S> {
         conn::Ctx {
-            span: conn::ConnSpan::new(self.config.clone(), peer),
-            config: self.config.clone(),
+            span: conn::ConnSpan::new(config.clone(), peer),
+            config,
             handler: self.handler.clone(),
             streaming: self.streaming.clone(),
             stats: self.stats.clone(),
