@@ -156,8 +156,13 @@ impl TTStreamClient {
             return Ok(conns[i].clone());
         }
         let stream =
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(ep.addr))
-                .await
+            // Boxed: connecting happens once per connection, and inline its future would make
+            // every stream's opening larger.
+            match Box::pin(tokio::time::timeout(
+                self.config.connect_timeout,
+                TcpStream::connect(ep.addr),
+            ))
+            .await
             {
                 Ok(Ok(s)) => s,
                 Ok(Err(source)) => {

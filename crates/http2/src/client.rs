@@ -377,7 +377,9 @@ impl GrpcClient {
                 return Ok(c.clone());
             }
         }
-        let conn = Arc::new(self.dial(slot.addr).await?);
+        // Boxed: dialling happens once per connection, and inline its future would make every
+        // stream's opening larger.
+        let conn = Arc::new(Box::pin(self.dial(slot.addr)).await?);
         *guard = Some(conn.clone());
         Ok(conn)
     }

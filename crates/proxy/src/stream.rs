@@ -127,11 +127,13 @@ impl<P: Phases> Forwarder<P> {
         let client = match client {
             Some(c) => c,
             None => match &req.protocol {
+                // Boxed: only a discovering route gets here, and the wait for etcd's first
+                // answer would otherwise make every stream's opening larger.
                 Protocol::TTStream => {
-                    StreamClient::TTStream(self.discovered.ttstream(downstream).await?)
+                    StreamClient::TTStream(Box::pin(self.discovered.ttstream(downstream)).await?)
                 }
                 Protocol::Grpc { .. } => {
-                    StreamClient::Grpc(self.discovered.grpc(downstream).await?)
+                    StreamClient::Grpc(Box::pin(self.discovered.grpc(downstream)).await?)
                 }
             },
         };
@@ -225,45 +227,51 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                     .with_listener(req.listener);
             let keys = trace_keys(&req.protocol);
             // The request head lives only for routing, in a block with no await: what lives across
-            // an await is kept in the handler's future, which must stay within the allocator's
-            // per-thread cache (1 KiB).
+            // an await is kept in the handler's future for the whole stream.
             // The configuration snapshot is read in this block only: what the stream needs of
             // it afterwards (the target, its client, its first-response timeout) is taken out.
-            let routed = {
-                let state = self.state.load();
-                let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
-                info.trace = TraceContext::continue_from(keys, lookup);
-                let destination = if state.router.discovers() {
-                    destination(&req)
-                } else {
-                    None
+            // `routed` lives in a block of its own: a local the match moves out of would keep
+            // its storage in every later state of this future.
+            let (target, client, first_response_timeout) = {
+                let routed = {
+                    let state = self.state.load();
+                    let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
+                    info.trace = TraceContext::continue_from(keys, lookup);
+                    let destination = if state.router.discovers() {
+                        destination(&req)
+                    } else {
+                        None
+                    };
+                    let head = RequestHead::new(
+                        req.peer,
+                        family,
+                        &req.service,
+                        &req.method,
+                        req.deadline,
+                        &lookup,
+                    )
+                    .with_destination(destination);
+                    self.route(&state, &head, info.trace.as_ref())
+                        .map(|(target, dc)| {
+                            let client = match target.discovered {
+                                Some(_) => None,
+                                None => {
+                                    Some(self.stream_client(&req.protocol, &target.downstream, dc))
+                                }
+                            };
+                            let target = Target {
+                                downstream: std::borrow::Cow::Owned(target.downstream.into_owned()),
+                                ..target
+                            };
+                            (target, client, dc.first_response_timeout)
+                        })
                 };
-                let head = RequestHead::new(
-                    req.peer,
-                    family,
-                    &req.service,
-                    &req.method,
-                    req.deadline,
-                    &lookup,
-                )
-                .with_destination(destination);
-                self.route(&state, &head, info.trace.as_ref())
-                    .map(|(target, dc)| {
-                        let client = match target.discovered {
-                            Some(_) => None,
-                            None => Some(self.stream_client(&req.protocol, &target.downstream, dc)),
-                        };
-                        let target = Target {
-                            downstream: std::borrow::Cow::Owned(target.downstream.into_owned()),
-                            ..target
-                        };
-                        (target, client, dc.first_response_timeout)
-                    })
-            };
-            let (target, client, first_response_timeout) = match routed {
-                Ok(routed) => routed,
-                Err(e) => {
-                    return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await
+                match routed {
+                    Ok(routed) => routed,
+                    Err(e) => {
+                        return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None))
+                            .await
+                    }
                 }
             };
             info.downstream = Some(&target.downstream);
@@ -277,12 +285,13 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             {
                 return Box::pin(self.refuse_stream(&info, up, &req.protocol, e, None)).await;
             }
-            // The opening and the splice are boxed: each is large, and inline they would make every
-            // stream's handler future larger than the allocator's per-thread cache serves (1 KiB),
-            // which costs far more per stream than two small boxes.
+            // The opening and the splice run inline: the stream's state is one allocation (its
+            // task's). Boxing each measured dearer per stream with 50 callers: past a few streams
+            // at once, every allocation of a kilobyte goes past the allocator's per-thread cache.
             let renamed = self.phases.rewrite_method(&info, &target);
             let opening = self.observed().then(Instant::now);
-            let down = match Box::pin(self.open_downstream(&req, &target, client, headers, renamed))
+            let down = match self
+                .open_downstream(&req, &target, client, headers, renamed)
                 .await
             {
                 Ok(d) => d,
@@ -311,7 +320,10 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                 deadline,
                 first_response_timeout,
             };
-            Box::pin(splice.run(info, up, down)).await;
+            // Only the splice is awaited: what it returns is reported here, so the future holds
+            // the stream's state once.
+            let to_up = splice.splice(info, up, down).await;
+            splice.report(&to_up);
         }
     }
 }
@@ -549,17 +561,10 @@ struct Splice<'a, P> {
 }
 
 impl<P: Phases> Splice<'_, P> {
-    /// Splices the two streams together, then waits until the stream ends on both sides, its
-    /// deadline passes or the downstream stays silent too long; then counts and logs the error
-    /// the caller was answered with, if the forwarder (not the downstream) ended the stream,
-    /// and runs the logging phase.
-    ///
-    /// No task of its own carries messages: each side's incoming events are spliced into a
-    /// sink that hands them to the other side, so a message goes from one connection's reader
-    /// straight onto the other connection's write queue (TTStream) or stream task (gRPC). This
-    /// task only waits for the end, the deadline, and the downstream's first response.
-    async fn run(self, info: OwnedInfo, up: ServerStream, down: ClientStream) {
-        let to_up = self.splice(info, up, down).await;
+    /// Once [`splice`](Self::splice) returned: counts and logs the error the caller was
+    /// answered with, if the forwarder (not the downstream) ended the stream, reports the
+    /// stream to the metrics and the access log, and runs the logging phase.
+    fn report(&self, to_up: &ToUpstream<P>) {
         let error = to_up.error.lock().unwrap_or_else(|e| e.into_inner()).take();
         let info = to_up.info.borrow();
         if let Some(e) = &error {
@@ -595,8 +600,15 @@ impl<P: Phases> Splice<'_, P> {
         self.forwarder.phases.logging(&info, error.as_ref());
     }
 
-    /// Splices, waits, and ends the stream on the deadline or the downstream's silence; the
-    /// error the caller got, if the forwarder ended the stream, is left in the returned sink.
+    /// Splices the two streams together, then waits until the stream ends on both sides, its
+    /// deadline passes or the downstream stays silent too long, and ends it then; the error
+    /// the caller got, if the forwarder ended the stream, is left in the returned sink (see
+    /// [`report`](Self::report)).
+    ///
+    /// No task of its own carries messages: each side's incoming events are spliced into a
+    /// sink that hands them to the other side, so a message goes from one connection's reader
+    /// straight onto the other connection's write queue (TTStream) or stream task (gRPC). This
+    /// task only waits for the end, the deadline, and the downstream's first response.
     async fn splice(
         &self,
         info: OwnedInfo,

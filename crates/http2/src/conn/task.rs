@@ -473,10 +473,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin, R: Role> Connection<T, R> {
         if reads == READS_PER_POLL {
             cx.waker().wake_by_ref();
         }
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            // An idle connection keeps no read buffer. (Giving it to the thread's stock even
-            // while its messages are still being forwarded, to be reused once they are gone,
-            // cost more instructions per call in measurement than allocating a new one.)
+        if self.buf.is_empty() && self.buf.capacity() > 0 && self.streams.is_empty() {
+            // An idle connection keeps no read buffer; one with a stream still receiving does,
+            // for the rest of that stream is on its way (a unary call's response comes in two
+            // or three reads, and taking a buffer for each cost an allocation each). (Giving
+            // it to the thread's stock even while its messages are still being forwarded, to
+            // be reused once they are gone, cost more instructions per call in measurement
+            // than allocating a new one.)
             sluice_io::give_back_read_buf(std::mem::take(&mut self.buf));
         }
         self.recheck_withheld(cx);
