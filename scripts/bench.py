@@ -274,7 +274,7 @@ def compare(a):
     rounds (baseline, this, baseline, this, ...) so drift on the machine hits both alike."""
     only = [o.strip().lower() for o in a.only.split(",") if o.strip()]
     protocols = [p for p in PROTOCOLS if not only or any(p[0].lower().startswith(o) for o in only)]
-    sizes = [1024] if a.quick else SIZES
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([1024] if a.quick else SIZES)
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     echo = Proc(pinned(0, [BIN, "echo", "--listen", f"127.0.0.1:{ECHO_PORT}"]), ECHO_PORT)
     lines = [f"A/B against {BASELINE}: {a.rounds} alternating rounds of {a.seconds:g} s each,"
@@ -364,6 +364,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--quick", action="store_true", help="1 KiB only, 2 rounds of 3 s")
+    ap.add_argument("--sizes", default="",
+                    help="comma-separated payload sizes in bytes (default 1024,16384; --quick: 1024)")
     ap.add_argument("--no-write", action="store_true", help="print, do not rewrite the docs")
     ap.add_argument("--pin", action="store_true",
                     help="pin the load generator and echo server to CPU 0, the proxy to CPU 1")
@@ -395,7 +397,7 @@ def main():
     SLUICE_THREADS = a.sluice_threads
     only = [o.strip().lower() for o in a.only.split(",") if o.strip()]
     protocols = [p for p in PROTOCOLS if not only or any(p[0].lower().startswith(o) for o in only)]
-    sizes = [1024] if a.quick else SIZES
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([1024] if a.quick else SIZES)
     rounds, seconds = (2, 3) if a.quick else (a.rounds, a.seconds)
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
     echo = Proc(pinned(0, [BIN, "echo", "--listen", f"127.0.0.1:{ECHO_PORT}"]), ECHO_PORT)

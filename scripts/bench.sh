@@ -4,7 +4,7 @@
 # runs everything on loopback, and rewrites the results section of docs/benchmarks.md and
 # docs/bench.svg. See docs/benchmarks.md for what it measures and how.
 #
-#   scripts/bench.sh [--rounds N] [--seconds S] [--quick] [--only NAMES] [--compare OTHER_SLUICE_BIN]
+#   scripts/bench.sh [--rounds N] [--seconds S] [--quick] [--sizes BYTES,...] [--only NAMES] [--compare OTHER_SLUICE_BIN]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
