@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchRequestSender, WatchResponse};
+use sluice_io::RateLog;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -139,8 +140,8 @@ impl Watcher {
             probe_after,
             instances: BTreeMap::new(),
             counters: counters.clone(),
-            decode_warn: RateLimit::default(),
-            cap_warn: RateLimit::default(),
+            decode_warn: RateLog::new(1, WARN_EVERY),
+            cap_warn: RateLog::new(1, WARN_EVERY),
         };
         let task = tokio::spawn(run(config, state, tx));
         Watcher {
@@ -179,29 +180,6 @@ impl Watcher {
     }
 }
 
-/// Allows one log line per [`WARN_EVERY`] and counts the ones it holds back.
-#[derive(Debug, Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// `Some(number held back since the last allowed line)` when a line may be logged now.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// The task's view of the service.
 #[derive(Debug)]
 struct State {
@@ -213,8 +191,8 @@ struct State {
     /// Matching instances by key.
     instances: BTreeMap<Vec<u8>, Instance>,
     counters: Arc<Counters>,
-    decode_warn: RateLimit,
-    cap_warn: RateLimit,
+    decode_warn: RateLog,
+    cap_warn: RateLog,
 }
 
 impl State {
@@ -535,8 +513,8 @@ mod tests {
             probe_after: PROBE_AFTER,
             instances: BTreeMap::new(),
             counters: Arc::new(Counters::default()),
-            decode_warn: RateLimit::default(),
-            cap_warn: RateLimit::default(),
+            decode_warn: RateLog::new(1, WARN_EVERY),
+            cap_warn: RateLog::new(1, WARN_EVERY),
         }
     }
 
@@ -589,16 +567,6 @@ mod tests {
         // Updating a kept key still works at the cap.
         s.put(b"p/s/0", &value("10.0.0.1:1000", 7, "null"));
         assert_eq!(s.instances[b"p/s/0".as_slice()].weight, 7);
-    }
-
-    #[test]
-    fn rate_limit_allows_one_per_period() {
-        let mut r = RateLimit::default();
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        r.last = Some(Instant::now() - WARN_EVERY);
-        assert_eq!(r.allow(), Some(2));
     }
 
     /// Progress probes keep a quiet watch up, and a stalled etcd (SIGSTOP: the connection stays

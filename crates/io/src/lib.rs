@@ -10,7 +10,8 @@
 //!   channel-fed writer task ([`write_queued`]);
 //! * `out_queue`: the byte-bounded write queue many streams share ([`out_queue()`],
 //!   [`QueueTx`], [`QueueWriter`]);
-//! * `tasks`: [`TaskGroup`], the tasks a connection owns.
+//! * `tasks`: [`TaskGroup`], the tasks a connection owns;
+//! * `ratelog`: [`RateLog`], a budget of log lines per site.
 //!
 //! The modules are private: everything public is re-exported here, at the paths users name.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 mod head_arena;
 mod out_queue;
 mod prefixed;
+mod ratelog;
 mod read_buf;
 mod tasks;
 mod vectored;
@@ -25,6 +27,7 @@ mod vectored;
 pub use head_arena::{carve_head, frame_chunks};
 pub use out_queue::{out_queue, QueueClosed, QueueTx, QueueWriter, OUT_QUEUE_LIMIT};
 pub use prefixed::PrefixedIo;
+pub use ratelog::RateLog;
 pub use read_buf::{
     give_back_read_buf, give_back_read_buf_in_use, reserve_read, take_read_buf, STREAM_READ_CHUNK,
 };

@@ -22,7 +22,6 @@ pub mod echo;
 pub mod error;
 pub mod layer;
 mod pingpong;
-mod ratelog;
 mod request;
 mod tls;
 mod ttstream;
@@ -42,8 +41,8 @@ use tokio::sync::Semaphore;
 
 pub use drain::{Drain, DrainHandle};
 pub use error::{ErrorKind, ProxyError};
-pub use ratelog::RateLog;
 pub use sluice_http2::GrpcServerStats;
+pub use sluice_io::RateLog;
 pub use tls::{TlsConfig, TlsError};
 
 /// Pending connections a listener's accept queue holds (the kernel caps it at
