@@ -1186,3 +1186,82 @@ downstream = "echo"
         c.call(call(None, "EchoService")).await.unwrap().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_that_change_a_discovered_downstream_or_the_etcd_connection_fail_no_call() {
+    let Some(etcd_a) = EtcdServer::start() else {
+        return;
+    };
+    let Some(etcd_b) = EtcdServer::start() else {
+        return;
+    };
+    let (a, ea, _da) = start_echo().await;
+    let (b, eb, _db) = start_echo().await;
+    etcd_a.put(&key("echo", a), &kitex_value(a, 10, None));
+    etcd_b.put(&key("echo", b), &kitex_value(b, 10, None));
+    let file = |etcd: &EtcdServer, connect_timeout_ms: u64| {
+        format!(
+            r#"
+[[listeners]]
+name = "pingpong"
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+register = "gw"
+
+[discovery.etcd]
+endpoints = ["{}"]
+
+[downstreams.echo]
+discovery = "etcd"
+connect_timeout_ms = {connect_timeout_ms}
+
+[[routes]]
+service = "*"
+downstream = "echo"
+"#,
+            etcd.endpoint()
+        )
+    };
+    let proxy = Sluice::start(&file(&etcd_a, 1000));
+    let fill = |t: String| t.replace("{port}", &proxy.addr.port().to_string());
+    let hup = || {
+        let _ = std::process::Command::new("kill")
+            .args(["-HUP", &proxy.pid().to_string()])
+            .status();
+    };
+    until_ok(
+        &client_to(proxy.addr),
+        "EchoService",
+        Duration::from_secs(3),
+    )
+    .await;
+    let gw = key("gw", proxy.addr);
+    within(Duration::from_secs(3), "registered in a", || {
+        etcd_a.get(&gw).is_some()
+    })
+    .await;
+    let load = Load::start(proxy.addr, "EchoService", 4);
+    // The downstream's own settings change: new clients, started on the endpoints found.
+    std::fs::write(proxy.config_path(), fill(file(&etcd_a, 1500))).unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(eb.requests_seen(), 0);
+    // Another etcd: watched there (b's instance) and registered there, gone from a.
+    std::fs::write(proxy.config_path(), fill(file(&etcd_b, 1500))).unwrap();
+    hup();
+    within(Duration::from_secs(3), "b's instance serves", || {
+        eb.requests_seen() > 20
+    })
+    .await;
+    within(Duration::from_secs(3), "registered in b, not in a", || {
+        etcd_b.get(&gw).is_some() && etcd_a.get(&gw).is_none()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_now = ea.requests_seen();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ea.requests_seen(), a_now, "a's etcd is no longer followed");
+    let (ok, failed, errors) = load.finish().await;
+    assert!(ok > 100, "the load ran ({ok})");
+    assert_eq!(failed, 0, "no call failed across the reloads: {errors:?}");
+}

@@ -140,21 +140,16 @@ impl Clients {
     }
 
     /// Forgets downstream `name`'s clients: calls and streams in flight finish on them, new
-    /// ones get new clients (from a new configuration, after a reload).
-    pub fn remove(&self, name: &str) {
-        self.by_name
+    /// ones get new clients (from a new configuration, after a reload). Returns the endpoints
+    /// discovery had found for it, if any.
+    pub fn remove(&self, name: &str) -> Option<Vec<Endpoint>> {
+        let d = self
+            .by_name
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-    }
-
-    /// The settings downstream `name`'s clients were made with, when it has an entry.
-    pub fn config_of(&self, name: &str) -> Option<ClientConfig> {
-        self.by_name
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .map(|d| d.config.clone())
+            .remove(name)?;
+        let found = d.found.lock().unwrap_or_else(|e| e.into_inner()).take();
+        found
     }
 
     /// Number of downstreams that have clients.

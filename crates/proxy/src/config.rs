@@ -273,6 +273,31 @@ pub struct Etcd {
     pub register_ttl: Duration,
 }
 
+/// Two etcd connections are the same when every setting is, TLS material (as read from its
+/// files) included; a reload that changes any of them watches and registers anew.
+impl PartialEq for Etcd {
+    fn eq(&self, other: &Self) -> bool {
+        let tls = |e: &Etcd| {
+            e.client.tls.as_ref().map(|t| {
+                (
+                    t.ca_pem.clone(),
+                    t.client_cert_pem.clone(),
+                    t.client_key_pem.clone(),
+                    t.server_name.clone(),
+                )
+            })
+        };
+        self.endpoints == other.endpoints
+            && self.prefix == other.prefix
+            && self.username == other.username
+            && self.password == other.password
+            && self.connect_timeout == other.connect_timeout
+            && self.register_ttl == other.register_ttl
+            && self.tls_files == other.tls_files
+            && tls(self) == tls(other)
+    }
+}
+
 /// The TLS files of `[discovery.etcd]` (`tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -275,7 +275,7 @@ impl Drop for Service {
 
 #[derive(Debug, Clone)]
 struct Settings {
-    etcd: Option<Arc<EtcdConfig>>,
+    etcd: Option<crate::config::Etcd>,
     max_services: usize,
     idle: Duration,
 }
@@ -283,7 +283,7 @@ struct Settings {
 impl Settings {
     fn of(config: &Config) -> Self {
         Self {
-            etcd: config.discovery.etcd.as_ref().map(|e| e.client.clone()),
+            etcd: config.discovery.etcd.clone(),
             max_services: config.discovery.max_services,
             idle: config.discovery.service_idle_timeout,
         }
@@ -329,11 +329,7 @@ impl Discovered {
     pub(crate) fn reconfigure(&self, config: &Config) {
         let new = Settings::of(config);
         let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        let etcd_changed = match (&settings.etcd, &new.etcd) {
-            (Some(a), Some(b)) => format!("{a:?}") != format!("{b:?}"),
-            (None, None) => false,
-            _ => true,
-        };
+        let etcd_changed = settings.etcd != new.etcd;
         *settings = new;
         drop(settings);
         if etcd_changed {
@@ -423,7 +419,7 @@ impl Discovered {
             .etcd
             .as_ref()
             .map_or(Duration::from_secs(2), |e| {
-                e.connect_timeout + e.request_timeout
+                e.client.connect_timeout + e.client.request_timeout
             });
         let first = tokio::time::timeout(wait, applied.wait_for(|done| *done)).await;
         let instances = match first {
@@ -459,7 +455,7 @@ impl Discovered {
         now: u64,
     ) -> Result<Arc<Service>, ProxyError> {
         let settings = self.settings();
-        let Some(etcd) = settings.etcd.clone() else {
+        let Some(etcd) = settings.etcd.as_ref().map(|e| e.client.clone()) else {
             return Err(ProxyError::new(
                 ErrorKind::Internal,
                 "sluice: a discovering route needs [discovery.etcd]",

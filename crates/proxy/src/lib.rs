@@ -183,7 +183,7 @@ impl<P: Phases> Proxy<P> {
         for (l, tcp) in self.bound {
             run.start_listener(l, tcp);
         }
-        run.start_sources(&BTreeMap::new(), &BTreeMap::new());
+        run.start_sources(&BTreeMap::new(), &BTreeMap::new(), false);
         if let Some(m) = &self.forwarder.metrics {
             m.process_series(&self.health);
             // Weak: the forwarder owns the registry whose hook this is.
@@ -275,6 +275,8 @@ impl<P: Phases> Proxy<P> {
 /// A listener being served: its own drain (so a reload can remove it), its registration.
 struct ServedListener {
     config: config::Listener,
+    /// Where it is bound.
+    bound: Option<SocketAddr>,
     /// Its server's settings (limits, TLS): a reload replaces them for new connections.
     server: sluice_server::ConfigHandle,
     drain: DrainHandle,
@@ -327,11 +329,9 @@ where
             m.listener_series(&l.name, server.stats());
         }
         let server_config = server.config_handle();
+        let bound = tcp.local_addr().ok();
         let registration = match (&l.register, &self.config.discovery.etcd) {
-            (Some(_), Some(etcd)) => tcp
-                .local_addr()
-                .ok()
-                .map(|bound| discovery::register(etcd, &l, bound)),
+            (Some(_), Some(etcd)) => bound.map(|bound| discovery::register(etcd, &l, bound)),
             _ => None,
         };
         self.servers.spawn(server.serve(tcp, drain));
@@ -339,6 +339,7 @@ where
             l.name.clone(),
             ServedListener {
                 config: l,
+                bound,
                 server: server_config,
                 drain: handle,
                 registration,
@@ -352,6 +353,7 @@ where
         &mut self,
         old_sources: &BTreeMap<String, config::Source>,
         old_clients: &BTreeMap<String, sluice_client::ClientConfig>,
+        etcd_changed: bool,
     ) {
         let config = self.config.clone();
         self.sources.retain(|name, _| {
@@ -369,6 +371,7 @@ where
             };
             let unchanged = old_sources.get(name) == Some(source)
                 && old_clients.get(name) == Some(client)
+                && !(etcd_changed && matches!(source, config::Source::Etcd { .. }))
                 && self.sources.contains_key(name);
             if unchanged {
                 continue;
@@ -428,7 +431,7 @@ where
                 if listener_key(&running.config) != listener_key(l) {
                     return Err(ReloadError::NeedsRestart {
                         key: format!("listeners[{i}]"),
-                        what: "changing a listener in place (add it under a new name and remove the old one)",
+                        what: "changing a listener in place (give the new one another name and address, or remove it in one reload and add it back in the next)",
                     });
                 }
             }
@@ -454,16 +457,26 @@ where
             .store(Arc::new(forwarder::State::new(new.clone())));
         self.forwarder.discovered.reconfigure(&new);
         // Downstreams whose settings changed (or that went) get new clients on their next
-        // request; the others keep theirs.
+        // request; the others keep theirs. A discovered downstream whose source stays starts
+        // its new clients on the endpoints found so far, so no request waits for (or misses)
+        // the restarted source's first answer.
         for (name, client) in &old.downstreams {
-            let same = new.downstreams.get(name) == Some(client)
-                && new.sources.get(name) == old.sources.get(name);
-            if !same {
-                self.forwarder.clients.remove(name);
+            let source = new.sources.get(name);
+            let same_source = source == old.sources.get(name);
+            if new.downstreams.get(name) == Some(client) && same_source {
+                continue;
+            }
+            let found = self.forwarder.clients.remove(name);
+            if let (Some(eps), Some(config), true) = (found, new.downstreams.get(name), same_source)
+            {
+                self.forwarder
+                    .clients
+                    .set_endpoints(name, || config.clone(), eps);
             }
         }
+        let etcd_changed = new.discovery.etcd != old.discovery.etcd;
         self.config = new.clone();
-        self.start_sources(&old.sources, &old.downstreams);
+        self.start_sources(&old.sources, &old.downstreams, etcd_changed);
         // Listeners: removed ones drain (their registrations go first), new ones serve.
         let removed: Vec<String> = self
             .listeners
@@ -484,11 +497,23 @@ where
             tracing::info!(listener = %l.name, address = %l.address, "listener added by reload");
             self.start_listener(l, tcp);
         }
-        // Listeners that stay: limits (and TLS files read again) for their new connections.
+        // Listeners that stay: limits (and TLS files read again) for their new connections,
+        // and, when the etcd connection changed, their registration made anew there.
         for l in &new.listeners {
             if let Some(running) = self.listeners.get_mut(&l.name) {
                 running.server.set(new.server_config(l));
                 running.config = l.clone();
+                if etcd_changed {
+                    if let Some(r) = running.registration.take() {
+                        r.deregister().await;
+                    }
+                    running.registration = match (&l.register, &new.discovery.etcd) {
+                        (Some(_), Some(etcd)) => running
+                            .bound
+                            .map(|bound| discovery::register(etcd, l, bound)),
+                        _ => None,
+                    };
+                }
             }
         }
         Ok(())
