@@ -226,12 +226,11 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                     .with_caller(utf8(&caller))
                     .with_listener(req.listener);
             let keys = trace_keys(&req.protocol);
-            // The request head lives only for routing, in a block with no await: what lives across
-            // an await is kept in the handler's future for the whole stream.
-            // The configuration snapshot is read in this block only: what the stream needs of
-            // it afterwards (the target, its client, its first-response timeout) is taken out.
-            // `routed` lives in a block of its own: a local the match moves out of would keep
-            // its storage in every later state of this future.
+            // Routing happens in a block with no await: the request head and the configuration
+            // snapshot live only there, and what the stream needs afterwards (the target, its
+            // client, its first-response timeout) is taken out. What lives across an await is
+            // kept in the handler's future for the whole stream; `routed` too, were it not in
+            // this block (a local a match moves out of keeps its storage in later states).
             let (target, client, first_response_timeout) = {
                 let routed = {
                     let state = self.state.load();
