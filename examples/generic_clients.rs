@@ -94,6 +94,7 @@ pub async fn run(
     let streams = TTStreamClient::new(config);
     let (tx, mut rx) = streams
         .open(OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "EchoService".into(),
             headers: Metadata::new(),

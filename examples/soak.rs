@@ -293,6 +293,7 @@ worker_threads = 1
             async move {
                 let fail = i % 10 == 3;
                 let open = OpenStream {
+                    hash: None,
                     method: if fail { "EchoBidiFail" } else { "EchoBidi" }.into(),
                     service: "EchoService".into(),
                     headers: Metadata::new(),

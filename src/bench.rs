@@ -183,6 +183,7 @@ async fn run_streams(a: BenchArgs, proto: StreamProto) -> BenchResult {
                 let opened = match proto {
                     StreamProto::TTStream => tt
                         .open(sluice_client::OpenStream {
+                            hash: None,
                             method: "EchoBidi".into(),
                             service: "EchoService".into(),
                             headers: stream_headers(proto, traced),

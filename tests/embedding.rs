@@ -479,6 +479,7 @@ async fn ttstream(addr: SocketAddr, method: &str, kvs: &[(&str, &str)], close: b
     ));
     let (tx, rx) = c
         .open(OpenStream {
+            hash: None,
             method: method.into(),
             service: "EchoService".into(),
             headers: metadata(kvs),

@@ -110,6 +110,7 @@ fn client_config(addr: SocketAddr) -> ClientConfig {
 
 fn ttstream_open(method: &str, headers: Metadata) -> OpenStream {
     OpenStream {
+        hash: None,
         method: method.into(),
         service: "EchoService".into(),
         headers,

@@ -159,6 +159,7 @@ async fn ttstream_call(addr: SocketAddr, method: &str) -> StreamOutcome {
     ));
     let opened = client
         .open(OpenStream {
+            hash: None,
             method: method.into(),
             service: "Faulty".into(),
             headers: Metadata::new(),
@@ -333,6 +334,7 @@ async fn downstream_killed_mid_stream() {
     ));
     let tts = ttc
         .open(OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "Faulty".into(),
             headers: Metadata::new(),

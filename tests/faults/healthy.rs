@@ -169,6 +169,7 @@ async fn ttstream(addr: SocketAddr, stop: Arc<AtomicBool>) -> Tally {
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let open = OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "Healthy".into(),
             headers: Metadata::new(),

@@ -261,6 +261,7 @@ async fn the_access_log_has_one_json_line_per_call() {
     ));
     let (tx, mut rx) = streams
         .open(OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "EchoService".into(),
             headers: Metadata::new(),

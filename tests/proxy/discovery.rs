@@ -860,6 +860,7 @@ async fn stream_echo(stream: sluice_stream::ClientStream) -> Result<(), String> 
 
 fn ttstream_open() -> sluice_client::OpenStream {
     sluice_client::OpenStream {
+        hash: None,
         method: "EchoBidi".into(),
         service: "EchoService".into(),
         headers: sluice_stream::Metadata::new(),

@@ -360,6 +360,7 @@ async fn each_family_is_refused_in_its_own_protocol_on_the_other_cluster() {
     ));
     let (tx, mut rx) = c
         .open(sluice_client::OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "EchoService".into(),
             headers: Metadata::new(),

@@ -370,6 +370,7 @@ fn stream_msg(i: u64) -> Bytes {
 
 fn ttstream_open(service: &str, method: &str) -> OpenStream {
     OpenStream {
+        hash: None,
         method: method.into(),
         service: service.into(),
         headers: Metadata::new(),

@@ -348,6 +348,7 @@ async fn one_span_per_forwarded_call_and_stream() {
     headers.push("RPC_TRANSIT_traceparent", TRACEPARENT);
     let (tx, mut rx) = tt
         .open(OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "EchoService".into(),
             headers,

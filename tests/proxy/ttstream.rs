@@ -46,6 +46,7 @@ fn open(method: &str) -> OpenStream {
     let mut headers = Metadata::new();
     headers.push("RPC_TRANSIT_KX_REQ_ID", "s-1");
     OpenStream {
+        hash: None,
         method: method.into(),
         service: "EchoService".into(),
         headers,

@@ -183,6 +183,7 @@ impl ReplyDecoder {
                 body: message.slice(env.body_offset..),
                 header,
                 endpoint: None,
+                attempts: 1,
             },
         }))
     }

@@ -9,11 +9,15 @@
 //! * Seq ids are unique per client (hence per connection) and never 0 (0 is Kitex's control
 //!   frame id).
 //! * A connect timeout and a request deadline; a reply carrying `crrst` retires its connection.
-//! * Endpoints given at creation and replaceable while calls run (discovery), round-robin or
-//!   weighted-random; an endpoint that fails to connect is skipped for a backoff period.
+//! * Endpoints given at creation and replaceable while calls run (discovery), chosen by a
+//!   [`Balance`] (p2c by default); an endpoint that fails to connect is skipped for a backoff
+//!   period, and one that keeps failing is ejected ([`Outlier`]).
+//! * Retries: a refused connection is always tried again on another endpoint; other failures
+//!   before the reply only as a [`RetryPolicy`] allows, within its [`RetryBudget`].
+//! * Limits: `max_in_flight` calls, `max_connections` pooled connections and `max_pending`
+//!   calls waiting for one; past them a call fails at once with [`Error::Overloaded`].
 #![forbid(unsafe_code)]
 
-mod balance;
 mod codec;
 mod mux;
 mod pool;
@@ -31,8 +35,8 @@ use sluice_sniff::Codec;
 use sluice_thrift::MessageType;
 use sluice_ttheader::Header;
 
-pub use balance::Balance;
 pub use pool::PoolCounts;
+pub use sluice_resilience::{Balance, Counters, Outlier, RetryBudget, RetryReason};
 pub use ttstream::{OpenStream, TTStreamClient};
 
 /// Downstream ping-pong transport.
@@ -83,7 +87,7 @@ impl FromStr for Transport {
     }
 }
 
-/// A configuration name (transport, balance) that is not one of the known ones.
+/// A configuration name (a transport) that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {name:?} (expected {expected})")]
 pub struct UnknownName {
@@ -95,7 +99,7 @@ pub struct UnknownName {
     pub expected: &'static str,
 }
 
-/// One downstream address and its weight (for weighted-random balancing).
+/// One downstream address and its weight (for the weighted balances).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     /// Address.
@@ -115,8 +119,24 @@ pub struct ClientConfig {
     pub endpoints: Vec<Endpoint>,
     /// Wire transport. Default `ttheader`.
     pub transport: Transport,
-    /// Endpoint choice. Default round-robin.
+    /// Endpoint choice. Default p2c.
     pub balance: Balance,
+    /// Outlier ejection. Default: 5 failures in a row eject an endpoint for 30 s (growing by
+    /// 30 s with each ejection up to 300 s), never more than 50% of the endpoints.
+    pub outlier: Outlier,
+    /// The metainfo or header key whose value a proxy hashes for
+    /// [`Balance::ConsistentHash`] (the client itself is given the hash, in
+    /// [`CallOptions::hash`]). Default none.
+    pub hash_key: Option<String>,
+    /// Calls (and streams) in flight to this downstream at most; past it a call fails at once
+    /// with [`Error::Overloaded`]. 0: no limit. Default 10 000.
+    pub max_in_flight: usize,
+    /// Pooled connections to this downstream at most, over all its endpoints (multiplexed
+    /// and streaming connections are a fixed few per endpoint). 0: no limit. Default 0.
+    pub max_connections: usize,
+    /// Calls waiting for a pooled connection while `max_connections` are open; past it a
+    /// call fails at once with [`Error::Overloaded`]. Default 1024.
+    pub max_pending: usize,
     /// Connect timeout. Default 1 s.
     pub connect_timeout: Duration,
     /// Deadline for a call when the caller gives none. Default 30 s.
@@ -146,7 +166,12 @@ impl ClientConfig {
             name: name.into(),
             endpoints,
             transport: Transport::TTHeader,
-            balance: Balance::RoundRobin,
+            balance: Balance::P2c,
+            outlier: Outlier::default(),
+            hash_key: None,
+            max_in_flight: 10_000,
+            max_connections: 0,
+            max_pending: 1024,
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             multiplex: false,
@@ -167,6 +192,30 @@ impl ClientConfig {
     /// Sets [`balance`](Self::balance).
     pub fn with_balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
+        self
+    }
+
+    /// Sets [`outlier`](Self::outlier).
+    pub fn with_outlier(mut self, outlier: Outlier) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn with_max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets [`max_pending`](Self::max_pending).
+    pub fn with_max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
         self
     }
 
@@ -249,6 +298,48 @@ pub struct Reply {
     pub header: Header,
     /// The endpoint that answered (set by [`GenericClient`]).
     pub endpoint: Option<std::net::SocketAddr>,
+    /// Attempts the call took, this one included (1 when it was not retried).
+    pub attempts: u32,
+}
+
+/// Which failures before the reply a call may be retried on, how often, and with what budget.
+/// A refused connection (nothing written) is retried on another endpoint whatever this says.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// The connection closed or was reset after the request and before any byte of the reply.
+    pub on_reset: bool,
+    /// The request could not be written whole.
+    pub on_unavailable: bool,
+    /// [`per_try_timeout`](Self::per_try_timeout) passed before any byte of the reply.
+    pub on_timeout: bool,
+    /// Retries at most, per call (refused connections not counted).
+    pub max_retries: u32,
+    /// How long one attempt may wait for the first byte of its reply; `None`: the call's
+    /// whole deadline.
+    pub per_try_timeout: Option<Duration>,
+    /// The budget every retry is paid from; shared by the calls of a route.
+    pub budget: RetryBudget,
+}
+
+impl RetryPolicy {
+    fn allows(&self, why: RetryReason) -> bool {
+        match why {
+            RetryReason::Refused => true,
+            RetryReason::Reset => self.on_reset,
+            RetryReason::Unavailable => self.on_unavailable,
+            RetryReason::Timeout => self.on_timeout,
+        }
+    }
+}
+
+/// How one call is balanced and retried (beyond the client's own settings).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions<'a> {
+    /// The consistent-hash key's hash ([`sluice_resilience::hash_key`]), for
+    /// [`Balance::ConsistentHash`].
+    pub hash: Option<u64>,
+    /// Retries beyond refused connections.
+    pub retry: Option<&'a RetryPolicy>,
 }
 
 /// Why a call failed. Each variant names the downstream and, where there is one, the endpoint.
@@ -309,6 +400,14 @@ pub enum Error {
         /// Why.
         source: ReplyError,
     },
+    /// A limit of this downstream was reached; the call was not sent.
+    #[error("downstream {downstream:?} is overloaded: {limit}")]
+    Overloaded {
+        /// Downstream name.
+        downstream: String,
+        /// Which limit.
+        limit: Limit,
+    },
     /// The request could not be encoded (e.g. a header too large for Kitex).
     #[error("downstream {downstream:?}: request not encodable: {source}")]
     Encode {
@@ -319,6 +418,18 @@ pub enum Error {
     },
 }
 
+/// A downstream limit that refused a call (see [`Error::Overloaded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Limit {
+    /// `max_in_flight` calls were in flight.
+    #[error("{0} calls in flight (max_in_flight)")]
+    MaxInFlight(usize),
+    /// `max_connections` were open and `max_pending` calls already waited for one.
+    #[error("{0} calls waiting for a connection (max_pending)")]
+    MaxPending(usize),
+}
+
 /// What happened to a downstream connection that failed or closed before its reply was whole.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -326,9 +437,15 @@ pub enum ConnectionError {
     /// Writing the request failed.
     #[error("write failed: {0}")]
     Write(#[source] std::io::Error),
-    /// Reading the reply failed.
+    /// Reading the reply failed after part of it had arrived.
     #[error("read failed: {0}")]
     Read(#[source] std::io::Error),
+    /// Reading failed (a reset) before any byte of the reply.
+    #[error("connection reset before the reply: {0}")]
+    ResetBeforeReply(#[source] std::io::Error),
+    /// No byte of the reply came within the retry policy's per-try timeout.
+    #[error("no reply within the per-try timeout of {0:?}")]
+    TryTimeout(Duration),
     /// The peer closed the connection before any byte of the reply.
     #[error("connection closed before the reply")]
     ClosedBeforeReply,
@@ -352,6 +469,7 @@ impl ConnectionError {
             self,
             ConnectionError::Write(_)
                 | ConnectionError::ClosedBeforeReply
+                | ConnectionError::ResetBeforeReply(_)
                 | ConnectionError::MuxClosed
         )
     }
@@ -396,7 +514,57 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::ConnectTimeout { .. })
     }
+
+    /// How a failed attempt may be retried, if at all: `None` when it must not be (the reply
+    /// had started, or the failure says nothing about the endpoint).
+    fn retry_reason(&self) -> Option<RetryReason> {
+        match self {
+            Error::Connect { .. } | Error::ConnectTimeout { .. } => Some(RetryReason::Refused),
+            Error::Io { source, .. } => match source {
+                // Nothing was queued on the connection.
+                ConnectionError::MuxClosed => Some(RetryReason::Refused),
+                ConnectionError::Write(_) => Some(RetryReason::Unavailable),
+                ConnectionError::ClosedBeforeReply
+                | ConnectionError::ResetBeforeReply(_)
+                | ConnectionError::MuxClosedBeforeReply => Some(RetryReason::Reset),
+                ConnectionError::TryTimeout(_) => Some(RetryReason::Timeout),
+                ConnectionError::Read(_) | ConnectionError::ClosedMidReply => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// True when the failure counts against the endpoint's health (outlier ejection).
+    fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::ConnectTimeout { .. }
+                | Error::Io { .. }
+                | Error::Timeout { .. }
+                | Error::Protocol { .. }
+        )
+    }
 }
+
+/// A place under `limit`, or the overloaded error naming `downstream`.
+pub(crate) fn admit(
+    limit: &sluice_resilience::InFlightLimit,
+    counters: &Counters,
+    downstream: &str,
+) -> Result<sluice_resilience::Admitted, Error> {
+    limit.admit().ok_or_else(|| {
+        counters.over_max_in_flight.fetch_add(1, Ordering::Relaxed);
+        Error::Overloaded {
+            downstream: downstream.to_owned(),
+            limit: Limit::MaxInFlight(limit.max()),
+        }
+    })
+}
+
+/// Attempts a call makes at most (a refused connection moves on to another endpoint, each
+/// tried once).
+pub(crate) const MAX_ATTEMPTS: usize = 16;
 
 /// A generic client for one downstream service.
 #[derive(Debug)]
@@ -406,36 +574,67 @@ pub struct GenericClient {
     /// [`set_endpoints`](Self::set_endpoints); a call keeps the endpoint it picked.
     set: ArcSwap<EndpointSet>,
     seq: AtomicI32,
+    in_flight: sluice_resilience::InFlightLimit,
+    counters: Arc<Counters>,
+    /// `max_connections`, shared by the endpoints' pools.
+    gate: Arc<pool::ConnGate>,
 }
 
-/// A client's endpoints at one moment, with the balancer over them.
+/// A client's endpoints at one moment, with the picker over them.
 #[derive(Debug)]
 struct EndpointSet {
     /// The endpoints as given (with their current weights).
     list: Vec<Endpoint>,
     endpoints: Vec<Arc<pool::EndpointState>>,
-    balance: balance::Balancer,
+    picker: sluice_resilience::Picker,
+}
+
+impl EndpointSet {
+    fn new(
+        list: Vec<Endpoint>,
+        endpoints: Vec<Arc<pool::EndpointState>>,
+        balance: Balance,
+    ) -> Self {
+        let weighted: Vec<_> = list.iter().map(|e| (e.addr, e.weight)).collect();
+        Self {
+            picker: sluice_resilience::Picker::new(balance, &weighted),
+            list,
+            endpoints,
+        }
+    }
 }
 
 impl GenericClient {
     /// A client; no connection is made until the first call.
     pub fn new(config: ClientConfig) -> Self {
+        Self::with_counters(config, Arc::default())
+    }
+
+    /// A client that counts its retries, ejections and refusals in `counters` (shared with
+    /// the downstream's other clients).
+    pub fn with_counters(config: ClientConfig, counters: Arc<Counters>) -> Self {
         let config = Arc::new(config);
+        let gate = Arc::new(pool::ConnGate::new(
+            config.max_connections,
+            config.max_pending,
+        ));
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| Arc::new(pool::EndpointState::new(*e, config.clone())))
+            .map(|e| Arc::new(pool::EndpointState::new(*e, config.clone(), gate.clone())))
             .collect();
-        let balance = balance::Balancer::new(config.balance, &config.endpoints);
-        let set = ArcSwap::from_pointee(EndpointSet {
-            list: config.endpoints.clone(),
+        let set = ArcSwap::from_pointee(EndpointSet::new(
+            config.endpoints.clone(),
             endpoints,
-            balance,
-        });
+            config.balance,
+        ));
         Self {
+            in_flight: sluice_resilience::InFlightLimit::new(config.max_in_flight),
             config,
             set,
             seq: AtomicI32::new(0),
+            counters,
+            gate,
         }
     }
 
@@ -445,33 +644,42 @@ impl GenericClient {
         &self.config
     }
 
+    /// Its retry, ejection and refusal counts.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     /// The endpoints calls go to now.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         self.set.load().list.clone()
     }
 
     /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
-    /// pooled connections and its failure backoff; a new weight takes effect at once. Calls
-    /// in flight on a removed endpoint finish on their connections, which are closed
-    /// afterwards instead of going back to a pool: removed endpoints are drained, not cut.
+    /// pooled connections, its failure backoff and its ejection; a new weight takes effect at
+    /// once. Calls in flight on a removed endpoint finish on their connections, which are
+    /// closed afterwards instead of going back to a pool: removed endpoints are drained, not
+    /// cut.
     pub fn set_endpoints(&self, endpoints: &[Endpoint]) {
         let old = self.set.load();
         let states = endpoints
             .iter()
             .map(|e| {
-                // Weights live in the balancer: an endpoint keeps its state whatever its weight.
+                // Weights live in the picker: an endpoint keeps its state whatever its weight.
                 match old.endpoints.iter().find(|s| s.endpoint.addr == e.addr) {
                     Some(s) => s.clone(),
-                    None => Arc::new(pool::EndpointState::new(*e, self.config.clone())),
+                    None => Arc::new(pool::EndpointState::new(
+                        *e,
+                        self.config.clone(),
+                        self.gate.clone(),
+                    )),
                 }
             })
             .collect();
-        let balance = balance::Balancer::new(self.config.balance, endpoints);
-        self.set.store(Arc::new(EndpointSet {
-            list: endpoints.to_vec(),
-            endpoints: states,
-            balance,
-        }));
+        self.set.store(Arc::new(EndpointSet::new(
+            endpoints.to_vec(),
+            states,
+            self.config.balance,
+        )));
     }
 
     /// Its connections now, over every endpoint.
@@ -488,9 +696,30 @@ impl GenericClient {
             })
     }
 
-    /// True while at least one endpoint is outside its failure backoff.
+    /// True while at least one endpoint is neither ejected nor in its failure backoff.
     pub fn has_usable_endpoint(&self) -> bool {
-        self.set.load().endpoints.iter().any(|e| e.is_up())
+        let now = sluice_resilience::now();
+        self.set
+            .load()
+            .endpoints
+            .iter()
+            .any(|e| e.health.is_available(now))
+    }
+
+    /// Endpoints ejected now.
+    pub fn ejected(&self) -> usize {
+        let now = sluice_resilience::now();
+        self.set
+            .load()
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_ejected(now))
+            .count()
+    }
+
+    /// Calls in flight now (counted only under a `max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.current()
     }
 
     /// Next seq id: unique across this client's connections, never 0, wrapping to negative
@@ -506,64 +735,176 @@ impl GenericClient {
 
     /// Sends `call` and waits for its reply (`None` for oneway calls, which get none).
     pub async fn call(&self, mut call: Call) -> Result<Option<Reply>, Error> {
-        self.call_mut(&mut call).await
+        self.call_with(&mut call, CallOptions::default()).await
     }
 
     /// Sends `call` and waits for its reply, like [`call`](Self::call), and leaves the call
     /// with the caller: its method and header (completed with the keys the client set) stay
     /// available after the reply, for logging or a retry, without a copy.
     pub async fn call_mut(&self, call: &mut Call) -> Result<Option<Reply>, Error> {
+        self.call_with(call, CallOptions::default()).await
+    }
+
+    /// Like [`call_mut`](Self::call_mut), balanced and retried as `options` say.
+    pub async fn call_with(
+        &self,
+        call: &mut Call,
+        options: CallOptions<'_>,
+    ) -> Result<Option<Reply>, Error> {
         let start = Instant::now();
         // The caller's deadline wins; the configured timeout is the default when there is none.
         // Only a caller's deadline travels downstream (TTHeader key 12): the default is this
         // client's own safety bound, as a Kitex client sends key 12 only when a timeout was set.
         let deadline = call.deadline.unwrap_or(start + self.config.request_timeout);
-        match tokio::time::timeout_at(deadline.into(), self.call_inner(call)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                downstream: self.config.name.clone(),
-                after: start.elapsed(),
-            }),
+        let _admitted = self.admit()?;
+        if let Some(r) = options.retry {
+            r.budget.deposit();
         }
+        self.call_inner(call, options, start, deadline).await
     }
 
-    async fn call_inner(&self, call: &mut Call) -> Result<Option<Reply>, Error> {
-        // Try each endpoint at most once: a refused connection moves on to the next one.
+    /// Counts the call in flight, or refuses it past `max_in_flight`.
+    fn admit(&self) -> Result<sluice_resilience::Admitted, Error> {
+        admit(&self.in_flight, &self.counters, &self.config.name)
+    }
+
+    async fn call_inner(
+        &self,
+        call: &mut Call,
+        options: CallOptions<'_>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Option<Reply>, Error> {
+        // Indexes into the set in force when each was tried; a set replaced meanwhile may
+        // let an endpoint be tried twice, which is harmless. Empty (no allocation) unless
+        // an attempt failed.
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retries = 0u32;
         let mut last_err = None;
-        let mut attempt = 0;
-        loop {
+        let per_try = options.retry.and_then(|r| r.per_try_timeout);
+        while tried.len() < MAX_ATTEMPTS {
             // The endpoint is picked from the set in force now, and held by the call: a set
             // replaced meanwhile does not cut it.
-            let ep = {
+            let (ep, index) = {
                 let set = self.set.load();
-                if attempt >= set.endpoints.len() {
-                    break;
+                let now = sluice_resilience::now();
+                match set
+                    .picker
+                    .pick(&set.endpoints, |e| &e.health, options.hash, &tried, now)
+                {
+                    Some(i) => (set.endpoints[i].clone(), i),
+                    None => break,
                 }
-                set.endpoints[set.balance.pick(&set.endpoints, attempt)].clone()
             };
-            attempt += 1;
             let seq = self.next_seq();
-            let result = if self.config.multiplex && self.config.transport.is_ttheader() {
-                ep.call_mux(call, seq).await
-            } else {
-                ep.call_pooled(call, seq).await
+            let attempt = async {
+                let _in_flight = ep.health.start();
+                if self.config.multiplex && self.config.transport.is_ttheader() {
+                    ep.call_mux(call, seq, per_try).await
+                } else {
+                    ep.call_pooled(call, seq, per_try, &|| self.close_idle_elsewhere(&ep))
+                        .await
+                }
             };
-            match result {
-                Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. })) => {
-                    ep.mark_down();
-                    tracing::debug!(error = %e, "endpoint unavailable, trying the next one");
-                    last_err = Some(e);
+            let result = match tokio::time::timeout_at(deadline.into(), attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    downstream: self.config.name.clone(),
+                    after: start.elapsed(),
+                }),
+            };
+            let e = match result {
+                Ok(mut reply) => {
+                    ep.health.succeeded();
+                    if let Some(r) = reply.as_mut() {
+                        r.endpoint = Some(ep.endpoint.addr);
+                        r.attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX) + 1;
+                    }
+                    return Ok(reply);
                 }
-                Ok(Some(mut reply)) => {
-                    reply.endpoint = Some(ep.endpoint.addr);
-                    return Ok(Some(reply));
-                }
-                other => return other,
+                Err(e) => e,
+            };
+            if e.is_endpoint_failure() {
+                self.endpoint_failed(&ep, &e);
             }
+            let Some(why) = e.retry_reason() else {
+                return Err(e);
+            };
+            if why != RetryReason::Refused {
+                let Some(policy) = options.retry.filter(|p| p.allows(why)) else {
+                    return Err(e);
+                };
+                if call.msg_type == MessageType::Oneway || retries >= policy.max_retries {
+                    return Err(e);
+                }
+                if !policy.budget.withdraw() {
+                    self.counters
+                        .budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "retry budget exhausted; not retrying");
+                    return Err(e);
+                }
+                retries += 1;
+            }
+            self.counters.retried(why);
+            tracing::debug!(error = %e, reason = why.as_str(), "trying another endpoint");
+            tried.push(index);
+            last_err = Some(e);
         }
         Err(last_err.unwrap_or(Error::NoEndpoint {
             downstream: self.config.name.clone(),
         }))
+    }
+
+    /// Closes one idle pooled connection of an endpoint other than `ep` (room under
+    /// `max_connections`); false when there is none.
+    fn close_idle_elsewhere(&self, ep: &Arc<pool::EndpointState>) -> bool {
+        self.set
+            .load()
+            .endpoints
+            .iter()
+            .any(|e| !Arc::ptr_eq(e, ep) && e.close_one_idle())
+    }
+
+    /// Records a failure of `ep`: a refused connect puts it in backoff; any failure counts
+    /// towards its ejection.
+    fn endpoint_failed(&self, ep: &Arc<pool::EndpointState>, e: &Error) {
+        let now = sluice_resilience::now();
+        if matches!(e, Error::Connect { .. } | Error::ConnectTimeout { .. }) {
+            ep.health.back_off(now, self.config.failure_backoff);
+        }
+        let set = self.set.load();
+        let Some(index) = set.endpoints.iter().position(|s| Arc::ptr_eq(s, ep)) else {
+            // Removed meanwhile: nothing to eject.
+            return;
+        };
+        match self
+            .config
+            .outlier
+            .failed(&set.endpoints, |s| &s.health, index, now)
+        {
+            sluice_resilience::Ejected::For(length) => {
+                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    downstream = %self.config.name,
+                    endpoint = %ep.endpoint.addr,
+                    ?length,
+                    error = %e,
+                    "ejecting endpoint after consecutive failures"
+                );
+            }
+            sluice_resilience::Ejected::CapReached => {
+                self.counters
+                    .ejections_capped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    downstream = %self.config.name,
+                    endpoint = %ep.endpoint.addr,
+                    "not ejecting: max_ejection_percent reached"
+                );
+            }
+            sluice_resilience::Ejected::No => {}
+        }
     }
 }
 

@@ -130,7 +130,12 @@ impl MuxConn {
         }
     }
 
-    pub(crate) async fn call(&self, call: &mut Call, seq: i32) -> Result<Option<Reply>, Error> {
+    pub(crate) async fn call(
+        &self,
+        call: &mut Call,
+        seq: i32,
+        per_try: Option<std::time::Duration>,
+    ) -> Result<Option<Reply>, Error> {
         let head = codec::encode_request(call, self.config.transport, seq, true).map_err(|e| {
             Error::Encode {
                 downstream: self.config.name.clone(),
@@ -155,9 +160,15 @@ impl MuxConn {
             .send(chunks)
             .await
             .map_err(|_| self.io_error(ConnectionError::MuxClosed))?;
-        let raw = wrx
-            .await
-            .map_err(|_| self.io_error(ConnectionError::MuxClosedBeforeReply))?;
+        // Replies arrive whole: a per-try timeout that passes means none of it came.
+        let raw = match per_try {
+            Some(d) => match tokio::time::timeout(d, wrx).await {
+                Ok(r) => r,
+                Err(_) => return Err(self.io_error(ConnectionError::TryTimeout(d))),
+            },
+            None => wrx.await,
+        }
+        .map_err(|_| self.io_error(ConnectionError::MuxClosedBeforeReply))?;
         if raw.reply.msg_type == MessageType::Reply && raw.envelope_seq != seq {
             return Err(Error::Protocol {
                 downstream: self.config.name.clone(),

@@ -1,7 +1,10 @@
-//! Per-endpoint state: idle pooled connections, the multiplexed connection, failure backoff.
+//! Per-endpoint state: idle pooled connections, the multiplexed connection, health; and the
+//! downstream's `max_connections` gate shared by its endpoints.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_thrift::MessageType;
@@ -11,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
-use crate::{Call, ClientConfig, ConnectionError, Endpoint, Error, Reply, ReplyError};
+use crate::{Call, ClientConfig, ConnectionError, Endpoint, Error, Limit, Reply, ReplyError};
 
 /// Read buffer taken when a reply starts arriving.
 const READ_CHUNK: usize = 8 * 1024;
@@ -28,22 +31,70 @@ pub(crate) struct Conn {
     _live: Live,
 }
 
-/// One live pooled connection in its endpoint's count (decremented when it is dropped,
-/// whichever way it goes).
+/// One live pooled connection in its endpoint's count and, under `max_connections`, in the
+/// downstream's (decremented when it is dropped, whichever way it goes).
 #[derive(Debug)]
-struct Live(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Live {
-    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(count.clone())
-    }
+struct Live {
+    count: Arc<AtomicUsize>,
+    gate: Option<Arc<ConnGate>>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = &self.gate {
+            g.open.fetch_sub(1, Ordering::Relaxed);
+            g.freed.notify_one();
+        }
     }
+}
+
+/// A downstream's `max_connections` and `max_pending`: pooled connections open over all its
+/// endpoints, and calls waiting for one.
+#[derive(Debug)]
+pub(crate) struct ConnGate {
+    max: usize,
+    max_pending: usize,
+    open: AtomicUsize,
+    pending: AtomicUsize,
+    /// A connection closed or went back to a pool.
+    freed: tokio::sync::Notify,
+}
+
+impl ConnGate {
+    /// `max` 0: no limit.
+    pub(crate) fn new(max: usize, max_pending: usize) -> Self {
+        Self {
+            max,
+            max_pending,
+            open: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn try_open(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// A call waiting for a connection, counted while it waits.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection to use: one from the pool, or room for a new one.
+enum Got {
+    Idle(Conn),
+    Room(Live),
 }
 
 /// An endpoint's connections at one moment (see [`crate::GenericClient::pool_counts`]).
@@ -63,44 +114,34 @@ pub(crate) struct EndpointState {
     config: Arc<ClientConfig>,
     idle: Mutex<Vec<Conn>>,
     /// Pooled connections alive, idle or carrying a call.
-    live: Arc<std::sync::atomic::AtomicUsize>,
-    down_until: Mutex<Option<Instant>>,
+    live: Arc<AtomicUsize>,
+    /// In-flight calls, failure run, ejection, connect backoff.
+    pub(crate) health: sluice_resilience::Health,
+    gate: Arc<ConnGate>,
     mux: tokio::sync::Mutex<Option<Arc<MuxConn>>>,
     decoder: ReplyDecoder,
 }
 
 /// How an exchange on a pooled connection failed.
 enum Failure {
-    /// Nothing of a reply arrived: on a reused connection the server most likely closed it
-    /// while idle, and one retry on a fresh connection is safe enough.
+    /// Nothing of a reply arrived.
     BeforeReply(ConnectionError),
     Other(Error),
 }
 
 impl EndpointState {
-    pub(crate) fn new(endpoint: Endpoint, config: Arc<ClientConfig>) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, config: Arc<ClientConfig>, gate: Arc<ConnGate>) -> Self {
         let decoder = ReplyDecoder::new(config.max_frame_size);
         Self {
             endpoint,
             config,
             idle: Mutex::new(Vec::new()),
             live: Arc::default(),
-            down_until: Mutex::new(None),
+            health: sluice_resilience::Health::default(),
+            gate,
             mux: tokio::sync::Mutex::new(None),
             decoder,
         }
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        match *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(t) => Instant::now() >= t,
-            None => true,
-        }
-    }
-
-    pub(crate) fn mark_down(&self) {
-        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + self.config.failure_backoff);
     }
 
     pub(crate) async fn connect(&self) -> Result<TcpStream, Error> {
@@ -125,14 +166,13 @@ impl EndpointState {
                 }
             };
         let _ = stream.set_nodelay(true);
-        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(stream)
     }
 
     /// The endpoint's connections now (the multiplexed one counts while its slot holds it).
     pub(crate) fn counts(&self) -> PoolCounts {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).len();
-        let live = self.live.load(std::sync::atomic::Ordering::Relaxed);
+        let live = self.live.load(Ordering::Relaxed);
         let mux = match self.mux.try_lock() {
             Ok(slot) => usize::from(slot.is_some()),
             // Being connected or replaced right now.
@@ -148,11 +188,63 @@ impl EndpointState {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if c.idle_since.elapsed() < self.config.idle_timeout {
+            if c.idle_since.elapsed() < self.config.idle_timeout && !closed_by_peer(&c.stream) {
                 return Some(c);
             }
         }
         None
+    }
+
+    /// Closes one idle pooled connection, making room under `max_connections` for another
+    /// endpoint's call; false when it has none.
+    pub(crate) fn close_one_idle(&self) -> bool {
+        let c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        c.is_some()
+    }
+
+    /// A pooled connection, or room for a new one; under `max_connections`, waits (as one of
+    /// at most `max_pending`) for a connection to close or come back, after closing an idle
+    /// one of another endpoint (`evict`) if there is one.
+    async fn get(&self, idle_ok: bool, evict: &(dyn Fn() -> bool + Sync)) -> Result<Got, Error> {
+        let live = |gate| {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            Live {
+                count: self.live.clone(),
+                gate,
+            }
+        };
+        let mut waiting = None;
+        loop {
+            if idle_ok {
+                if let Some(c) = self.take_idle() {
+                    return Ok(Got::Idle(c));
+                }
+            }
+            if self.gate.max == 0 {
+                return Ok(Got::Room(live(None)));
+            }
+            // Registered before the checks, so a connection freed between them still wakes us.
+            let freed = self.gate.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.gate.try_open() {
+                return Ok(Got::Room(live(Some(self.gate.clone()))));
+            }
+            if evict() {
+                continue;
+            }
+            if waiting.is_none() {
+                if self.gate.pending.fetch_add(1, Ordering::Relaxed) >= self.gate.max_pending {
+                    self.gate.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Error::Overloaded {
+                        downstream: self.config.name.clone(),
+                        limit: Limit::MaxPending(self.gate.max_pending),
+                    });
+                }
+                waiting = Some(Pending(&self.gate.pending));
+            }
+            freed.await;
+        }
     }
 
     /// `read` is how many bytes the reply took: its buffer is still in use by the reply.
@@ -163,35 +255,48 @@ impl EndpointState {
             // An idle pooled connection keeps no read buffer; the next reply takes one.
             sluice_io::give_back_read_buf_in_use(std::mem::take(&mut c.buf), read);
             idle.push(c);
+            drop(idle);
+            if self.gate.max != 0 {
+                self.gate.freed.notify_one();
+            }
         }
     }
 
-    /// One request on a pooled connection, one in flight per connection.
+    /// One request on a pooled connection, one in flight per connection. A reused connection
+    /// that fails while the request is written (the server closed it while idle) is replaced
+    /// by a new one once: the server cannot have seen the whole request. Any other failure is
+    /// the caller's to retry or not.
     pub(crate) async fn call_pooled(
         &self,
         call: &mut Call,
         seq: i32,
+        per_try: Option<Duration>,
+        evict: &(dyn Fn() -> bool + Sync),
     ) -> Result<Option<Reply>, Error> {
-        if let Some(conn) = self.take_idle() {
-            match self.exchange(conn, call, seq).await {
-                Err(Failure::BeforeReply(why)) => {
-                    tracing::debug!(addr = %self.endpoint.addr, %why, "pooled connection went stale; retrying on a new one");
-                }
-                Err(Failure::Other(e)) => return Err(e),
+        let mut idle_ok = true;
+        loop {
+            let (conn, reused) = match self.get(idle_ok, evict).await? {
+                Got::Idle(c) => (c, true),
+                Got::Room(live) => (
+                    Conn {
+                        stream: self.connect().await?,
+                        buf: BytesMut::new(),
+                        iov: Vec::with_capacity(2),
+                        idle_since: Instant::now(),
+                        _live: live,
+                    },
+                    false,
+                ),
+            };
+            match self.exchange(conn, call, seq, per_try).await {
                 Ok(r) => return Ok(r),
+                Err(Failure::BeforeReply(why @ ConnectionError::Write(_))) if reused => {
+                    tracing::debug!(addr = %self.endpoint.addr, %why, "pooled connection went stale; sending on a new one");
+                    idle_ok = false;
+                }
+                Err(Failure::BeforeReply(why)) => return Err(self.io_error(why)),
+                Err(Failure::Other(e)) => return Err(e),
             }
-        }
-        let conn = Conn {
-            stream: self.connect().await?,
-            buf: BytesMut::new(),
-            iov: Vec::with_capacity(2),
-            idle_since: Instant::now(),
-            _live: Live::new(&self.live),
-        };
-        match self.exchange(conn, call, seq).await {
-            Ok(r) => Ok(r),
-            Err(Failure::BeforeReply(what)) => Err(self.io_error(what)),
-            Err(Failure::Other(e)) => Err(e),
         }
     }
 
@@ -216,6 +321,7 @@ impl EndpointState {
         mut conn: Conn,
         call: &mut Call,
         seq: i32,
+        per_try: Option<Duration>,
     ) -> Result<Option<Reply>, Failure> {
         let transport = codec::effective(self.config.transport, call.codec);
         let head = codec::encode_request(call, transport, seq, false).map_err(|e| {
@@ -236,6 +342,8 @@ impl EndpointState {
         }
         conn.buf.clear();
         let mut read = 0usize;
+        // Only read when a per-try timeout is set: no clock read otherwise.
+        let try_deadline = per_try.map(|d| (tokio::time::Instant::now() + d, d));
         loop {
             match self.decoder.decode(&mut conn.buf, transport) {
                 Ok(Some(raw)) => {
@@ -276,7 +384,18 @@ impl EndpointState {
             } else if conn.buf.capacity() - conn.buf.len() < 1024 {
                 conn.buf.reserve(READ_CHUNK);
             }
-            match conn.stream.read_buf(&mut conn.buf).await {
+            let got = match try_deadline {
+                // The per-try timeout covers the wait for the reply's first byte only: once it
+                // started, the reply is read to its end (or the call's deadline).
+                Some((at, d)) if conn.buf.is_empty() => {
+                    match tokio::time::timeout_at(at, conn.stream.read_buf(&mut conn.buf)).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(Failure::BeforeReply(ConnectionError::TryTimeout(d))),
+                    }
+                }
+                _ => conn.stream.read_buf(&mut conn.buf).await,
+            };
+            match got {
                 Ok(0) if conn.buf.is_empty() => {
                     return Err(Failure::BeforeReply(ConnectionError::ClosedBeforeReply))
                 }
@@ -287,7 +406,7 @@ impl EndpointState {
                 }
                 Ok(n) => read += n,
                 Err(e) if conn.buf.is_empty() => {
-                    return Err(Failure::BeforeReply(ConnectionError::Read(e)))
+                    return Err(Failure::BeforeReply(ConnectionError::ResetBeforeReply(e)))
                 }
                 Err(e) => return Err(Failure::Other(self.io_error(ConnectionError::Read(e)))),
             }
@@ -295,7 +414,12 @@ impl EndpointState {
     }
 
     /// One request on the endpoint's multiplexed connection.
-    pub(crate) async fn call_mux(&self, call: &mut Call, seq: i32) -> Result<Option<Reply>, Error> {
+    pub(crate) async fn call_mux(
+        &self,
+        call: &mut Call,
+        seq: i32,
+        per_try: Option<Duration>,
+    ) -> Result<Option<Reply>, Error> {
         let conn = {
             let mut slot = self.mux.lock().await;
             match slot.as_ref() {
@@ -308,6 +432,14 @@ impl EndpointState {
                 }
             }
         };
-        conn.call(call, seq).await
+        conn.call(call, seq, per_try).await
     }
+}
+
+/// True when an idle connection's socket is readable: the server closed or reset it (or sent
+/// something unasked), so it must not carry a request. Asks the reactor's cached readiness,
+/// not the kernel: no system call on the hot path.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(stream.poll_read_ready(&mut cx), Poll::Ready(_))
 }

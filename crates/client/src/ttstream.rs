@@ -25,6 +25,8 @@ use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use sluice_resilience::{Balance, Counters, Health, InFlightLimit, Picker, StreamLoad};
+
 use crate::{ClientConfig, Error};
 
 /// Connections per endpoint.
@@ -38,6 +40,8 @@ pub struct OpenStream {
     /// IDL service name, sent as `isn` on the Header frame when not empty and not already in
     /// `headers`.
     pub service: String,
+    /// The consistent-hash key's hash, for [`Balance::ConsistentHash`].
+    pub hash: Option<u64>,
     /// Header-frame string keys (metainfo, user headers), in order.
     pub headers: Metadata,
 }
@@ -62,6 +66,8 @@ struct Endpoint {
     addr: SocketAddr,
     conns: tokio::sync::Mutex<Vec<Arc<StreamConn>>>,
     next: AtomicUsize,
+    /// Streams open on it (p2c reads them), connect backoff, ejection.
+    health: Arc<Health>,
 }
 
 impl Endpoint {
@@ -70,6 +76,23 @@ impl Endpoint {
             addr,
             conns: tokio::sync::Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
+            health: Arc::default(),
+        }
+    }
+}
+
+/// A client's endpoints at one moment, with the picker over them.
+struct EndpointSet {
+    endpoints: Vec<Arc<Endpoint>>,
+    picker: Picker,
+}
+
+impl EndpointSet {
+    fn new(endpoints: Vec<Arc<Endpoint>>, weights: &[crate::Endpoint], balance: Balance) -> Self {
+        let weighted: Vec<_> = weights.iter().map(|e| (e.addr, e.weight)).collect();
+        Self {
+            picker: Picker::new(balance, &weighted),
+            endpoints,
         }
     }
 }
@@ -79,9 +102,10 @@ pub struct TTStreamClient {
     config: Arc<ClientConfig>,
     /// Replaced whole by [`set_endpoints`](Self::set_endpoints); a stream keeps the
     /// connection it opened on.
-    endpoints: arc_swap::ArcSwap<Vec<Arc<Endpoint>>>,
-    rr: AtomicUsize,
+    endpoints: arc_swap::ArcSwap<EndpointSet>,
     next_id: AtomicI32,
+    in_flight: InFlightLimit,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for TTStreamClient {
@@ -106,37 +130,59 @@ fn frame_chunks(f: StreamFrame) -> impl Iterator<Item = Bytes> {
 impl TTStreamClient {
     /// A client; connections are made on first use.
     pub fn new(config: ClientConfig) -> Self {
+        Self::with_counters(config, Arc::default())
+    }
+
+    /// A client that counts its retries, ejections and refusals in `counters` (shared with
+    /// the downstream's other clients).
+    pub fn with_counters(config: ClientConfig, counters: Arc<Counters>) -> Self {
         let endpoints = config
             .endpoints
             .iter()
             .map(|e| Arc::new(Endpoint::new(e.addr)))
             .collect();
+        let set = EndpointSet::new(endpoints, &config.endpoints, config.balance);
         Self {
+            in_flight: InFlightLimit::new(config.max_in_flight),
             config: Arc::new(config),
-            endpoints: arc_swap::ArcSwap::from_pointee(endpoints),
-            rr: AtomicUsize::new(0),
+            endpoints: arc_swap::ArcSwap::from_pointee(set),
             next_id: AtomicI32::new(0),
+            counters,
         }
     }
 
     /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
-    /// connections; streams open on a removed one run to their end, and its connections
-    /// close once their last stream is done.
+    /// connections and its health; streams open on a removed one run to their end, and its
+    /// connections close once their last stream is done.
     pub fn set_endpoints(&self, endpoints: &[crate::Endpoint]) {
         let old = self.endpoints.load();
         let new = endpoints
             .iter()
-            .map(|e| match old.iter().find(|o| o.addr == e.addr) {
+            .map(|e| match old.endpoints.iter().find(|o| o.addr == e.addr) {
                 Some(o) => o.clone(),
                 None => Arc::new(Endpoint::new(e.addr)),
             })
             .collect();
-        self.endpoints.store(Arc::new(new));
+        self.endpoints.store(Arc::new(EndpointSet::new(
+            new,
+            endpoints,
+            self.config.balance,
+        )));
     }
 
     /// The endpoints streams are opened on now.
     pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
-        self.endpoints.load().iter().map(|e| e.addr).collect()
+        self.endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    /// Streams open now (counted only under a `max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.current()
     }
 
     fn next_stream_id(&self) -> i32 {
@@ -186,22 +232,38 @@ impl TTStreamClient {
         Ok(conn)
     }
 
-    /// Opens a stream: sends its Header frame and returns the handle.
+    /// Opens a stream: sends its Header frame and returns the handle. An endpoint that cannot
+    /// be connected to is put in backoff and the next one tried; nothing else is retried (a
+    /// stream is never sent twice).
     pub async fn open(&self, req: OpenStream) -> Result<ClientStream, Error> {
+        let admitted = crate::admit(&self.in_flight, &self.counters, &self.config.name)?;
         let mut last = None;
-        let mut attempt = 0;
-        loop {
-            let ep = {
-                let eps = self.endpoints.load();
-                if attempt >= eps.len() {
-                    break;
+        let mut tried = Vec::new();
+        while tried.len() < crate::MAX_ATTEMPTS {
+            let (ep, index) = {
+                let set = self.endpoints.load();
+                let now = sluice_resilience::now();
+                match set
+                    .picker
+                    .pick(&set.endpoints, |e| &*e.health, req.hash, &tried, now)
+                {
+                    Some(i) => (set.endpoints[i].clone(), i),
+                    None => break,
                 }
-                eps[(self.rr.fetch_add(1, Ordering::Relaxed) + attempt) % eps.len()].clone()
             };
-            attempt += 1;
             match self.connection(&ep).await {
-                Ok(conn) => return Ok(self.open_on(conn, req).await),
-                Err(e) => last = Some(e),
+                Ok(conn) => {
+                    ep.health.succeeded();
+                    let load = StreamLoad::new(admitted, ep.health.clone());
+                    return Ok(self.open_on(conn, req, load).await);
+                }
+                Err(e) => {
+                    self.connect_failed(&ep, &e);
+                    self.counters
+                        .retried(sluice_resilience::RetryReason::Refused);
+                    tried.push(index);
+                    last = Some(e);
+                }
             }
         }
         Err(last.unwrap_or(Error::NoEndpoint {
@@ -209,7 +271,29 @@ impl TTStreamClient {
         }))
     }
 
-    async fn open_on(&self, conn: Arc<StreamConn>, req: OpenStream) -> ClientStream {
+    /// A refused connect: backoff, and a failure towards ejection.
+    fn connect_failed(&self, ep: &Arc<Endpoint>, e: &Error) {
+        let now = sluice_resilience::now();
+        ep.health.back_off(now, self.config.failure_backoff);
+        let set = self.endpoints.load();
+        if let Some(i) = set.endpoints.iter().position(|x| Arc::ptr_eq(x, ep)) {
+            if let sluice_resilience::Ejected::For(length) =
+                self.config
+                    .outlier
+                    .failed(&set.endpoints, |x| &*x.health, i, now)
+            {
+                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(downstream = %self.config.name, endpoint = %ep.addr, ?length, error = %e, "ejecting endpoint after consecutive failures");
+            }
+        }
+    }
+
+    async fn open_on(
+        &self,
+        conn: Arc<StreamConn>,
+        req: OpenStream,
+        load: StreamLoad,
+    ) -> ClientStream {
         let id = self.next_stream_id();
         let mut state = StreamState::new(Side::Client, id).expect("stream id is never 0");
         let _ = state.send(FrameType::Header);
@@ -224,6 +308,7 @@ impl TTStreamClient {
             out: conn.tx.clone(),
             streams: Arc::downgrade(&conn.streams),
             _tasks: conn.tasks.clone(),
+            _load: load,
         });
         let (client, to_user) = ClientStream::new(sink);
         // A slot replaced after the ids wrapped around is dropped after the lock: dropping it
@@ -380,6 +465,8 @@ struct ClientSink {
     streams: Weak<Mutex<HashMap<i32, Slot>>>,
     /// Keeps the connection's reader and writer running while this stream lives.
     _tasks: Arc<sluice_io::TaskGroup>,
+    /// The stream's place under `max_in_flight` and on its endpoint's count.
+    _load: StreamLoad,
 }
 
 /// Whether the state machine lets the client send `kind` now (and records it).

@@ -288,6 +288,7 @@ async fn a_dropped_ttstream_client_leaves_no_connection_task_behind() {
     ));
     let stream = client
         .open(sluice_client::OpenStream {
+            hash: None,
             method: "EchoBidi".into(),
             service: "EchoService".into(),
             headers: Default::default(),

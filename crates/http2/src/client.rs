@@ -1,7 +1,10 @@
 //! The gRPC client: opens streams on one downstream over HTTP/2 (h2c, prior knowledge).
 //!
 //! A [`GrpcClient`] keeps one HTTP/2 connection per endpoint, dialled on first use and shared
-//! by every stream opened on that endpoint; endpoints take turns (round robin). A connection
+//! by every stream opened on that endpoint; the endpoint of each stream is chosen by the
+//! configured [`Balance`] (p2c on open streams by default), an endpoint that cannot be dialled
+//! is skipped for a backoff and ejected after repeated failures, and at most `max_in_flight`
+//! streams are open at once. A connection
 //! that broke or received GOAWAY is dropped and dialled again, once, when a new stream cannot
 //! be opened on it; streams already running on it are not moved. A stream waits for a slot
 //! while the server's SETTINGS_MAX_CONCURRENT_STREAMS are all in use.
@@ -25,7 +28,7 @@
 //!   (DEADLINE_EXCEEDED), as a gRPC client reports it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -44,6 +47,9 @@ use crate::headers::GRPC_TIMEOUT;
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::status::Status;
 use crate::timeout::format_timeout;
+
+pub use sluice_resilience::{Balance, Outlier};
+use sluice_resilience::{Counters, Health, InFlightLimit, Picker, StreamLoad};
 
 /// Settings of a [`GrpcClient`].
 #[derive(Debug, Clone)]
@@ -68,6 +74,18 @@ pub struct GrpcClientConfig {
     /// How long a new connection waits for the server's SETTINGS; a server that sends none
     /// (not HTTP/2, or stuck) fails the connection and its streams.
     pub handshake_timeout: Duration,
+    /// Relative weights of [`endpoints`](Self::endpoints), in the same order (missing ones
+    /// count as 1).
+    pub weights: Vec<u32>,
+    /// Endpoint choice.
+    pub balance: Balance,
+    /// Outlier ejection (dial failures count).
+    pub outlier: Outlier,
+    /// How long an endpoint that could not be dialled is skipped.
+    pub failure_backoff: Duration,
+    /// Streams open at most; past it an open fails with [`GrpcClientError::Overloaded`].
+    /// 0: no limit.
+    pub max_in_flight: usize,
 }
 
 impl GrpcClientConfig {
@@ -107,6 +125,30 @@ impl GrpcClientConfig {
         self
     }
 
+    /// Sets [`balance`](Self::balance).
+    pub fn with_balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Sets [`outlier`](Self::outlier).
+    pub fn with_outlier(mut self, outlier: Outlier) -> Self {
+        self.outlier = outlier;
+        self
+    }
+
+    /// Sets [`failure_backoff`](Self::failure_backoff).
+    pub fn with_failure_backoff(mut self, failure_backoff: Duration) -> Self {
+        self.failure_backoff = failure_backoff;
+        self
+    }
+
+    /// Sets [`max_in_flight`](Self::max_in_flight).
+    pub fn with_max_in_flight(mut self, max_in_flight: usize) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
     /// Sets [`handshake_timeout`](Self::handshake_timeout).
     pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
         self.handshake_timeout = handshake_timeout;
@@ -115,9 +157,15 @@ impl GrpcClientConfig {
 
     /// Defaults for these endpoints: 1 s connect timeout, 4 MiB messages, 1 MiB stream and
     /// 8 MiB connection windows, 16 KiB frames, 64 KiB header lists, 10 s for the server's
-    /// SETTINGS.
+    /// SETTINGS; equal weights, p2c, the default [`Outlier`], 1 s failure backoff, no stream
+    /// limit.
     pub fn new(endpoints: Vec<SocketAddr>) -> Self {
         Self {
+            weights: Vec::new(),
+            balance: Balance::P2c,
+            outlier: Outlier::default(),
+            failure_backoff: Duration::from_secs(1),
+            max_in_flight: 0,
             endpoints,
             connect_timeout: Duration::from_secs(1),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -181,6 +229,12 @@ pub enum GrpcClientError {
     /// The request cannot be expressed in HTTP/2 (bad path, authority or content-type).
     #[error("invalid gRPC request: {0}")]
     InvalidRequest(InvalidRequest),
+    /// `max_in_flight` streams are open; nothing was sent.
+    #[error("overloaded: {max_in_flight} streams in flight (max_in_flight)")]
+    Overloaded {
+        /// The limit.
+        max_in_flight: usize,
+    },
 }
 
 /// Which part of an [`OpenRequest`] cannot be sent as an HTTP/2 header.
@@ -210,12 +264,34 @@ pub struct GrpcClient {
 #[derive(Debug)]
 struct Inner {
     config: GrpcClientConfig,
-    next: AtomicUsize,
     /// Replaced whole by [`GrpcClient::set_endpoints`]; a stream keeps the connection it
     /// opened on.
-    slots: arc_swap::ArcSwap<Vec<Arc<Slot>>>,
+    slots: arc_swap::ArcSwap<Slots>,
+    in_flight: InFlightLimit,
+    counters: Arc<Counters>,
     /// The connections' tasks; dropped with the client, which cancels them.
     tasks: sluice_io::TaskGroup,
+}
+
+/// The endpoints at one moment, with the picker over them.
+#[derive(Debug)]
+struct Slots {
+    slots: Vec<Arc<Slot>>,
+    picker: Picker,
+}
+
+impl Slots {
+    fn new(slots: Vec<Arc<Slot>>, weights: &[u32], balance: Balance) -> Self {
+        let weighted: Vec<_> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr, weights.get(i).copied().unwrap_or(1)))
+            .collect();
+        Self {
+            picker: Picker::new(balance, &weighted),
+            slots,
+        }
+    }
 }
 
 /// One endpoint and its connection, if any. The lock is held while dialling, so concurrent
@@ -224,6 +300,8 @@ struct Inner {
 struct Slot {
     addr: SocketAddr,
     conn: Mutex<Option<Arc<Handle>>>,
+    /// Streams open on it (p2c reads them), dial backoff, ejection.
+    health: Arc<Health>,
 }
 
 impl Slot {
@@ -231,6 +309,7 @@ impl Slot {
         Self {
             addr,
             conn: Mutex::new(None),
+            health: Arc::default(),
         }
     }
 }
@@ -258,6 +337,7 @@ impl GrpcClient {
         self.inner
             .slots
             .load()
+            .slots
             .iter()
             .map(|s| match s.conn.try_lock() {
                 Ok(c) => usize::from(c.is_some()),
@@ -268,19 +348,32 @@ impl GrpcClient {
 
     /// A client; nothing is dialled until the first stream.
     pub fn new(config: GrpcClientConfig) -> Self {
+        Self::with_counters(config, Arc::default())
+    }
+
+    /// A client that counts its dial retries, ejections and refusals in `counters` (shared
+    /// with the downstream's other clients).
+    pub fn with_counters(config: GrpcClientConfig, counters: Arc<Counters>) -> Self {
         let slots = config
             .endpoints
             .iter()
             .map(|&addr| Arc::new(Slot::new(addr)))
             .collect();
+        let slots = Slots::new(slots, &config.weights, config.balance);
         Self {
             inner: Arc::new(Inner {
+                in_flight: InFlightLimit::new(config.max_in_flight),
                 config,
-                next: AtomicUsize::new(0),
                 slots: arc_swap::ArcSwap::from_pointee(slots),
+                counters,
                 tasks: sluice_io::TaskGroup::new(),
             }),
         }
+    }
+
+    /// Streams open now (counted only under a `max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.current()
     }
 
     /// The configuration it was made with (its endpoints are the first ones: see
@@ -291,46 +384,97 @@ impl GrpcClient {
 
     /// The endpoints streams are opened on now.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        self.inner.slots.load().iter().map(|s| s.addr).collect()
+        self.inner
+            .slots
+            .load()
+            .slots
+            .iter()
+            .map(|s| s.addr)
+            .collect()
     }
 
-    /// Replaces the endpoints (discovery found others). An endpoint that stays keeps its
-    /// connection; a removed one's connection finishes the streams it carries and closes
-    /// when it has none left (the client no longer holds it open).
+    /// Replaces the endpoints (discovery found others), all of weight 1.
     pub fn set_endpoints(&self, endpoints: &[SocketAddr]) {
+        let weighted: Vec<_> = endpoints.iter().map(|&a| (a, 1)).collect();
+        self.set_weighted_endpoints(&weighted);
+    }
+
+    /// Replaces the endpoints, as (address, weight). An endpoint that stays keeps its
+    /// connection and its health; a removed one's connection finishes the streams it carries
+    /// and closes when it has none left (the client no longer holds it open).
+    pub fn set_weighted_endpoints(&self, endpoints: &[(SocketAddr, u32)]) {
         let old = self.inner.slots.load();
         let new = endpoints
             .iter()
-            .map(|&addr| match old.iter().find(|s| s.addr == addr) {
-                Some(s) => s.clone(),
-                None => Arc::new(Slot::new(addr)),
-            })
+            .map(
+                |&(addr, _)| match old.slots.iter().find(|s| s.addr == addr) {
+                    Some(s) => s.clone(),
+                    None => Arc::new(Slot::new(addr)),
+                },
+            )
             .collect();
-        self.inner.slots.store(Arc::new(new));
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.1).collect();
+        self.inner.slots.store(Arc::new(Slots::new(
+            new,
+            &weights,
+            self.inner.config.balance,
+        )));
     }
 
-    /// Opens a stream: queues the request HEADERS on the endpoint's connection. The next
-    /// endpoint in turn is used; if it cannot be dialled, the following ones are tried, each
-    /// once.
+    /// Opens a stream: queues the request HEADERS on the endpoint's connection.
     pub async fn open(&self, req: &OpenRequest) -> Result<ClientStream, GrpcClientError> {
+        self.open_hashed(req, None).await
+    }
+
+    /// Opens a stream like [`open`](Self::open), on the endpoint the balance picks for
+    /// `hash` (a consistent-hash key's hash) when it has one. An endpoint that cannot be
+    /// dialled is put in backoff and the next one tried; nothing else is retried (a stream is
+    /// never sent twice).
+    pub async fn open_hashed(
+        &self,
+        req: &OpenRequest,
+        hash: Option<u64>,
+    ) -> Result<ClientStream, GrpcClientError> {
         let inner = &self.inner;
-        // The slots in force now; a set replaced meanwhile does not cut this open.
-        let slots = inner.slots.load_full();
-        let n = slots.len();
-        if n == 0 {
-            return Err(GrpcClientError::NoEndpoints);
-        }
         let head = RequestHead::new(req)?;
-        let first = inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut admitted = Some(inner.in_flight.admit().ok_or_else(|| {
+            inner
+                .counters
+                .over_max_in_flight
+                .fetch_add(1, Ordering::Relaxed);
+            GrpcClientError::Overloaded {
+                max_in_flight: inner.in_flight.max(),
+            }
+        })?);
         let mut last_err = None;
-        for i in 0..n {
-            let slot = &slots[(first + i) % n];
-            match self.open_on(slot, req, &head).await {
-                Ok(s) => return Ok(s),
+        let mut tried = Vec::new();
+        loop {
+            // The slots in force now; a set replaced meanwhile does not cut this open.
+            let (slot, index) = {
+                let set = inner.slots.load();
+                let now = sluice_resilience::now();
+                match set
+                    .picker
+                    .pick(&set.slots, |s| &*s.health, hash, &tried, now)
+                {
+                    Some(i) => (set.slots[i].clone(), i),
+                    None => break,
+                }
+            };
+            match self.open_on(&slot, req, &head, &mut admitted).await {
+                Ok(s) => {
+                    slot.health.succeeded();
+                    return Ok(s);
+                }
                 Err(
                     e @ (GrpcClientError::Connect { .. } | GrpcClientError::ConnectTimeout { .. }),
                 ) => {
                     tracing::debug!(addr = %slot.addr, error = %e, "gRPC endpoint unreachable, trying the next one");
+                    self.dial_failed(&slot, &e);
+                    inner
+                        .counters
+                        .retried(sluice_resilience::RetryReason::Refused);
+                    tried.push(index);
                     last_err = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -339,18 +483,39 @@ impl GrpcClient {
         Err(last_err.unwrap_or(GrpcClientError::NoEndpoints))
     }
 
+    /// A failed dial: backoff, and a failure towards ejection.
+    fn dial_failed(&self, slot: &Arc<Slot>, e: &GrpcClientError) {
+        let inner = &self.inner;
+        let now = sluice_resilience::now();
+        slot.health.back_off(now, inner.config.failure_backoff);
+        let set = inner.slots.load();
+        if let Some(i) = set.slots.iter().position(|s| Arc::ptr_eq(s, slot)) {
+            if let sluice_resilience::Ejected::For(length) =
+                inner
+                    .config
+                    .outlier
+                    .failed(&set.slots, |s| &*s.health, i, now)
+            {
+                inner.counters.ejections.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(endpoint = %slot.addr, ?length, error = %e, "ejecting gRPC endpoint after consecutive failures");
+            }
+        }
+    }
+
     async fn open_on(
         &self,
-        slot: &Slot,
+        slot: &Arc<Slot>,
         req: &OpenRequest,
         head: &RequestHead,
+        admitted: &mut Option<sluice_resilience::Admitted>,
     ) -> Result<ClientStream, GrpcClientError> {
         let mut redialled = false;
         loop {
             let conn = self.connection(slot).await?;
-            let opened =
-                std::future::poll_fn(|cx| start_stream(&conn.shared, cx, req, head, slot.addr))
-                    .await;
+            let opened = std::future::poll_fn(|cx| {
+                start_stream(&conn.shared, cx, req, head, slot, admitted)
+            })
+            .await;
             match opened {
                 Some(stream) => return Ok(stream),
                 // Nothing was sent on this connection, so a fresh one may be tried.
@@ -476,8 +641,10 @@ fn start_stream(
     cx: &mut Context<'_>,
     req: &OpenRequest,
     head: &RequestHead,
-    addr: SocketAddr,
+    slot: &Arc<Slot>,
+    admitted: &mut Option<sluice_resilience::Admitted>,
 ) -> Poll<Option<ClientStream>> {
+    let addr = slot.addr;
     let mut st = shared.lock();
     let id = match st.poll_open(cx) {
         Poll::Ready(Some(id)) => id,
@@ -525,6 +692,9 @@ fn start_stream(
     let sink = Arc::new(ClientSink {
         shared: shared.clone(),
         id,
+        _load: admitted
+            .take()
+            .map(|a| StreamLoad::new(a, slot.health.clone())),
     });
     let (stream, to_user) = ClientStream::new(sink);
     st.opened(Opened {
@@ -540,6 +710,8 @@ fn start_stream(
 struct ClientSink {
     shared: Arc<Shared>,
     id: u32,
+    /// The stream's place under `max_in_flight` and on its endpoint's count.
+    _load: Option<StreamLoad>,
 }
 
 impl EventSink for ClientSink {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use sluice_client::{ClientConfig, Endpoint, GenericClient, PoolCounts, TTStreamClient};
+use sluice_client::{ClientConfig, Counters, Endpoint, GenericClient, PoolCounts, TTStreamClient};
 use sluice_http2::{GrpcClient, GrpcClientConfig};
 
 /// One downstream's clients; each is made the first time a call of its family needs it.
@@ -17,6 +17,8 @@ struct DownstreamClients {
     pingpong: OnceLock<Arc<GenericClient>>,
     ttstream: OnceLock<Arc<TTStreamClient>>,
     grpc: OnceLock<Arc<GrpcClient>>,
+    /// Retries, ejections and refusals of the three clients.
+    counters: Arc<Counters>,
 }
 
 impl DownstreamClients {
@@ -29,6 +31,20 @@ impl DownstreamClients {
         }
         c
     }
+}
+
+/// The gRPC client settings of a downstream: its endpoints and weights, connect timeout,
+/// message size limit, balance, outlier ejection, backoff and stream limit.
+pub(crate) fn grpc_config(c: &ClientConfig) -> GrpcClientConfig {
+    let mut g = GrpcClientConfig::new(c.endpoints.iter().map(|e| e.addr).collect())
+        .with_connect_timeout(c.connect_timeout)
+        .with_max_message_size(c.max_frame_size)
+        .with_balance(c.balance)
+        .with_outlier(c.outlier)
+        .with_failure_backoff(c.failure_backoff)
+        .with_max_in_flight(c.max_in_flight);
+    g.weights = c.endpoints.iter().map(|e| e.weight).collect();
+    g
 }
 
 /// The clients of every downstream a request has reached so far.
@@ -64,6 +80,7 @@ impl Clients {
                     pingpong: OnceLock::new(),
                     ttstream: OnceLock::new(),
                     grpc: OnceLock::new(),
+                    counters: Arc::default(),
                 })
             })
             .clone()
@@ -79,7 +96,10 @@ impl Clients {
         d.pingpong
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating ping-pong client");
-                Arc::new(GenericClient::new(d.current_config()))
+                Arc::new(GenericClient::with_counters(
+                    d.current_config(),
+                    d.counters.clone(),
+                ))
             })
             .clone()
     }
@@ -94,7 +114,10 @@ impl Clients {
         d.ttstream
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating TTStream client");
-                Arc::new(TTStreamClient::new(d.current_config()))
+                Arc::new(TTStreamClient::with_counters(
+                    d.current_config(),
+                    d.counters.clone(),
+                ))
             })
             .clone()
     }
@@ -106,11 +129,10 @@ impl Clients {
         d.grpc
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating gRPC client");
-                let c = &d.current_config();
-                let mut g = GrpcClientConfig::new(c.endpoints.iter().map(|e| e.addr).collect());
-                g.connect_timeout = c.connect_timeout;
-                g.max_message_size = c.max_frame_size;
-                Arc::new(GrpcClient::new(g))
+                Arc::new(GrpcClient::with_counters(
+                    grpc_config(&d.current_config()),
+                    d.counters.clone(),
+                ))
             })
             .clone()
     }
@@ -133,8 +155,8 @@ impl Clients {
             c.set_endpoints(&endpoints);
         }
         if let Some(c) = d.grpc.get() {
-            let addrs: Vec<_> = endpoints.iter().map(|e| e.addr).collect();
-            c.set_endpoints(&addrs);
+            let weighted: Vec<_> = endpoints.iter().map(|e| (e.addr, e.weight)).collect();
+            c.set_weighted_endpoints(&weighted);
         }
         *found = Some(endpoints);
     }
@@ -176,6 +198,18 @@ impl Clients {
                         .unwrap_or_default(),
                     d.grpc.get().map_or(0, |c| c.open_connections()),
                 )
+            })
+            .collect()
+    }
+
+    /// Each downstream's retry, ejection and refusal counts, and its endpoints ejected now
+    /// (ping-pong client).
+    pub fn resilience_counts(&self) -> Vec<(String, Arc<Counters>, usize)> {
+        let made = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        made.iter()
+            .map(|(name, d)| {
+                let ejected = d.pingpong.get().map_or(0, |c| c.ejected());
+                (name.clone(), d.counters.clone(), ejected)
             })
             .collect()
     }

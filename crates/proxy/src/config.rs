@@ -135,6 +135,20 @@ struct RawRoute {
     transport: Option<String>,
     timeout_ms: Option<u64>,
     max_timeout_ms: Option<u64>,
+    retry_on: Option<Vec<String>>,
+    max_retries: Option<u32>,
+    retry_budget_percent: Option<u32>,
+    per_try_timeout_ms: Option<u64>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    rps: f64,
+    burst: Option<f64>,
+    key: Option<String>,
+    max_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +186,14 @@ struct RawDownstream {
     idle_timeout_ms: Option<u64>,
     failure_backoff_ms: Option<u64>,
     first_response_timeout_ms: Option<u64>,
+    hash_key: Option<String>,
+    consecutive_failures: Option<u32>,
+    base_ejection_ms: Option<u64>,
+    max_ejection_ms: Option<u64>,
+    max_ejection_percent: Option<u8>,
+    max_pending: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -185,6 +207,7 @@ struct RawLimits {
     drain_grace_ms: Option<u64>,
     frame_timeout_ms: Option<u64>,
     max_streams_per_conn: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 pub use sluice_server::Cluster;
@@ -296,6 +319,77 @@ impl PartialEq for Etcd {
             && self.tls_files == other.tls_files
             && tls(self) == tls(other)
     }
+}
+
+/// A route's retries and rate limit, from its keys.
+fn route_policy(r: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<RoutePolicy, ConfigError> {
+    let (mut on_reset, mut on_unavailable, mut on_timeout) = (false, false, false);
+    for (i, why) in r.retry_on.iter().flatten().enumerate() {
+        match why.as_str() {
+            "reset" => on_reset = true,
+            "unavailable" => on_unavailable = true,
+            "timeout" => on_timeout = true,
+            other => return Err(err(
+                format!("{}[{i}]", key("retry_on")),
+                format!(
+                    "unknown retry condition {other:?} (expected reset, unavailable or timeout)"
+                ),
+            )),
+        }
+    }
+    let per_try_timeout = r.per_try_timeout_ms.map(Duration::from_millis);
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        return Err(err(key("per_try_timeout_ms"), "must be greater than 0"));
+    }
+    if on_timeout && per_try_timeout.is_none() {
+        return Err(err(
+            key("retry_on"),
+            "\"timeout\" needs per_try_timeout_ms (a call out of its whole deadline is never retried)",
+        ));
+    }
+    let percent = r.retry_budget_percent.unwrap_or(20);
+    if percent > 100 {
+        return Err(err(key("retry_budget_percent"), "must be at most 100"));
+    }
+    let retry = Some(sluice_client::RetryPolicy {
+        on_reset,
+        on_unavailable,
+        on_timeout,
+        max_retries: r.max_retries.unwrap_or(2),
+        per_try_timeout,
+        budget: sluice_resilience::RetryBudget::new(percent),
+    });
+    let rate_limit = match &r.rate_limit {
+        None => None,
+        Some(l) => {
+            if !(l.rps > 0.0 && l.rps.is_finite()) {
+                return Err(err(key("rate_limit.rps"), "must be greater than 0"));
+            }
+            let burst = l.burst.unwrap_or(l.rps.max(1.0));
+            if !(burst >= 1.0 && burst.is_finite()) {
+                return Err(err(key("rate_limit.burst"), "must be at least 1"));
+            }
+            let limit = sluice_resilience::RateLimit { rps: l.rps, burst };
+            let key_kind = match l.key.as_deref() {
+                None => RateKey::Route,
+                Some("caller") => RateKey::Caller,
+                Some("") => return Err(err(key("rate_limit.key"), "must not be empty")),
+                Some(k) => RateKey::Metainfo(k.to_owned()),
+            };
+            let max_keys = l.max_keys.unwrap_or(10_000);
+            if max_keys == 0 {
+                return Err(err(key("rate_limit.max_keys"), "must be at least 1"));
+            }
+            let now = sluice_resilience::now();
+            Some(RateLimiter {
+                limit,
+                key: key_kind,
+                bucket: sluice_resilience::TokenBucket::new(limit, now),
+                keyed: sluice_resilience::KeyedBuckets::new(limit, max_keys, now),
+            })
+        }
+    };
+    Ok(RoutePolicy { retry, rate_limit })
 }
 
 /// The TLS files of `[discovery.etcd]` (`tls_ca`, `tls_cert`, `tls_key`, `tls_server_name`).
@@ -415,6 +509,80 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Upper bound on any request's deadline.
     pub max_timeout: Option<Duration>,
+    /// Retries and rate limit, with their state (budget, buckets), shared by the route's
+    /// requests.
+    pub policy: Arc<RoutePolicy>,
+}
+
+/// A route's retries and rate limit, and their state.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RoutePolicy {
+    /// Retries beyond refused connections (`retry_on`, `max_retries`,
+    /// `retry_budget_percent`, `per_try_timeout_ms`); `None`: refused connections only
+    /// (still within a budget of `retry_budget_percent`).
+    pub retry: Option<sluice_client::RetryPolicy>,
+    /// `rate_limit`.
+    pub rate_limit: Option<RateLimiter>,
+}
+
+/// Routes compare by their policies' identity: two routes with equal settings still keep
+/// budgets and buckets of their own.
+impl PartialEq for RoutePolicy {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for RoutePolicy {}
+
+/// What a rate limit counts by (`rate_limit.key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateKey {
+    /// One bucket for the whole route (no `key`).
+    Route,
+    /// One bucket per caller (`key = "caller"`: TTHeader `FromService`, gRPC
+    /// `source-service`).
+    Caller,
+    /// One bucket per value of this metainfo / header key (requests without it share one).
+    Metainfo(String),
+}
+
+/// A route's token buckets.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RateLimiter {
+    /// `rps` and `burst`.
+    pub limit: sluice_resilience::RateLimit,
+    /// What it counts by.
+    pub key: RateKey,
+    /// The route's one bucket (`RateKey::Route`).
+    pub bucket: sluice_resilience::TokenBucket,
+    /// One bucket per key, bounded by `max_keys`.
+    pub keyed: sluice_resilience::KeyedBuckets,
+}
+
+impl RateLimiter {
+    /// Takes a token for a request from `caller` (read only for `RateKey::Caller`) whose
+    /// metainfo `lookup` reads; false: refuse it. A request without the key counted by
+    /// shares the route's one bucket.
+    pub fn admit<'a>(
+        &self,
+        caller: impl FnOnce() -> Option<&'a [u8]>,
+        lookup: impl FnOnce(&str) -> Option<&'a [u8]>,
+    ) -> bool {
+        let now = sluice_resilience::now();
+        let key = match &self.key {
+            RateKey::Route => None,
+            RateKey::Caller => caller(),
+            RateKey::Metainfo(k) => lookup(k),
+        };
+        match key {
+            Some(v) => self.keyed.try_take(v, now),
+            None => self.bucket.try_take(now),
+        }
+    }
 }
 
 /// Server-side limits, shared by all listeners.
@@ -437,6 +605,9 @@ pub struct Limits {
     pub frame_timeout: Duration,
     /// TTStream streams open at once per connection. Default 1000.
     pub max_streams_per_conn: usize,
+    /// Requests and streams forwarded at once by the whole process; past it a caller gets an
+    /// overloaded error at once. Default 100 000.
+    pub max_in_flight: usize,
 }
 
 /// Export of the hop spans (`[tracing]`). The relay of W3C trace context
@@ -660,6 +831,45 @@ impl Config {
             c.idle_timeout = ms(d.idle_timeout_ms, 60_000);
             c.failure_backoff = ms(d.failure_backoff_ms, 1000);
             c.first_response_timeout = ms(d.first_response_timeout_ms, 30_000);
+            c.hash_key = d.hash_key.clone();
+            if c.hash_key.as_deref() == Some("") {
+                return Err(err(key("hash_key"), "must not be empty"));
+            }
+            if c.hash_key.is_some() && c.balance != Balance::ConsistentHash {
+                return Err(err(
+                    key("hash_key"),
+                    "applies with balance = \"consistent-hash\" only",
+                ));
+            }
+            if let Some(n) = d.consecutive_failures {
+                c.outlier.consecutive_failures = n;
+            }
+            c.outlier.base_ejection = ms(d.base_ejection_ms, 30_000);
+            c.outlier.max_ejection = ms(d.max_ejection_ms, 300_000);
+            if c.outlier.base_ejection.is_zero() {
+                return Err(err(key("base_ejection_ms"), "must be greater than 0"));
+            }
+            if c.outlier.max_ejection < c.outlier.base_ejection {
+                return Err(err(
+                    key("max_ejection_ms"),
+                    "is smaller than base_ejection_ms",
+                ));
+            }
+            if let Some(p) = d.max_ejection_percent {
+                if p > 100 {
+                    return Err(err(key("max_ejection_percent"), "must be at most 100"));
+                }
+                c.outlier.max_ejection_percent = p;
+            }
+            if let Some(n) = d.max_in_flight {
+                c.max_in_flight = n;
+            }
+            if let Some(n) = d.max_connections {
+                c.max_connections = n;
+            }
+            if let Some(n) = d.max_pending {
+                c.max_pending = n;
+            }
             downstreams.insert(name.clone(), c);
         }
 
@@ -675,7 +885,11 @@ impl Config {
             drain_grace: ms(raw.limits.drain_grace_ms, 10_000),
             frame_timeout: ms(raw.limits.frame_timeout_ms, 30_000),
             max_streams_per_conn: raw.limits.max_streams_per_conn.unwrap_or(1000),
+            max_in_flight: raw.limits.max_in_flight.unwrap_or(100_000),
         };
+        if limits.max_in_flight == 0 {
+            return Err(err("limits.max_in_flight", "must be at least 1"));
+        }
         if limits.max_frame_size < 64 {
             return Err(err("limits.max_frame_size", "must be at least 64 bytes"));
         }
@@ -823,7 +1037,9 @@ impl Config {
                     return Err(err(key("timeout_ms"), "is larger than max_timeout_ms"));
                 }
             }
+            let policy = route_policy(r, &key)?;
             routes.push(Route {
+                policy: Arc::new(policy),
                 service,
                 method: r.method.clone(),
                 header: r.header.as_ref().map(|h| HeaderMatch {

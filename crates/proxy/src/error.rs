@@ -31,6 +31,8 @@ pub(crate) fn call_failed(e: ClientError) -> ProxyError {
         ClientError::Io { source, .. } => (ErrorKind::Unavailable, source.before_reply()),
         ClientError::Timeout { .. } => (ErrorKind::Deadline, false),
         ClientError::Protocol { .. } => (ErrorKind::BadReply, false),
+        // Nothing was sent.
+        ClientError::Overloaded { .. } => (ErrorKind::Overloaded, true),
         _ => (ErrorKind::Internal, true),
     };
     // Kitex callers match on "timeout" in the message of a call that ran out of time.
@@ -44,16 +46,47 @@ pub(crate) fn call_failed(e: ClientError) -> ProxyError {
         .retry_safe(retry_safe)
 }
 
-/// A stream to the downstream could not be opened.
+/// A stream to the downstream could not be opened; `overloaded` when a limit refused it.
 pub(crate) fn open_failed(
     downstream: &str,
     e: impl std::error::Error + Send + Sync + 'static,
+    overloaded: bool,
 ) -> ProxyError {
+    let kind = if overloaded {
+        ErrorKind::Overloaded
+    } else {
+        ErrorKind::Unavailable
+    };
+    let text = e.to_string();
+    // The ping-pong client's errors name the downstream already.
+    let message = if text.starts_with("downstream ") {
+        format!("sluice: {text}")
+    } else {
+        format!("sluice: downstream {downstream:?}: {text}")
+    };
+    ProxyError::new(kind, message)
+        .with_source(e)
+        .retry_safe(true)
+}
+
+/// A route's rate limit refused the request.
+pub(crate) fn rate_limited(downstream: &str, limiter: &crate::config::RateLimiter) -> ProxyError {
     ProxyError::new(
-        ErrorKind::Unavailable,
-        format!("sluice: downstream {downstream:?}: {e}"),
+        ErrorKind::RateLimited,
+        format!(
+            "sluice: rate limited: requests to {downstream:?} are over the route's rate_limit of {} per second (burst {})",
+            limiter.limit.rps, limiter.limit.burst
+        ),
     )
-    .with_source(e)
+    .retry_safe(true)
+}
+
+/// The whole process has `[limits] max_in_flight` requests and streams in flight.
+pub(crate) fn process_overloaded(max: usize) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::Overloaded,
+        format!("sluice: overloaded: {max} requests and streams in flight (limits.max_in_flight)"),
+    )
     .retry_safe(true)
 }
 

@@ -1,7 +1,7 @@
 //! The [`Forwarder`]: the proxy's handler for ping-pong requests and streams, and what it
 //! shares between them (configuration, router, clients, phases, counters).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -86,8 +86,19 @@ pub struct Forwarder<P = DefaultPhases> {
     pub(crate) downstream_log: RateLog,
     /// Kitex's RPC series and Sluice's own, when metrics are on.
     pub(crate) metrics: Option<ProxyMetrics>,
+    /// Requests and streams forwarded now, under `[limits] max_in_flight`.
+    pub(crate) in_flight: AtomicUsize,
     /// The access log, when on.
     pub(crate) access_log: Option<AccessLogger>,
+}
+
+/// A request or stream counted under `[limits] max_in_flight` while it lives.
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One configuration in force: what a reload replaces.
@@ -129,6 +140,8 @@ pub(crate) struct Done<'a> {
     pub(crate) bytes_out: u64,
     /// When it ended, if already read from the clock.
     pub(crate) end: Option<Instant>,
+    /// Retries the downstream call took (Kitex's `retry` label of the client series).
+    pub(crate) retries: u32,
 }
 
 impl Done<'_> {
@@ -142,6 +155,7 @@ impl Done<'_> {
             endpoint: None,
             bytes_in: 0,
             bytes_out: 0,
+            retries: 0,
             end: None,
         }
     }
@@ -164,6 +178,7 @@ impl<P: Phases> Forwarder<P> {
             phases: Arc::new(phases),
             silence: SilenceWatch::default(),
             stats: Stats::default(),
+            in_flight: AtomicUsize::new(0),
             downstream_log: RateLog::default(),
             metrics: None,
             access_log: None,
@@ -219,6 +234,7 @@ impl<P: Phases> Forwarder<P> {
                 m.client(
                     &sluice_metrics::Rpc {
                         callee: name,
+                        retry: done.retries,
                         ..rpc
                     },
                     down_ok,
@@ -283,13 +299,19 @@ impl<P: Phases> Forwarder<P> {
     /// Routes a request or stream: the route phase, then the chosen downstream's settings
     /// (a downstream the configuration lacks is an error). The request's (or stream's) span
     /// names the downstream and the trace id, if a trace came with it.
-    pub(crate) fn route<'r>(
+    pub(crate) fn route<'r, 'h>(
         &'r self,
         state: &'r State,
-        head: &RequestHead<'_>,
+        head: &RequestHead<'h>,
         trace: Option<&TraceContext>,
+        caller: impl FnOnce() -> Option<&'h [u8]>,
     ) -> Result<(Target<'r>, &'r ClientConfig), ProxyError> {
-        let target = self.phases.route(head, &state.router)?;
+        let mut target = self.phases.route(head, &state.router)?;
+        if let Some(limiter) = target.policy.and_then(|p| p.rate_limit.as_ref()) {
+            if !limiter.admit(caller, |k| head.metainfo(k)) {
+                return Err(crate::error::rate_limited(&target.downstream, limiter));
+            }
+        }
         let dc = if target.discovered.is_some() {
             self.discovered.template()
         } else {
@@ -298,6 +320,9 @@ impl<P: Phases> Forwarder<P> {
                 None => return Err(crate::error::not_configured(&target.downstream)),
             }
         };
+        if let Some(k) = &dc.hash_key {
+            target.hash = head.metainfo(k).map(sluice_resilience::hash_key);
+        }
         // The span is the server's, at debug level. Looking up the current span costs a
         // registry lookup, so only when debug spans can exist at all.
         if tracing::level_enabled!(tracing::Level::DEBUG) {
@@ -308,6 +333,16 @@ impl<P: Phases> Forwarder<P> {
             }
         }
         Ok((target, dc))
+    }
+
+    /// A place under the process-wide `[limits] max_in_flight`, or the overloaded error.
+    pub(crate) fn admit(&self, state: &State) -> Result<InFlight<'_>, ProxyError> {
+        let max = state.config.limits.max_in_flight;
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= max {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(crate::error::process_overloaded(max));
+        }
+        Ok(InFlight(&self.in_flight))
     }
 
     /// Passes an error Sluice answers with through [`Phases::on_error`], counts it and logs

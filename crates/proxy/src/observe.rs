@@ -22,6 +22,7 @@ pub(crate) fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::BadReply => "bad_reply",
         ErrorKind::Refused => "refused",
         ErrorKind::Overloaded => "overloaded",
+        ErrorKind::RateLimited => "rate_limited",
         _ => "internal",
     }
 }

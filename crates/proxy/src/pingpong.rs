@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use sluice_client::Call;
+use sluice_client::{Call, CallOptions};
 use sluice_server::{DefaultHandler, Request, Response, ResponseBody, Transport};
 use sluice_thrift::MessageType;
 use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
@@ -110,7 +110,17 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             .with_caller(caller)
             .with_listener(req.listener);
         info.trace = TraceContext::continue_from(&trace::TTHEADER_KEYS, lookup);
-        let (target, dc) = match self.route(&state, &head, info.trace.as_ref()) {
+        let _in_flight = match self.admit(&state) {
+            Ok(g) => g,
+            Err(e) => return self.refuse(&info, e, done),
+        };
+        let from = || {
+            req.header
+                .int_kvs
+                .get(int_key::FROM_SERVICE)
+                .map(|v| &v[..])
+        };
+        let (target, dc) = match self.route(&state, &head, info.trace.as_ref(), from) {
             Ok(routed) => routed,
             Err(e) => return self.refuse(&info, e, done),
         };
@@ -150,7 +160,11 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             deadline: target.deadline,
         };
         let sent = self.observed().then(Instant::now);
-        let result = client.call_mut(&mut call).await;
+        let options = CallOptions {
+            hash: target.hash,
+            retry: target.policy.and_then(|p| p.retry.as_ref()),
+        };
+        let result = client.call_with(&mut call, options).await;
         // One clock read serves both the downstream call's and the whole request's duration.
         let answered = sent.map(|t| (t, Instant::now()));
         let took = answered.map(|(t, now)| now - t).unwrap_or_default();
@@ -188,6 +202,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
                         downstream: Some((ok, took)),
                         endpoint: reply.endpoint,
                         bytes_out: reply.body.len() as u64,
+                        retries: reply.attempts.saturating_sub(1),
                         ..done
                     },
                 );

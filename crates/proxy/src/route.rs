@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::Route;
+use crate::config::{Route, RoutePolicy};
 
 /// Which kind of call a [`RequestHead`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +122,11 @@ pub struct Target<'r> {
     pub discovered: Option<sluice_client::Transport>,
     /// The effective deadline: see [`Route::deadline`].
     pub deadline: Option<Instant>,
+    /// The route's retries and rate limit; `None` (a target a phase made up): refused
+    /// connections are retried, nothing else, and nothing is rate limited.
+    pub policy: Option<&'r RoutePolicy>,
+    /// The consistent-hash key's hash, set by the forwarder from the downstream's `hash_key`.
+    pub hash: Option<u64>,
 }
 
 impl<'r> Target<'r> {
@@ -131,6 +136,8 @@ impl<'r> Target<'r> {
             downstream: downstream.into(),
             discovered: None,
             deadline,
+            policy: None,
+            hash: None,
         }
     }
 }
@@ -200,6 +207,8 @@ impl Router {
             downstream,
             discovered,
             deadline: r.deadline(head.deadline, Instant::now()),
+            policy: Some(&r.policy),
+            hash: None,
         })
     }
 
@@ -231,6 +240,7 @@ mod tests {
             discover: None,
             timeout: None,
             max_timeout: None,
+            policy: Default::default(),
         }
     }
 

@@ -143,9 +143,13 @@ impl<P: Phases> Forwarder<P> {
                     method: renamed.unwrap_or_else(|| req.method.clone()),
                     service: req.service.clone(),
                     headers,
+                    hash: target.hash,
                 })
                 .await
-                .map_err(|e| error::open_failed(downstream, e)),
+                .map_err(|e| {
+                    let overloaded = matches!(e, sluice_client::Error::Overloaded { .. });
+                    error::open_failed(downstream, e, overloaded)
+                }),
             (
                 Protocol::Grpc {
                     path,
@@ -154,24 +158,30 @@ impl<P: Phases> Forwarder<P> {
                 },
                 StreamClient::Grpc(c),
             ) => c
-                .open(&OpenRequest {
-                    path: match renamed {
-                        // `/package.Service/Method`: the method is the last segment.
-                        Some(m) => match path.rfind('/') {
-                            Some(i) => format!("{}/{m}", &path[..i]),
-                            None => format!("/{m}"),
+                .open_hashed(
+                    &OpenRequest {
+                        path: match renamed {
+                            // `/package.Service/Method`: the method is the last segment.
+                            Some(m) => match path.rfind('/') {
+                                Some(i) => format!("{}/{m}", &path[..i]),
+                                None => format!("/{m}"),
+                            },
+                            None => path.clone(),
                         },
-                        None => path.clone(),
+                        content_type: content_type.clone(),
+                        authority: authority.clone(),
+                        headers,
+                        // The effective deadline (caller's, route default, route cap): the
+                        // downstream gets what remains of it as `grpc-timeout`.
+                        deadline: target.deadline,
                     },
-                    content_type: content_type.clone(),
-                    authority: authority.clone(),
-                    headers,
-                    // The effective deadline (caller's, route default, route cap): the
-                    // downstream gets what remains of it as `grpc-timeout`.
-                    deadline: target.deadline,
-                })
+                    target.hash,
+                )
                 .await
-                .map_err(|e| error::open_failed(downstream, e)),
+                .map_err(|e| {
+                    let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
+                    error::open_failed(downstream, e, overloaded)
+                }),
             // A client is made for the caller's own family.
             _ => Err(crate::error::not_configured(downstream)),
         }
@@ -214,9 +224,10 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             self.stats.count_stream();
             let family = family(&req.protocol);
             let _active = Active::new(self.metrics.as_ref().map(|m| m.active(family)));
-            // Only metrics read the caller's name (gRPC `source-service`; TTStream sends none).
+            // Metrics and rate limits by caller read the caller's name (gRPC `source-service`;
+            // TTStream sends none): a clone of the value, not of its bytes.
             let caller = match &req.protocol {
-                Protocol::Grpc { .. } if self.observed() => {
+                Protocol::Grpc { .. } => {
                     req.headers.get(SOURCE_SERVICE).cloned().unwrap_or_default()
                 }
                 _ => Bytes::new(),
@@ -231,7 +242,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             // client, its first-response timeout) is taken out. What lives across an await is
             // kept in the handler's future for the whole stream; `routed` too, were it not in
             // this block (a local a match moves out of keeps its storage in later states).
-            let (target, client, first_response_timeout) = {
+            let (target, client, first_response_timeout, _in_flight) = {
                 let routed = {
                     let state = self.state.load();
                     let lookup = |k: &str| req.headers.get(k).map(|v| v.as_ref());
@@ -250,19 +261,27 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                         &lookup,
                     )
                     .with_destination(destination);
-                    self.route(&state, &head, info.trace.as_ref())
-                        .map(|(target, dc)| {
+                    let from = || (!caller.is_empty()).then_some(&caller[..]);
+                    self.admit(&state)
+                        .and_then(|g| {
+                            self.route(&state, &head, info.trace.as_ref(), from)
+                                .map(|r| (r, g))
+                        })
+                        .map(|((target, dc), g)| {
                             let client = match target.discovered {
                                 Some(_) => None,
                                 None => {
                                     Some(self.stream_client(&req.protocol, &target.downstream, dc))
                                 }
                             };
+                            // Owned: the stream outlives this configuration snapshot. Streams are
+                            // never retried, so the route's policy is not needed past here.
                             let target = Target {
                                 downstream: std::borrow::Cow::Owned(target.downstream.into_owned()),
+                                policy: None,
                                 ..target
                             };
-                            (target, client, dc.first_response_timeout)
+                            (target, client, dc.first_response_timeout, g)
                         })
                 };
                 match routed {

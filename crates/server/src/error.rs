@@ -16,6 +16,7 @@
 //! | `BadReply` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 13 `INTERNAL` |
 //! | `Refused` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 7 `PERMISSION_DENIED` |
 //! | `Overloaded` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 14 `UNAVAILABLE` |
+//! | `RateLimited` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 8 `RESOURCE_EXHAUSTED` |
 //! | `Internal` | 6 `INTERNAL_ERROR` | 6 `INTERNAL_ERROR` | 13 `INTERNAL` |
 //!
 //! \* A gRPC connection that reaches a `ttstream` listener is refused before any stream exists:
@@ -56,6 +57,8 @@ pub enum ErrorKind {
     Refused,
     /// A limit was reached: too many streams or requests in flight.
     Overloaded,
+    /// A rate limit refused the request.
+    RateLimited,
     /// Anything else: a bug or a misconfiguration (a route naming a downstream that does not
     /// exist, a request that cannot be encoded).
     Internal,
@@ -73,6 +76,7 @@ impl ErrorKind {
             ErrorKind::BadReply => "bad reply",
             ErrorKind::Refused => "refused",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RateLimited => "rate limited",
             ErrorKind::Internal => "internal",
         }
     }
@@ -104,6 +108,7 @@ impl ErrorKind {
             ErrorKind::Deadline => Code::DEADLINE_EXCEEDED,
             ErrorKind::DownstreamReset => Code::CANCELLED,
             ErrorKind::Refused => Code::PERMISSION_DENIED,
+            ErrorKind::RateLimited => Code::RESOURCE_EXHAUSTED,
             ErrorKind::BadReply | ErrorKind::Internal => Code::INTERNAL,
         }
     }
@@ -247,6 +252,7 @@ mod tests {
             (ErrorKind::BadReply, 6, 6, 13),
             (ErrorKind::Refused, 6, 6, 7),
             (ErrorKind::Overloaded, 6, 6, 14),
+            (ErrorKind::RateLimited, 6, 6, 8),
             (ErrorKind::Internal, 6, 6, 13),
         ];
         for (kind, pingpong, ttstream, grpc_code) in cases {
