@@ -312,10 +312,10 @@ async fn set_endpoints_keeps_pools_adds_and_drains() {
     let b = Arc::new(PeerHandler::default());
     let (addr_a, _da) = serve(a.clone()).await;
     let (addr_b, _db) = serve(b.clone()).await;
-    let c = Arc::new(GenericClient::new(ClientConfig::new(
-        "echo",
-        vec![ep(addr_a, 1)],
-    )));
+    let c = Arc::new(GenericClient::new(
+        ClientConfig::new("echo", vec![ep(addr_a, 1)])
+            .with_balance(sluice_client::Balance::RoundRobin),
+    ));
     echo_ok(&c, "one").await;
     c.set_endpoints(&[ep(addr_a, 1), ep(addr_b, 1)]);
     assert_eq!(c.endpoints(), vec![ep(addr_a, 1), ep(addr_b, 1)]);

@@ -329,12 +329,14 @@ fn route_policy(r: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<RoutePolic
             "reset" => on_reset = true,
             "unavailable" => on_unavailable = true,
             "timeout" => on_timeout = true,
-            other => return Err(err(
-                format!("{}[{i}]", key("retry_on")),
-                format!(
+            other => {
+                return Err(err(
+                    format!("{}[{i}]", key("retry_on")),
+                    format!(
                     "unknown retry condition {other:?} (expected reset, unavailable or timeout)"
                 ),
-            )),
+                ))
+            }
         }
     }
     let per_try_timeout = r.per_try_timeout_ms.map(Duration::from_millis);
