@@ -211,7 +211,7 @@ async fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of a series in the text format (`name{labels}` exactly as written), if present.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+pub(crate) fn series(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(name_and_labels)?
             .strip_prefix(' ')?
@@ -840,7 +840,7 @@ async fn next_message(rx: &mut sluice_stream::ClientRecv) -> bytes::Bytes {
 }
 
 /// One echo exchange on a stream: one message out, the same back, a clean end.
-async fn stream_echo(stream: sluice_stream::ClientStream) -> Result<(), String> {
+pub(crate) async fn stream_echo(stream: sluice_stream::ClientStream) -> Result<(), String> {
     use sluice_stream::Incoming;
     let (tx, mut rx) = stream.split();
     let m = bytes::Bytes::from_static(&[0x0b, 0x00, 0x01, 0, 0, 0, 2, b'h', b'i', 0]);
@@ -869,7 +869,7 @@ fn ttstream_open() -> sluice_client::OpenStream {
     }
 }
 
-fn grpc_open(authority: &str, destination: Option<&str>) -> sluice_http2::OpenRequest {
+pub(crate) fn grpc_open(authority: &str, destination: Option<&str>) -> sluice_http2::OpenRequest {
     let mut headers = sluice_stream::Metadata::new();
     if let Some(d) = destination {
         headers.push("destination-service", d.to_owned());

@@ -617,6 +617,7 @@ impl GenericClient {
         let gate = Arc::new(pool::ConnGate::new(
             config.max_connections,
             config.max_pending,
+            counters.clone(),
         ));
         let endpoints = config
             .endpoints

@@ -59,12 +59,18 @@ pub(crate) struct ConnGate {
     pending: AtomicUsize,
     /// A connection closed or went back to a pool.
     freed: tokio::sync::Notify,
+    counters: Arc<sluice_resilience::Counters>,
 }
 
 impl ConnGate {
     /// `max` 0: no limit.
-    pub(crate) fn new(max: usize, max_pending: usize) -> Self {
+    pub(crate) fn new(
+        max: usize,
+        max_pending: usize,
+        counters: Arc<sluice_resilience::Counters>,
+    ) -> Self {
         Self {
+            counters,
             max,
             max_pending,
             open: AtomicUsize::new(0),
@@ -236,6 +242,10 @@ impl EndpointState {
             if waiting.is_none() {
                 if self.gate.pending.fetch_add(1, Ordering::Relaxed) >= self.gate.max_pending {
                     self.gate.pending.fetch_sub(1, Ordering::Relaxed);
+                    self.gate
+                        .counters
+                        .over_max_pending
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(Error::Overloaded {
                         downstream: self.config.name.clone(),
                         limit: Limit::MaxPending(self.gate.max_pending),

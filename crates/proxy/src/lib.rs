@@ -193,6 +193,12 @@ impl<P: Phases> Proxy<P> {
                     .map(|f| f.clients().pool_counts())
                     .unwrap_or_default()
             });
+            let f = Arc::downgrade(&self.forwarder);
+            m.resilience_series(move || {
+                f.upgrade()
+                    .map(|f| f.clients().resilience_counts())
+                    .unwrap_or_default()
+            });
         }
         // The admin listener outlives the drain: it answers `/readyz` with 503 while the
         // listeners drain, and stops once they are done.

@@ -265,6 +265,75 @@ impl ProxyMetrics {
         });
     }
 
+    /// What the downstreams' failure policies did, copied at each scrape from their clients'
+    /// counts: `sluice_retries_total{downstream, reason}`,
+    /// `sluice_retry_budget_exhausted_total{downstream}`,
+    /// `sluice_outlier_ejections_total{downstream}`, `sluice_endpoints_ejected{downstream}`
+    /// and `sluice_downstream_overloaded_total{downstream, limit}`.
+    pub(crate) fn resilience_series(
+        &self,
+        counts: impl Fn() -> Vec<(String, Arc<sluice_client::Counters>, usize)> + Send + Sync + 'static,
+    ) {
+        use sluice_metrics::set_counter;
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.registry;
+        let retries = r.counter_vec(
+            "sluice_retries_total",
+            "Attempts made again on another endpoint, by reason (refused: the connection was refused before anything was sent; reset, unavailable, timeout: as a route's retry_on allows).",
+            &["downstream", "reason"],
+        );
+        let exhausted = r.counter_vec(
+            "sluice_retry_budget_exhausted_total",
+            "Retries a route allowed that its retry budget refused.",
+            &["downstream"],
+        );
+        let ejections = r.counter_vec(
+            "sluice_outlier_ejections_total",
+            "Endpoints ejected after consecutive failures.",
+            &["downstream"],
+        );
+        let ejected = r.gauge_vec(
+            "sluice_endpoints_ejected",
+            "Endpoints of each downstream ejected now (ping-pong client).",
+            &["downstream"],
+        );
+        let overloaded = r.counter_vec(
+            "sluice_downstream_overloaded_total",
+            "Calls and streams refused at once by a downstream limit (max_in_flight, max_pending).",
+            &["downstream", "limit"],
+        );
+        self.registry.on_scrape(move || {
+            for (name, c, now_ejected) in counts() {
+                let d = name.as_str();
+                for why in sluice_client::RetryReason::ALL {
+                    set_counter(
+                        &retries.with_label_values(&[d, why.as_str()]),
+                        c.retries(why),
+                    );
+                }
+                set_counter(
+                    &exhausted.with_label_values(&[d]),
+                    c.budget_exhausted.load(Relaxed),
+                );
+                set_counter(
+                    &ejections.with_label_values(&[d]),
+                    c.ejections.load(Relaxed),
+                );
+                ejected
+                    .with_label_values(&[d])
+                    .set(i64::try_from(now_ejected).unwrap_or(i64::MAX));
+                set_counter(
+                    &overloaded.with_label_values(&[d, "max_in_flight"]),
+                    c.over_max_in_flight.load(Relaxed),
+                );
+                set_counter(
+                    &overloaded.with_label_values(&[d, "max_pending"]),
+                    c.over_max_pending.load(Relaxed),
+                );
+            }
+        });
+    }
+
     /// `sluice_access_log_dropped_total`, copied at each scrape from the access log's count.
     pub(crate) fn access_log_drops(&self, dropped: Arc<std::sync::atomic::AtomicU64>) {
         let counter = self
