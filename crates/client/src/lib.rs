@@ -11,10 +11,13 @@
 //! * A connect timeout and a request deadline; a reply carrying `crrst` retires its connection.
 //! * Endpoints given at creation and replaceable while calls run (discovery), round-robin or
 //!   weighted-random; an endpoint that fails to connect is skipped for a backoff period.
+//! * Plain TCP, or TLS with [`ClientConfig::tls`] (a failed handshake counts as a failed
+//!   connect).
 #![forbid(unsafe_code)]
 
 mod balance;
 mod codec;
+mod connect;
 mod mux;
 mod pool;
 pub mod ttstream;
@@ -33,6 +36,7 @@ use sluice_ttheader::Header;
 
 pub use balance::Balance;
 pub use pool::PoolCounts;
+pub use sluice_io::{ClientTls, ClientTlsError, ClientTlsFiles, ClientTlsPart};
 pub use ttstream::{OpenStream, TTStreamClient};
 
 /// Downstream ping-pong transport.
@@ -137,6 +141,11 @@ pub struct ClientConfig {
     /// message, so a stream that legitimately waits longer for its first event needs a larger
     /// value, or zero to turn it off. Default 30 s.
     pub first_response_timeout: Duration,
+    /// TLS to every endpoint (ping-pong, multiplexed and TTStream connections alike): the CAs
+    /// the server's certificate must chain to, the name it is checked against, and an
+    /// optional client certificate. The handshake is part of connecting (within
+    /// [`connect_timeout`](Self::connect_timeout)). Default none: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -155,6 +164,7 @@ impl ClientConfig {
             failure_backoff: Duration::from_secs(1),
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
             first_response_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -215,6 +225,12 @@ impl ClientConfig {
     /// Sets [`first_response_timeout`](Self::first_response_timeout).
     pub fn with_first_response_timeout(mut self, first_response_timeout: Duration) -> Self {
         self.first_response_timeout = first_response_timeout;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -280,6 +296,18 @@ pub enum Error {
         addr: SocketAddr,
         /// The timeout.
         after: Duration,
+    },
+    /// The TLS handshake failed: the server's certificate was refused (an unknown issuer,
+    /// expired, another name), or the server refused the client's. Treated like a refused
+    /// connection: the endpoint is skipped for the backoff period.
+    #[error("downstream {downstream:?} at {addr}: TLS handshake failed: {source}")]
+    Tls {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Rustls's reason.
+        source: std::io::Error,
     },
     /// The connection failed or closed before the reply.
     #[error("downstream {downstream:?} at {addr}: {source}")]
@@ -549,7 +577,7 @@ impl GenericClient {
                 ep.call_pooled(call, seq).await
             };
             match result {
-                Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. })) => {
+                Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tls { .. })) => {
                     ep.mark_down();
                     tracing::debug!(error = %e, "endpoint unavailable, trying the next one");
                     last_err = Some(e);

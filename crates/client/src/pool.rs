@@ -6,8 +6,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use sluice_thrift::MessageType;
 use sluice_ttheader::str_key;
+use sluice_io::ClientIo;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
@@ -19,7 +19,7 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A pooled connection and its read buffer.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: ClientIo,
     buf: BytesMut,
     /// Reused list of buffers for the request's vectored write.
     iov: Vec<Bytes>,
@@ -103,28 +103,8 @@ impl EndpointState {
             Some(Instant::now() + self.config.failure_backoff);
     }
 
-    pub(crate) async fn connect(&self) -> Result<TcpStream, Error> {
-        let addr = self.endpoint.addr;
-        let stream =
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(Error::Connect {
-                        downstream: self.config.name.clone(),
-                        addr,
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::ConnectTimeout {
-                        downstream: self.config.name.clone(),
-                        addr,
-                        after: self.config.connect_timeout,
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+    pub(crate) async fn connect(&self) -> Result<ClientIo, Error> {
+        let stream = crate::connect::connect(&self.config, self.endpoint.addr).await?;
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(stream)
     }
