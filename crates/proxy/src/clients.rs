@@ -100,7 +100,7 @@ impl Clients {
     }
 
     /// The gRPC client of downstream `name`, created from `config()` on first use (its
-    /// endpoints, connect timeout and message size limit).
+    /// endpoints, connect timeout, message size limit and TLS).
     pub fn grpc(&self, name: &str, config: impl FnOnce() -> ClientConfig) -> Arc<GrpcClient> {
         let d = self.entry(name, config);
         d.grpc
@@ -110,6 +110,7 @@ impl Clients {
                 let mut g = GrpcClientConfig::new(c.endpoints.iter().map(|e| e.addr).collect());
                 g.connect_timeout = c.connect_timeout;
                 g.max_message_size = c.max_frame_size;
+                g.tls = c.tls.clone();
                 Arc::new(GrpcClient::new(g))
             })
             .clone()
