@@ -509,19 +509,26 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
             );
             serve_sniffed(AnyIo(s), peer, ctx, drain).await;
         }
-        Ok(Err(e)) => {
-            ctx.stats
-                .tls_handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(suppressed) = ctx.stats.logs.tls.allow() {
-                tracing::warn!(parent: ctx.span.get(),
-                    kind = handshake_failure(&e),
-                    reason = %e,
-                    suppressed,
-                    "closing connection: TLS handshake failed"
-                );
+        Ok(Err(e)) => match handshake_failure(&e) {
+            Some(kind) => {
+                ctx.stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = ctx.stats.logs.tls.allow() {
+                    tracing::warn!(parent: ctx.span.get(),
+                        kind,
+                        reason = %e,
+                        suppressed,
+                        "closing connection: TLS handshake failed"
+                    );
+                }
             }
-        }
+            // Closed or reset by the peer (a TCP health check, a client that gave up): as
+            // quiet as a plain connection closed before sniffing.
+            None => {
+                tracing::debug!(parent: ctx.span.get(), error = %e, "connection closed during the TLS handshake");
+            }
+        },
         Err(_) => {
             ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
@@ -534,22 +541,20 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     }
 }
 
-/// A short name for why a handshake failed, from rustls's error.
-fn handshake_failure(e: &std::io::Error) -> &'static str {
+/// A short name for why a handshake failed, from rustls's error; `None` when rustls found
+/// nothing wrong and the connection itself ended.
+fn handshake_failure(e: &std::io::Error) -> Option<&'static str> {
     use tokio_rustls::rustls::Error as E;
-    match e.get_ref().and_then(|i| i.downcast_ref::<E>()) {
-        Some(E::NoCertificatesPresented) => "no client certificate",
-        Some(E::InvalidCertificate(_)) => "client certificate refused",
-        Some(E::AlertReceived(_)) => "the client sent an alert",
-        Some(
-            E::InvalidMessage(_)
-            | E::InappropriateMessage { .. }
-            | E::InappropriateHandshakeMessage { .. },
-        ) => "not TLS",
-        Some(E::PeerIncompatible(_) | E::NoApplicationProtocol) => "nothing in common",
-        Some(_) => "other",
-        None => "connection error",
-    }
+    Some(match e.get_ref()?.downcast_ref::<E>()? {
+        E::NoCertificatesPresented => "no client certificate",
+        E::InvalidCertificate(_) => "client certificate refused",
+        E::AlertReceived(_) => "the client sent an alert",
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => "not TLS",
+        E::PeerIncompatible(_) | E::NoApplicationProtocol => "nothing in common",
+        _ => "other",
+    })
 }
 
 /// The HTTP/2 settings of a gRPC connection on this listener.
