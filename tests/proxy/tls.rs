@@ -298,7 +298,10 @@ async fn every_downstream_transport_over_tls_and_refused_certificates_named() {
     let other = Ca::new("some other CA");
     let server = ca.issue("downstream", false);
     let client = ca.issue("front", false);
-    let (ca_pem, other_pem) = (dir.write("ca.pem", &ca.pem), dir.write("other.pem", &other.pem));
+    let (ca_pem, other_pem) = (
+        dir.write("ca.pem", &ca.pem),
+        dir.write("other.pem", &other.pem),
+    );
     let (cert, key) = (
         dir.write("server.pem", &server.cert),
         dir.write("server-key.pem", &server.key),
@@ -406,11 +409,7 @@ tls = {{ ca = "{ca_pem}", server_name = "localhost" }}
         deadline: None,
     };
     for method in ["Echo", "EchoBidi"] {
-        let (tx, mut rx) = grpc
-            .open(&grpc_req("Grpc", method))
-            .await
-            .unwrap()
-            .split();
+        let (tx, mut rx) = grpc.open(&grpc_req("Grpc", method)).await.unwrap().split();
         let pb = Bytes::from_static(&[0x0a, 0x03, b't', b'l', b's']);
         tx.send(pb.clone()).await.unwrap();
         tx.close_send().await.unwrap();
@@ -433,7 +432,9 @@ tls = {{ ca = "{ca_pem}", server_name = "localhost" }}
     assert_eq!(ex.kind, ExceptionKind::INTERNAL_ERROR);
     assert!(
         ex.message.contains("TLS handshake failed")
-            && ex.message.contains("invalid peer certificate: UnknownIssuer"),
+            && ex
+                .message
+                .contains("invalid peer certificate: UnknownIssuer"),
         "{}",
         ex.message
     );
@@ -464,7 +465,9 @@ tls = {{ ca = "{ca_pem}", server_name = "localhost" }}
     assert_eq!(error.code, StatusCode::Grpc(14), "UNAVAILABLE: {error:?}");
     assert!(
         error.message.contains("TLS handshake with")
-            && error.message.contains("failed: invalid peer certificate: UnknownIssuer"),
+            && error
+                .message
+                .contains("failed: invalid peer certificate: UnknownIssuer"),
         "{}",
         error.message
     );
@@ -480,11 +483,17 @@ tls = {{ ca = "{ca_pem}", server_name = "localhost" }}
     let ex = exception(&r);
     assert!(
         ex.message.contains("TLS handshake failed")
-            && ex.message.contains("invalid peer certificate: certificate expired"),
+            && ex
+                .message
+                .contains("invalid peer certificate: certificate expired"),
         "{}",
         ex.message
     );
-    assert_eq!(handler.requests_seen(), 5, "no refused call reached the echo");
+    assert_eq!(
+        handler.requests_seen(),
+        5,
+        "no refused call reached the echo"
+    );
 }
 
 /// Sends SIGHUP (a reload) to `sluice`.
@@ -585,7 +594,9 @@ tls = {{ ca = "{trusted}", server_name = "localhost" }}
         let c = GenericClient::new(client_config(down.addr, Some(client_tls(ca))));
         async move { c.call(call(&thrift_args(b"direct"))).await }
     };
-    direct(&old_ca).await.expect("the old certificate is served");
+    direct(&old_ca)
+        .await
+        .expect("the old certificate is served");
 
     // The listener's files get a certificate of the new CA; SIGHUP; new connections see it.
     let leaf = new_ca.issue("after", false);
@@ -602,7 +613,11 @@ tls = {{ ca = "{trusted}", server_name = "localhost" }}
     assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     // The front, which trusts the new CA, now reaches the downstream.
     let r = through_front().await;
-    assert_eq!(r.msg_type, MessageType::Reply, "the front trusts the new CA");
+    assert_eq!(
+        r.msg_type,
+        MessageType::Reply,
+        "the front trusts the new CA"
+    );
     // The front's CA file changes, its configuration text does not: the reload reads the
     // file again, and the downstream gets new clients with what it holds.
     dir.write("trusted.pem", &old_ca.pem);

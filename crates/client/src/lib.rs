@@ -577,7 +577,9 @@ impl GenericClient {
                 ep.call_pooled(call, seq).await
             };
             match result {
-                Err(e @ (Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tls { .. })) => {
+                Err(
+                    e @ (Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tls { .. }),
+                ) => {
                     ep.mark_down();
                     tracing::debug!(error = %e, "endpoint unavailable, trying the next one");
                     last_err = Some(e);

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_thrift::MessageType;
 use sluice_ttheader::str_key;
-use sluice_io::ClientIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,7 +46,11 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl MuxConn {
-    pub(crate) fn start(stream: ClientIo, config: Arc<ClientConfig>, addr: SocketAddr) -> Arc<Self> {
+    pub(crate) fn start(
+        stream: ClientIo,
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+    ) -> Arc<Self> {
         match stream {
             // TCP keeps its owned halves; only TLS pays for the shared halves' lock.
             ClientIo::Tcp(tcp) => {
@@ -60,7 +64,12 @@ impl MuxConn {
         }
     }
 
-    fn start_halves<R, W>(mut rd: R, wr: W, config: Arc<ClientConfig>, addr: SocketAddr) -> Arc<Self>
+    fn start_halves<R, W>(
+        mut rd: R,
+        wr: W,
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+    ) -> Arc<Self>
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,

@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_thrift::MessageType;
 use sluice_ttheader::str_key;
-use sluice_io::ClientIo;
 use tokio::io::AsyncReadExt;
 
 use crate::codec::{self, ReplyDecoder};

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_io::QueueTx;
 use sluice_stream::{
     ClientStream, Closed, Event, EventSink, Metadata, PipeTx, Reset, ResetCode, StreamEnd,
@@ -22,7 +23,6 @@ use sluice_stream::{
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
 use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState, StreamFrame};
-use sluice_io::ClientIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::{ClientConfig, Error};

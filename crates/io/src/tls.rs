@@ -231,7 +231,11 @@ impl ClientTls {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let id_files = files.as_ref().and_then(|f| f.identity.as_ref());
-                let chain = certs(ClientTlsPart::Cert, cert, id_files.map(|(c, _)| c.as_path()))?;
+                let chain = certs(
+                    ClientTlsPart::Cert,
+                    cert,
+                    id_files.map(|(c, _)| c.as_path()),
+                )?;
                 let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| {
                     ClientTlsError::BadPem {
                         part: ClientTlsPart::Key,

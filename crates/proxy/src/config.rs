@@ -200,8 +200,8 @@ struct RawLimits {
     max_streams_per_conn: Option<usize>,
 }
 
-pub use sluice_server::{ClientAuth, Cluster};
 use sluice_server::TlsConfig;
+pub use sluice_server::{ClientAuth, Cluster};
 
 /// A listener.
 #[derive(Debug, Clone)]
@@ -766,11 +766,16 @@ impl Config {
                 (Some(cert), Some(k)) => {
                     // gRPC negotiates h2 in ALPN; TTStream and ping-pong have no ALPN name, so
                     // those listeners offer none (and ignore what a client offers).
-                    let alpn: &[&[u8]] = if cluster == Cluster::Grpc { &[b"h2"] } else { &[] };
+                    let alpn: &[&[u8]] = if cluster == Cluster::Grpc {
+                        &[b"h2"]
+                    } else {
+                        &[]
+                    };
                     let mut builder = TlsConfig::builder(cert.as_ref(), k.as_ref()).alpn(alpn);
-                    let client_ca = l.tls_client_ca.as_ref().map(|ca| {
-                        (ca.clone(), client_auth.unwrap_or_default())
-                    });
+                    let client_ca = l
+                        .tls_client_ca
+                        .as_ref()
+                        .map(|ca| (ca.clone(), client_auth.unwrap_or_default()));
                     if let Some((ca, auth)) = &client_ca {
                         builder = builder.client_ca(ca.as_ref(), *auth);
                     }
@@ -1614,7 +1619,8 @@ transport = "framed"
     /// A CA, a certificate it signed for `localhost` and 127.0.0.1, and the key, written to a
     /// directory of the test's own; returns (ca, cert, key) paths.
     fn tls_files(tag: &str) -> (String, String, String) {
-        let dir = std::env::temp_dir().join(format!("sluice-config-tls-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sluice-config-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -1625,11 +1631,16 @@ transport = "framed"
             &ca_key,
         );
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
         std::fs::write(&paths.0, ca.pem()).unwrap();
         std::fs::write(&paths.1, cert.pem()).unwrap();
         std::fs::write(&paths.2, key.serialize_pem()).unwrap();
@@ -1654,7 +1665,11 @@ transport = "framed"
         ))
         .unwrap();
         let tt = &c.listeners[1];
-        assert_eq!(tt.tls_client_ca.as_ref().unwrap().1, ClientAuth::Required, "the default");
+        assert_eq!(
+            tt.tls_client_ca.as_ref().unwrap().1,
+            ClientAuth::Required,
+            "the default"
+        );
         let tls = tt.tls.as_ref().unwrap();
         assert!(tls.alpn().is_empty(), "ttstream listeners offer no ALPN");
         assert_eq!(tls.client_auth(), Some(ClientAuth::Required));
@@ -1662,10 +1677,18 @@ transport = "framed"
         assert_eq!(g.alpn(), [b"h2".to_vec()]);
         assert_eq!(g.client_auth(), Some(ClientAuth::Optional));
         let d = c.downstreams["d"].tls.as_ref().unwrap();
-        assert_eq!(d.server_name().as_deref(), Some("localhost"), "the endpoint's host");
+        assert_eq!(
+            d.server_name().as_deref(),
+            Some("localhost"),
+            "the endpoint's host"
+        );
         assert!(d.has_client_cert());
         let ip = c.downstreams["ip"].tls.as_ref().unwrap();
-        assert_eq!(ip.server_name(), None, "an IP endpoint is checked as an IP SAN");
+        assert_eq!(
+            ip.server_name(),
+            None,
+            "an IP endpoint is checked as an IP SAN"
+        );
         // /config names the files, and loads back to the same settings.
         let text = c.to_toml();
         assert!(text.contains("tls_client_auth = \"optional\""), "{text}");
@@ -1673,7 +1696,11 @@ transport = "framed"
         let again = Config::from_toml(&text).unwrap();
         assert_eq!(again.downstreams, c.downstreams);
         assert_eq!(again.to_toml(), text);
-        assert!(c.describe().contains("tls client_auth=required"), "{}", c.describe());
+        assert!(
+            c.describe().contains("tls client_auth=required"),
+            "{}",
+            c.describe()
+        );
     }
 
     #[test]
@@ -1681,7 +1708,9 @@ transport = "framed"
         let (ca, cert, key) = tls_files("bad");
         let listener = |extra: &str| key_of(&tls_listener("ttstream", extra));
         assert_eq!(
-            listener(&format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_auth = \"required\"")),
+            listener(&format!(
+                "tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_auth = \"required\""
+            )),
             "listeners[1].tls_client_auth",
             "tls_client_auth without tls_client_ca"
         );
@@ -1702,7 +1731,9 @@ transport = "framed"
         assert_eq!(e.key, "listeners[1].tls_client_ca");
         assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
         assert_eq!(
-            listener(&format!("tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"{key}\"")),
+            listener(&format!(
+                "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"{key}\""
+            )),
             "listeners[1].tls_cert"
         );
         assert_eq!(
@@ -1710,23 +1741,48 @@ transport = "framed"
             "listeners[1].tls_key",
             "a key file with no key"
         );
-        let down = |tls: &str| key_of(&format!("[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = {tls}\n"));
-        assert_eq!(down("{ server_name = \"x\" }"), "downstreams.d.tls.ca", "ca is required");
-        let e = load(&format!(
-            "[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = {{ ca = \"/nonexistent/ca.pem\" }}\n"
-        ))
+        let down = |tls: &str| {
+            key_of(&format!(
+                "[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = {tls}\n"
+            ))
+        };
+        assert_eq!(
+            down("{ server_name = \"x\" }"),
+            "downstreams.d.tls.ca",
+            "ca is required"
+        );
+        let e = load(
+            "[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = { ca = \"/nonexistent/ca.pem\" }\n",
+        )
         .unwrap_err();
         assert_eq!(e.key, "downstreams.d.tls.ca");
-        assert!(e.message.contains("cannot read \"/nonexistent/ca.pem\""), "{e}");
-        assert_eq!(down(&format!("{{ ca = \"{ca}\", cert = \"{cert}\" }}")), "downstreams.d.tls.key");
-        assert_eq!(down(&format!("{{ ca = \"{ca}\", key = \"{key}\" }}")), "downstreams.d.tls.cert");
+        assert!(
+            e.message.contains("cannot read \"/nonexistent/ca.pem\""),
+            "{e}"
+        );
         assert_eq!(
-            down(&format!("{{ ca = \"{ca}\", cert = \"/nonexistent/c.pem\", key = \"{key}\" }}")),
+            down(&format!("{{ ca = \"{ca}\", cert = \"{cert}\" }}")),
+            "downstreams.d.tls.key"
+        );
+        assert_eq!(
+            down(&format!("{{ ca = \"{ca}\", key = \"{key}\" }}")),
             "downstreams.d.tls.cert"
         );
-        assert_eq!(down(&format!("{{ ca = \"{key}\" }}")), "downstreams.d.tls.ca", "no certificate in the bundle");
         assert_eq!(
-            down(&format!("{{ ca = \"{ca}\", server_name = \"not a name!\" }}")),
+            down(&format!(
+                "{{ ca = \"{ca}\", cert = \"/nonexistent/c.pem\", key = \"{key}\" }}"
+            )),
+            "downstreams.d.tls.cert"
+        );
+        assert_eq!(
+            down(&format!("{{ ca = \"{key}\" }}")),
+            "downstreams.d.tls.ca",
+            "no certificate in the bundle"
+        );
+        assert_eq!(
+            down(&format!(
+                "{{ ca = \"{ca}\", server_name = \"not a name!\" }}"
+            )),
             "downstreams.d.tls.server_name"
         );
         assert!(

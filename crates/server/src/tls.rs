@@ -77,11 +77,14 @@ impl TlsConfigBuilder {
     pub fn build(self) -> Result<TlsConfig, TlsError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::PrivateKeyDer;
-        let certs = read_certs(&self.cert, |path, source| TlsError::ReadCert { path, source })?
-            .map_err(|source| TlsError::BadCert {
-                path: self.cert.clone(),
-                source: source.into(),
-            })?;
+        let certs = read_certs(&self.cert, |path, source| TlsError::ReadCert {
+            path,
+            source,
+        })?
+        .map_err(|source| TlsError::BadCert {
+            path: self.cert.clone(),
+            source: source.into(),
+        })?;
         if certs.is_empty() {
             return Err(TlsError::NoCert { path: self.cert });
         }
@@ -98,9 +101,9 @@ impl TlsConfigBuilder {
             Some((ca, auth)) => {
                 let cas = read_certs(ca, |path, source| TlsError::ReadClientCa { path, source })?
                     .map_err(|source| TlsError::BadClientCa {
-                        path: ca.clone(),
-                        source: source.into(),
-                    })?;
+                    path: ca.clone(),
+                    source: source.into(),
+                })?;
                 if cas.is_empty() {
                     return Err(TlsError::BadClientCa {
                         path: ca.clone(),
