@@ -202,6 +202,8 @@ service = "*"
 downstream = "echo"
 [downstreams.echo]
 endpoints = ["{echo}"]
+[admin]
+address = "127.0.0.1:{{admin_port}}"
 "#
     ));
     let config = client_config(sluice.addr, Some(client_tls(&ca)));
@@ -248,6 +250,12 @@ endpoints = ["{echo}"]
         .call(call(&thrift_args(b"plain")))
         .await
         .expect_err("a plain client is refused");
+    // Both refusals are counted; the readiness probe that connected and closed is not.
+    let (_, metrics) = crate::admin::get(sluice.admin_addr.unwrap(), "/metrics");
+    assert!(
+        metrics.contains(r#"sluice_refusals_total{listener="tt-tls",reason="tls_handshake"} 2"#),
+        "{metrics}"
+    );
 
     let log = sluice.stop();
     let line = log
