@@ -1730,6 +1730,16 @@ transport = "framed"
         .unwrap_err();
         assert_eq!(e.key, "listeners[1].tls_client_ca");
         assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+        let e = load(&tls_listener(
+            "grpc",
+            &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{key}\""),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.key, "listeners[1].tls_client_ca",
+            "a bundle with no certificate"
+        );
+        assert!(e.message.contains("no certificate"), "{e}");
         assert_eq!(
             listener(&format!(
                 "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"{key}\""

@@ -77,14 +77,11 @@ impl TlsConfigBuilder {
     pub fn build(self) -> Result<TlsConfig, TlsError> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::PrivateKeyDer;
-        let certs = read_certs(&self.cert, |path, source| TlsError::ReadCert {
-            path,
-            source,
-        })?
-        .map_err(|source| TlsError::BadCert {
-            path: self.cert.clone(),
-            source: source.into(),
-        })?;
+        let certs = read_certs(
+            &self.cert,
+            |path, source| TlsError::ReadCert { path, source },
+            |path, source| TlsError::BadCert { path, source },
+        )?;
         if certs.is_empty() {
             return Err(TlsError::NoCert { path: self.cert });
         }
@@ -99,16 +96,13 @@ impl TlsConfigBuilder {
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some((ca, auth)) => {
-                let cas = read_certs(ca, |path, source| TlsError::ReadClientCa { path, source })?
-                    .map_err(|source| TlsError::BadClientCa {
-                    path: ca.clone(),
-                    source: source.into(),
-                })?;
+                let cas = read_certs(
+                    ca,
+                    |path, source| TlsError::ReadClientCa { path, source },
+                    |path, source| TlsError::BadClientCa { path, source },
+                )?;
                 if cas.is_empty() {
-                    return Err(TlsError::BadClientCa {
-                        path: ca.clone(),
-                        source: "no certificate in the bundle".into(),
-                    });
+                    return Err(TlsError::NoClientCa { path: ca.clone() });
                 }
                 let mut roots = rustls::RootCertStore::empty();
                 for c in cas {
@@ -143,20 +137,19 @@ impl TlsConfigBuilder {
     }
 }
 
-/// The certificates of a PEM file: the outer error is the file's (unreadable), the inner one
-/// its contents' (malformed PEM).
+/// The certificates of a PEM file, with the error each failure makes: the file cannot be
+/// read, or its PEM is malformed.
 fn read_certs(
     path: &Path,
     unreadable: impl FnOnce(PathBuf, Box<dyn std::error::Error + Send + Sync>) -> TlsError,
-) -> Result<
-    Result<Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::pem::Error>,
-    TlsError,
-> {
+    malformed: impl FnOnce(PathBuf, Box<dyn std::error::Error + Send + Sync>) -> TlsError,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let iter =
-        CertificateDer::pem_file_iter(path).map_err(|e| unreadable(path.to_owned(), e.into()))?;
-    Ok(iter.collect())
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(path.to_owned(), e.into()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| malformed(path.to_owned(), e.into()))
 }
 
 /// Why a certificate or key could not be used.
@@ -201,8 +194,14 @@ pub enum TlsError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The client CA bundle holds malformed PEM, no certificate, or a certificate that cannot
-    /// be a trust anchor.
+    /// The client CA bundle holds no certificate.
+    #[error("no certificate in the client CA bundle {path:?}")]
+    NoClientCa {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The client CA bundle holds malformed PEM, or a certificate that cannot be a trust
+    /// anchor.
     #[error("bad client CA bundle {path:?}: {source}")]
     BadClientCa {
         /// The file.
@@ -229,7 +228,9 @@ impl TlsError {
     pub fn is_client_ca(&self) -> bool {
         matches!(
             self,
-            TlsError::ReadClientCa { .. } | TlsError::BadClientCa { .. }
+            TlsError::ReadClientCa { .. }
+                | TlsError::NoClientCa { .. }
+                | TlsError::BadClientCa { .. }
         )
     }
 }
