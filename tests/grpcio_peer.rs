@@ -2,8 +2,12 @@
 //! peer: a grpcio client → the real `sluice` binary (a `cluster = "grpc"` listener) → a grpcio
 //! server. The checks themselves live in `tests/peers/grpcio_peer.py`; this test runs it.
 //!
-//! Without a `python3` that can `import grpc` the test prints why and passes, unless
-//! `SLUICE_REQUIRE_GRPCIO` is set, in which case it fails.
+//! A second run puts TLS with required client certificates on Sluice's listener: grpcio with a
+//! client certificate (`grpc.ssl_channel_credentials`) passes the checks, without one it is
+//! refused.
+//!
+//! Without a `python3` that can `import grpc` the tests print why and pass, unless
+//! `SLUICE_REQUIRE_GRPCIO` is set, in which case they fail.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -79,8 +83,8 @@ fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> 
     })
 }
 
-#[test]
-fn grpcio_client_through_sluice_to_grpcio_server() {
+/// Runs the peer script with `args` after `--sluice`, or skips (see the module's rule).
+fn run_script(args: &[&std::ffi::OsStr]) {
     let python = python();
     let version = match grpcio_version(&python) {
         Ok(v) => v,
@@ -99,6 +103,7 @@ fn grpcio_client_through_sluice_to_grpcio_server() {
         .arg(&script)
         .arg("--sluice")
         .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
         .env("PYTHONUNBUFFERED", "1")
         // Its own process group, so a timeout can stop the script and `sluice` together.
         .process_group(0)
@@ -121,4 +126,57 @@ fn grpcio_client_through_sluice_to_grpcio_server() {
         Some(s) if !s.success() => panic!("the grpcio peer script failed ({s})\n{output}"),
         Some(_) => print!("{stdout}"),
     }
+}
+
+#[test]
+fn grpcio_client_through_sluice_to_grpcio_server() {
+    run_script(&[]);
+}
+
+/// A CA and two certificates it signed (Sluice's listener, for `localhost` and 127.0.0.1, and
+/// grpcio's client), written to `dir`: the script's mutual-TLS arguments.
+fn mtls_files(dir: &Path) -> Vec<std::ffi::OsString> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "sluice grpcio test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, &ca_key);
+    let leaf = |name: &str| {
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("sluice");
+    let (client_cert, client_key) = leaf("grpcio client");
+    let mut args = Vec::new();
+    for (flag, file, contents) in [
+        ("--listener-cert", "server.pem", &server_cert),
+        ("--listener-key", "server-key.pem", &server_key),
+        ("--client-ca", "ca.pem", &ca_pem),
+        ("--root-ca", "ca.pem", &ca_pem),
+        ("--client-cert", "client.pem", &client_cert),
+        ("--client-key", "client-key.pem", &client_key),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, contents).unwrap();
+        args.push(flag.into());
+        args.push(path.into_os_string());
+    }
+    args
+}
+
+#[test]
+fn grpcio_client_with_a_client_certificate_through_a_mutual_tls_listener() {
+    let dir = std::env::temp_dir().join(format!("sluice-grpcio-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = mtls_files(&dir);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    run_script(&args);
+    let _ = std::fs::remove_dir_all(&dir);
 }

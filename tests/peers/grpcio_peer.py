@@ -6,6 +6,12 @@ forwards to a grpcio server. No generated code: every method uses raw-bytes seri
 through grpcio's generic handler API.
 
 Usage: grpcio_peer.py --sluice PATH_TO_SLUICE_BINARY
+       grpcio_peer.py --sluice PATH --listener-cert F --listener-key F --client-ca F \
+           --root-ca F --client-cert F --client-key F [--server-name NAME]
+
+The second form runs the mutual-TLS checks: Sluice's listener has a certificate, asks for
+client certificates of `--client-ca` (`tls_client_auth = "required"`), and the grpcio client
+trusts `--root-ca` and presents `--client-cert`; a client without a certificate must fail.
 
 Prints one `ok: ...` line per passing check, `FAIL: ...` per failing one, and exits non-zero
 if any check failed.
@@ -200,7 +206,7 @@ def free_port():
 
 
 class SluiceProcess:
-    def __init__(self, binary, downstream_port, workdir):
+    def __init__(self, binary, downstream_port, workdir, listener_tls=""):
         self.port = free_port()
         self.config_path = os.path.join(workdir, "sluice.toml")
         self.stderr_path = os.path.join(workdir, "sluice.stderr")
@@ -210,7 +216,7 @@ class SluiceProcess:
 name = "grpc"
 address = "127.0.0.1:{self.port}"
 cluster = "grpc"
-
+{listener_tls}
 [[routes]]
 service = "*"
 downstream = "py"
@@ -527,12 +533,130 @@ def check_concurrent(stubs, label):
 
 
 # ---------------------------------------------------------------------------------------------
+# Mutual TLS
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check_no_client_cert_refused(channel, label):
+    stubs = Stubs(channel)
+    try:
+        reply = stubs.echo(b"no client certificate", timeout=CALL_TIMEOUT)
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAVAILABLE, (
+            f"{label}: a client without a certificate got {describe(e)}, want UNAVAILABLE")
+        return f"a client without a certificate is refused ({describe(e)})"
+    raise AssertionError(f"{label}: a client without a certificate got a reply {reply!r}")
+
+
+def run_mtls(args):
+    """Sluice's gRPC listener with TLS and required client certificates, in front of the
+    grpcio server: grpcio with a client certificate passes the checks, without one it is
+    refused. Returns the failures."""
+    failures = []
+    server = None
+    sluice = None
+    channels = []
+    listener_tls = (
+        f'tls_cert = "{args.listener_cert}"\n'
+        f'tls_key = "{args.listener_key}"\n'
+        f'tls_client_ca = "{args.client_ca}"\n'
+        'tls_client_auth = "required"\n'
+    )
+    options = [("grpc.ssl_target_name_override", args.server_name)]
+    with tempfile.TemporaryDirectory(prefix="sluice-grpcio-mtls-") as workdir:
+        try:
+            server, server_port = start_server()
+            sluice = SluiceProcess(args.sluice, server_port, workdir, listener_tls)
+            sluice.wait_listening()
+            target = f"127.0.0.1:{sluice.port}"
+            root = read_bytes(args.root_ca)
+            with_cert = grpc.secure_channel(
+                target,
+                grpc.ssl_channel_credentials(
+                    root_certificates=root,
+                    private_key=read_bytes(args.client_key),
+                    certificate_chain=read_bytes(args.client_cert),
+                ),
+                options=options,
+            )
+            without_cert = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=root), options=options
+            )
+            channels = [with_cert, without_cert]
+            label = "via sluice, mTLS"
+            stubs = Stubs(with_cert)
+            runs = [
+                (check.__name__, lambda check=check: check(stubs, label))
+                for check in (check_unary, check_server_stream, check_bidi, check_metadata,
+                              check_fail)
+            ]
+            runs.append((
+                "check_no_client_cert_refused",
+                lambda: check_no_client_cert_refused(without_cert, label),
+            ))
+            for name, run in runs:
+                try:
+                    summary = run()
+                except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
+                    detail = str(e) if isinstance(e, AssertionError) else traceback.format_exc()
+                    failures.append(f"{name} [{label}]")
+                    print(f"FAIL: {name} [{label}]: {detail}", flush=True)
+                else:
+                    print(f"ok: [{label}] {summary}", flush=True)
+        except Exception:  # noqa: BLE001 - setup failure
+            failures.append("setup")
+            print("FAIL: setup:\n" + traceback.format_exc(), flush=True)
+        finally:
+            for ch in channels:
+                ch.close()
+            if sluice is not None:
+                sluice.stop()
+            if server is not None:
+                server.stop(grace=None).wait(5)
+            if sluice is not None:
+                log = sluice.stderr_text()
+                if "TLS handshake failed" not in log and not failures:
+                    failures.append("handshake log")
+                    print("FAIL: Sluice logged no failed TLS handshake for the client without "
+                          "a certificate", flush=True)
+                if failures:
+                    print("---- sluice stderr ----\n" + log + "\n---- end of sluice stderr ----",
+                          flush=True)
+    return failures
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sluice", required=True, help="path to the sluice binary")
+    parser.add_argument("--listener-cert", help="PEM certificate of Sluice's TLS listener")
+    parser.add_argument("--listener-key", help="PEM key of --listener-cert")
+    parser.add_argument("--client-ca", help="PEM CA bundle Sluice checks client certificates with")
+    parser.add_argument("--root-ca", help="PEM CA bundle the grpcio client trusts")
+    parser.add_argument("--client-cert", help="PEM client certificate grpcio presents")
+    parser.add_argument("--client-key", help="PEM key of --client-cert")
+    parser.add_argument("--server-name", default="localhost",
+                        help="name Sluice's certificate is checked against")
     args = parser.parse_args()
+
+    if args.listener_cert:
+        missing = [o for o in ("listener_key", "client_ca", "root_ca", "client_cert",
+                               "client_key") if getattr(args, o) is None]
+        if missing:
+            parser.error("the mutual-TLS checks also need --" +
+                         ", --".join(m.replace("_", "-") for m in missing))
+        started = time.monotonic()
+        print(f"grpcio {grpc.__version__}, python {sys.version.split()[0]}", flush=True)
+        failures = run_mtls(args)
+        took = time.monotonic() - started
+        print(f"grpcio mTLS: {len(failures)} failed, in {took:.1f} s", flush=True)
+        if failures:
+            print("failed: " + ", ".join(failures), flush=True)
+            return 1
+        return 0
 
     started = time.monotonic()
     print(f"grpcio {grpc.__version__}, python {sys.version.split()[0]}", flush=True)

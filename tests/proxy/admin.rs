@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// `GET path` on the admin listener: the status and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the admin listener");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(

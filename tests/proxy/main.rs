@@ -9,6 +9,7 @@ mod observability;
 mod otlp;
 mod resilience;
 mod support;
+mod tls;
 mod ttstream;
 
 use std::time::{Duration, Instant};
@@ -786,7 +787,7 @@ fn check_reports_the_effective_config_or_the_bad_key() {
         !stdout.contains("tracing"),
         "nothing exported by default: {stdout}"
     );
-    // TLS belongs to gRPC listeners.
+    // TLS files are read when the file is checked, and a missing one is named by its key.
     let text = std::fs::read_to_string(&good).unwrap().replacen(
         "default_service = \"DefaultSvc\"",
         "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"",
@@ -796,7 +797,7 @@ fn check_reports_the_effective_config_or_the_bad_key() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("listeners[0].tls_cert: TLS is offered on grpc listeners only"),
+            .contains("listeners[0].tls_cert: cannot read \"/nonexistent.pem\""),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

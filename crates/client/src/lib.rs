@@ -16,9 +16,12 @@
 //!   before the reply only as a [`RetryPolicy`] allows, within its [`RetryBudget`].
 //! * Limits: `max_in_flight` calls, `max_connections` pooled connections and `max_pending`
 //!   calls waiting for one; past them a call fails at once with [`Error::Overloaded`].
+//! * Plain TCP, or TLS with [`ClientConfig::tls`] (a failed handshake counts as a failed
+//!   connect).
 #![forbid(unsafe_code)]
 
 mod codec;
+mod connect;
 mod mux;
 mod pool;
 pub mod ttstream;
@@ -36,6 +39,7 @@ use sluice_thrift::MessageType;
 use sluice_ttheader::Header;
 
 pub use pool::PoolCounts;
+pub use sluice_io::{ClientTls, ClientTlsError, ClientTlsFiles, ClientTlsPart};
 pub use sluice_resilience::{Balance, Counters, Outlier, RetryBudget, RetryReason};
 pub use ttstream::{OpenStream, TTStreamClient};
 
@@ -157,6 +161,11 @@ pub struct ClientConfig {
     /// message, so a stream that legitimately waits longer for its first event needs a larger
     /// value, or zero to turn it off. Default 30 s.
     pub first_response_timeout: Duration,
+    /// TLS to every endpoint (ping-pong, multiplexed and TTStream connections alike): the CAs
+    /// the server's certificate must chain to, the name it is checked against, and an
+    /// optional client certificate. The handshake is part of connecting (within
+    /// [`connect_timeout`](Self::connect_timeout)). Default none: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -180,6 +189,7 @@ impl ClientConfig {
             failure_backoff: Duration::from_secs(1),
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
             first_response_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -264,6 +274,12 @@ impl ClientConfig {
     /// Sets [`first_response_timeout`](Self::first_response_timeout).
     pub fn with_first_response_timeout(mut self, first_response_timeout: Duration) -> Self {
         self.first_response_timeout = first_response_timeout;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -371,6 +387,18 @@ pub enum Error {
         addr: SocketAddr,
         /// The timeout.
         after: Duration,
+    },
+    /// The TLS handshake failed: the server's certificate was refused (an unknown issuer,
+    /// expired, another name), or the server refused the client's. Treated like a refused
+    /// connection: the endpoint is skipped for the backoff period.
+    #[error("downstream {downstream:?} at {addr}: TLS handshake failed: {source}")]
+    Tls {
+        /// Downstream name.
+        downstream: String,
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Rustls's reason.
+        source: std::io::Error,
     },
     /// The connection failed or closed before the reply.
     #[error("downstream {downstream:?} at {addr}: {source}")]
@@ -519,7 +547,10 @@ impl Error {
     /// had started, or the failure says nothing about the endpoint).
     fn retry_reason(&self) -> Option<RetryReason> {
         match self {
-            Error::Connect { .. } | Error::ConnectTimeout { .. } => Some(RetryReason::Refused),
+            // A refused TLS handshake: nothing of the request was sent either.
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tls { .. } => {
+                Some(RetryReason::Refused)
+            }
             Error::Io { source, .. } => match source {
                 // Nothing was queued on the connection.
                 ConnectionError::MuxClosed => Some(RetryReason::Refused),
@@ -540,6 +571,7 @@ impl Error {
             self,
             Error::Connect { .. }
                 | Error::ConnectTimeout { .. }
+                | Error::Tls { .. }
                 | Error::Io { .. }
                 | Error::Timeout { .. }
                 | Error::Protocol { .. }
@@ -871,7 +903,10 @@ impl GenericClient {
     /// towards its ejection.
     fn endpoint_failed(&self, ep: &Arc<pool::EndpointState>, e: &Error) {
         let now = sluice_resilience::now();
-        if matches!(e, Error::Connect { .. } | Error::ConnectTimeout { .. }) {
+        if matches!(
+            e,
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Tls { .. }
+        ) {
             ep.health.back_off(now, self.config.failure_backoff);
         }
         let set = self.set.load();

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_thrift::MessageType;
 use sluice_ttheader::str_key;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, RawReply, ReplyDecoder};
@@ -47,11 +47,33 @@ impl Drop for WaiterGuard<'_> {
 
 impl MuxConn {
     pub(crate) fn start(
-        stream: TcpStream,
+        stream: ClientIo,
         config: Arc<ClientConfig>,
         addr: SocketAddr,
     ) -> Arc<Self> {
-        let (mut rd, wr) = stream.into_split();
+        match stream {
+            // TCP keeps its owned halves; only TLS pays for the shared halves' lock.
+            ClientIo::Tcp(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                Self::start_halves(rd, wr, config, addr)
+            }
+            ClientIo::Tls(tls) => {
+                let (rd, wr) = tokio::io::split(*tls);
+                Self::start_halves(rd, wr, config, addr)
+            }
+        }
+    }
+
+    fn start_halves<R, W>(
+        mut rd: R,
+        wr: W,
+        config: Arc<ClientConfig>,
+        addr: SocketAddr,
+    ) -> Arc<Self>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel::<Vec<Bytes>>(1024);
         let waiters: Waiters = Arc::default();
         let usable = Arc::new(AtomicBool::new(true));

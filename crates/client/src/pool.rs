@@ -7,10 +7,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_thrift::MessageType;
 use sluice_ttheader::str_key;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
@@ -22,7 +22,7 @@ const READ_CHUNK: usize = 8 * 1024;
 /// A pooled connection and its read buffer.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: ClientIo,
     buf: BytesMut,
     /// Reused list of buffers for the request's vectored write.
     iov: Vec<Bytes>,
@@ -150,28 +150,8 @@ impl EndpointState {
         }
     }
 
-    pub(crate) async fn connect(&self) -> Result<TcpStream, Error> {
-        let addr = self.endpoint.addr;
-        let stream =
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(Error::Connect {
-                        downstream: self.config.name.clone(),
-                        addr,
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::ConnectTimeout {
-                        downstream: self.config.name.clone(),
-                        addr,
-                        after: self.config.connect_timeout,
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+    pub(crate) async fn connect(&self) -> Result<ClientIo, Error> {
+        let stream = crate::connect::connect(&self.config, self.endpoint.addr).await?;
         Ok(stream)
     }
 
@@ -449,7 +429,14 @@ impl EndpointState {
 /// True when an idle connection's socket is readable: the server closed or reset it (or sent
 /// something unasked), so it must not carry a request. Asks the reactor's cached readiness,
 /// not the kernel: no system call on the hot path.
-fn closed_by_peer(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    matches!(stream.poll_read_ready(&mut cx), Poll::Ready(_))
+/// Over TLS the check is left out: a server may send TLS records (session tickets) on an
+/// idle connection, which says nothing about its state.
+fn closed_by_peer(stream: &ClientIo) -> bool {
+    match stream {
+        ClientIo::Tcp(s) => {
+            let mut cx = Context::from_waker(Waker::noop());
+            matches!(s.poll_read_ready(&mut cx), Poll::Ready(_))
+        }
+        ClientIo::Tls(_) => false,
+    }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use sluice_io::ClientIo;
 use sluice_io::QueueTx;
 use sluice_stream::{
     ClientStream, Closed, Event, EventSink, Metadata, PipeTx, Reset, ResetCode, StreamEnd,
@@ -22,8 +23,7 @@ use sluice_stream::{
 use sluice_thrift::{ApplicationException, ExceptionKind};
 use sluice_ttheader::{str_key, Limits};
 use sluice_ttstream::{FrameDecoder, FrameType, Side, Step, Stream as StreamState, StreamFrame};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use sluice_resilience::{Balance, Counters, Health, InFlightLimit, Picker, StreamLoad};
 
@@ -201,32 +201,9 @@ impl TTStreamClient {
             let i = ep.next.fetch_add(1, Ordering::Relaxed) % conns.len();
             return Ok(conns[i].clone());
         }
-        let stream =
-            // Boxed: connecting happens once per connection, and inline its future would make
-            // every stream's opening larger.
-            match Box::pin(tokio::time::timeout(
-                self.config.connect_timeout,
-                TcpStream::connect(ep.addr),
-            ))
-            .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(Error::Connect {
-                        downstream: self.config.name.clone(),
-                        addr: ep.addr,
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(Error::ConnectTimeout {
-                        downstream: self.config.name.clone(),
-                        addr: ep.addr,
-                        after: self.config.connect_timeout,
-                    })
-                }
-            };
-        let _ = stream.set_nodelay(true);
+        // Boxed: connecting happens once per connection, and inline its future would make
+        // every stream's opening larger.
+        let stream = Box::pin(crate::connect::connect(&self.config, ep.addr)).await?;
         let conn = Arc::new(start(stream, ep.addr, self.config.max_frame_size));
         conns.push(conn.clone());
         Ok(conn)
@@ -333,8 +310,25 @@ impl TTStreamClient {
 }
 
 /// Starts a connection's reader and writer tasks.
-fn start(stream: TcpStream, addr: SocketAddr, max_frame_size: usize) -> StreamConn {
-    let (mut rd, wr) = stream.into_split();
+fn start(stream: ClientIo, addr: SocketAddr, max_frame_size: usize) -> StreamConn {
+    match stream {
+        // TCP keeps its owned halves; only TLS pays for the shared halves' lock.
+        ClientIo::Tcp(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            start_halves(rd, wr, addr, max_frame_size)
+        }
+        ClientIo::Tls(tls) => {
+            let (rd, wr) = tokio::io::split(*tls);
+            start_halves(rd, wr, addr, max_frame_size)
+        }
+    }
+}
+
+fn start_halves<R, W>(mut rd: R, wr: W, addr: SocketAddr, max_frame_size: usize) -> StreamConn
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, writer) = sluice_io::out_queue(sluice_io::OUT_QUEUE_LIMIT);
     let streams: Streams = Arc::default();
     let alive = Arc::new(AtomicBool::new(true));

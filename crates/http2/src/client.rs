@@ -1,4 +1,5 @@
-//! The gRPC client: opens streams on one downstream over HTTP/2 (h2c, prior knowledge).
+//! The gRPC client: opens streams on one downstream over HTTP/2 (h2c, prior knowledge; or TLS
+//! with ALPN `h2` when [`GrpcClientConfig::tls`] is set).
 //!
 //! A [`GrpcClient`] keeps one HTTP/2 connection per endpoint, dialled on first use and shared
 //! by every stream opened on that endpoint; the endpoint of each stream is chosen by the
@@ -11,7 +12,7 @@
 //!
 //! Each stream behaves like a Kitex client stream (kitex-wire.md 5.2-5.4):
 //!
-//! * request HEADERS `:method POST`, `:scheme http`, `:path`, `:authority`, `content-type`,
+//! * request HEADERS `:method POST`, `:scheme http` (`https` over TLS), `:path`, `:authority`, `content-type`,
 //!   `te: trailers`, `grpc-timeout` (what is left of the deadline), then the metadata in order
 //!   (`-bin` values untouched);
 //! * each message is one length-prefixed payload in DATA, sent only as fast as the server's
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use sluice_h2wire::frame::Reason;
+use sluice_io::ClientTls;
 use sluice_stream::{ClientStream, Closed, Event, EventSink, Metadata};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -57,7 +59,8 @@ use sluice_resilience::{Counters, Health, InFlightLimit, Picker, StreamLoad};
 pub struct GrpcClientConfig {
     /// The downstream's addresses, used in turn.
     pub endpoints: Vec<SocketAddr>,
-    /// Limit on dialling one endpoint (the TCP connect).
+    /// Limit on dialling one endpoint: the TCP connect and, with [`tls`](Self::tls), the TLS
+    /// handshake.
     pub connect_timeout: Duration,
     /// Largest gRPC message accepted from the server, prefix not counted; a larger one ends the
     /// stream with grpc-status 8 (RESOURCE_EXHAUSTED) and resets it.
@@ -86,6 +89,9 @@ pub struct GrpcClientConfig {
     /// Streams open at most; past it an open fails with [`GrpcClientError::Overloaded`].
     /// 0: no limit.
     pub max_in_flight: usize,
+    /// TLS to every endpoint, offering ALPN `h2` (set by the client) and sending
+    /// `:scheme https`. Default none: h2c.
+    pub tls: Option<ClientTls>,
 }
 
 impl GrpcClientConfig {
@@ -155,6 +161,12 @@ impl GrpcClientConfig {
         self
     }
 
+    /// Sets [`tls`](Self::tls).
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Defaults for these endpoints: 1 s connect timeout, 4 MiB messages, 1 MiB stream and
     /// 8 MiB connection windows, 16 KiB frames, 64 KiB header lists, 10 s for the server's
     /// SETTINGS; equal weights, p2c, the default [`Outlier`], 1 s failure backoff, no stream
@@ -174,6 +186,7 @@ impl GrpcClientConfig {
             max_frame_size: 16 * 1024,
             max_header_list_size: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -218,6 +231,15 @@ pub enum GrpcClientError {
         addr: SocketAddr,
         /// The configured limit.
         timeout: Duration,
+    },
+    /// The TLS handshake with an endpoint failed (its certificate was refused, or it refused
+    /// the client's). Treated like a refused connection: the next endpoint is tried.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Rustls's reason.
+        source: std::io::Error,
     },
     /// The connection closed or went away before the stream could be opened, also after a
     /// redial.
@@ -264,6 +286,8 @@ pub struct GrpcClient {
 #[derive(Debug)]
 struct Inner {
     config: GrpcClientConfig,
+    /// `config.tls` offering ALPN `h2`.
+    tls: Option<ClientTls>,
     /// Replaced whole by [`GrpcClient::set_endpoints`]; a stream keeps the connection it
     /// opened on.
     slots: arc_swap::ArcSwap<Slots>,
@@ -360,10 +384,12 @@ impl GrpcClient {
             .map(|&addr| Arc::new(Slot::new(addr)))
             .collect();
         let slots = Slots::new(slots, &config.weights, config.balance);
+        let tls = config.tls.clone().map(|t| t.with_alpn(&[b"h2"]));
         Self {
             inner: Arc::new(Inner {
                 in_flight: InFlightLimit::new(config.max_in_flight),
                 config,
+                tls,
                 slots: arc_swap::ArcSwap::from_pointee(slots),
                 counters,
                 tasks: sluice_io::TaskGroup::new(),
@@ -436,7 +462,7 @@ impl GrpcClient {
         hash: Option<u64>,
     ) -> Result<ClientStream, GrpcClientError> {
         let inner = &self.inner;
-        let head = RequestHead::new(req)?;
+        let head = RequestHead::new(req, inner.tls.is_some())?;
         let mut admitted = Some(inner.in_flight.admit().ok_or_else(|| {
             inner
                 .counters
@@ -467,7 +493,9 @@ impl GrpcClient {
                     return Ok(s);
                 }
                 Err(
-                    e @ (GrpcClientError::Connect { .. } | GrpcClientError::ConnectTimeout { .. }),
+                    e @ (GrpcClientError::Connect { .. }
+                    | GrpcClientError::ConnectTimeout { .. }
+                    | GrpcClientError::Tls { .. }),
                 ) => {
                     tracing::debug!(addr = %slot.addr, error = %e, "gRPC endpoint unreachable, trying the next one");
                     self.dial_failed(&slot, &e);
@@ -552,12 +580,23 @@ impl GrpcClient {
     async fn dial(&self, addr: SocketAddr) -> Result<Handle, GrpcClientError> {
         let config = &self.inner.config;
         let timeout = config.connect_timeout;
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let dial = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|source| GrpcClientError::Connect { addr, source })?;
+            // Frames are written whole; Nagle would only delay the last segment of each batch.
+            let _ = tcp.set_nodelay(true);
+            match &self.inner.tls {
+                None => Ok(sluice_io::ClientIo::Tcp(tcp)),
+                Some(tls) => match tls.handshake(tcp, addr).await {
+                    Ok(s) => Ok(sluice_io::ClientIo::Tls(Box::new(s))),
+                    Err(source) => Err(GrpcClientError::Tls { addr, source }),
+                },
+            }
+        };
+        let io = tokio::time::timeout(timeout, dial)
             .await
-            .map_err(|_| GrpcClientError::ConnectTimeout { addr, timeout })?
-            .map_err(|source| GrpcClientError::Connect { addr, source })?;
-        // Frames are written whole; Nagle would only delay the last segment of each batch.
-        let _ = tcp.set_nodelay(true);
+            .map_err(|_| GrpcClientError::ConnectTimeout { addr, timeout })??;
         let cfg = ConnConfig {
             max_concurrent_streams: 0,
             initial_stream_window: config.initial_stream_window,
@@ -568,14 +607,29 @@ impl GrpcClient {
             handshake_timeout: config.handshake_timeout,
             idle_timeout: None,
         };
-        let (conn, shared) = Connection::new(tcp, addr, cfg, ClientRole);
+        // The engine is generic over its stream: plain TCP runs on the TcpStream itself.
+        let shared = match io {
+            sluice_io::ClientIo::Tcp(tcp) => self.spawn_conn(tcp, addr, cfg),
+            sluice_io::ClientIo::Tls(tls) => self.spawn_conn(*tls, addr, cfg),
+        };
+        tracing::debug!(%addr, "gRPC client connection established");
+        Ok(Handle { shared })
+    }
+}
+
+impl GrpcClient {
+    /// Runs a dialled connection as a task of the client; returns its shared state.
+    fn spawn_conn<T>(&self, io: T, addr: SocketAddr, cfg: ConnConfig) -> Arc<Shared>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (conn, shared) = Connection::new(io, addr, cfg, ClientRole);
         self.inner.tasks.spawn(async move {
             if let Err(e) = crate::conn::run(conn).await {
                 tracing::debug!(%addr, error = %e, "gRPC client connection ended");
             }
         });
-        tracing::debug!(%addr, "gRPC client connection established");
-        Ok(Handle { shared })
+        shared
     }
 }
 
@@ -601,12 +655,14 @@ impl Role for ClientRole {
 
 /// The parts of the request HEADERS that do not change between attempts.
 struct RequestHead {
+    /// `:scheme`: `https` over TLS.
+    scheme: &'static [u8],
     content_type: Bytes,
     compress: bool,
 }
 
 impl RequestHead {
-    fn new(req: &OpenRequest) -> Result<RequestHead, GrpcClientError> {
+    fn new(req: &OpenRequest, tls: bool) -> Result<RequestHead, GrpcClientError> {
         if !req.path.starts_with('/') || !valid_value(req.path.as_bytes()) {
             return Err(GrpcClientError::InvalidRequest(InvalidRequest::Path(
                 req.path.clone(),
@@ -627,6 +683,7 @@ impl RequestHead {
             ));
         };
         Ok(RequestHead {
+            scheme: if tls { b"https" } else { b"http" },
             content_type,
             compress: compressed_in_metadata(&req.headers),
         })
@@ -655,7 +712,7 @@ fn start_stream(
     st.encoder.begin(&mut out);
     let enc = &st.encoder;
     enc.field(b":method", b"POST", &mut out);
-    enc.field(b":scheme", b"http", &mut out);
+    enc.field(b":scheme", head.scheme, &mut out);
     enc.field(b":path", req.path.as_bytes(), &mut out);
     if req.authority.is_empty() {
         enc.field(b":authority", addr.to_string().as_bytes(), &mut out);

@@ -11,7 +11,9 @@
 //! * `out_queue`: the byte-bounded write queue many streams share ([`out_queue()`],
 //!   [`QueueTx`], [`QueueWriter`]);
 //! * `tasks`: [`TaskGroup`], the tasks a connection owns;
-//! * `ratelog`: [`RateLog`], a budget of log lines per site.
+//! * `ratelog`: [`RateLog`], a budget of log lines per site;
+//! * `tls`: TLS to downstreams ([`ClientTls`]) and the stream a client dials, plain TCP or TLS
+//!   ([`ClientIo`]).
 //!
 //! The modules are private: everything public is re-exported here, at the paths users name.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ mod prefixed;
 mod ratelog;
 mod read_buf;
 mod tasks;
+mod tls;
 mod vectored;
 
 pub use head_arena::{carve_head, frame_chunks};
@@ -32,4 +35,5 @@ pub use read_buf::{
     give_back_read_buf, give_back_read_buf_in_use, reserve_read, take_read_buf, STREAM_READ_CHUNK,
 };
 pub use tasks::TaskGroup;
+pub use tls::{ClientIo, ClientTls, ClientTlsError, ClientTlsFiles, ClientTlsPart};
 pub use vectored::{write_all_vectored, write_queued, MAX_IOV};

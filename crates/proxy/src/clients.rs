@@ -43,6 +43,7 @@ pub(crate) fn grpc_config(c: &ClientConfig) -> GrpcClientConfig {
         .with_outlier(c.outlier)
         .with_failure_backoff(c.failure_backoff)
         .with_max_in_flight(c.max_in_flight);
+    g.tls = c.tls.clone();
     g.weights = c.endpoints.iter().map(|e| e.weight).collect();
     g
 }
@@ -123,7 +124,7 @@ impl Clients {
     }
 
     /// The gRPC client of downstream `name`, created from `config()` on first use (its
-    /// endpoints, connect timeout and message size limit).
+    /// endpoints, connect timeout, message size limit and TLS).
     pub fn grpc(&self, name: &str, config: impl FnOnce() -> ClientConfig) -> Arc<GrpcClient> {
         let d = self.entry(name, config);
         d.grpc

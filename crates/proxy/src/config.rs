@@ -120,6 +120,8 @@ struct RawListener {
     default_service: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    tls_client_ca: Option<String>,
+    tls_client_auth: Option<String>,
     register: Option<String>,
     advertise: Option<String>,
 }
@@ -194,6 +196,17 @@ struct RawDownstream {
     max_pending: Option<usize>,
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
+    tls: Option<RawDownstreamTls>,
+}
+
+/// `tls = { ca, server_name, cert, key }` on a downstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownstreamTls {
+    ca: Option<String>,
+    server_name: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -210,8 +223,8 @@ struct RawLimits {
     max_in_flight: Option<usize>,
 }
 
-pub use sluice_server::Cluster;
 use sluice_server::TlsConfig;
+pub use sluice_server::{ClientAuth, Cluster};
 
 /// A listener.
 #[derive(Debug, Clone)]
@@ -225,11 +238,14 @@ pub struct Listener {
     pub cluster: Cluster,
     /// Service for requests that carry no name (Framed, Buffered).
     pub default_service: Option<String>,
-    /// TLS (gRPC listeners), with ALPN `h2`.
+    /// TLS, with ALPN `h2` on `grpc` listeners and none on `ttstream` ones.
     pub tls: Option<TlsConfig>,
     /// The certificate and key files `tls` was read from (shown by the admin `/config`; the
     /// key's contents never are).
     pub tls_files: Option<(String, String)>,
+    /// The client CA bundle `tls` checks client certificates against (`tls_client_ca`), and
+    /// whether one is required (`tls_client_auth`).
+    pub tls_client_ca: Option<(String, ClientAuth)>,
     /// Service name to register this listener under in etcd (`register`), in Kitex's
     /// registry format, so Kitex clients using registry-etcd find the proxy.
     pub register: Option<String>,
@@ -872,6 +888,14 @@ impl Config {
             if let Some(n) = d.max_pending {
                 c.max_pending = n;
             }
+            if let Some(t) = &d.tls {
+                let first_host = d.endpoints.first().and_then(|e| match e {
+                    RawEndpoint::Address(a) | RawEndpoint::Weighted { address: a, .. } => {
+                        dns_host(a)
+                    }
+                });
+                c.tls = Some(check_downstream_tls(t, first_host, &|k| key(k))?);
+            }
             downstreams.insert(name.clone(), c);
         }
 
@@ -932,28 +956,63 @@ impl Config {
                     format!("duplicate listener name {name:?}"),
                 ));
             }
+            let client_auth = match l.tls_client_auth.as_deref() {
+                None => None,
+                Some(_) if l.tls_client_ca.is_none() => {
+                    return Err(err(key("tls_client_auth"), "needs tls_client_ca"))
+                }
+                Some("required") => Some(ClientAuth::Required),
+                Some("optional") => Some(ClientAuth::Optional),
+                Some(other) => {
+                    return Err(err(
+                        key("tls_client_auth"),
+                        format!("unknown value {other:?} (expected \"optional\" or \"required\")"),
+                    ))
+                }
+            };
             let tls = match (&l.tls_cert, &l.tls_key) {
-                (None, None) => None,
+                (None, None) => {
+                    if l.tls_client_ca.is_some() {
+                        return Err(err(key("tls_client_ca"), "needs tls_cert and tls_key"));
+                    }
+                    None
+                }
                 (Some(_), None) => return Err(err(key("tls_key"), "tls_cert needs tls_key")),
                 (None, Some(_)) => return Err(err(key("tls_cert"), "tls_key needs tls_cert")),
                 (Some(cert), Some(k)) => {
-                    if cluster != Cluster::Grpc {
-                        return Err(err(
-                            key("tls_cert"),
-                            "TLS is offered on grpc listeners only",
-                        ));
+                    // gRPC negotiates h2 in ALPN; TTStream and ping-pong have no ALPN name, so
+                    // those listeners offer none (and ignore what a client offers).
+                    let alpn: &[&[u8]] = if cluster == Cluster::Grpc {
+                        &[b"h2"]
+                    } else {
+                        &[]
+                    };
+                    let mut builder = TlsConfig::builder(cert.as_ref(), k.as_ref()).alpn(alpn);
+                    let client_ca = l
+                        .tls_client_ca
+                        .as_ref()
+                        .map(|ca| (ca.clone(), client_auth.unwrap_or_default()));
+                    if let Some((ca, auth)) = &client_ca {
+                        builder = builder.client_ca(ca.as_ref(), *auth);
                     }
-                    let tls =
-                        TlsConfig::from_pem_files(cert.as_ref(), k.as_ref()).map_err(|e| {
-                            err(
-                                key(if e.is_cert() { "tls_cert" } else { "tls_key" }),
-                                e.to_string(),
-                            )
-                        })?;
-                    Some((tls, (cert.clone(), k.clone())))
+                    let tls = builder.build().map_err(|e| {
+                        let k = if e.is_cert() {
+                            "tls_cert"
+                        } else if e.is_client_ca() {
+                            "tls_client_ca"
+                        } else {
+                            "tls_key"
+                        };
+                        err(key(k), e.to_string())
+                    })?;
+                    Some((tls, ((cert.clone(), k.clone()), client_ca)))
                 }
             };
-            let (tls, tls_files) = tls.unzip();
+            let (tls, files) = tls.unzip();
+            let (tls_files, tls_client_ca) = match files {
+                Some((files, ca)) => (Some(files), ca),
+                None => (None, None),
+            };
             if let Some(r) = &l.register {
                 if discovery.etcd.is_none() {
                     return Err(err(key("register"), "needs a [discovery.etcd] section"));
@@ -978,6 +1037,7 @@ impl Config {
                 default_service: l.default_service.clone(),
                 tls,
                 tls_files,
+                tls_client_ca,
                 register: l.register.clone(),
                 advertise,
             });
@@ -1156,6 +1216,10 @@ impl Config {
                     t.insert("tls_cert".into(), text(cert));
                     t.insert("tls_key".into(), text(key));
                 }
+                if let Some((ca, auth)) = &l.tls_client_ca {
+                    t.insert("tls_client_ca".into(), text(ca));
+                    t.insert("tls_client_auth".into(), text(auth.as_str()));
+                }
                 if let Some(r) = &l.register {
                     t.insert("register".into(), text(r));
                 }
@@ -1250,6 +1314,20 @@ impl Config {
                 "first_response_timeout_ms".into(),
                 ms(d.first_response_timeout),
             );
+            if let Some(tls) = &d.tls {
+                let mut m = Table::new();
+                if let Some(f) = tls.files() {
+                    m.insert("ca".into(), text(f.ca.display().to_string()));
+                    if let Some((c, k)) = &f.identity {
+                        m.insert("cert".into(), text(c.display().to_string()));
+                        m.insert("key".into(), text(k.display().to_string()));
+                    }
+                }
+                if let Some(n) = tls.server_name() {
+                    m.insert("server_name".into(), text(n));
+                }
+                t.insert("tls".into(), Value::Table(m));
+            }
             downstreams.insert(name.clone(), Value::Table(t));
         }
         root.insert("downstreams".into(), Value::Table(downstreams));
@@ -1343,11 +1421,19 @@ impl Config {
         for l in &self.listeners {
             let _ = writeln!(
                 s,
-                "listener {:<12} {:<21} cluster={}{}{}",
+                "listener {:<12} {:<21} cluster={}{}{}{}",
                 l.name,
                 l.address,
                 l.cluster.as_str(),
-                if l.tls.is_some() { " tls=h2" } else { "" },
+                match (&l.tls, l.cluster) {
+                    (None, _) => "",
+                    (Some(_), Cluster::Grpc) => " tls=h2",
+                    (Some(_), _) => " tls",
+                },
+                l.tls_client_ca
+                    .as_ref()
+                    .map(|(_, auth)| format!(" client_auth={}", auth.as_str()))
+                    .unwrap_or_default(),
                 l.default_service
                     .as_deref()
                     .map(|d| format!(" default_service={d}"))
@@ -1390,7 +1476,7 @@ impl Config {
                 .collect();
             let _ = writeln!(
                 s,
-                "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]{}",
+                "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]{}{}",
                 d.transport.as_str(),
                 d.balance,
                 d.multiplex,
@@ -1404,6 +1490,14 @@ impl Config {
                         names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
                     ),
                     _ => String::new(),
+                },
+                match &d.tls {
+                    None => String::new(),
+                    Some(t) => format!(
+                        " tls(server_name={}{})",
+                        t.server_name().unwrap_or_else(|| "the address dialled".into()),
+                        if t.has_client_cert() { ", client cert" } else { "" }
+                    ),
                 }
             );
         }
@@ -1530,6 +1624,52 @@ fn check_discovery(raw: &RawDiscovery) -> Result<Discovery, ConfigError> {
         max_services,
         service_idle_timeout: ms(raw.service_idle_timeout_ms, 300_000),
     })
+}
+
+/// A downstream's `tls` table: the files read, the name checked. Without `server_name`, the
+/// host of the first endpoint when it is a name, else the address of each endpoint dialled
+/// (an IP SAN).
+fn check_downstream_tls(
+    t: &RawDownstreamTls,
+    first_host: Option<&str>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<sluice_client::ClientTls, ConfigError> {
+    use sluice_client::{ClientTls, ClientTlsPart};
+    let Some(ca) = &t.ca else {
+        return Err(err(
+            key("tls.ca"),
+            "missing: the PEM bundle of the CAs the downstream's certificate chains to (there are no built-in roots)",
+        ));
+    };
+    let identity = match (&t.cert, &t.key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((c.as_ref(), k.as_ref())),
+        (Some(_), None) => return Err(err(key("tls.key"), "cert needs key")),
+        (None, Some(_)) => return Err(err(key("tls.cert"), "key needs cert")),
+    };
+    let part_key = |p: ClientTlsPart| {
+        key(match p {
+            ClientTlsPart::Ca => "tls.ca",
+            ClientTlsPart::Cert => "tls.cert",
+            ClientTlsPart::Key => "tls.key",
+            ClientTlsPart::ServerName => "tls.server_name",
+        })
+    };
+    let tls = ClientTls::from_files(ca.as_ref(), identity)
+        .map_err(|e| err(part_key(e.part()), e.to_string()))?;
+    match t.server_name.as_deref().or(first_host) {
+        Some(name) => tls
+            .with_server_name(name)
+            .map_err(|e| err(key("tls.server_name"), e.to_string())),
+        None => Ok(tls),
+    }
+}
+
+/// The host of a `host:port` endpoint when it is a name rather than an IP address.
+fn dns_host(address: &str) -> Option<&str> {
+    let (host, _) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && host.parse::<std::net::IpAddr>().is_err()).then_some(host)
 }
 
 /// A DNS endpoint is `host:port`: a name (or address) and a port number.
@@ -1692,5 +1832,190 @@ transport = "framed"
         let register = "[[listeners]]\naddress = \"127.0.0.1:7001\"\ncluster = \"ttstream\"\nregister = \"gw\"\n";
         assert_eq!(key_of(register), "listeners[1].register");
         assert!(load(&format!("{register}{etcd}")).is_ok());
+    }
+
+    /// A CA, a certificate it signed for `localhost` and 127.0.0.1, and the key, written to a
+    /// directory of the test's own; returns (ca, cert, key) paths.
+    fn tls_files(tag: &str) -> (String, String, String) {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-config-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(
+            rcgen::CertificateParams::new(Vec::<String>::new()).unwrap(),
+            &ca_key,
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
+        std::fs::write(&paths.0, ca.pem()).unwrap();
+        std::fs::write(&paths.1, cert.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        let s = |p: std::path::PathBuf| p.display().to_string();
+        (s(paths.0), s(paths.1), s(paths.2))
+    }
+
+    fn tls_listener(cluster: &str, extra: &str) -> String {
+        format!("[[listeners]]\naddress = \"127.0.0.1:7001\"\ncluster = \"{cluster}\"\n{extra}\n")
+    }
+
+    #[test]
+    fn listener_and_downstream_tls_load_and_show_in_config() {
+        let (ca, cert, key) = tls_files("good");
+        let c = load(&format!(
+            "{}{}[downstreams.d]\nendpoints = [\"localhost:9\"]\ntls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}\n[downstreams.ip]\nendpoints = [\"127.0.0.1:9\"]\ntls = {{ ca = \"{ca}\" }}\n",
+            tls_listener(
+                "ttstream",
+                &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"")
+            ),
+            tls_listener("grpc", &format!("name = \"g\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"\ntls_client_auth = \"optional\"")).replace("7001", "7002"),
+        ))
+        .unwrap();
+        let tt = &c.listeners[1];
+        assert_eq!(
+            tt.tls_client_ca.as_ref().unwrap().1,
+            ClientAuth::Required,
+            "the default"
+        );
+        let tls = tt.tls.as_ref().unwrap();
+        assert!(tls.alpn().is_empty(), "ttstream listeners offer no ALPN");
+        assert_eq!(tls.client_auth(), Some(ClientAuth::Required));
+        let g = c.listeners[2].tls.as_ref().unwrap();
+        assert_eq!(g.alpn(), [b"h2".to_vec()]);
+        assert_eq!(g.client_auth(), Some(ClientAuth::Optional));
+        let d = c.downstreams["d"].tls.as_ref().unwrap();
+        assert_eq!(
+            d.server_name().as_deref(),
+            Some("localhost"),
+            "the endpoint's host"
+        );
+        assert!(d.has_client_cert());
+        let ip = c.downstreams["ip"].tls.as_ref().unwrap();
+        assert_eq!(
+            ip.server_name(),
+            None,
+            "an IP endpoint is checked as an IP SAN"
+        );
+        // /config names the files, and loads back to the same settings.
+        let text = c.to_toml();
+        assert!(text.contains("tls_client_auth = \"optional\""), "{text}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        let again = Config::from_toml(&text).unwrap();
+        assert_eq!(again.downstreams, c.downstreams);
+        assert_eq!(again.to_toml(), text);
+        assert!(
+            c.describe().contains("tls client_auth=required"),
+            "{}",
+            c.describe()
+        );
+    }
+
+    #[test]
+    fn tls_mistakes_name_their_key() {
+        let (ca, cert, key) = tls_files("bad");
+        let listener = |extra: &str| key_of(&tls_listener("ttstream", extra));
+        assert_eq!(
+            listener(&format!(
+                "tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_auth = \"required\""
+            )),
+            "listeners[1].tls_client_auth",
+            "tls_client_auth without tls_client_ca"
+        );
+        assert_eq!(
+            listener(&format!("tls_client_ca = \"{ca}\"")),
+            "listeners[1].tls_client_ca",
+            "a client CA without a certificate of the listener's own"
+        );
+        assert_eq!(
+            listener(&format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"\ntls_client_auth = \"sometimes\"")),
+            "listeners[1].tls_client_auth"
+        );
+        let e = load(&tls_listener(
+            "ttstream",
+            &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"/nonexistent/ca.pem\""),
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "listeners[1].tls_client_ca");
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+        let e = load(&tls_listener(
+            "grpc",
+            &format!("tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{key}\""),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.key, "listeners[1].tls_client_ca",
+            "a bundle with no certificate"
+        );
+        assert!(e.message.contains("no certificate"), "{e}");
+        assert_eq!(
+            listener(&format!(
+                "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"{key}\""
+            )),
+            "listeners[1].tls_cert"
+        );
+        assert_eq!(
+            listener(&format!("tls_cert = \"{cert}\"\ntls_key = \"{cert}\"")),
+            "listeners[1].tls_key",
+            "a key file with no key"
+        );
+        let down = |tls: &str| {
+            key_of(&format!(
+                "[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = {tls}\n"
+            ))
+        };
+        assert_eq!(
+            down("{ server_name = \"x\" }"),
+            "downstreams.d.tls.ca",
+            "ca is required"
+        );
+        let e = load(
+            "[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = { ca = \"/nonexistent/ca.pem\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "downstreams.d.tls.ca");
+        assert!(
+            e.message.contains("cannot read \"/nonexistent/ca.pem\""),
+            "{e}"
+        );
+        assert_eq!(
+            down(&format!("{{ ca = \"{ca}\", cert = \"{cert}\" }}")),
+            "downstreams.d.tls.key"
+        );
+        assert_eq!(
+            down(&format!("{{ ca = \"{ca}\", key = \"{key}\" }}")),
+            "downstreams.d.tls.cert"
+        );
+        assert_eq!(
+            down(&format!(
+                "{{ ca = \"{ca}\", cert = \"/nonexistent/c.pem\", key = \"{key}\" }}"
+            )),
+            "downstreams.d.tls.cert"
+        );
+        assert_eq!(
+            down(&format!("{{ ca = \"{key}\" }}")),
+            "downstreams.d.tls.ca",
+            "no certificate in the bundle"
+        );
+        assert_eq!(
+            down(&format!(
+                "{{ ca = \"{ca}\", server_name = \"not a name!\" }}"
+            )),
+            "downstreams.d.tls.server_name"
+        );
+        assert!(
+            load(&format!("[downstreams.d]\nendpoints = [\"127.0.0.1:9\"]\ntls = {{ ca = \"{ca}\", sni = \"x\" }}\n")).is_err(),
+            "unknown keys in the table are refused"
+        );
     }
 }

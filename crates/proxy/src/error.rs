@@ -27,7 +27,8 @@ pub(crate) fn call_failed(e: ClientError) -> ProxyError {
     let (kind, retry_safe) = match &e {
         ClientError::NoEndpoint { .. }
         | ClientError::Connect { .. }
-        | ClientError::ConnectTimeout { .. } => (ErrorKind::Unavailable, true),
+        | ClientError::ConnectTimeout { .. }
+        | ClientError::Tls { .. } => (ErrorKind::Unavailable, true),
         ClientError::Io { source, .. } => (ErrorKind::Unavailable, source.before_reply()),
         ClientError::Timeout { .. } => (ErrorKind::Deadline, false),
         ClientError::Protocol { .. } => (ErrorKind::BadReply, false),

@@ -311,13 +311,13 @@ struct Running<P, H> {
     config_path: Option<PathBuf>,
 }
 
-/// The settings of a listener that a reload cannot change in place.
+/// The settings of a listener that a reload cannot change in place. TLS is not among them:
+/// its settings (files read again) go to the server with the limits, for new connections.
 fn listener_key(l: &config::Listener) -> impl PartialEq + '_ {
     (
         l.address,
         l.cluster,
         &l.default_service,
-        &l.tls_files,
         &l.register,
         l.advertise,
     )

@@ -198,7 +198,7 @@ impl ProxyMetrics {
         let received = self.bytes_received.with_label_values(&[listener]);
         let sent = self.bytes_sent.with_label_values(&[listener]);
         type Counted = fn(&sluice_server::ServerStats) -> &AtomicU64;
-        let reasons: [(&str, Counted); 11] = [
+        let reasons: [(&str, Counted); 12] = [
             ("wrong_cluster", |s| &s.wrong_cluster),
             ("not_ours", |s| &s.not_ours),
             ("max_connections", |s| &s.connections_refused),
@@ -208,6 +208,7 @@ impl ProxyMetrics {
             ("reset_flood", |s| &s.reset_floods),
             ("sniff_timeout", |s| &s.sniff_timeouts),
             ("protocol_error", |s| &s.protocol_errors),
+            ("tls_handshake", |s| &s.tls_handshake_failures),
             ("grpc_stream_refused", |s| &s.grpc.streams_refused),
             ("grpc_idle_timeout", |s| &s.grpc.connections_idle_closed),
         ];

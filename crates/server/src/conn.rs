@@ -325,26 +325,37 @@ where
     }
 }
 
-/// Sniffs a connection and runs its driver (or serves it over TLS).
+/// Serves one connection: counts it, then sniffs it and runs its driver, after a TLS
+/// handshake when the listener has TLS.
 pub(crate) async fn serve_connection<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     stream: C,
     peer: SocketAddr,
     ctx: Ctx<H, S>,
     drain: Drain,
 ) {
-    let config = ctx.config.clone();
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let stats = ctx.stats.clone();
-    let mut stream = Counted::new(stream, stats.bytes.clone());
+    // TLS connections count the bytes on the wire (encrypted), as TCP carries them.
+    let stream = Counted::new(stream, stats.bytes.clone());
     let _open = crate::OpenGuard::new(&stats.open);
-    if let Some(tls) = config.tls.clone() {
-        // TLS is offered on gRPC listeners only.
-        let counts = stats.family(Family::Http2);
-        counts.accepted.fetch_add(1, Ordering::Relaxed);
-        let _open_family = crate::OpenGuard::new(&counts.open);
+    if let Some(tls) = ctx.config.tls.clone() {
+        // Boxed: the TLS state is large, and a plain connection's task should not carry it.
         Box::pin(serve_tls(stream, peer, tls, ctx, drain)).await;
         return;
     }
+    serve_sniffed(stream, peer, ctx, drain).await
+}
+
+/// Sniffs a connection (plain, or the decrypted stream of a TLS one) and runs its driver, or
+/// refuses it in its own protocol when this listener serves the other cluster.
+async fn serve_sniffed<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
+    mut stream: C,
+    peer: SocketAddr,
+    ctx: Ctx<H, S>,
+    drain: Drain,
+) {
+    let config = ctx.config.clone();
+    let stats = ctx.stats.clone();
     // Sniffing needs only the first bytes; drivers grow the buffer as frames need.
     let mut buf = BytesMut::with_capacity(512);
     let family = match tokio::time::timeout(config.sniff_timeout, sniff(&mut stream, &mut buf))
@@ -479,8 +490,8 @@ async fn serve_http2<C: ConnIo, S: StreamingHandler>(
     }
 }
 
-/// A TLS connection: handshake (within the sniff timeout), then HTTP/2 on the decrypted stream.
-/// TLS is offered on gRPC listeners only, so anything but the HTTP/2 preface is refused.
+/// A TLS connection: the handshake (within the sniff timeout), then the decrypted stream is
+/// served as a plain connection would be: sniffed, and refused if of the other cluster.
 async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     stream: C,
     peer: SocketAddr,
@@ -488,48 +499,62 @@ async fn serve_tls<C: ConnIo, H: DefaultHandler, S: StreamingHandler>(
     ctx: Ctx<H, S>,
     drain: Drain,
 ) {
-    let config = ctx.config.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.inner);
-    let mut tls_stream = match tokio::time::timeout(config.sniff_timeout, acceptor.accept(stream))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(parent: ctx.span.get(), reason = %e, "closing connection: TLS handshake failed");
-            return;
+    match tokio::time::timeout(ctx.config.sniff_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            tracing::debug!(parent: ctx.span.get(),
+                alpn = ?s.get_ref().1.alpn_protocol().map(String::from_utf8_lossy),
+                client_cert = s.get_ref().1.peer_certificates().is_some(),
+                "TLS handshake done"
+            );
+            serve_sniffed(AnyIo(s), peer, ctx, drain).await;
         }
+        Ok(Err(e)) => match handshake_failure(&e) {
+            Some(kind) => {
+                ctx.stats
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = ctx.stats.logs.tls.allow() {
+                    tracing::warn!(parent: ctx.span.get(),
+                        kind,
+                        reason = %e,
+                        suppressed,
+                        "closing connection: TLS handshake failed"
+                    );
+                }
+            }
+            // Closed or reset by the peer (a TCP health check, a client that gave up): as
+            // quiet as a plain connection closed before sniffing.
+            None => {
+                tracing::debug!(parent: ctx.span.get(), error = %e, "connection closed during the TLS handshake");
+            }
+        },
         Err(_) => {
-            tracing::info!(parent: ctx.span.get(), "closing connection: TLS handshake timed out");
-            return;
-        }
-    };
-    let alpn = tls_stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let mut buf = BytesMut::with_capacity(64);
-    let sniffed = tokio::time::timeout(config.sniff_timeout, async {
-        while buf.len() < sluice_sniff::CONNECTION_SNIFF_LEN {
-            if tls_stream.read_buf(&mut buf).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            ctx.stats.sniff_timeouts.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = ctx.stats.logs.sniff.allow() {
+                tracing::info!(parent: ctx.span.get(),
+                    suppressed,
+                    "closing connection: TLS handshake not done within the sniff timeout"
+                );
             }
         }
-        Ok(sluice_sniff::sniff_connection(&buf))
+    }
+}
+
+/// A short name for why a handshake failed, from rustls's error; `None` when rustls found
+/// nothing wrong and the connection itself ended.
+fn handshake_failure(e: &std::io::Error) -> Option<&'static str> {
+    use tokio_rustls::rustls::Error as E;
+    Some(match e.get_ref()?.downcast_ref::<E>()? {
+        E::NoCertificatesPresented => "no client certificate",
+        E::InvalidCertificate(_) => "client certificate refused",
+        E::AlertReceived(_) => "the client sent an alert",
+        E::InvalidMessage(_)
+        | E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. } => "not TLS",
+        E::PeerIncompatible(_) | E::NoApplicationProtocol => "nothing in common",
+        _ => "other",
     })
-    .await;
-    match sniffed {
-        Ok(Ok(Ok(Detection::Protocol(Family::Http2)))) => {}
-        other => {
-            ctx.stats.not_ours.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(parent: ctx.span.get(), ?alpn, outcome = ?other, "closing TLS connection: not HTTP/2");
-            return;
-        }
-    }
-    let io = sluice_io::PrefixedIo::new(buf.freeze(), tls_stream);
-    let grpc = grpc_config(&config, &ctx.stats, &ctx.span);
-    let shutdown = async move { drain.signaled().await };
-    let span = ctx.span;
-    if let Err(e) = sluice_http2::serve_connection(io, peer, &grpc, ctx.streaming, shutdown).await {
-        tracing::warn!(parent: span.get(), reason = %e, "closing HTTP/2 connection");
-    }
 }
 
 /// The HTTP/2 settings of a gRPC connection on this listener.

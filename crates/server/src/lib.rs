@@ -43,7 +43,7 @@ pub use drain::{Drain, DrainHandle};
 pub use error::{ErrorKind, ProxyError};
 pub use sluice_http2::GrpcServerStats;
 pub use sluice_io::RateLog;
-pub use tls::{TlsConfig, TlsError};
+pub use tls::{ClientAuth, TlsConfig, TlsConfigBuilder, TlsError};
 
 /// Pending connections a listener's accept queue holds (the kernel caps it at
 /// `net.core.somaxconn`). The standard library's 128 is too few for a burst of new connections:
@@ -150,8 +150,12 @@ pub struct ServerStats {
     /// Connections closed because no protocol was recognised within the sniff timeout.
     pub sniff_timeouts: AtomicU64,
     /// Connections closed for what the peer sent: a malformed or oversized frame or message,
-    /// an HTTP/2 connection error, a failed TLS handshake.
+    /// an HTTP/2 connection error.
     pub protocol_errors: AtomicU64,
+    /// Connections whose TLS handshake failed: no client certificate or one that was
+    /// refused, a client that refused the server's, or a client that does not speak TLS
+    /// (each logged at warn with rustls's reason).
+    pub tls_handshake_failures: AtomicU64,
     /// What the listener's gRPC connections counted (streams refused or reset, idle closes).
     pub grpc: Arc<GrpcServerStats>,
     /// Budgets for the per-connection log lines (a flood of bad peers logs ten a second).
@@ -190,6 +194,7 @@ impl Drop for OpenGuard<'_> {
 pub(crate) struct RefusalLogs {
     pub(crate) sniff: RateLog,
     pub(crate) frame: RateLog,
+    pub(crate) tls: RateLog,
 }
 
 /// A [`StreamingHandler`] for servers that serve no streams: every stream ends with a
@@ -241,7 +246,8 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// The protocol families served. Default: all of them.
     pub cluster: Cluster,
-    /// TLS for every connection (gRPC listeners; ALPN `h2`). Default none (plaintext, h2c).
+    /// TLS for every connection: after the handshake the decrypted stream is sniffed and
+    /// served as a plain connection would be. Default none (plaintext, h2c).
     pub tls: Option<TlsConfig>,
 }
 
