@@ -28,6 +28,8 @@ enum Mode {
     HalfReply = 2,
     /// Passes it on after 20 ms.
     Slow = 3,
+    /// Never answers (the connection stays open).
+    Stall = 4,
 }
 
 /// A TCP relay in front of a downstream that misbehaves as told, and counts the requests it
@@ -99,6 +101,11 @@ async fn relay_conn(mut c: TcpStream, to: SocketAddr, mode: Arc<AtomicU8>, n: Ar
         }
         if m == Mode::Slow as u8 {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if m == Mode::Stall as u8 {
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest).await;
+            return;
         }
         if up.is_none() {
             up = Some(TcpStream::connect(to).await.unwrap());
@@ -793,4 +800,94 @@ async fn p2c_gives_a_slow_instance_a_smaller_share() {
         slow_share < 0.1,
         "the slow instance got {slow_share:.3} of {total} calls: {counts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_try_timeout_moves_a_stalled_call_to_another_endpoint_where_a_route_opts_in() {
+    let (a, _ha, _da) = start_echo().await;
+    let (b, hb, _db) = start_echo().await;
+    let stalled = Relay::start(a).await;
+    stalled.set(Mode::Stall);
+    let proxy = Sluice::start(&config(
+        &format!(
+            "[downstreams.web]\nendpoints = [{}]\nbalance = \"round-robin\"\nconsecutive_failures = 0\n",
+            endpoints(&[stalled.addr, b])
+        ),
+        r#"
+[[routes]]
+service = "Retrying"
+downstream = "web"
+retry_on = ["timeout"]
+per_try_timeout_ms = 200
+retry_budget_percent = 100
+timeout_ms = 2000
+
+[[routes]]
+service = "*"
+downstream = "web"
+per_try_timeout_ms = 200
+timeout_ms = 1000
+"#,
+    ));
+    let admin = proxy.admin_addr.unwrap();
+    let c = client_to(proxy.addr);
+    for i in 0..6 {
+        let t = Instant::now();
+        outcome(&c, call("Retrying", "Echo", None))
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(stalled.requests() >= 3, "the stalled endpoint was tried");
+    assert_eq!(hb.requests_seen(), 6);
+    assert_eq!(
+        metric(
+            admin,
+            "sluice_retries_total{downstream=\"web\",reason=\"timeout\"}"
+        )
+        .await,
+        stalled.requests() as f64
+    );
+    // Without retry_on the per-try timeout ends the call with its own error.
+    let mut errors = 0;
+    for _ in 0..4 {
+        if let Err(e) = outcome(&c, call("Plain", "Echo", None)).await {
+            assert!(e.contains("per-try timeout"), "{e}");
+            errors += 1;
+        }
+    }
+    assert_eq!(errors, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_wide_in_flight_limit_refuses_at_once() {
+    let (echo, _h, _d) = start_echo().await;
+    let proxy = Sluice::start(&format!(
+        "[[listeners]]\nname = \"pingpong\"\naddress = \"127.0.0.1:{{port}}\"\ncluster = \"ttstream\"\n\n[limits]\nmax_in_flight = 4\n\n[downstreams.web]\nendpoints = [\"{echo}\"]\n\n{ROUTE_ALL}"
+    ));
+    let c = client_to(proxy.addr);
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { outcome(&c, call("EchoService", "Sleep1500", None)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = outcome(&c, call("EchoService", "Echo", None))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("sluice: overloaded: 4 requests and streams in flight (limits.max_in_flight)"),
+        "{e}"
+    );
+    for s in slow {
+        s.await.unwrap().unwrap();
+    }
+    outcome(&c, call("EchoService", "Echo", None))
+        .await
+        .unwrap();
 }

@@ -28,7 +28,7 @@ pub mod ttstream;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -585,13 +585,22 @@ pub(crate) fn admit(
     counters: &Counters,
     downstream: &str,
 ) -> Result<sluice_resilience::Admitted, Error> {
-    limit.admit().ok_or_else(|| {
-        counters.over_max_in_flight.fetch_add(1, Ordering::Relaxed);
-        Error::Overloaded {
-            downstream: downstream.to_owned(),
-            limit: Limit::MaxInFlight(limit.max()),
-        }
-    })
+    limit
+        .admit()
+        .ok_or_else(|| overloaded(limit, counters, downstream))
+}
+
+/// The refusal past `limit`, counted.
+fn overloaded(
+    limit: &sluice_resilience::InFlightLimit,
+    counters: &Counters,
+    downstream: &str,
+) -> Error {
+    counters.over_max_in_flight.fetch_add(1, Ordering::Relaxed);
+    Error::Overloaded {
+        downstream: downstream.to_owned(),
+        limit: Limit::MaxInFlight(limit.max()),
+    }
 }
 
 /// Attempts a call makes at most (a refused connection moves on to another endpoint, each
@@ -793,20 +802,45 @@ impl GenericClient {
         if let Some(r) = options.retry {
             r.budget.deposit();
         }
-        self.call_inner(call, options, start, deadline).await
+        // The endpoint of the attempt under way, so that a call out of time still counts
+        // against it. One timeout around every attempt rather than one per attempt: a timeout
+        // wrapped around each attempt would move the attempt's whole future into it each time.
+        let current = AtomicUsize::new(usize::MAX);
+        match tokio::time::timeout_at(deadline.into(), self.call_inner(call, options, &current))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                let e = Error::Timeout {
+                    downstream: self.config.name.clone(),
+                    after: start.elapsed(),
+                };
+                let ep = self
+                    .set
+                    .load()
+                    .endpoints
+                    .get(current.load(Ordering::Relaxed))
+                    .cloned();
+                if let Some(ep) = ep {
+                    self.endpoint_failed(&ep, &e);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Counts the call in flight, or refuses it past `max_in_flight`.
-    fn admit(&self) -> Result<sluice_resilience::Admitted, Error> {
-        admit(&self.in_flight, &self.counters, &self.config.name)
+    fn admit(&self) -> Result<sluice_resilience::AdmittedRef<'_>, Error> {
+        self.in_flight
+            .admit_ref()
+            .ok_or_else(|| overloaded(&self.in_flight, &self.counters, &self.config.name))
     }
 
     async fn call_inner(
         &self,
         call: &mut Call,
         options: CallOptions<'_>,
-        start: Instant,
-        deadline: Instant,
+        current: &AtomicUsize,
     ) -> Result<Option<Reply>, Error> {
         // Indexes into the set in force when each was tried; a set replaced meanwhile may
         // let an endpoint be tried twice, which is harmless. Empty (no allocation) unless
@@ -820,32 +854,25 @@ impl GenericClient {
             // replaced meanwhile does not cut it.
             let (ep, index) = {
                 let set = self.set.load();
-                let now = sluice_resilience::now();
+                let now = sluice_resilience::LazyNow::new();
                 match set
                     .picker
-                    .pick(&set.endpoints, |e| &e.health, options.hash, &tried, now)
+                    .pick(&set.endpoints, |e| &e.health, options.hash, &tried, &now)
                 {
                     Some(i) => (set.endpoints[i].clone(), i),
                     None => break,
                 }
             };
             let seq = self.next_seq();
-            let attempt = async {
-                let _in_flight = ep.health.start();
-                if self.config.multiplex && self.config.transport.is_ttheader() {
-                    ep.call_mux(call, seq, per_try).await
-                } else {
-                    ep.call_pooled(call, seq, per_try, &|| self.close_idle_elsewhere(&ep))
-                        .await
-                }
+            current.store(index, Ordering::Relaxed);
+            let in_flight = ep.health.start();
+            let result = if self.config.multiplex && self.config.transport.is_ttheader() {
+                ep.call_mux(call, seq, per_try).await
+            } else {
+                ep.call_pooled(call, seq, per_try, &|| self.close_idle_elsewhere(&ep))
+                    .await
             };
-            let result = match tokio::time::timeout_at(deadline.into(), attempt).await {
-                Ok(r) => r,
-                Err(_) => Err(Error::Timeout {
-                    downstream: self.config.name.clone(),
-                    after: start.elapsed(),
-                }),
-            };
+            drop(in_flight);
             let e = match result {
                 Ok(mut reply) => {
                     ep.health.succeeded();

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -150,9 +149,11 @@ impl EndpointState {
         }
     }
 
+    /// Boxed: a connection is made once and used for many calls, and the dial's future
+    /// (with a TLS handshake's state) inline would make every call's future, and every copy
+    /// of it, a kilobyte and a half larger.
     pub(crate) async fn connect(&self) -> Result<ClientIo, Error> {
-        let stream = crate::connect::connect(&self.config, self.endpoint.addr).await?;
-        Ok(stream)
+        Box::pin(crate::connect::connect(&self.config, self.endpoint.addr)).await
     }
 
     /// The endpoint's connections now (the multiplexed one counts while its slot holds it).
@@ -181,6 +182,15 @@ impl EndpointState {
         None
     }
 
+    /// A new connection's place in the counts (`gate`: under `max_connections`).
+    fn live(&self, gate: Option<Arc<ConnGate>>) -> Live {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Live {
+            count: self.live.clone(),
+            gate,
+        }
+    }
+
     /// Closes one idle pooled connection, making room under `max_connections` for another
     /// endpoint's call; false when it has none.
     pub(crate) fn close_one_idle(&self) -> bool {
@@ -192,13 +202,7 @@ impl EndpointState {
     /// at most `max_pending`) for a connection to close or come back, after closing an idle
     /// one of another endpoint (`evict`) if there is one.
     async fn get(&self, idle_ok: bool, evict: &(dyn Fn() -> bool + Sync)) -> Result<Got, Error> {
-        let live = |gate| {
-            self.live.fetch_add(1, Ordering::Relaxed);
-            Live {
-                count: self.live.clone(),
-                gate,
-            }
-        };
+        let live = |gate| self.live(gate);
         let mut waiting = None;
         loop {
             if idle_ok {
@@ -265,7 +269,14 @@ impl EndpointState {
     ) -> Result<Option<Reply>, Error> {
         let mut idle_ok = true;
         loop {
-            let (conn, reused) = match self.get(idle_ok, evict).await? {
+            // The common cases (a pooled connection, or no connection limit) without the
+            // waiting machinery; that one is boxed, so that it does not grow every call.
+            let got = match (idle_ok.then(|| self.take_idle()).flatten(), self.gate.max) {
+                (Some(c), _) => Got::Idle(c),
+                (None, 0) => Got::Room(self.live(None)),
+                (None, _) => Box::pin(self.get(idle_ok, evict)).await?,
+            };
+            let (conn, reused) = match got {
                 Got::Idle(c) => (c, true),
                 Got::Room(live) => (
                     Conn {
@@ -426,16 +437,16 @@ impl EndpointState {
     }
 }
 
-/// True when an idle connection's socket is readable: the server closed or reset it (or sent
-/// something unasked), so it must not carry a request. Asks the reactor's cached readiness,
-/// not the kernel: no system call on the hot path.
-/// Over TLS the check is left out: a server may send TLS records (session tickets) on an
-/// idle connection, which says nothing about its state.
+/// True when an idle connection was closed or reset by the server (or it sent something
+/// unasked), so it must not carry a request. `try_read` asks the reactor's readiness first and
+/// reads only when the socket turned readable: on the hot path no system call is made and no
+/// waker registered. Over TLS the check is left out: a server may send TLS records (session
+/// tickets) on an idle connection, which says nothing about its state.
 fn closed_by_peer(stream: &ClientIo) -> bool {
     match stream {
         ClientIo::Tcp(s) => {
-            let mut cx = Context::from_waker(Waker::noop());
-            matches!(s.poll_read_ready(&mut cx), Poll::Ready(_))
+            let mut probe = [0u8; 1];
+            !matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         }
         ClientIo::Tls(_) => false,
     }

@@ -219,10 +219,10 @@ impl TTStreamClient {
         while tried.len() < crate::MAX_ATTEMPTS {
             let (ep, index) = {
                 let set = self.endpoints.load();
-                let now = sluice_resilience::now();
+                let now = sluice_resilience::LazyNow::new();
                 match set
                     .picker
-                    .pick(&set.endpoints, |e| &*e.health, req.hash, &tried, now)
+                    .pick(&set.endpoints, |e| &*e.health, req.hash, &tried, &now)
                 {
                     Some(i) => (set.endpoints[i].clone(), i),
                     None => break,

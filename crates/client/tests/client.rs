@@ -371,3 +371,53 @@ impl DefaultHandler for SlowHandler {
         EchoHandler::default().handle(req).await
     }
 }
+
+/// `max_connections` pooled connections at most: a call past them waits for one to come back,
+/// and past `max_pending` waiting calls a call is refused at once.
+#[tokio::test]
+async fn max_connections_queue_up_to_max_pending_then_refuse() {
+    let slow = Arc::new(SlowHandler {
+        delay: Duration::from_millis(400),
+    });
+    let (addr, _d) = serve(slow).await;
+    let c = Arc::new(GenericClient::new(
+        ClientConfig::new("slow", vec![ep(addr, 1)])
+            .with_max_connections(2)
+            .with_max_pending(1),
+    ));
+    let running: Vec<_> = (0..3)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.call(call("Echo", &format!("{i}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    let refused = c.call(call("Echo", "x")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Overloaded {
+                limit: sluice_client::Limit::MaxPending(1),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(t.elapsed() < Duration::from_millis(100));
+    assert_eq!(
+        c.counters()
+            .over_max_pending
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for r in running {
+        r.await.unwrap().unwrap().unwrap();
+    }
+    let counts = c.pool_counts();
+    assert_eq!(
+        counts.idle + counts.in_use,
+        2,
+        "never more than max_connections"
+    );
+}

@@ -478,10 +478,10 @@ impl GrpcClient {
             // The slots in force now; a set replaced meanwhile does not cut this open.
             let (slot, index) = {
                 let set = inner.slots.load();
-                let now = sluice_resilience::now();
+                let now = sluice_resilience::LazyNow::new();
                 match set
                     .picker
-                    .pick(&set.slots, |s| &*s.health, hash, &tried, now)
+                    .pick(&set.slots, |s| &*s.health, hash, &tried, &now)
                 {
                     Some(i) => (set.slots[i].clone(), i),
                     None => break,

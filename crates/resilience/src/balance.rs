@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use rand::Rng;
-
-use crate::{Health, Nanos};
+use crate::{Health, LazyNow};
 
 /// How a downstream's endpoint is chosen for each call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +79,29 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+std::thread_local! {
+    /// This thread's random state (splitmix64): balancing needs spread, not secrecy, and a
+    /// thread-local counter costs a few instructions where a cryptographic generator costs
+    /// hundreds.
+    static RANDOM: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A random number in `0..n` (`n` > 0).
+fn random_below(n: u64) -> u64 {
+    let x = RANDOM.with(|r| {
+        let mut s = r.get();
+        if s == 0 {
+            // Seeded once per thread: from the clock and the state's own address.
+            s = crate::now() ^ (r as *const _ as u64).rotate_left(32) | 1;
+        }
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        r.set(s);
+        mix(s)
+    });
+    // Lemire's multiply-shift: unbiased enough for balancing, no division.
+    ((u128::from(x) * u128::from(n)) >> 64) as u64
+}
+
 /// Ring points per unit of weight (Kitex's default weight, 10, gives 160 points).
 const POINTS_PER_WEIGHT: u32 = 16;
 /// Ring points per endpoint at most, whatever its weight.
@@ -141,13 +162,13 @@ impl Picker {
         health: impl Fn(&M) -> &Health,
         key: Option<u64>,
         tried: &[usize],
-        now: Nanos,
+        now: &LazyNow,
     ) -> Option<usize> {
         let n = members.len().min(self.weights.len());
         if n == 0 {
             return None;
         }
-        let strict = |i: usize| !tried.contains(&i) && health(&members[i]).is_available(now);
+        let strict = |i: usize| !tried.contains(&i) && health(&members[i]).is_available_lazy(now);
         if let Some(i) = self.pick_with(n, &strict, &|i| health(&members[i]).in_flight(), key) {
             return Some(i);
         }
@@ -169,7 +190,7 @@ impl Picker {
                 scan(n, start, ok)
             }
             (Balance::WeightedRandom, _) => {
-                let mut x = rand::rng().random_range(0..self.total.max(1));
+                let mut x = random_below(self.total.max(1));
                 let mut i = 0;
                 while i + 1 < n && x >= u64::from(self.weights[i]) {
                     x -= u64::from(self.weights[i]);
@@ -207,9 +228,8 @@ impl Picker {
                 if n == 1 {
                     return ok(0).then_some(0);
                 }
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let b = (a + rng.random_range(1..n)) % n;
+                let a = random_below(n as u64) as usize;
+                let b = (a + 1 + random_below(n as u64 - 1) as usize) % n;
                 match (ok(a), ok(b)) {
                     (true, true) => {
                         // Fewer in flight per unit of weight wins; cross-multiplied, no division.
@@ -242,6 +262,13 @@ mod tests {
             .collect()
     }
 
+    /// A clock that reads `t`.
+    fn at(t: u64) -> LazyNow {
+        let c = LazyNow::new();
+        c.0.set(t);
+        c
+    }
+
     fn healths(n: usize) -> Vec<Health> {
         (0..n).map(|_| Health::default()).collect()
     }
@@ -265,12 +292,12 @@ mod tests {
         let p = Picker::new(Balance::RoundRobin, &addrs(3));
         let h = healths(3);
         let got: Vec<_> = (0..6)
-            .map(|_| p.pick(&h, |h| h, None, &[], 1).unwrap())
+            .map(|_| p.pick(&h, |h| h, None, &[], &at(1)).unwrap())
             .collect();
         assert_eq!(got, [0, 1, 2, 0, 1, 2]);
         h[1].back_off(1, Duration::from_secs(1));
         let got: Vec<_> = (0..4)
-            .map(|_| p.pick(&h, |h| h, None, &[], 2).unwrap())
+            .map(|_| p.pick(&h, |h| h, None, &[], &at(2)).unwrap())
             .collect();
         assert!(!got.contains(&1), "{got:?}");
     }
@@ -282,9 +309,9 @@ mod tests {
         for x in &h {
             x.back_off(1, Duration::from_secs(1));
         }
-        assert_eq!(p.pick(&h, |h| h, None, &[0, 2], 5), Some(1));
-        assert_eq!(p.pick(&h, |h| h, None, &[0, 1, 2], 5), None);
-        assert!(p.pick(&h, |h| h, None, &[], 5).is_some());
+        assert_eq!(p.pick(&h, |h| h, None, &[0, 2], &at(5)), Some(1));
+        assert_eq!(p.pick(&h, |h| h, None, &[0, 1, 2], &at(5)), None);
+        assert!(p.pick(&h, |h| h, None, &[], &at(5)).is_some());
     }
 
     #[test]
@@ -296,7 +323,7 @@ mod tests {
         let p = Picker::new(Balance::WeightedRoundRobin, &a);
         let h = healths(3);
         let got: Vec<_> = (0..7)
-            .map(|_| p.pick(&h, |h| h, None, &[], 1).unwrap())
+            .map(|_| p.pick(&h, |h| h, None, &[], &at(1)).unwrap())
             .collect();
         assert_eq!(got, [0, 0, 1, 0, 2, 0, 0]);
     }
@@ -308,7 +335,7 @@ mod tests {
         let _busy: Vec<_> = (0..50).map(|_| h[2].start()).collect();
         let mut counts = [0; 3];
         for _ in 0..3000 {
-            counts[p.pick(&h, |h| h, None, &[], 1).unwrap()] += 1;
+            counts[p.pick(&h, |h| h, None, &[], &at(1)).unwrap()] += 1;
         }
         // Endpoint 2 is chosen only when drawn twice, which p2c never does.
         assert_eq!(counts[2], 0, "{counts:?}");
@@ -325,7 +352,7 @@ mod tests {
             .collect();
         let owner: Vec<SocketAddr> = keys
             .iter()
-            .map(|&k| all[before.pick(&h5, |h| h, Some(k), &[], 1).unwrap()].0)
+            .map(|&k| all[before.pick(&h5, |h| h, Some(k), &[], &at(1)).unwrap()].0)
             .collect();
         let mut counts = std::collections::HashMap::new();
         for a in &owner {
@@ -341,7 +368,7 @@ mod tests {
         let h4 = healths(4);
         let mut moved = 0;
         for (k, was) in keys.iter().zip(&owner) {
-            let now = rest[after.pick(&h4, |h| h, Some(*k), &[], 1).unwrap()].0;
+            let now = rest[after.pick(&h4, |h| h, Some(*k), &[], &at(1)).unwrap()].0;
             if now != *was {
                 assert_eq!(*was, removed, "a key of a staying endpoint moved");
                 moved += 1;
@@ -351,7 +378,7 @@ mod tests {
         // Unavailable: its keys go to the next point's endpoint, the others stay.
         h5[1].back_off(1, Duration::from_secs(1));
         for (k, was) in keys.iter().zip(&owner).take(1000) {
-            let now = all[before.pick(&h5, |h| h, Some(*k), &[], 2).unwrap()].0;
+            let now = all[before.pick(&h5, |h| h, Some(*k), &[], &at(2)).unwrap()].0;
             assert_eq!(now == *was, *was != all[1].0);
         }
     }

@@ -59,6 +59,28 @@ pub struct Health {
     backoff_until: AtomicU64,
 }
 
+/// The clock, read at most once and only when asked.
+#[derive(Debug, Default)]
+pub struct LazyNow(std::cell::Cell<Nanos>);
+
+impl LazyNow {
+    /// A clock not read yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Now: read on the first call, the same afterwards.
+    pub fn get(&self) -> Nanos {
+        let t = self.0.get();
+        if t != 0 {
+            return t;
+        }
+        let t = crate::now();
+        self.0.set(t);
+        t
+    }
+}
+
 /// One call in flight on an endpoint; the count drops with it.
 #[derive(Debug)]
 pub struct InFlight<'a>(&'a Health);
@@ -98,6 +120,18 @@ impl Health {
             && now >= self.backoff_until.load(Ordering::Relaxed)
     }
 
+    /// Like [`is_available`](Self::is_available), reading the clock only when the endpoint
+    /// was ejected or backed off at all (on the hot path it almost never was).
+    pub fn is_available_lazy(&self, clock: &LazyNow) -> bool {
+        let ejected = self.ejected_until.load(Ordering::Relaxed);
+        let backoff = self.backoff_until.load(Ordering::Relaxed);
+        if ejected == 0 && backoff == 0 {
+            return true;
+        }
+        let now = clock.get();
+        now >= ejected && now >= backoff
+    }
+
     /// True while ejected at `now`.
     pub fn is_ejected(&self, now: Nanos) -> bool {
         now < self.ejected_until.load(Ordering::Relaxed)
@@ -121,6 +155,16 @@ impl Health {
         }
         if self.backoff_until.load(Ordering::Relaxed) != 0 {
             self.backoff_until.store(0, Ordering::Relaxed);
+        }
+        // An ejection that is over is forgotten, so availability needs no clock again.
+        let ejected = self.ejected_until.load(Ordering::Relaxed);
+        if ejected != 0 && crate::now() >= ejected {
+            let _ = self.ejected_until.compare_exchange(
+                ejected,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 

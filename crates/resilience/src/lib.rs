@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 pub use balance::{hash_key, Balance, Picker, UnknownBalance};
 pub use budget::RetryBudget;
 pub use counters::{Counters, RetryReason};
-pub use health::{Ejected, Health, InFlight, Outlier};
-pub use limit::{Admitted, InFlightLimit, StreamLoad};
+pub use health::{Ejected, Health, InFlight, LazyNow, Outlier};
+pub use limit::{Admitted, AdmittedRef, InFlightLimit, StreamLoad};
 pub use rate::{KeyedBuckets, RateLimit, TokenBucket};
 
 /// A monotonic time: nanoseconds since the first call to [`now`] in this process. Stored in

@@ -24,6 +24,18 @@ impl Drop for Admitted {
     }
 }
 
+/// A place under an [`InFlightLimit`] held by a borrow, given back when dropped.
+#[derive(Debug)]
+pub struct AdmittedRef<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for AdmittedRef<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl InFlightLimit {
     /// A limit of `max` (0: none).
     pub fn new(max: usize) -> Self {
@@ -41,6 +53,19 @@ impl InFlightLimit {
     /// In flight now (0 when there is no limit: nothing is counted then).
     pub fn current(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// A place held by a borrow (no reference count to touch: the hot path's form), or
+    /// `None` when `max` are in flight.
+    pub fn admit_ref(&self) -> Option<AdmittedRef<'_>> {
+        if self.max == 0 {
+            return Some(AdmittedRef(None));
+        }
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(AdmittedRef(Some(&self.count)))
     }
 
     /// A place, or `None` when `max` are in flight.
