@@ -262,11 +262,8 @@ mod tests {
             .collect()
     }
 
-    /// A clock that reads `t`.
     fn at(t: u64) -> LazyNow {
-        let c = LazyNow::new();
-        c.0.set(t);
-        c
+        LazyNow::at(t)
     }
 
     fn healths(n: usize) -> Vec<Health> {

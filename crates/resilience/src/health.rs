@@ -69,6 +69,11 @@ impl LazyNow {
         Self::default()
     }
 
+    /// A clock already read: it says `t` (a caller that has the time, or a test).
+    pub fn at(t: Nanos) -> Self {
+        Self(std::cell::Cell::new(t.max(1)))
+    }
+
     /// Now: read on the first call, the same afterwards.
     pub fn get(&self) -> Nanos {
         let t = self.0.get();
