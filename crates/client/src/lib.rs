@@ -348,6 +348,12 @@ impl RetryPolicy {
     }
 }
 
+impl CallOptions<'_> {
+    fn per_try_timeout(&self) -> Option<Duration> {
+        self.retry.and_then(|r| r.per_try_timeout)
+    }
+}
+
 /// How one call is balanced and retried (beyond the client's own settings).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions<'a> {
@@ -847,8 +853,8 @@ impl GenericClient {
         // an attempt failed.
         let mut tried: Vec<usize> = Vec::new();
         let mut retries = 0u32;
-        let mut last_err = None;
-        let per_try = options.retry.and_then(|r| r.per_try_timeout);
+        // Boxed: kept only after a failure, and inline it would grow every call's future.
+        let mut last_err: Option<Box<Error>> = None;
         while tried.len() < MAX_ATTEMPTS {
             // The endpoint is picked from the set in force now, and held by the call: a set
             // replaced meanwhile does not cut it.
@@ -867,10 +873,12 @@ impl GenericClient {
             current.store(index, Ordering::Relaxed);
             let in_flight = ep.health.start();
             let result = if self.config.multiplex && self.config.transport.is_ttheader() {
-                ep.call_mux(call, seq, per_try).await
+                ep.call_mux(call, seq, options.per_try_timeout()).await
             } else {
-                ep.call_pooled(call, seq, per_try, &|| self.close_idle_elsewhere(&ep))
-                    .await
+                ep.call_pooled(call, seq, options.per_try_timeout(), &|| {
+                    self.close_idle_elsewhere(&ep)
+                })
+                .await
             };
             drop(in_flight);
             let e = match result {
@@ -909,11 +917,14 @@ impl GenericClient {
             self.counters.retried(why);
             tracing::debug!(error = %e, reason = why.as_str(), "trying another endpoint");
             tried.push(index);
-            last_err = Some(e);
+            last_err = Some(Box::new(e));
         }
-        Err(last_err.unwrap_or(Error::NoEndpoint {
-            downstream: self.config.name.clone(),
-        }))
+        Err(last_err.map_or_else(
+            || Error::NoEndpoint {
+                downstream: self.config.name.clone(),
+            },
+            |e| *e,
+        ))
     }
 
     /// Closes one idle pooled connection of an endpoint other than `ep` (room under

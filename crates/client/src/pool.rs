@@ -15,6 +15,9 @@ use crate::codec::{self, ReplyDecoder};
 use crate::mux::MuxConn;
 use crate::{Call, ClientConfig, ConnectionError, Endpoint, Error, Limit, Reply, ReplyError};
 
+/// An idle pooled connection is checked for a close by its server once idle this long.
+const STALE_CHECK_AFTER: Duration = Duration::from_millis(100);
+
 /// Read buffer taken when a reply starts arriving.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -175,7 +178,14 @@ impl EndpointState {
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if c.idle_since.elapsed() < self.config.idle_timeout && !closed_by_peer(&c.stream) {
+            let idle_for = c.idle_since.elapsed();
+            // A connection back in the pool a moment ago is taken as it is: servers close
+            // idle connections after seconds or minutes, and under load the check would be
+            // paid on every call for nothing. (A close racing with a request is a failure
+            // before the reply either way, the caller's to retry.)
+            if idle_for < self.config.idle_timeout
+                && (idle_for < STALE_CHECK_AFTER || !closed_by_peer(&c.stream))
+            {
                 return Some(c);
             }
         }
@@ -388,8 +398,14 @@ impl EndpointState {
             let got = match try_deadline {
                 // The per-try timeout covers the wait for the reply's first byte only: once it
                 // started, the reply is read to its end (or the call's deadline).
+                // Boxed: only routes with a per-try timeout pay for the timer's state.
                 Some((at, d)) if conn.buf.is_empty() => {
-                    match tokio::time::timeout_at(at, conn.stream.read_buf(&mut conn.buf)).await {
+                    match Box::pin(tokio::time::timeout_at(
+                        at,
+                        conn.stream.read_buf(&mut conn.buf),
+                    ))
+                    .await
+                    {
                         Ok(r) => r,
                         Err(_) => return Err(Failure::BeforeReply(ConnectionError::TryTimeout(d))),
                     }

@@ -165,8 +165,9 @@ impl Picker {
         now: &LazyNow,
     ) -> Option<usize> {
         let n = members.len().min(self.weights.len());
-        if n == 0 {
-            return None;
+        if n <= 1 {
+            // One endpoint: it is the choice, available or not, until this call tried it.
+            return (n == 1 && !tried.contains(&0)).then_some(0);
         }
         let strict = |i: usize| !tried.contains(&i) && health(&members[i]).is_available_lazy(now);
         if let Some(i) = self.pick_with(n, &strict, &|i| health(&members[i]).in_flight(), key) {
@@ -180,8 +181,8 @@ impl Picker {
     fn pick_with(
         &self,
         n: usize,
-        ok: &dyn Fn(usize) -> bool,
-        load: &dyn Fn(usize) -> u32,
+        ok: &impl Fn(usize) -> bool,
+        load: &impl Fn(usize) -> u32,
         key: Option<u64>,
     ) -> Option<usize> {
         match (self.kind, key) {
@@ -247,7 +248,7 @@ impl Picker {
 }
 
 /// The first index from `start` on (wrapping) that is `ok`.
-fn scan(n: usize, start: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+fn scan(n: usize, start: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
     (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
 }
 
