@@ -23,6 +23,7 @@ pub use sluice_io as io;
 pub use sluice_metrics as metrics;
 pub use sluice_otlp as otlp;
 pub use sluice_proxy as proxy;
+pub use sluice_resilience as resilience;
 pub use sluice_server as server;
 pub use sluice_sniff as sniff;
 pub use sluice_stream as stream;

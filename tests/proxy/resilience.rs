@@ -406,6 +406,15 @@ downstream = "web"
         reached as f64,
         "each of those calls was retried elsewhere"
     );
+    // Kitex's client series carry the retries a call took in their `retry` label.
+    assert_eq!(
+        metric(
+            admin,
+            "kitex_client_throughput{callee=\"web\",caller=\"unknown\",method=\"Echo\",retry=\"1\",status=\"succeed\"}"
+        )
+        .await,
+        reached as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -890,4 +899,107 @@ async fn the_process_wide_in_flight_limit_refuses_at_once() {
     outcome(&c, call("EchoService", "Echo", None))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_max_in_flight_are_refused_at_once_in_ttstream_and_grpc() {
+    let (echo, _h, _d) = start_echo().await;
+    let proxy = Sluice::start(&format!(
+        r#"
+[[listeners]]
+name = "pingpong"
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+
+[[listeners]]
+name = "grpc"
+address = "127.0.0.1:{{grpc_port}}"
+cluster = "grpc"
+
+[downstreams.web]
+endpoints = ["{echo}"]
+max_in_flight = 2
+
+{ROUTE_ALL}"#
+    ));
+    let ts = sluice_client::TTStreamClient::new(ClientConfig::new(
+        "sluice",
+        vec![Endpoint {
+            addr: proxy.addr,
+            weight: 1,
+        }],
+    ));
+    let open = || sluice_client::OpenStream {
+        method: "EchoBidi".into(),
+        service: "EchoService".into(),
+        headers: sluice_stream::Metadata::new(),
+        hash: None,
+    };
+    // Two streams held open (a message each way proves they reached the downstream).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (tx, mut rx) = ts.open(open()).await.unwrap().split();
+        tx.send(bytes::Bytes::from_static(
+            b"\x0b\x00\x01\x00\x00\x00\x01x\x00",
+        ))
+        .await
+        .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+            {
+                sluice_stream::Incoming::Message(_) => break,
+                sluice_stream::Incoming::Headers(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        held.push((tx, rx));
+    }
+    let t = Instant::now();
+    let third = crate::discovery::stream_echo(ts.open(open()).await.unwrap()).await;
+    let e = third.unwrap_err();
+    // (The end is shown with Debug: the downstream's name is in escaped quotes.)
+    assert!(
+        e.contains("web\\\" is overloaded: 2 calls in flight (max_in_flight)")
+            && e.contains("TTStream(6)"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let g = sluice_http2::GrpcClient::new(sluice_http2::GrpcClientConfig::new(vec![proxy
+        .grpc_addr
+        .unwrap()]));
+    let e = crate::discovery::stream_echo(
+        g.open(&crate::discovery::grpc_open("EchoService", None))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("max_in_flight") && e.contains("code: Grpc(14)"),
+        "{e}"
+    );
+    // Once the held streams end, new ones are served again.
+    for (tx, mut rx) in held {
+        tx.close_send().await.unwrap();
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), async {
+            match rx.recv().await {
+                sluice_stream::Incoming::End(_) | sluice_stream::Incoming::Reset(_) => None,
+                other => Some(other),
+            }
+        })
+        .await
+        {
+            let _ = ev;
+        }
+    }
+    let t = Instant::now();
+    loop {
+        match crate::discovery::stream_echo(ts.open(open()).await.unwrap()).await {
+            Ok(()) => break,
+            Err(e) => assert!(t.elapsed() < Duration::from_secs(5), "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -654,12 +654,17 @@ impl EndpointSet {
 impl GenericClient {
     /// A client; no connection is made until the first call.
     pub fn new(config: ClientConfig) -> Self {
-        Self::with_counters(config, Arc::default())
+        let shared = sluice_resilience::Shared::new(config.max_in_flight);
+        Self::with_shared(config, shared)
     }
 
-    /// A client that counts its retries, ejections and refusals in `counters` (shared with
-    /// the downstream's other clients).
-    pub fn with_counters(config: ClientConfig, counters: Arc<Counters>) -> Self {
+    /// A client whose counts and in-flight limit are `shared` with the downstream's other
+    /// clients (its own `max_in_flight` is not read: the limit's is).
+    pub fn with_shared(config: ClientConfig, shared: sluice_resilience::Shared) -> Self {
+        let sluice_resilience::Shared {
+            counters,
+            in_flight,
+        } = shared;
         let config = Arc::new(config);
         let gate = Arc::new(pool::ConnGate::new(
             config.max_connections,
@@ -677,7 +682,7 @@ impl GenericClient {
             config.balance,
         ));
         Self {
-            in_flight: sluice_resilience::InFlightLimit::new(config.max_in_flight),
+            in_flight,
             config,
             set,
             seq: AtomicI32::new(0),
@@ -812,7 +817,7 @@ impl GenericClient {
         // against it. One timeout around every attempt rather than one per attempt: a timeout
         // wrapped around each attempt would move the attempt's whole future into it each time.
         let current = AtomicUsize::new(usize::MAX);
-        match tokio::time::timeout_at(deadline.into(), self.call_inner(call, options, &current))
+        match tokio::time::timeout_at(deadline.into(), self.call_inner(call, &options, &current))
             .await
         {
             Ok(r) => r,
@@ -845,7 +850,7 @@ impl GenericClient {
     async fn call_inner(
         &self,
         call: &mut Call,
-        options: CallOptions<'_>,
+        options: &CallOptions<'_>,
         current: &AtomicUsize,
     ) -> Result<Option<Reply>, Error> {
         // Indexes into the set in force when each was tried; a set replaced meanwhile may

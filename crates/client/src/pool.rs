@@ -353,8 +353,6 @@ impl EndpointState {
         }
         conn.buf.clear();
         let mut read = 0usize;
-        // Only read when a per-try timeout is set: no clock read otherwise.
-        let try_deadline = per_try.map(|d| (tokio::time::Instant::now() + d, d));
         loop {
             match self.decoder.decode(&mut conn.buf, transport) {
                 Ok(Some(raw)) => {
@@ -395,16 +393,14 @@ impl EndpointState {
             } else if conn.buf.capacity() - conn.buf.len() < 1024 {
                 conn.buf.reserve(READ_CHUNK);
             }
-            let got = match try_deadline {
-                // The per-try timeout covers the wait for the reply's first byte only: once it
-                // started, the reply is read to its end (or the call's deadline).
-                // Boxed: only routes with a per-try timeout pay for the timer's state.
-                Some((at, d)) if conn.buf.is_empty() => {
-                    match Box::pin(tokio::time::timeout_at(
-                        at,
-                        conn.stream.read_buf(&mut conn.buf),
-                    ))
-                    .await
+            let got = match per_try {
+                // The per-try timeout covers the wait for the reply's first byte only (the
+                // first read after the request: a read that returns bytes ends the wait); once
+                // the reply started, it is read to its end (or the call's deadline). Boxed:
+                // only routes with a per-try timeout pay for the timer's state.
+                Some(d) if conn.buf.is_empty() => {
+                    match Box::pin(tokio::time::timeout(d, conn.stream.read_buf(&mut conn.buf)))
+                        .await
                     {
                         Ok(r) => r,
                         Err(_) => return Err(Failure::BeforeReply(ConnectionError::TryTimeout(d))),

@@ -130,12 +130,17 @@ fn frame_chunks(f: StreamFrame) -> impl Iterator<Item = Bytes> {
 impl TTStreamClient {
     /// A client; connections are made on first use.
     pub fn new(config: ClientConfig) -> Self {
-        Self::with_counters(config, Arc::default())
+        let shared = sluice_resilience::Shared::new(config.max_in_flight);
+        Self::with_shared(config, shared)
     }
 
-    /// A client that counts its retries, ejections and refusals in `counters` (shared with
-    /// the downstream's other clients).
-    pub fn with_counters(config: ClientConfig, counters: Arc<Counters>) -> Self {
+    /// A client whose counts and in-flight limit are `shared` with the downstream's other
+    /// clients (its own `max_in_flight` is not read: the limit's is).
+    pub fn with_shared(config: ClientConfig, shared: sluice_resilience::Shared) -> Self {
+        let sluice_resilience::Shared {
+            counters,
+            in_flight,
+        } = shared;
         let endpoints = config
             .endpoints
             .iter()
@@ -143,7 +148,7 @@ impl TTStreamClient {
             .collect();
         let set = EndpointSet::new(endpoints, &config.endpoints, config.balance);
         Self {
-            in_flight: InFlightLimit::new(config.max_in_flight),
+            in_flight,
             config: Arc::new(config),
             endpoints: arc_swap::ArcSwap::from_pointee(set),
             next_id: AtomicI32::new(0),

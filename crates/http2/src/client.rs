@@ -372,12 +372,17 @@ impl GrpcClient {
 
     /// A client; nothing is dialled until the first stream.
     pub fn new(config: GrpcClientConfig) -> Self {
-        Self::with_counters(config, Arc::default())
+        let shared = sluice_resilience::Shared::new(config.max_in_flight);
+        Self::with_shared(config, shared)
     }
 
-    /// A client that counts its dial retries, ejections and refusals in `counters` (shared
-    /// with the downstream's other clients).
-    pub fn with_counters(config: GrpcClientConfig, counters: Arc<Counters>) -> Self {
+    /// A client whose counts and in-flight limit are `shared` with the downstream's other
+    /// clients (its own `max_in_flight` is not read: the limit's is).
+    pub fn with_shared(config: GrpcClientConfig, shared: sluice_resilience::Shared) -> Self {
+        let sluice_resilience::Shared {
+            counters,
+            in_flight,
+        } = shared;
         let slots = config
             .endpoints
             .iter()
@@ -387,7 +392,7 @@ impl GrpcClient {
         let tls = config.tls.clone().map(|t| t.with_alpn(&[b"h2"]));
         Self {
             inner: Arc::new(Inner {
-                in_flight: InFlightLimit::new(config.max_in_flight),
+                in_flight,
                 config,
                 tls,
                 slots: arc_swap::ArcSwap::from_pointee(slots),

@@ -12,6 +12,7 @@ pub const STREAM_READ_CHUNK: usize = 32 * 1024;
 /// A reader that splits frames off the front of its buffer leaves less and less spare room
 /// behind them, and a read into a full `BytesMut` gets only a 64-byte reservation: without
 /// this, a busy connection is read in tiny pieces, one syscall per few hundred bytes.
+#[inline]
 pub fn reserve_read(buf: &mut BytesMut, chunk: usize) {
     if buf.capacity() - buf.len() < chunk / 4 {
         buf.reserve(chunk);
@@ -34,6 +35,7 @@ std::thread_local! {
 /// Connections that sit idle between requests hold no buffer (a few KiB each matters at tens of
 /// thousands of them); taking one from here when bytes arrive, instead of allocating it, keeps
 /// that from costing an allocation per request.
+#[inline]
 pub fn take_read_buf(chunk: usize) -> BytesMut {
     let reused = SPARE_READ.with(|s| {
         let mut s = s.borrow_mut();
@@ -61,6 +63,7 @@ pub fn take_read_buf(chunk: usize) -> BytesMut {
 /// Gives an emptied read buffer back for reuse by [`take_read_buf`] on this thread, if nothing
 /// split off it is still in use and it is not larger than a few read chunks; otherwise it is
 /// freed (when its last message is).
+#[inline]
 pub fn give_back_read_buf(mut buf: BytesMut) {
     let free = buf.is_empty() && buf.try_reclaim(buf.capacity() + 1);
     if free && buf.capacity() <= SPARE_READ_BUF_MAX {
@@ -72,6 +75,7 @@ pub fn give_back_read_buf(mut buf: BytesMut) {
 /// forwarded): it is reused once they are gone. `largest_message` is the largest message read
 /// into it; a buffer that held a larger one than a read chunk may have grown for it and is not
 /// kept, so what the spares hold stays bounded even while their messages live on.
+#[inline]
 pub fn give_back_read_buf_in_use(buf: BytesMut, largest_message: usize) {
     if buf.is_empty() && largest_message <= SPARE_READ_BUF_MAX / 2 {
         keep_spare(Spare { buf, free: false });
@@ -86,6 +90,7 @@ struct Spare {
 }
 
 /// A thread keeps a few dozen spares at most; the oldest is freed to make room.
+#[inline]
 fn keep_spare(spare: Spare) {
     SPARE_READ.with(|s| {
         let mut s = s.borrow_mut();

@@ -17,8 +17,8 @@ struct DownstreamClients {
     pingpong: OnceLock<Arc<GenericClient>>,
     ttstream: OnceLock<Arc<TTStreamClient>>,
     grpc: OnceLock<Arc<GrpcClient>>,
-    /// Retries, ejections and refusals of the three clients.
-    counters: Arc<Counters>,
+    /// Retries, ejections and refusals of the three clients, and their one in-flight limit.
+    shared: sluice_resilience::Shared,
 }
 
 impl DownstreamClients {
@@ -75,13 +75,15 @@ impl Clients {
         let mut w = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         w.entry(name.to_owned())
             .or_insert_with(|| {
+                let config = config();
                 Arc::new(DownstreamClients {
-                    config: config(),
+                    // One limit for the downstream, whichever family its calls are.
+                    shared: sluice_resilience::Shared::new(config.max_in_flight),
+                    config,
                     found: Mutex::new(None),
                     pingpong: OnceLock::new(),
                     ttstream: OnceLock::new(),
                     grpc: OnceLock::new(),
-                    counters: Arc::default(),
                 })
             })
             .clone()
@@ -97,9 +99,9 @@ impl Clients {
         d.pingpong
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating ping-pong client");
-                Arc::new(GenericClient::with_counters(
+                Arc::new(GenericClient::with_shared(
                     d.current_config(),
-                    d.counters.clone(),
+                    d.shared.clone(),
                 ))
             })
             .clone()
@@ -115,9 +117,9 @@ impl Clients {
         d.ttstream
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating TTStream client");
-                Arc::new(TTStreamClient::with_counters(
+                Arc::new(TTStreamClient::with_shared(
                     d.current_config(),
-                    d.counters.clone(),
+                    d.shared.clone(),
                 ))
             })
             .clone()
@@ -130,9 +132,9 @@ impl Clients {
         d.grpc
             .get_or_init(|| {
                 tracing::debug!(downstream = name, "creating gRPC client");
-                Arc::new(GrpcClient::with_counters(
+                Arc::new(GrpcClient::with_shared(
                     grpc_config(&d.current_config()),
-                    d.counters.clone(),
+                    d.shared.clone(),
                 ))
             })
             .clone()
@@ -210,7 +212,7 @@ impl Clients {
         made.iter()
             .map(|(name, d)| {
                 let ejected = d.pingpong.get().map_or(0, |c| c.ejected());
-                (name.clone(), d.counters.clone(), ejected)
+                (name.clone(), d.shared.counters.clone(), ejected)
             })
             .collect()
     }

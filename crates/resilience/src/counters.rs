@@ -63,3 +63,22 @@ impl Counters {
         self.retries[why as usize].load(Ordering::Relaxed)
     }
 }
+
+/// What a downstream's clients share: their counts and their in-flight limit.
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// Retries, ejections and refusals.
+    pub counters: std::sync::Arc<Counters>,
+    /// Calls and streams in flight over all the clients, at most `max_in_flight`.
+    pub in_flight: crate::InFlightLimit,
+}
+
+impl Shared {
+    /// New counts and a limit of `max_in_flight` (0: none).
+    pub fn new(max_in_flight: usize) -> Self {
+        Self {
+            counters: std::sync::Arc::default(),
+            in_flight: crate::InFlightLimit::new(max_in_flight),
+        }
+    }
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 pub use balance::{hash_key, Balance, Picker, UnknownBalance};
 pub use budget::RetryBudget;
-pub use counters::{Counters, RetryReason};
+pub use counters::{Counters, RetryReason, Shared};
 pub use health::{Ejected, Health, InFlight, LazyNow, Outlier};
 pub use limit::{Admitted, AdmittedRef, InFlightLimit, StreamLoad};
 pub use rate::{KeyedBuckets, RateLimit, TokenBucket};

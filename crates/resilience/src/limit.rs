@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::Health;
 
-/// At most `max` calls or streams in flight (0: no limit, nothing counted).
-#[derive(Debug, Default)]
+/// At most `max` calls or streams in flight (0: no limit, nothing counted). Clones share the
+/// count: a downstream's clients (ping-pong, TTStream, gRPC) hold one limit together.
+#[derive(Debug, Default, Clone)]
 pub struct InFlightLimit {
     max: usize,
     count: Arc<AtomicUsize>,
