@@ -177,6 +177,31 @@ impl Clients {
         found
     }
 
+    /// Replaces downstream `name`'s clients by new ones made from `config` (settings changed on
+    /// a reload, source the same): calls and streams in flight finish on the old ones. The new
+    /// ones start on the endpoints discovery found for the old ones, in one step under the
+    /// lock, so that no request in between gets clients with none.
+    pub fn renew(&self, name: &str, config: ClientConfig) {
+        let mut map = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = map.remove(name) else {
+            return;
+        };
+        let found = old.found.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if found.is_some() {
+            map.insert(
+                name.to_owned(),
+                Arc::new(DownstreamClients {
+                    shared: sluice_resilience::Shared::new(config.max_in_flight),
+                    config,
+                    found: Mutex::new(found),
+                    pingpong: OnceLock::new(),
+                    ttstream: OnceLock::new(),
+                    grpc: OnceLock::new(),
+                }),
+            );
+        }
+    }
+
     /// Number of downstreams that have clients.
     pub fn len(&self) -> usize {
         self.by_name.read().unwrap_or_else(|e| e.into_inner()).len()

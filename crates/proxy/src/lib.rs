@@ -472,12 +472,11 @@ where
             if new.downstreams.get(name) == Some(client) && same_source {
                 continue;
             }
-            let found = self.forwarder.clients.remove(name);
-            if let (Some(eps), Some(config), true) = (found, new.downstreams.get(name), same_source)
-            {
-                self.forwarder
-                    .clients
-                    .set_endpoints(name, || config.clone(), eps);
+            match (new.downstreams.get(name), same_source) {
+                (Some(config), true) => self.forwarder.clients.renew(name, config.clone()),
+                _ => {
+                    self.forwarder.clients.remove(name);
+                }
             }
         }
         let etcd_changed = new.discovery.etcd != old.discovery.etcd;
