@@ -200,6 +200,51 @@ address = "127.0.0.1:{{admin_port}}"
     )
 }
 
+/// A proxy with a `ttstream` and a `grpc` listener, downstream `web` at `echo` (with `extra`
+/// keys), and `routes`.
+fn both_clusters(echo: SocketAddr, extra: &str, routes: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "pingpong"
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+
+[[listeners]]
+name = "grpc"
+address = "127.0.0.1:{{grpc_port}}"
+cluster = "grpc"
+
+[downstreams.web]
+endpoints = ["{echo}"]
+{extra}
+
+{routes}
+"#
+    )
+}
+
+/// Sluice's TTStream client, to the proxy.
+fn ttstream_to(proxy: SocketAddr) -> sluice_client::TTStreamClient {
+    sluice_client::TTStreamClient::new(ClientConfig::new(
+        "sluice",
+        vec![Endpoint {
+            addr: proxy,
+            weight: 1,
+        }],
+    ))
+}
+
+/// A TTStream `EchoBidi` stream of `EchoService`.
+fn bidi() -> sluice_client::OpenStream {
+    sluice_client::OpenStream {
+        method: "EchoBidi".into(),
+        service: "EchoService".into(),
+        headers: sluice_stream::Metadata::new(),
+        hash: None,
+    }
+}
+
 const ROUTE_ALL: &str = "[[routes]]\nservice = \"*\"\ndownstream = \"web\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,31 +618,20 @@ async fn past_max_in_flight_a_caller_is_refused_at_once_and_memory_stays_flat() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_accepts_its_rate_and_refuses_the_rest_in_each_protocol() {
     let (echo, _h, _d) = start_echo().await;
-    let proxy = Sluice::start(&format!(
+    let proxy = Sluice::start(&both_clusters(
+        echo,
+        "",
         r#"
-[[listeners]]
-name = "pingpong"
-address = "127.0.0.1:{{port}}"
-cluster = "ttstream"
-
-[[listeners]]
-name = "grpc"
-address = "127.0.0.1:{{grpc_port}}"
-cluster = "grpc"
-
-[downstreams.web]
-endpoints = ["{echo}"]
-
 [[routes]]
 service = "Limited"
 downstream = "web"
-rate_limit = {{ rps = 100, burst = 10 }}
+rate_limit = { rps = 100, burst = 10 }
 
 [[routes]]
 service = "*"
 downstream = "web"
-rate_limit = {{ rps = 5, burst = 5 }}
-"#
+rate_limit = { rps = 5, burst = 5 }
+"#,
     ));
     let c = client_to(proxy.addr);
     // 1000 requests at 1000 per second: 10x the limit.
@@ -628,24 +662,10 @@ rate_limit = {{ rps = 5, burst = 5 }}
     );
 
     // TTStream: 5 at once, then refused with a trailer exception.
-    let ts = sluice_client::TTStreamClient::new(ClientConfig::new(
-        "sluice",
-        vec![Endpoint {
-            addr: proxy.addr,
-            weight: 1,
-        }],
-    ));
+    let ts = ttstream_to(proxy.addr);
     let mut ok = 0;
     for _ in 0..20 {
-        let s = ts
-            .open(sluice_client::OpenStream {
-                method: "EchoBidi".into(),
-                service: "EchoService".into(),
-                headers: sluice_stream::Metadata::new(),
-                hash: None,
-            })
-            .await
-            .unwrap();
+        let s = ts.open(bidi()).await.unwrap();
         match crate::discovery::stream_echo(s).await {
             Ok(()) => ok += 1,
             Err(e) => assert!(e.contains("sluice: rate limited"), "{e}"),
@@ -904,41 +924,12 @@ async fn the_process_wide_in_flight_limit_refuses_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_max_in_flight_are_refused_at_once_in_ttstream_and_grpc() {
     let (echo, _h, _d) = start_echo().await;
-    let proxy = Sluice::start(&format!(
-        r#"
-[[listeners]]
-name = "pingpong"
-address = "127.0.0.1:{{port}}"
-cluster = "ttstream"
-
-[[listeners]]
-name = "grpc"
-address = "127.0.0.1:{{grpc_port}}"
-cluster = "grpc"
-
-[downstreams.web]
-endpoints = ["{echo}"]
-max_in_flight = 2
-
-{ROUTE_ALL}"#
-    ));
-    let ts = sluice_client::TTStreamClient::new(ClientConfig::new(
-        "sluice",
-        vec![Endpoint {
-            addr: proxy.addr,
-            weight: 1,
-        }],
-    ));
-    let open = || sluice_client::OpenStream {
-        method: "EchoBidi".into(),
-        service: "EchoService".into(),
-        headers: sluice_stream::Metadata::new(),
-        hash: None,
-    };
+    let proxy = Sluice::start(&both_clusters(echo, "max_in_flight = 2", ROUTE_ALL));
+    let ts = ttstream_to(proxy.addr);
     // Two streams held open (a message each way proves they reached the downstream).
     let mut held = Vec::new();
     for _ in 0..2 {
-        let (tx, mut rx) = ts.open(open()).await.unwrap().split();
+        let (tx, mut rx) = ts.open(bidi()).await.unwrap().split();
         tx.send(bytes::Bytes::from_static(
             b"\x0b\x00\x01\x00\x00\x00\x01x\x00",
         ))
@@ -957,7 +948,7 @@ max_in_flight = 2
         held.push((tx, rx));
     }
     let t = Instant::now();
-    let third = crate::discovery::stream_echo(ts.open(open()).await.unwrap()).await;
+    let third = crate::discovery::stream_echo(ts.open(bidi()).await.unwrap()).await;
     let e = third.unwrap_err();
     // (The end is shown with Debug: the downstream's name is in escaped quotes.)
     assert!(
@@ -996,7 +987,7 @@ max_in_flight = 2
     }
     let t = Instant::now();
     loop {
-        match crate::discovery::stream_echo(ts.open(open()).await.unwrap()).await {
+        match crate::discovery::stream_echo(ts.open(bidi()).await.unwrap()).await {
             Ok(()) => break,
             Err(e) => assert!(t.elapsed() < Duration::from_secs(5), "still refused: {e}"),
         }
