@@ -279,26 +279,7 @@ impl EndpointState {
     ) -> Result<Option<Reply>, Error> {
         let mut idle_ok = true;
         loop {
-            // The common cases (a pooled connection, or no connection limit) without the
-            // waiting machinery; that one is boxed, so that it does not grow every call.
-            let got = match (idle_ok.then(|| self.take_idle()).flatten(), self.gate.max) {
-                (Some(c), _) => Got::Idle(c),
-                (None, 0) => Got::Room(self.live(None)),
-                (None, _) => Box::pin(self.get(idle_ok, evict)).await?,
-            };
-            let (conn, reused) = match got {
-                Got::Idle(c) => (c, true),
-                Got::Room(live) => (
-                    Conn {
-                        stream: self.connect().await?,
-                        buf: BytesMut::new(),
-                        iov: Vec::with_capacity(2),
-                        idle_since: Instant::now(),
-                        _live: live,
-                    },
-                    false,
-                ),
-            };
+            let (conn, reused) = self.acquire(idle_ok, evict).await?;
             match self.exchange(conn, call, seq, per_try).await {
                 Ok(r) => return Ok(r),
                 Err(Failure::BeforeReply(why @ ConnectionError::Write(_))) if reused => {
@@ -309,6 +290,38 @@ impl EndpointState {
                 Err(Failure::Other(e)) => return Err(e),
             }
         }
+    }
+
+    /// A pooled connection (`true`: reused), or a new one in the room there is; under
+    /// `max_connections` it waits for room (boxed, so that the wait does not grow every call's
+    /// future). Its own future, so that nothing of this step stays in the call's future while
+    /// the exchange runs.
+    async fn acquire(
+        &self,
+        idle_ok: bool,
+        evict: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(Conn, bool), Error> {
+        if idle_ok {
+            if let Some(c) = self.take_idle() {
+                return Ok((c, true));
+            }
+        }
+        let live = if self.gate.max == 0 {
+            self.live(None)
+        } else {
+            match Box::pin(self.get(idle_ok, evict)).await? {
+                Got::Idle(c) => return Ok((c, true)),
+                Got::Room(live) => live,
+            }
+        };
+        let conn = Conn {
+            stream: self.connect().await?,
+            buf: BytesMut::new(),
+            iov: Vec::with_capacity(2),
+            idle_since: Instant::now(),
+            _live: live,
+        };
+        Ok((conn, false))
     }
 
     fn io_error(&self, source: ConnectionError) -> Error {
@@ -393,20 +406,25 @@ impl EndpointState {
             } else if conn.buf.capacity() - conn.buf.len() < 1024 {
                 conn.buf.reserve(READ_CHUNK);
             }
-            let got = match per_try {
-                // The per-try timeout covers the wait for the reply's first byte only (the
-                // first read after the request: a read that returns bytes ends the wait); once
-                // the reply started, it is read to its end (or the call's deadline). Boxed:
-                // only routes with a per-try timeout pay for the timer's state.
-                Some(d) if conn.buf.is_empty() => {
-                    match Box::pin(tokio::time::timeout(d, conn.stream.read_buf(&mut conn.buf)))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => return Err(Failure::BeforeReply(ConnectionError::TryTimeout(d))),
+            // The per-try timeout covers the wait for the reply's first byte only (the first
+            // read after the request: a read that returns bytes ends the wait); once the reply
+            // started, it is read to its end (or the call's deadline). Boxed: only routes with
+            // a per-try timeout pay for the timer's state.
+            let got = if per_try.is_some() && conn.buf.is_empty() {
+                let within = per_try.unwrap_or_default();
+                match Box::pin(tokio::time::timeout(
+                    within,
+                    conn.stream.read_buf(&mut conn.buf),
+                ))
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Failure::BeforeReply(ConnectionError::TryTimeout(within)))
                     }
                 }
-                _ => conn.stream.read_buf(&mut conn.buf).await,
+            } else {
+                conn.stream.read_buf(&mut conn.buf).await
             };
             match got {
                 Ok(0) if conn.buf.is_empty() => {
