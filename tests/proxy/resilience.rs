@@ -127,6 +127,20 @@ async fn relay_conn(mut c: TcpStream, to: SocketAddr, mode: Arc<AtomicU8>, n: Ar
     }
 }
 
+/// `n` echo servers, each behind a [`Relay`] in `mode` (the drains keep the servers up).
+async fn relays(n: usize, mode: Mode) -> (Vec<Relay>, Vec<sluice_server::DrainHandle>) {
+    let mut relays = Vec::new();
+    let mut drains = Vec::new();
+    for _ in 0..n {
+        let (echo, _h, d) = start_echo().await;
+        let r = Relay::start(echo).await;
+        r.set(mode);
+        relays.push(r);
+        drains.push(d);
+    }
+    (relays, drains)
+}
+
 fn client_to(proxy: SocketAddr) -> Arc<GenericClient> {
     Arc::new(GenericClient::new(
         ClientConfig::new(
@@ -249,13 +263,7 @@ const ROUTE_ALL: &str = "[[routes]]\nservice = \"*\"\ndownstream = \"web\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resetting_endpoint_is_ejected_after_its_failures_and_returns_when_healthy() {
-    let mut relays = Vec::new();
-    let mut _drains = Vec::new();
-    for _ in 0..3 {
-        let (echo, _h, d) = start_echo().await;
-        relays.push(Relay::start(echo).await);
-        _drains.push(d);
-    }
+    let (relays, _drains) = relays(3, Mode::Pass).await;
     let addrs: Vec<_> = relays.iter().map(|r| r.addr).collect();
     let proxy = Sluice::start(&config(
         &format!(
@@ -321,15 +329,7 @@ async fn a_resetting_endpoint_is_ejected_after_its_failures_and_returns_when_hea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_endpoint_fails_no_more_than_max_ejection_percent_are_ejected() {
-    let mut relays = Vec::new();
-    let mut _drains = Vec::new();
-    for _ in 0..4 {
-        let (echo, _h, d) = start_echo().await;
-        let r = Relay::start(echo).await;
-        r.set(Mode::Reset);
-        relays.push(r);
-        _drains.push(d);
-    }
+    let (relays, _drains) = relays(4, Mode::Reset).await;
     let addrs: Vec<_> = relays.iter().map(|r| r.addr).collect();
     let proxy = Sluice::start(&config(
         &format!(
@@ -498,15 +498,7 @@ async fn a_call_whose_reply_had_started_is_never_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_total_outage_the_retry_budget_caps_the_attempts() {
-    let mut relays = Vec::new();
-    let mut _drains = Vec::new();
-    for _ in 0..3 {
-        let (echo, _h, d) = start_echo().await;
-        let r = Relay::start(echo).await;
-        r.set(Mode::Reset);
-        relays.push(r);
-        _drains.push(d);
-    }
+    let (relays, _drains) = relays(3, Mode::Reset).await;
     let addrs: Vec<_> = relays.iter().map(|r| r.addr).collect();
     let proxy = Sluice::start(&config(
         &format!(
@@ -788,13 +780,7 @@ async fn consistent_hash_moves_only_the_keys_of_a_removed_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_gives_a_slow_instance_a_smaller_share() {
-    let mut relays = Vec::new();
-    let mut _drains = Vec::new();
-    for _ in 0..3 {
-        let (echo, _h, d) = start_echo().await;
-        relays.push(Relay::start(echo).await);
-        _drains.push(d);
-    }
+    let (relays, _drains) = relays(3, Mode::Pass).await;
     relays[2].set(Mode::Slow);
     let addrs: Vec<_> = relays.iter().map(|r| r.addr).collect();
     let proxy = Sluice::start(&config(

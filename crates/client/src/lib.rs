@@ -957,31 +957,24 @@ impl GenericClient {
             // Removed meanwhile: nothing to eject.
             return;
         };
-        match self
+        let what = self
             .config
             .outlier
-            .failed(&set.endpoints, |s| &s.health, index, now)
-        {
-            sluice_resilience::Ejected::For(length) => {
-                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    downstream = %self.config.name,
-                    endpoint = %ep.endpoint.addr,
-                    ?length,
-                    error = %e,
-                    "ejecting endpoint after consecutive failures"
-                );
-            }
-            sluice_resilience::Ejected::CapReached => {
-                self.counters
-                    .ejections_capped
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    downstream = %self.config.name,
-                    endpoint = %ep.endpoint.addr,
-                    "not ejecting: max_ejection_percent reached"
-                );
-            }
+            .failed(&set.endpoints, |s| &s.health, index, now);
+        self.counters.ejection(what);
+        match what {
+            sluice_resilience::Ejected::For(length) => tracing::warn!(
+                downstream = %self.config.name,
+                endpoint = %ep.endpoint.addr,
+                ?length,
+                error = %e,
+                "ejecting endpoint after consecutive failures"
+            ),
+            sluice_resilience::Ejected::CapReached => tracing::debug!(
+                downstream = %self.config.name,
+                endpoint = %ep.endpoint.addr,
+                "not ejecting: max_ejection_percent reached"
+            ),
             sluice_resilience::Ejected::No => {}
         }
     }

@@ -259,12 +259,12 @@ impl TTStreamClient {
         ep.health.back_off(now, self.config.failure_backoff);
         let set = self.endpoints.load();
         if let Some(i) = set.endpoints.iter().position(|x| Arc::ptr_eq(x, ep)) {
-            if let sluice_resilience::Ejected::For(length) =
-                self.config
-                    .outlier
-                    .failed(&set.endpoints, |x| &*x.health, i, now)
-            {
-                self.counters.ejections.fetch_add(1, Ordering::Relaxed);
+            let what = self
+                .config
+                .outlier
+                .failed(&set.endpoints, |x| &*x.health, i, now);
+            self.counters.ejection(what);
+            if let sluice_resilience::Ejected::For(length) = what {
                 tracing::warn!(downstream = %self.config.name, endpoint = %ep.addr, ?length, error = %e, "ejecting endpoint after consecutive failures");
             }
         }

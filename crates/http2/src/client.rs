@@ -523,13 +523,12 @@ impl GrpcClient {
         slot.health.back_off(now, inner.config.failure_backoff);
         let set = inner.slots.load();
         if let Some(i) = set.slots.iter().position(|s| Arc::ptr_eq(s, slot)) {
-            if let sluice_resilience::Ejected::For(length) =
-                inner
-                    .config
-                    .outlier
-                    .failed(&set.slots, |s| &*s.health, i, now)
-            {
-                inner.counters.ejections.fetch_add(1, Ordering::Relaxed);
+            let what = inner
+                .config
+                .outlier
+                .failed(&set.slots, |s| &*s.health, i, now);
+            inner.counters.ejection(what);
+            if let sluice_resilience::Ejected::For(length) = what {
                 tracing::warn!(endpoint = %slot.addr, ?length, error = %e, "ejecting gRPC endpoint after consecutive failures");
             }
         }

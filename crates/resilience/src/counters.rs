@@ -58,6 +58,15 @@ impl Counters {
         self.retries[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts what a failure did to its endpoint ([`crate::Outlier::failed`]'s answer).
+    pub fn ejection(&self, what: crate::Ejected) {
+        match what {
+            crate::Ejected::For(_) => self.ejections.fetch_add(1, Ordering::Relaxed),
+            crate::Ejected::CapReached => self.ejections_capped.fetch_add(1, Ordering::Relaxed),
+            crate::Ejected::No => 0,
+        };
+    }
+
     /// Retries so far for `why`.
     pub fn retries(&self, why: RetryReason) -> u64 {
         self.retries[why as usize].load(Ordering::Relaxed)
