@@ -7,7 +7,9 @@
 //!   the seq id in place ([`envelope`]);
 //! * a bounded struct skipper that finds where a Buffered message ends ([`skip`]);
 //! * `TApplicationException`, the error body every Kitex thrift peer understands ([`exception`]);
-//! * the Kitex protobuf envelope (`0x9001_00TT`) and its `ErrorProto` error body ([`kitex_pb`]).
+//! * the Kitex protobuf envelope (`0x9001_00TT`) and its `ErrorProto` error body ([`kitex_pb`]);
+//! * one field of a thrift struct or protobuf message read by its path of ids, for payload
+//!   routing ([`field`]).
 //!
 //! Wire reference: kitex-wire.md sections 2.3 (strict binary), 2.5 (Kitex protobuf) and 2.7
 //! (TApplicationException). Every function here is pure: it reads a byte slice or writes into a
@@ -16,6 +18,7 @@
 
 pub mod envelope;
 pub mod exception;
+pub mod field;
 pub mod kitex_pb;
 pub mod skip;
 
