@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::human::duration as human;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use sluice_client::{Call, ClientConfig, Endpoint, GenericClient, Transport};
@@ -455,8 +457,16 @@ pub(crate) fn print(a: &BenchArgs, r: &BenchResult) {
                 .unwrap_or_default()
         );
         println!(
-            "{} ok, {} errors in {:.2?}: {:.0} req/s; p50 {:.3?} p90 {:.3?} p99 {:.3?} p999 {:.3?}; load generator CPU {:.2?}",
-            r.ok, r.errors, r.elapsed, rps, r.p50, r.p90, r.p99, r.p999, r.cpu
+            "{} ok, {} errors in {}: {:.0} req/s; p50 {} p90 {} p99 {} p999 {}; load generator CPU {}",
+            r.ok,
+            r.errors,
+            human(r.elapsed),
+            rps,
+            human(r.p50),
+            human(r.p90),
+            human(r.p99),
+            human(r.p999),
+            human(r.cpu)
         );
     }
 }

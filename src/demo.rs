@@ -78,12 +78,12 @@ async fn row(
     };
     let r = crate::bench::run(args).await;
     println!(
-        "{:<36} {:>9} {:>9} {:>10.3?} {:>10.3?}",
+        "{:<36} {:>9} {:>9} {:>10} {:>10}",
         name,
         r.ok + r.errors,
         r.ok,
-        r.p50,
-        r.p99
+        crate::human::duration(r.p50),
+        crate::human::duration(r.p99)
     );
     r.errors == 0 && r.ok == requests as u64
 }

@@ -1,7 +1,10 @@
-//! The `sluice` binary: `run`, `check`, `demo`, `echo` and `bench`. Everything else lives in the library crates.
+//! The `sluice` binary: `run`, `check`, `demo`, `echo`, `bench`, `call` and `decode`. Everything else lives in the library crates.
 
 mod bench;
+mod call;
+mod decode;
 mod demo;
+mod human;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +96,12 @@ enum Command {
         #[arg(long)]
         traceparent: bool,
     },
+    /// Calls a method of a Kitex-speaking server (TTHeader, Framed, Buffered, TTStream, gRPC):
+    /// JSON in, JSON out, the IDL read at run time.
+    Call(call::CallArgs),
+    /// Prints the frames of a TTHeader / Framed / Buffered / TTStream byte stream, or one
+    /// thrift or Kitex protobuf message: headers, metainfo, envelope, payload as JSON.
+    Decode(decode::DecodeArgs),
     /// Starts echo services and the proxy on loopback, sends traffic of every protocol through
     /// it, prints a table, then keeps serving (no configuration needed).
     Demo {
@@ -179,6 +188,8 @@ fn main() -> ExitCode {
             rt.block_on(run(cfg, config, watch))
         }
         Command::Echo { listen } => rt.block_on(echo(listen)),
+        Command::Call(args) => rt.block_on(call::run(args)),
+        Command::Decode(args) => decode::run(args),
         Command::Bench {
             target,
             transport,

@@ -1,4 +1,7 @@
-//! Request encoding and reply decoding for the four downstream transports.
+//! Request encoding and reply decoding for the four downstream transports, sans-IO.
+//!
+//! The pooled and multiplexed clients use these on their connections; a tool that talks to one
+//! server directly (`sluice call`) can use them too, and see every byte.
 
 use std::time::Instant;
 
@@ -17,7 +20,7 @@ static MSG_ONEWAY: Bytes = Bytes::from_static(b"4");
 
 /// The transport actually used for `codec`: Kitex protobuf always needs a length (kitex-wire.md
 /// 2.5), so Buffered becomes Framed and unframed TTHeader becomes TTHeader with the inner length.
-pub(crate) fn effective(transport: Transport, codec: Codec) -> Transport {
+pub fn effective(transport: Transport, codec: Codec) -> Transport {
     match (transport, codec) {
         (Transport::Buffered, Codec::KitexProtobuf) => Transport::Framed,
         (Transport::TTHeaderUnframed, Codec::KitexProtobuf) => Transport::TTHeader,
@@ -27,7 +30,7 @@ pub(crate) fn effective(transport: Transport, codec: Codec) -> Transport {
 
 /// Encodes `call` with `seq_id`: returns the head (framing, header, envelope); the args `Bytes`
 /// follow it on the wire as they are.
-pub(crate) fn encode_request(
+pub fn encode_request(
     call: &mut Call,
     transport: Transport,
     seq_id: i32,
@@ -109,7 +112,7 @@ fn encode_head_into(
 
 /// Reply decoders for one connection.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ReplyDecoder {
+pub struct ReplyDecoder {
     ttheader: sluice_ttheader::Decoder,
     framed: FramedCodec,
     buffered: BufferedCodec,
@@ -117,16 +120,20 @@ pub(crate) struct ReplyDecoder {
 
 /// A reply taken off the wire, with its envelope read.
 #[derive(Debug)]
-pub(crate) struct RawReply {
+pub struct RawReply {
     /// TTHeader seq (the envelope seq for other transports).
-    pub(crate) frame_seq: i32,
-    pub(crate) envelope_seq: i32,
-    pub(crate) method: Bytes,
-    pub(crate) reply: Reply,
+    pub frame_seq: i32,
+    /// The envelope's seq id.
+    pub envelope_seq: i32,
+    /// The envelope's method name.
+    pub method: Bytes,
+    /// The reply (its `endpoint` unset, `attempts` 1).
+    pub reply: Reply,
 }
 
 impl ReplyDecoder {
-    pub(crate) fn new(max_frame_size: usize) -> Self {
+    /// Decoders that refuse frames over `max_frame_size` bytes.
+    pub fn new(max_frame_size: usize) -> Self {
         Self {
             ttheader: sluice_ttheader::Decoder::new(sluice_ttheader::Limits {
                 max_frame_size,
@@ -138,7 +145,7 @@ impl ReplyDecoder {
     }
 
     /// Takes one reply off `buf` if it is whole.
-    pub(crate) fn decode(
+    pub fn decode(
         &self,
         buf: &mut BytesMut,
         transport: Transport,

@@ -20,7 +20,7 @@
 //!   connect).
 #![forbid(unsafe_code)]
 
-mod codec;
+pub mod codec;
 mod connect;
 mod mux;
 mod pool;

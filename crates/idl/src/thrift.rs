@@ -487,9 +487,15 @@ impl ThriftIdl {
         func: &ast::Function,
     ) -> Result<Function, Error> {
         let name = func.name.as_str().to_owned();
+        // Arguments are never required on the wire (the parser marks them so; Kitex does not
+        // check), so a call may leave one out.
+        let mut arg_fields = r.fields(file, &func.arguments)?;
+        for f in &mut arg_fields {
+            f.required = false;
+        }
         let args = StructDef {
             name: format!("{}.{name} arguments", service.name.as_str()),
-            fields: r.fields(file, &func.arguments)?,
+            fields: arg_fields,
         };
         let mut result = StructDef {
             name: format!("{}.{name} result", service.name.as_str()),
@@ -601,6 +607,11 @@ impl ThriftIdl {
         let Value::Object(map) = v else {
             return Ok(Outcome::Success(Value::Null));
         };
+        let void = def.by_id(0).is_none();
+        if map.is_empty() && void {
+            return Ok(Outcome::Success(Value::Null));
+        }
+        let all = Value::Object(map.clone());
         for (k, v) in map {
             if k == "success" {
                 return Ok(Outcome::Success(v));
@@ -617,7 +628,11 @@ impl ThriftIdl {
                 });
             }
         }
-        Ok(Outcome::Success(Value::Null))
+        // Kitex's MISSING_RESULT: neither the success field nor a declared exception.
+        Err(Error::Malformed {
+            at: def.name.clone(),
+            reason: format!("no success field and no declared exception in the result: {all}"),
+        })
     }
 
     /// The ids and types of `path` (`req.tenant`: argument names, then field names) in the
