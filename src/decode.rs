@@ -341,7 +341,17 @@ impl Decoder<'_> {
         s.insert("frame_type".into(), json!(f.kind.as_str()));
         s.insert("stream_id".into(), json!(f.stream_id));
         s.insert("method".into(), json!(method));
-        if !f.payload.is_empty() {
+        if f.payload.starts_with(&[0x80, 0x01]) {
+            // Kitex sends a Trailer's or RST's exception as a whole thrift EXCEPTION message.
+            match self.message(&f.payload, Codec::Thrift) {
+                Ok(m) => {
+                    v.insert("message".into(), m);
+                }
+                Err(e) => {
+                    s.insert("payload_error".into(), json!(e));
+                }
+            }
+        } else if !f.payload.is_empty() {
             if f.kind.carries_exception() {
                 match ApplicationException::decode(&f.payload) {
                     Ok((e, _)) => {
