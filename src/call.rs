@@ -198,11 +198,9 @@ async fn call(args: &CallArgs) -> Result<(), Failure> {
             stream(args, &m, &transport, addr, &meta, &isn, deadline, out).await
         }
         t => {
-            let t: Transport = t.parse().map_err(|e| {
-                usage(format!(
-                    "{e}; streams use ttstream or grpc"
-                ))
-            })?;
+            let t: Transport = t
+                .parse()
+                .map_err(|e| usage(format!("{e}; streams use ttstream or grpc")))?;
             if streaming != StreamingMode::Unary {
                 return Err(usage(format!(
                     "{} is a streaming method ({streaming:?}): use --transport ttstream or grpc",
@@ -305,7 +303,13 @@ impl Output {
                 let hex: Vec<String> = chunk.iter().map(|x| format!("{x:02x}")).collect();
                 let text: String = chunk
                     .iter()
-                    .map(|&c| if (0x20..0x7f).contains(&c) { c as char } else { '.' })
+                    .map(|&c| {
+                        if (0x20..0x7f).contains(&c) {
+                            c as char
+                        } else {
+                            '.'
+                        }
+                    })
                     .collect();
                 eprintln!("{dir}   {:<48} {text}", hex.join(" "));
             }
@@ -351,8 +355,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 fn read_input(data: Option<&str>) -> Result<String, Failure> {
     match data {
         Some(d) => match d.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| usage(format!("cannot read {path}: {e}"))),
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {path}: {e}")))
+            }
             None => Ok(d.to_owned()),
         },
         None if std::io::stdin().is_terminal() => Ok("{}".to_owned()),
@@ -505,7 +510,10 @@ async fn pingpong(
                     if buf.is_empty() {
                         "the server closed the connection without a reply".to_owned()
                     } else {
-                        format!("the server closed the connection after {} bytes of a reply", buf.len())
+                        format!(
+                            "the server closed the connection after {} bytes of a reply",
+                            buf.len()
+                        )
                     },
                 ));
             }
@@ -577,7 +585,10 @@ async fn pingpong(
             ),
         ));
     }
-    let biz = biz_error(reply.header.str_kvs.get_str("biz-status"), reply.header.str_kvs.get_str("biz-message"));
+    let biz = biz_error(
+        reply.header.str_kvs.get_str("biz-status"),
+        reply.header.str_kvs.get_str("biz-message"),
+    );
     let shown = show_reply(m, &reply.body, out)?;
     match (biz, shown) {
         (Some(b), _) => Err(Failure::new(exit::APPLICATION, b)),
@@ -636,14 +647,10 @@ fn print_header(out: &Output, dir: &str, h: &Header) {
     }
     for (k, v) in h.int_kvs.iter() {
         let name = int_key::name(k).unwrap_or("?");
-        eprintln!("{dir} {k} ({name}): {}", String::from_utf8_lossy(v));
+        eprintln!("{dir} {k} ({name}): {}", printable(v));
     }
     for (k, v) in h.str_kvs.iter() {
-        eprintln!(
-            "{dir} {}: {}",
-            String::from_utf8_lossy(k),
-            String::from_utf8_lossy(v)
-        );
+        eprintln!("{dir} {}: {}", printable(k), printable(v));
     }
 }
 
@@ -653,11 +660,18 @@ fn print_metadata(out: &Output, dir: &str, what: &str, md: &Metadata) {
     }
     eprintln!("{dir} ({what})");
     for (k, v) in md.iter() {
-        eprintln!(
-            "{dir} {}: {}",
-            String::from_utf8_lossy(k),
-            String::from_utf8_lossy(v)
-        );
+        eprintln!("{dir} {}: {}", printable(k), printable(v));
+    }
+}
+
+/// A header key or value as text, control characters and invalid UTF-8 escaped (volo, for
+/// one, writes the message type as the raw byte 0x02).
+fn printable(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.chars().any(char::is_control) {
+        s.escape_debug().to_string()
+    } else {
+        s.into_owned()
     }
 }
 
@@ -844,7 +858,10 @@ async fn stream(
                 "application/grpc",
             ),
         };
-        out.info(1, format!("> :path {path}\n> content-type: {content_type}\n> :authority {isn}"));
+        out.info(
+            1,
+            format!("> :path {path}\n> content-type: {content_type}\n> :authority {isn}"),
+        );
         print_metadata(&out, ">", "metadata", &md);
         let client = sluice_http2::GrpcClient::new(
             sluice_http2::GrpcClientConfig::new(vec![addr]).with_connect_timeout(left()),
@@ -876,12 +893,12 @@ async fn stream(
             let send = send.clone();
             let body = &body;
             async move {
-                let msg = body.encode(&text).map_err(|f| {
-                    Failure::new(f.code, format!("request {n}: {}", f.message))
-                })?;
-                send.send(msg).await.map_err(|_| {
-                    Failure::new(exit::TRANSPORT, "the stream closed while sending")
-                })
+                let msg = body
+                    .encode(&text)
+                    .map_err(|f| Failure::new(f.code, format!("request {n}: {}", f.message)))?;
+                send.send(msg)
+                    .await
+                    .map_err(|_| Failure::new(exit::TRANSPORT, "the stream closed while sending"))
             }
         };
         if !many {
@@ -935,14 +952,15 @@ async fn stream(
                 },
                 Incoming::End(end) => {
                     print_metadata(&out, "<", "trailers", &end.trailers);
-                    out.info(1, format!("* stream ended after {}", human(started.elapsed())));
+                    out.info(
+                        1,
+                        format!("* stream ended after {}", human(started.elapsed())),
+                    );
                     if let Some(e) = end.error {
                         let what = match e.code {
-                            StatusCode::Grpc(c) => format!(
-                                "gRPC status {c} ({}): {}",
-                                grpc_code_name(c),
-                                e.message
-                            ),
+                            StatusCode::Grpc(c) => {
+                                format!("gRPC status {c} ({}): {}", grpc_code_name(c), e.message)
+                            }
                             StatusCode::TTStream(c) => format!(
                                 "the stream ended with error type {c} ({}): {}",
                                 exception_name(c),

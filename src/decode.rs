@@ -99,7 +99,8 @@ fn read(args: &DecodeArgs) -> Result<Vec<u8>, String> {
     let mut raw = Vec::new();
     match &args.file {
         Some(p) => {
-            let f = std::fs::File::open(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let f =
+                std::fs::File::open(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             f.take(MAX_INPUT as u64 + 1)
                 .read_to_end(&mut raw)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
@@ -185,7 +186,8 @@ impl Decoder<'_> {
         };
         let mut b = BytesMut::from(buf);
         match detected {
-            Detection::Protocol(Message::TTHeader { .. }) | Detection::Protocol(Message::TTStream) => {
+            Detection::Protocol(Message::TTHeader { .. })
+            | Detection::Protocol(Message::TTStream) => {
                 let dec = sluice_ttheader::Decoder::new(sluice_ttheader::Limits {
                     max_frame_size: MAX_INPUT,
                     ..Default::default()
@@ -203,7 +205,11 @@ impl Decoder<'_> {
                 let mut v = header_json(&f.header);
                 v.insert(
                     "framing".into(),
-                    json!(if f.inner_framed { "ttheader" } else { "ttheader-unframed" }),
+                    json!(if f.inner_framed {
+                        "ttheader"
+                    } else {
+                        "ttheader-unframed"
+                    }),
                 );
                 let codec = if f.payload.first() == Some(&0x90) {
                     Codec::KitexProtobuf
@@ -405,10 +411,15 @@ fn header_json(h: &Header) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("seq_id".into(), json!(h.seq_id));
     m.insert("flags".into(), json!(format!("{:#06x}", h.flags)));
-    m.insert("protocol_id".into(), json!(format!("{:#04x}", h.protocol_id)));
+    m.insert(
+        "protocol_id".into(),
+        json!(format!("{:#04x}", h.protocol_id)),
+    );
     let mut ints = Map::new();
     for (k, v) in h.int_kvs.iter() {
-        let name = int_key::name(k).map(|n| format!("{k} ({n})")).unwrap_or_else(|| k.to_string());
+        let name = int_key::name(k)
+            .map(|n| format!("{k} ({n})"))
+            .unwrap_or_else(|| k.to_string());
         ints.insert(name, json!(String::from_utf8_lossy(v)));
     }
     m.insert("int_kvs".into(), Value::Object(ints));
@@ -472,7 +483,10 @@ fn text(f: &Value) -> String {
             st["method"]
         ));
         if let Some(e) = st.get("exception") {
-            s.push_str(&format!("  exception type {}: {}\n", e["type"], e["message"]));
+            s.push_str(&format!(
+                "  exception type {}: {}\n",
+                e["type"], e["message"]
+            ));
         }
         if let Some(p) = st.get("payload") {
             s.push_str(&format!("  {p}\n"));
@@ -487,7 +501,10 @@ fn text(f: &Value) -> String {
             m["seq_id"]
         ));
         if let Some(e) = m.get("exception") {
-            s.push_str(&format!("  exception type {}: {}\n", e["type"], e["message"]));
+            s.push_str(&format!(
+                "  exception type {}: {}\n",
+                e["type"], e["message"]
+            ));
         }
         if let Some(p) = m.get("payload") {
             s.push_str(&format!("  {p}\n"));

@@ -39,6 +39,8 @@ service EchoService {
     EchoResponse EchoFail(1: EchoRequest req)
     oneway void EchoOneway(1: EchoRequest req)
     EchoResponse Raise(2: base.EchoError err) throws (2: base.EchoError err)
+    // `sluice echo` waits 300 ms before answering a method named Sleep<N>.
+    EchoResponse Sleep300(1: EchoRequest req)
     EchoResponse EchoBidi(1: EchoRequest req) (streaming.mode="bidirectional")
     EchoResponse EchoClient(1: EchoRequest req) (streaming.mode="client")
     EchoResponse EchoServer(1: EchoRequest req) (streaming.mode="server")

@@ -54,9 +54,11 @@ fn decode_lists_what_decoded_md_lists_for_every_pingpong_and_ttstream_capture() 
                     continue;
                 }
                 want.sort_by_key(|e| e.offset);
-                let path = captures_dir()
-                    .join(name)
-                    .join(format!("conn{}.{}.bin", conn.index, dir.as_str()));
+                let path = captures_dir().join(name).join(format!(
+                    "conn{}.{}.bin",
+                    conn.index,
+                    dir.as_str()
+                ));
                 let (got, out) = decode(&path, &[]);
                 let what = format!("{name} conn{} {}", conn.index, dir.as_str());
                 assert!(
@@ -134,7 +136,10 @@ fn decode_names_fields_with_an_idl_and_reads_hex_on_stdin() {
     let idl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idl/echo.thrift");
     let (frames, out) = decode(&path, &["--idl", idl.to_str().unwrap()]);
     assert!(out.status.success());
-    assert_eq!(frames[0]["message"]["payload"]["req"]["message"], "kx00000000.0000|");
+    assert_eq!(
+        frames[0]["message"]["payload"]["req"]["message"],
+        "kx00000000.0000|"
+    );
     // The same frame as hex text on stdin, in the text form.
     let bytes = std::fs::read(&path).unwrap();
     let hex: String = bytes[..178].iter().map(|b| format!("{b:02x} ")).collect();
@@ -145,13 +150,24 @@ fn decode_names_fields_with_an_idl_and_reads_hex_on_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(hex.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(hex.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.starts_with("frame 0 at byte 0 (178 bytes): ttheader, seq 1"), "{text}");
+    assert!(
+        text.starts_with("frame 0 at byte 0 (178 bytes): ttheader, seq 1"),
+        "{text}"
+    );
     assert!(text.contains("thrift CALL \"Echo\" seq 1"), "{text}");
-    assert!(text.contains(r#"{"1:struct":{"1:string":"kx00000000.0000|"}}"#), "{text}");
+    assert!(
+        text.contains(r#"{"1:struct":{"1:string":"kx00000000.0000|"}}"#),
+        "{text}"
+    );
     assert!(text.contains("str isn = \"EchoService\""), "{text}");
 }
 

@@ -120,15 +120,15 @@ impl FieldMatch {
                     Ty::String | Ty::Binary => Expected::Bytes(equals.as_bytes().to_vec()),
                     Ty::Bool => Expected::Int(boolean()?),
                     Ty::Byte | Ty::I16 | Ty::I32 | Ty::I64 => Expected::Int(int("an integer")?),
-                    Ty::Double => Expected::Double(
-                        equals.trim().parse().map_err(|_| bad("a number"))?,
-                    ),
-                    Ty::Enum(e) => Expected::Int(
-                        match t.enums[e].values.iter().find(|(n, _)| n == equals) {
+                    Ty::Double => {
+                        Expected::Double(equals.trim().parse().map_err(|_| bad("a number"))?)
+                    }
+                    Ty::Enum(e) => {
+                        Expected::Int(match t.enums[e].values.iter().find(|(n, _)| n == equals) {
                             Some((_, n)) => *n as i64,
                             None => int("a value of the enum")?,
-                        },
-                    ),
+                        })
+                    }
                     Ty::List(_) | Ty::Set(_) | Ty::Map(..) | Ty::Struct(_) => {
                         return Err(bad("a scalar"))
                     }

@@ -144,7 +144,10 @@ impl ProtoMethod {
 
     /// Unary, client, server or bidirectional streaming.
     pub fn streaming(&self) -> StreamingMode {
-        match (self.desc.is_client_streaming(), self.desc.is_server_streaming()) {
+        match (
+            self.desc.is_client_streaming(),
+            self.desc.is_server_streaming(),
+        ) {
             (false, false) => StreamingMode::Unary,
             (true, false) => StreamingMode::Client,
             (false, true) => StreamingMode::Server,
@@ -182,7 +185,13 @@ impl ProtoMethod {
                 err(format!(
                     "{} has no field {name:?} (it has: {})",
                     msg.full_name(),
-                    join(msg.fields().map(|f| f.name().to_owned()).collect::<Vec<_>>().iter().map(String::as_str))
+                    join(
+                        msg.fields()
+                            .map(|f| f.name().to_owned())
+                            .collect::<Vec<_>>()
+                            .iter()
+                            .map(String::as_str)
+                    )
                 ))
             })?;
             steps.push(f.number());

@@ -439,10 +439,13 @@ impl ThriftIdl {
                 let (pf, pname) = match parts.as_slice() {
                     [n] => (cf, *n),
                     [scope, n] => (
-                        *files[cf].includes.get(*scope).ok_or_else(|| Error::UnknownType {
-                            file: files[cf].path.clone(),
-                            name: parts.join("."),
-                        })?,
+                        *files[cf]
+                            .includes
+                            .get(*scope)
+                            .ok_or_else(|| Error::UnknownType {
+                                file: files[cf].path.clone(),
+                                name: parts.join("."),
+                            })?,
                         *n,
                     ),
                     _ => break,
@@ -758,9 +761,7 @@ impl ThriftIdl {
                 out.put_i32(n);
             }
             Ty::List(t) | Ty::Set(t) => {
-                let a = v
-                    .as_array()
-                    .ok_or_else(|| wrong(at, "an array", kind(v)))?;
+                let a = v.as_array().ok_or_else(|| wrong(at, "an array", kind(v)))?;
                 out.put_u8(t.code());
                 out.put_i32(len_i32(a.len(), at)?);
                 for (i, e) in a.iter().enumerate() {

@@ -46,10 +46,7 @@ impl<'a> Reader<'a> {
             }
             None => Err(self.malformed(
                 at,
-                &format!(
-                    "needs {n} more bytes, {} left",
-                    self.buf.len() - self.pos
-                ),
+                &format!("needs {n} more bytes, {} left", self.buf.len() - self.pos),
             )),
         }
     }
@@ -361,7 +358,9 @@ mod tests {
     #[test]
     fn a_pb_message_by_field_number() {
         // { 1: "hi", 2: { 3: 150 }, 4: 1, 4: 2 }
-        let b = [0x0a, 2, b'h', b'i', 0x12, 3, 0x18, 0x96, 0x01, 0x20, 1, 0x20, 2];
+        let b = [
+            0x0a, 2, b'h', b'i', 0x12, 3, 0x18, 0x96, 0x01, 0x20, 1, 0x20, 2,
+        ];
         assert_eq!(
             pb_message(&b).unwrap().to_string(),
             r#"{"1":"hi","2":{"3":150},"4":[1,2]}"#

@@ -53,7 +53,10 @@ fn json_round_trips_through_thrift_binary() {
     }});
     let bytes = idl.encode_args(echo, &args).unwrap();
     // The first field is the request struct, its first field the message.
-    assert_eq!(&bytes[..12], &[0x0c, 0, 1, 0x0b, 0, 1, 0, 0, 0, 2, b'h', b'i']);
+    assert_eq!(
+        &bytes[..12],
+        &[0x0c, 0, 1, 0x0b, 0, 1, 0, 0, 0, 2, b'h', b'i']
+    );
     assert_eq!(idl.decode_args(echo, &bytes).unwrap(), args);
     // Without the IDL the same bytes show by id and type.
     let (untyped, n) = sluice_idl::untyped::thrift_struct(&bytes).unwrap();
@@ -77,17 +80,30 @@ fn unknown_and_missing_fields_and_wrong_types_are_named() {
     let e = idl
         .encode_args(echo, &json!({"req": {"caller": {"tier": 1}}}))
         .unwrap_err();
-    assert_eq!(e.to_string(), "req.caller: required field \"name\" is missing");
+    assert_eq!(
+        e.to_string(),
+        "req.caller: required field \"name\" is missing"
+    );
     let e = idl
         .encode_args(echo, &json!({"req": {"numbers": [1, "x"]}}))
         .unwrap_err();
-    assert_eq!(e.to_string(), "req.numbers[1]: expected an i32, found a string");
+    assert_eq!(
+        e.to_string(),
+        "req.numbers[1]: expected an i32, found a string"
+    );
     let e = idl
-        .encode_args(echo, &json!({"req": {"caller": {"name": "a", "tier": "PLATINUM"}}}))
+        .encode_args(
+            echo,
+            &json!({"req": {"caller": {"name": "a", "tier": "PLATINUM"}}}),
+        )
         .unwrap_err();
     assert!(e.to_string().contains("BRONZE, SILVER, GOLD"), "{e}");
     let e = idl.function(None, "Nope").unwrap_err();
-    assert!(e.to_string().starts_with("service \"EchoService\" has no method \"Nope\""), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("service \"EchoService\" has no method \"Nope\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -111,7 +127,9 @@ fn a_declared_exception_is_told_from_success() {
         other => panic!("{other:?}"),
     }
     let echo = idl.function(None, "Echo").unwrap();
-    let mut result = idl.encode_args(echo, &json!({"req": {"message": "x"}})).unwrap();
+    let mut result = idl
+        .encode_args(echo, &json!({"req": {"message": "x"}}))
+        .unwrap();
     result[2] = 0; // field 1 -> field 0, as the echo server does
     assert_eq!(
         idl.decode_result(echo, &result).unwrap(),
@@ -132,7 +150,11 @@ fn a_missing_include_is_named() {
     let dir = std::env::temp_dir().join(format!("sluice-idl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("x.thrift");
-    std::fs::write(&f, "include \"nowhere.thrift\"\nstruct A { 1: nowhere.B b }\n").unwrap();
+    std::fs::write(
+        &f,
+        "include \"nowhere.thrift\"\nstruct A { 1: nowhere.B b }\n",
+    )
+    .unwrap();
     let e = Idl::load(&f, &[]).unwrap_err();
     assert!(matches!(e, Error::IncludeNotFound { .. }), "{e}");
     std::fs::write(&f, "struct A { 1: Missing b }\n").unwrap();
@@ -176,12 +198,16 @@ fn field_matches_read_one_thrift_field() {
     let gold = FieldMatch::new(&idl, Some("EchoService"), "Echo", "req.tenant", "gold").unwrap();
     assert!(!gold.is_protobuf());
     let args = |v| t.encode_args(echo, &v).unwrap();
-    assert!(gold.matches(&args(json!({"req": {"message": "m", "numbers": [1], "tenant": "gold"}}))));
+    assert!(gold.matches(&args(
+        json!({"req": {"message": "m", "numbers": [1], "tenant": "gold"}})
+    )));
     assert!(!gold.matches(&args(json!({"req": {"message": "m", "tenant": "silver"}}))));
     assert!(!gold.matches(&args(json!({"req": {"message": "m"}}))));
     assert!(!gold.matches(b"\x0c\x00\x01\x0b"));
     let tier = FieldMatch::new(&idl, None, "Echo", "req.caller.tier", "GOLD").unwrap();
-    assert!(tier.matches(&args(json!({"req": {"caller": {"name": "a", "tier": "GOLD"}}}))));
+    assert!(tier.matches(&args(
+        json!({"req": {"caller": {"name": "a", "tier": "GOLD"}}})
+    )));
     assert!(!tier.matches(&args(json!({"req": {"caller": {"name": "a", "tier": 2}}}))));
     let loud = FieldMatch::new(&idl, None, "Echo", "req.loud", "true").unwrap();
     assert!(loud.matches(&args(json!({"req": {"loud": true}}))));
@@ -204,8 +230,14 @@ fn field_matches_read_one_pb_field() {
     let m = p.method(None, "Echo").unwrap();
     let gold = FieldMatch::new(&idl, None, "Echo", "tenant", "gold").unwrap();
     assert!(gold.is_protobuf());
-    assert!(gold.matches(&m.encode_request(r#"{"message":"m","tenant":"gold"}"#).unwrap()));
-    assert!(!gold.matches(&m.encode_request(r#"{"message":"m","tenant":"golden"}"#).unwrap()));
+    assert!(gold.matches(
+        &m.encode_request(r#"{"message":"m","tenant":"gold"}"#)
+            .unwrap()
+    ));
+    assert!(!gold.matches(
+        &m.encode_request(r#"{"message":"m","tenant":"golden"}"#)
+            .unwrap()
+    ));
     assert!(!gold.matches(&m.encode_request(r#"{"message":"m"}"#).unwrap()));
     let tier = FieldMatch::new(&idl, None, "Echo", "tier", "GOLD").unwrap();
     assert!(tier.matches(&m.encode_request(r#"{"tier":"GOLD"}"#).unwrap()));

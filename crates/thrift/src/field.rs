@@ -68,9 +68,8 @@ pub fn thrift_field<'a>(
 }
 
 fn scalar(buf: &[u8], t: u8) -> Result<Scalar<'_>, Error> {
-    let need = |n: usize| -> Result<&[u8], Error> {
-        buf.get(..n).ok_or(Error::Incomplete { needed: n })
-    };
+    let need =
+        |n: usize| -> Result<&[u8], Error> { buf.get(..n).ok_or(Error::Incomplete { needed: n }) };
     Ok(match t {
         ttype::BOOL | ttype::BYTE => Scalar::Int(need(1)?[0] as i8 as i64),
         ttype::I16 => {
@@ -120,7 +119,9 @@ pub mod wire {
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Error> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos).ok_or(Error::Incomplete { needed: *pos + 1 })?;
+        let b = *buf
+            .get(*pos)
+            .ok_or(Error::Incomplete { needed: *pos + 1 })?;
         *pos += 1;
         v |= ((b & 0x7f) as u64) << shift;
         if b & 0x80 == 0 {
@@ -253,10 +254,7 @@ mod tests {
             thrift_field(&a, &[(1, ttype::STRUCT), (2, ttype::STRING)], 64).unwrap(),
             None
         );
-        assert_eq!(
-            thrift_field(&a, &[(1, ttype::STRING)], 64).unwrap(),
-            None
-        );
+        assert_eq!(thrift_field(&a, &[(1, ttype::STRING)], 64).unwrap(), None);
     }
 
     #[test]
@@ -264,7 +262,10 @@ mod tests {
         let a = args();
         let tenant = [(1, ttype::STRUCT), (3, ttype::STRING)];
         for cut in 0..a.len() - 6 {
-            assert!(thrift_field(&a[..cut], &tenant, 64).is_err(), "cut at {cut}");
+            assert!(
+                thrift_field(&a[..cut], &tenant, 64).is_err(),
+                "cut at {cut}"
+            );
         }
         // A string claiming 2 GiB.
         let lie = [0x0c, 0, 1, 0x0b, 0, 3, 0x7f, 0xff, 0xff, 0xff, b'x'];
