@@ -7,6 +7,7 @@ mod grpc;
 mod kitex_replay;
 mod observability;
 mod otlp;
+mod payload;
 mod resilience;
 mod support;
 mod tls;

@@ -142,6 +142,10 @@ struct RawRoute {
     retry_budget_percent: Option<u32>,
     per_try_timeout_ms: Option<u64>,
     rate_limit: Option<RawRateLimit>,
+    idl: Option<String>,
+    include_dirs: Option<Vec<String>>,
+    field: Option<String>,
+    equals: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -338,6 +342,59 @@ impl PartialEq for Etcd {
 }
 
 /// A route's retries and rate limit, from its keys.
+/// A route's `idl` / `field` / `equals`: all three or none, with a method to read the
+/// arguments of.
+fn payload_match(
+    r: &RawRoute,
+    service: Option<&str>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<PayloadMatch>, ConfigError> {
+    let (idl, field, equals) = match (&r.idl, &r.field, &r.equals) {
+        (None, None, None) => {
+            if r.include_dirs.is_some() {
+                return Err(err(key("include_dirs"), "applies to routes with an idl"));
+            }
+            return Ok(None);
+        }
+        (Some(i), Some(f), Some(e)) => (i, f, e),
+        (i, f, _) => {
+            let missing = if i.is_none() {
+                "idl"
+            } else if f.is_none() {
+                "field"
+            } else {
+                "equals"
+            };
+            return Err(err(
+                key(missing),
+                "missing: a payload route needs idl, field and equals",
+            ));
+        }
+    };
+    let Some(method) = r.method.as_deref() else {
+        return Err(err(
+            key("method"),
+            "missing: a payload route reads the arguments of one method",
+        ));
+    };
+    let dirs: Vec<std::path::PathBuf> = r
+        .include_dirs
+        .iter()
+        .flatten()
+        .map(std::path::PathBuf::from)
+        .collect();
+    let loaded = sluice_idl::Idl::load(std::path::Path::new(idl), &dirs)
+        .map_err(|e| err(key("idl"), e.to_string()))?;
+    let matcher = sluice_idl::FieldMatch::new(&loaded, service, method, field, equals)
+        .map_err(|e| err(key("field"), e.to_string()))?;
+    Ok(Some(PayloadMatch {
+        idl: idl.clone(),
+        field: field.clone(),
+        equals: equals.clone(),
+        matcher,
+    }))
+}
+
 fn route_policy(r: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<RoutePolicy, ConfigError> {
     let (mut on_reset, mut on_unavailable, mut on_timeout) = (false, false, false);
     for (i, why) in r.retry_on.iter().flatten().enumerate() {
@@ -508,6 +565,23 @@ pub struct HeaderMatch {
     pub value: String,
 }
 
+/// A payload match: the field at a path of names in the request's arguments equals a value.
+///
+/// The route's IDL turns the names into field ids when the configuration loads; per request only
+/// that one field is read, every other one skipped ([`sluice_idl::FieldMatch`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PayloadMatch {
+    /// The IDL file, as configured.
+    pub idl: String,
+    /// The path as configured (`req.tenant`).
+    pub field: String,
+    /// The value as configured.
+    pub equals: String,
+    /// The compiled condition.
+    pub matcher: sluice_idl::FieldMatch,
+}
+
 /// A route: the first that matches a request wins.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -518,6 +592,8 @@ pub struct Route {
     pub method: Option<String>,
     /// Header match, if set.
     pub header: Option<HeaderMatch>,
+    /// Payload match (`idl`, `field`, `equals`), if set.
+    pub payload: Option<PayloadMatch>,
     /// Downstream name (empty when the route discovers).
     pub downstream: String,
     /// Set when the route sends each request to the service it addresses, found in etcd
@@ -1100,7 +1176,9 @@ impl Config {
                 }
             }
             let policy = route_policy(r, &key)?;
+            let payload = payload_match(r, service.as_deref(), &key)?;
             routes.push(Route {
+                payload,
                 policy: Arc::new(policy),
                 service,
                 method: r.method.clone(),
@@ -1244,6 +1322,11 @@ impl Config {
                     m.insert("key".into(), text(&h.key));
                     m.insert("value".into(), text(&h.value));
                     t.insert("header".into(), Value::Table(m));
+                }
+                if let Some(p) = &r.payload {
+                    t.insert("idl".into(), text(&p.idl));
+                    t.insert("field".into(), text(&p.field));
+                    t.insert("equals".into(), text(&p.equals));
                 }
                 match &r.discover {
                     Some(d) => {
@@ -1443,12 +1526,16 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "route[{i}] service={} method={}{} -> {}{}{}",
+                "route[{i}] service={} method={}{}{} -> {}{}{}",
                 r.service.as_deref().unwrap_or("*"),
                 r.method.as_deref().unwrap_or("*"),
                 r.header
                     .as_ref()
                     .map(|h| format!(" header {}={}", h.key, h.value))
+                    .unwrap_or_default(),
+                r.payload
+                    .as_ref()
+                    .map(|p| format!(" field {}={} ({})", p.field, p.equals, p.idl))
                     .unwrap_or_default(),
                 match &r.discover {
                     Some(d) => format!("etcd(destination service) via {}", d.transport.as_str()),

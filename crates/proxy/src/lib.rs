@@ -44,7 +44,7 @@ pub use config::{AccessLog, Admin, Cluster, Config, ConfigError, Tracing};
 pub use forwarder::{Forwarder, State, Stats};
 pub use phases::{CallInfo, DefaultPhases, Metainfo, Phases};
 pub use reload::{ReloadError, ReloadHandle};
-pub use route::{Family, RequestHead, Router, Target};
+pub use route::{Family, Payload, RequestHead, Router, Target};
 pub use sluice_server::{ErrorKind, ProxyError};
 pub use trace::TraceContext;
 

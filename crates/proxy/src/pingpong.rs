@@ -5,6 +5,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_client::{Call, CallOptions};
 use sluice_server::{DefaultHandler, Request, Response, ResponseBody, Transport};
+use sluice_sniff::Codec;
 use sluice_thrift::MessageType;
 use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
 
@@ -12,7 +13,7 @@ use crate::error;
 use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
-use crate::route::{Family, RequestHead};
+use crate::route::{Family, Payload, RequestHead};
 use crate::trace::{self, TraceContext};
 
 /// String keys that belong to one hop and are never copied across the proxy.
@@ -105,7 +106,11 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             req.deadline,
             &lookup,
         )
-        .with_destination(destination);
+        .with_destination(destination)
+        .with_payload(Payload {
+            protobuf: req.codec == Codec::KitexProtobuf,
+            bytes: &req.args,
+        });
         let mut info = CallInfo::new(req.peer, Family::PingPong, &req.service, &req.method, start)
             .with_caller(caller)
             .with_listener(req.listener);

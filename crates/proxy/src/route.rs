@@ -51,7 +51,19 @@ pub struct RequestHead<'a> {
     /// (ToService), gRPC `destination-service` (else `:authority` without its port). What a
     /// discovering route looks up, before [`service`](Self::service).
     pub destination: Option<&'a str>,
+    /// The request's payload, for payload routes: a thrift args struct or a protobuf request
+    /// message. `None` for streams (payload routes never match them).
+    pub payload: Option<Payload<'a>>,
     metainfo: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
+}
+
+/// A request's payload as a payload route reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    /// True for Kitex protobuf, false for thrift.
+    pub protobuf: bool,
+    /// The args struct or request message (after the envelope).
+    pub bytes: &'a [u8],
 }
 
 impl std::fmt::Debug for RequestHead<'_> {
@@ -84,8 +96,15 @@ impl<'a> RequestHead<'a> {
             method,
             deadline,
             destination: None,
+            payload: None,
             metainfo,
         }
+    }
+
+    /// Sets the [`payload`](Self::payload) payload routes read.
+    pub fn with_payload(mut self, payload: Payload<'a>) -> Self {
+        self.payload = Some(payload);
+        self
     }
 
     /// Sets the [`destination`](Self::destination) service (ignored when empty).
@@ -160,6 +179,12 @@ impl Route {
             && self.header.as_ref().is_none_or(|h| {
                 head.metainfo(&h.key)
                     .is_some_and(|v| v == h.value.as_bytes())
+            })
+            // Last: only a request that matched everything else pays for reading its payload.
+            && self.payload.as_ref().is_none_or(|p| {
+                head.payload.is_some_and(|b| {
+                    b.protobuf == p.matcher.is_protobuf() && p.matcher.matches(b.bytes)
+                })
             })
     }
 }

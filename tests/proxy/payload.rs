@@ -1,0 +1,245 @@
+//! Routing on a payload field, from a runtime IDL: `idl`, `field`, `equals` on a route send
+//! requests whose `req.tenant` (thrift) or `tenant` (Kitex protobuf) is "gold" to their own
+//! downstream, over every ping-pong transport; requests without the field, with another value,
+//! or with bytes that are not the IDL's go on to the next route.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_idl::{Idl, ThriftIdl};
+use sluice_thrift::MessageType;
+use sluice_ttheader::Header;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::{read_reply, request, start_echo, Shape, Sluice};
+
+fn idl(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/idl")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn config(gold: std::net::SocketAddr, rest: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+default_service = "EchoService"
+
+[downstreams.gold]
+endpoints = ["{gold}"]
+
+[downstreams.rest]
+endpoints = ["{rest}"]
+
+[[routes]]
+service = "EchoService"
+method = "Echo"
+idl = "{thrift}"
+field = "req.tenant"
+equals = "gold"
+downstream = "gold"
+
+[[routes]]
+service = "EchoService"
+method = "Echo"
+idl = "{proto}"
+field = "tenant"
+equals = "gold"
+downstream = "gold"
+
+[[routes]]
+service = "*"
+downstream = "rest"
+"#,
+        thrift = idl("tools.thrift"),
+        proto = idl("tools.proto"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_routes_send_each_tenant_to_its_downstream_on_every_transport() {
+    let (gold, gold_seen, _d1) = start_echo().await;
+    let (rest, rest_seen, _d2) = start_echo().await;
+    let sluice = Sluice::start(&config(gold, rest));
+    let thrift = ThriftIdl::load(Path::new(&idl("tools.thrift")), &[]).unwrap();
+    let echo = thrift.function(None, "Echo").unwrap();
+    let Idl::Proto(proto) = Idl::load(Path::new(&idl("tools.proto")), &[]).unwrap() else {
+        panic!("a proto IDL")
+    };
+    let pb_echo = proto.method(None, "Echo").unwrap();
+    let mut h = Header::default();
+    h.str_kvs.insert("isn", "EchoService");
+    let shapes = [
+        Shape::TTHeader {
+            framed: true,
+            flags: 0,
+        },
+        Shape::TTHeader {
+            framed: false,
+            flags: 0,
+        },
+        Shape::Framed,
+        Shape::Buffered,
+    ];
+    let (mut want_gold, mut want_rest) = (0, 0);
+    let mut seq = 0;
+    for shape in shapes {
+        for pb in [false, true] {
+            if pb && !matches!(shape, Shape::TTHeader { framed: true, .. } | Shape::Framed) {
+                continue; // Kitex protobuf needs a length
+            }
+            // Fields before and after the tenant, so the route has to skip some.
+            for tenant in [Some("gold"), Some("silver"), None, Some("golden")] {
+                let args: Vec<u8> = if pb {
+                    let mut v = json!({"message": "m", "tier": "SILVER", "delta": 5});
+                    if let Some(t) = tenant {
+                        v["tenant"] = json!(t);
+                    }
+                    pb_echo.encode_request(&v.to_string()).unwrap()
+                } else {
+                    let mut req = json!({"message": "m", "numbers": [1, 2, 3],
+                        "caller": {"name": "c", "tier": "GOLD"}});
+                    if let Some(t) = tenant {
+                        req["tenant"] = json!(t);
+                    }
+                    thrift
+                        .encode_args(echo, &json!({ "req": req }))
+                        .unwrap()
+                        .to_vec()
+                };
+                seq += 1;
+                let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+                s.write_all(&request(
+                    shape,
+                    &h,
+                    pb,
+                    "Echo",
+                    MessageType::Call,
+                    seq,
+                    &args,
+                ))
+                .await
+                .unwrap();
+                let mut buf = bytes::BytesMut::new();
+                let r = read_reply(&mut s, &mut buf, shape, Duration::from_secs(5))
+                    .await
+                    .unwrap_or_else(|| panic!("{shape:?} pb={pb} {tenant:?}: no reply"));
+                assert_eq!(
+                    r.msg_type,
+                    MessageType::Reply,
+                    "{shape:?} pb={pb} {tenant:?}"
+                );
+                if tenant == Some("gold") {
+                    want_gold += 1;
+                } else {
+                    want_rest += 1;
+                }
+                assert_eq!(
+                    (gold_seen.requests_seen(), rest_seen.requests_seen()),
+                    (want_gold, want_rest),
+                    "{shape:?} pb={pb} tenant {tenant:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(want_gold, 6, "4 thrift shapes and 2 protobuf ones");
+    // Bytes that are not the IDL's args (a list where the struct should be) match nothing.
+    let junk = [
+        0x0f, 0, 1, 0x0b, 0, 0, 0, 1, 0, 0, 0, 4, b'g', b'o', b'l', b'd', 0,
+    ];
+    let shape = Shape::Framed;
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(&request(
+        shape,
+        &h,
+        false,
+        "Echo",
+        MessageType::Call,
+        99,
+        &junk,
+    ))
+    .await
+    .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(read_reply(&mut s, &mut buf, shape, Duration::from_secs(5))
+        .await
+        .is_some());
+    assert_eq!(gold_seen.requests_seen(), want_gold);
+    assert_eq!(rest_seen.requests_seen(), want_rest + 1);
+}
+
+#[test]
+fn payload_route_settings_are_checked_when_the_configuration_loads() {
+    let base = |extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:1"
+cluster = "ttstream"
+[downstreams.d]
+endpoints = ["127.0.0.1:2"]
+[[routes]]
+service = "EchoService"
+downstream = "d"
+{extra}
+"#
+        )
+    };
+    let thrift = idl("tools.thrift");
+    let cases = [
+        (
+            format!("method = \"Echo\"\nidl = \"{thrift}\"\nfield = \"req.tenant\""),
+            "routes[0].equals: missing",
+        ),
+        (
+            format!("idl = \"{thrift}\"\nfield = \"req.tenant\"\nequals = \"x\""),
+            "routes[0].method: missing",
+        ),
+        (
+            format!(
+                "method = \"Echo\"\nidl = \"{thrift}\"\nfield = \"req.tennant\"\nequals = \"x\""
+            ),
+            "EchoRequest has no field \"tennant\"",
+        ),
+        (
+            format!(
+                "method = \"Nope\"\nidl = \"{thrift}\"\nfield = \"req.tenant\"\nequals = \"x\""
+            ),
+            "has no method \"Nope\"",
+        ),
+        (
+            format!(
+                "method = \"Echo\"\nidl = \"{thrift}\"\nfield = \"req.loud\"\nequals = \"maybe\""
+            ),
+            "true or false",
+        ),
+        (
+            format!(
+                "method = \"Echo\"\nidl = \"{}\"\nfield = \"req.tenant\"\nequals = \"x\"",
+                idl("bad.thrift")
+            ),
+            "line 7",
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = sluice_proxy::Config::from_toml(&base(&extra))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let ok = sluice_proxy::Config::from_toml(&base(&format!(
+        "method = \"Echo\"\nidl = \"{thrift}\"\nfield = \"req.caller.tier\"\nequals = \"GOLD\""
+    )))
+    .unwrap();
+    assert!(
+        ok.describe().contains("field req.caller.tier=GOLD"),
+        "{}",
+        ok.describe()
+    );
+}
