@@ -255,6 +255,7 @@ mod tests {
 
     fn route(service: Option<&str>, header: Option<(&str, &str)>, downstream: &str) -> Route {
         Route {
+            payload: None,
             service: service.map(Into::into),
             method: None,
             header: header.map(|(k, v)| HeaderMatch {
