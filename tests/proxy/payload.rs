@@ -243,3 +243,113 @@ downstream = "d"
         ok.describe()
     );
 }
+
+/// gRPC with protobuf: the route reads the stream's first message, and that message (and
+/// every later one) still reaches the downstream it picked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_payload_routes_read_the_first_message() {
+    use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
+    use sluice_stream::{Incoming, Metadata};
+
+    let (gold, gold_seen, _d1) = start_echo().await;
+    let (rest, rest_seen, _d2) = start_echo().await;
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "grpc"
+
+[downstreams.gold]
+endpoints = ["{gold}"]
+
+[downstreams.rest]
+endpoints = ["{rest}"]
+
+[[routes]]
+service = "EchoService"
+method = "EchoBidi"
+idl = "{proto}"
+field = "tenant"
+equals = "gold"
+downstream = "gold"
+
+[[routes]]
+service = "*"
+downstream = "rest"
+"#,
+        proto = idl("tools.proto"),
+    );
+    let sluice = Sluice::start(&toml);
+    let Idl::Proto(proto) = Idl::load(Path::new(&idl("tools.proto")), &[]).unwrap() else {
+        panic!("a proto IDL")
+    };
+    let m = proto.method(None, "EchoBidi").unwrap();
+    let msg = |tenant: &str, text: &str| {
+        bytes::Bytes::from(
+            m.encode_request(&json!({"message": text, "tenant": tenant}).to_string())
+                .unwrap(),
+        )
+    };
+    let client = GrpcClient::new(GrpcClientConfig::new(vec![sluice.addr]));
+    let open = |method: &str| OpenRequest {
+        path: format!("/echo.EchoService/{method}"),
+        content_type: "application/grpc".into(),
+        authority: "EchoService".into(),
+        headers: Metadata::new(),
+        deadline: None,
+    };
+    // (tenant of the first message, how many messages, downstream expected)
+    let cases = [
+        ("gold", 3, "gold"),
+        ("silver", 2, "rest"),
+        ("", 0, "rest"),
+        ("gold", 1, "gold"),
+    ];
+    let (mut want_gold, mut want_rest) = (0, 0);
+    for (tenant, n, want) in cases {
+        let (tx, mut rx) = client.open(&open("EchoBidi")).await.unwrap().split();
+        let sent: Vec<bytes::Bytes> = (0..n).map(|i| msg(tenant, &format!("m{i}"))).collect();
+        for s in &sent {
+            tx.send(s.clone()).await.unwrap();
+        }
+        tx.close_send().await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the stream ends in time")
+            {
+                Incoming::Headers(_) => {}
+                Incoming::Message(b) => got.push(b),
+                Incoming::End(e) => {
+                    assert!(e.error.is_none(), "{tenant}: {e:?}");
+                    break;
+                }
+                Incoming::Reset(r) => panic!("{tenant}: reset {r:?}"),
+            }
+        }
+        assert_eq!(got, sent, "{tenant}: every message echoed, in order");
+        if want == "gold" {
+            want_gold += 1;
+        } else {
+            want_rest += 1;
+        }
+        assert_eq!(
+            (gold_seen.requests_seen(), rest_seen.requests_seen()),
+            (want_gold, want_rest),
+            "first message tenant {tenant:?}, {n} messages"
+        );
+    }
+    // Another method is routed on its headers alone (and a gold tenant there means nothing).
+    let (tx, mut rx) = client.open(&open("EchoServer")).await.unwrap().split();
+    tx.send(msg("gold", "s")).await.unwrap();
+    tx.close_send().await.unwrap();
+    while !matches!(
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap(),
+        Incoming::End(_) | Incoming::Reset(_)
+    ) {}
+    assert_eq!(rest_seen.requests_seen(), want_rest + 1);
+    assert_eq!(gold_seen.requests_seen(), want_gold);
+}

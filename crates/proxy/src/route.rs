@@ -202,13 +202,23 @@ pub struct Router {
     routes: Vec<Route>,
     /// Some route discovers: only then do requests read their destination service.
     discovers: bool,
+    /// Some route matches a protobuf payload: only then may a gRPC stream's first message be
+    /// read before it is routed.
+    pb_payload: bool,
 }
 
 impl Router {
     /// A router over `routes` (first match wins).
     pub fn new(routes: Vec<Route>) -> Self {
         let discovers = routes.iter().any(|r| r.discover.is_some());
-        Self { routes, discovers }
+        let pb_payload = routes
+            .iter()
+            .any(|r| r.payload.as_ref().is_some_and(|p| p.matcher.is_protobuf()));
+        Self {
+            routes,
+            discovers,
+            pb_payload,
+        }
     }
 
     /// The first route matching `head`.
@@ -235,6 +245,18 @@ impl Router {
             policy: Some(&r.policy),
             hash: None,
         })
+    }
+
+    /// True when a protobuf payload route could match a call to `service`.`method`: then a
+    /// gRPC stream's first message is read before routing, so the route can see it. Streams
+    /// of other services and methods are routed on their headers as ever.
+    pub fn wants_pb_payload(&self, service: &str, method: &str) -> bool {
+        self.pb_payload
+            && self.routes.iter().any(|r| {
+                r.payload.as_ref().is_some_and(|p| p.matcher.is_protobuf())
+                    && r.service.as_deref().is_none_or(|s| s == service)
+                    && r.method.as_deref().is_none_or(|m| m == method)
+            })
     }
 
     /// True when some route discovers (then requests carry their destination service).

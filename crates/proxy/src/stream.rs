@@ -27,7 +27,7 @@ use crate::error;
 use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
 use crate::phases::{CallInfo, Metainfo, Phases};
-use crate::route::{Family, RequestHead, Target};
+use crate::route::{Family, Payload, RequestHead, Target};
 use crate::silence::FirstResponse;
 use crate::trace::{self, TraceContext};
 
@@ -237,6 +237,26 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                     .with_caller(utf8(&caller))
                     .with_listener(req.listener);
             let keys = trace_keys(&req.protocol);
+            // A protobuf payload route for this method routes on the first message: it is read
+            // now (boxed: only these streams pay for the wait's state) and sent on first.
+            let mut up = up;
+            let first = match &req.protocol {
+                Protocol::Grpc { content_type, .. }
+                    if is_protobuf(content_type)
+                        && self
+                            .state
+                            .load()
+                            .router
+                            .wants_pb_payload(&req.service, &req.method) =>
+                {
+                    match Box::pin(first_message(&mut up, req.deadline)).await {
+                        Some(f) => f,
+                        // The caller reset the stream: nothing to answer.
+                        None => return,
+                    }
+                }
+                _ => First::NotRead,
+            };
             // Routing happens in a block with no await: the request head and the configuration
             // snapshot live only there, and what the stream needs afterwards (the target, its
             // client, its first-response timeout) is taken out. What lives across an await is
@@ -261,6 +281,13 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                         &lookup,
                     )
                     .with_destination(destination);
+                    let head = match &first {
+                        First::Message(m) => head.with_payload(Payload {
+                            protobuf: true,
+                            bytes: m,
+                        }),
+                        _ => head,
+                    };
                     let from = || (!caller.is_empty()).then_some(&caller[..]);
                     self.admit(&state)
                         .and_then(|g| {
@@ -337,6 +364,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                 protocol: &req.protocol,
                 deadline,
                 first_response_timeout,
+                first,
             };
             // Only the splice is awaited: what it returns is reported here, so the future holds
             // the stream's state once.
@@ -576,6 +604,8 @@ struct Splice<'a, P> {
     protocol: &'a Protocol,
     deadline: Option<Instant>,
     first_response_timeout: Duration,
+    /// What routing read of the caller's side: sent on before the rest.
+    first: First,
 }
 
 impl<P: Phases> Splice<'_, P> {
@@ -635,6 +665,17 @@ impl<P: Phases> Splice<'_, P> {
     ) -> Arc<ToUpstream<P>> {
         let (up_rx, up_tx) = up.split();
         let (down_tx, down_rx) = down.split();
+        // Before the splice, so it stays first downstream. A downstream gone already shows in
+        // its incoming side, spliced below.
+        match &self.first {
+            First::Message(m) => {
+                let _ = down_tx.send(m.clone()).await;
+            }
+            First::HalfClosed => {
+                let _ = down_tx.close_send().await;
+            }
+            First::NotRead => {}
+        }
         let (done_tx, done_rx) = oneshot::channel();
         let down_ended = Arc::new(AtomicBool::new(false));
         let watched = !self.first_response_timeout.is_zero();
@@ -744,5 +785,43 @@ async fn wait_end(
                 silent_rx = None;
             }
         }
+    }
+}
+
+/// The longest a payload route waits for a gRPC stream's first message (less when the
+/// caller's deadline is nearer).
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// True for the protobuf gRPC content types (`application/grpc`, `application/grpc+proto`).
+fn is_protobuf(content_type: &str) -> bool {
+    matches!(
+        content_type,
+        "application/grpc" | "application/grpc+proto" | ""
+    )
+}
+
+/// What routing read of a caller's stream before routing it.
+#[derive(Debug)]
+enum First {
+    /// Nothing (no payload route wanted it, or nothing came in time).
+    NotRead,
+    /// The first message.
+    Message(Bytes),
+    /// The caller half-closed without a message.
+    HalfClosed,
+}
+
+/// The caller's first message, for a payload route; [`First::NotRead`] when nothing comes
+/// within [`FIRST_MESSAGE_WAIT`] (payload routes then do not match); `None` when the caller
+/// resets the stream.
+async fn first_message(up: &mut ServerStream, deadline: Option<Instant>) -> Option<First> {
+    let wait = deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
+        .map_or(FIRST_MESSAGE_WAIT, |left| left.min(FIRST_MESSAGE_WAIT));
+    match tokio::time::timeout(wait, up.recv()).await {
+        Ok(Ok(Some(m))) => Some(First::Message(m)),
+        Ok(Ok(None)) => Some(First::HalfClosed),
+        Ok(Err(_reset)) => None,
+        Err(_) => Some(First::NotRead),
     }
 }
