@@ -855,10 +855,16 @@ fn demo_prints_a_table_with_every_request_ok() {
             .lines()
             .find(|l| l.starts_with(row))
             .unwrap_or_else(|| panic!("no row {row}: {stdout}"));
+        // ... requests ok p50 p99, the latencies written for people: "230 µs", "1.2 ms".
         let cols: Vec<&str> = line.split_whitespace().collect();
         let n = cols.len();
-        assert_eq!(cols[n - 4], "200", "{line}");
-        assert_eq!(cols[n - 3], "200", "all ok: {line}");
+        assert_eq!(cols[n - 6], "200", "{line}");
+        assert_eq!(cols[n - 5], "200", "all ok: {line}");
+        for (value, unit) in [(cols[n - 4], cols[n - 3]), (cols[n - 2], cols[n - 1])] {
+            assert!(["ns", "µs", "ms", "s"].contains(&unit), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(!value.contains('.') || value.len() <= 4, "{line}");
+        }
     }
     assert!(
         stdout.contains("[downstreams.echo]"),
