@@ -112,11 +112,14 @@ class Proc:
 
 # TOML appended to this build's config in A/B mode (--extra-config): a feature on against off.
 EXTRA_CONFIG = ""
+# [[routes]] tables put before the catch-all route of this build's config in A/B mode
+# (--extra-routes): routes every request is matched against first.
+EXTRA_ROUTES = ""
 # The load generator sends a W3C traceparent (--traceparent).
 TRACEPARENT = False
 
 
-def start_sluice(tmp, binary=None, extra=""):
+def start_sluice(tmp, binary=None, extra="", routes=""):
     cfg = os.path.join(tmp, "sluice.toml")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -128,6 +131,7 @@ cluster = "ttstream"
 name = "grpc"
 address = "127.0.0.1:{GRPC_PORT}"
 cluster = "grpc"
+{routes}
 [[routes]]
 service = "*"
 downstream = "echo"
@@ -209,7 +213,7 @@ def measure(kind, proto, size, seconds, tmp):
     name, args, listener = proto
     proc = None
     if kind == "sluice":
-        proc = start_sluice(tmp, extra=EXTRA_CONFIG)
+        proc = start_sluice(tmp, extra=EXTRA_CONFIG, routes=EXTRA_ROUTES)
     elif kind == "baseline":
         proc = start_sluice(tmp, BASELINE)
     elif kind == "haproxy":
@@ -383,9 +387,14 @@ def main():
     ap.add_argument("--extra-config", default="",
                     help="A/B mode: TOML appended to this build's config only (e.g. an [admin]"
                     " section, to measure metrics on against off with --compare on the same binary)")
+    ap.add_argument("--extra-routes", default="",
+                    help="A/B mode: [[routes]] tables put before the catch-all route of this build's"
+                    " config only (e.g. a payload route on another service, to measure what it"
+                    " costs the requests it does not match)")
     a = ap.parse_args()
-    global EXTRA_CONFIG, TRACEPARENT
+    global EXTRA_CONFIG, EXTRA_ROUTES, TRACEPARENT
     EXTRA_CONFIG = a.extra_config.replace("\\n", "\n")
+    EXTRA_ROUTES = a.extra_routes.replace("\\n", "\n")
     TRACEPARENT = a.traceparent
     if a.compare:
         global BASELINE

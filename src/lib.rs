@@ -9,7 +9,9 @@
 //!   [`handler_fn`] and [`stream_handler_fn`];
 //! * forward: [`Proxy`] and its [`Forwarder`], customised through [`Phases`];
 //! * call: [`GenericClient`] (ping-pong), [`TTStreamClient`] and [`GrpcClient`] (streams);
-//! * errors Sluice answers callers with: [`ProxyError`] and its [`ErrorKind`].
+//! * errors Sluice answers callers with: [`ProxyError`] and its [`ErrorKind`];
+//! * IDLs read at run time ([`idl`]): JSON to and from thrift and protobuf payloads, payloads
+//!   as JSON without an IDL, one field of a payload read by its path.
 #![forbid(unsafe_code)]
 pub use bytes;
 pub use sluice_admin as admin;
@@ -19,6 +21,7 @@ pub use sluice_framed as framed;
 pub use sluice_grpc as grpc;
 pub use sluice_h2wire as h2wire;
 pub use sluice_http2 as http2;
+pub use sluice_idl as idl;
 pub use sluice_io as io;
 pub use sluice_metrics as metrics;
 pub use sluice_otlp as otlp;
