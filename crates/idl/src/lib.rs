@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 mod error;
+mod names;
 pub mod proto;
 pub mod thrift;
 pub mod untyped;

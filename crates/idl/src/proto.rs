@@ -11,7 +11,7 @@ use prost_reflect::{
 };
 use serde_json::Value;
 
-use crate::thrift::join;
+use crate::names::join;
 use crate::{Error, StreamingMode};
 
 /// A protobuf IDL: a file, its imports, and Google's well-known types.

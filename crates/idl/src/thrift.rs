@@ -10,6 +10,7 @@ use pilota_thrift_parser as ast;
 use serde_json::{Map, Value};
 use sluice_thrift::ttype;
 
+use crate::names::{here, join};
 use crate::untyped::{self, Reader};
 use crate::{Error, StreamingMode, MAX_DEPTH};
 
@@ -32,11 +33,11 @@ pub enum Ty {
     String,
     /// binary
     Binary,
-    /// list<T>
+    /// `list<T>`
     List(Box<Ty>),
-    /// set<T>
+    /// `set<T>`
     Set(Box<Ty>),
-    /// map<K, V>
+    /// `map<K, V>`
     Map(Box<Ty>, Box<Ty>),
     /// A struct, union or exception: an index into [`ThriftIdl::structs`].
     Struct(usize),
@@ -955,27 +956,10 @@ fn wrong(at: &str, expected: &str, found: &str) -> Error {
     }
 }
 
-pub(crate) fn here(at: &str) -> String {
-    if at.is_empty() {
-        "(top)".to_owned()
-    } else {
-        at.to_owned()
-    }
-}
-
 fn join_path(at: &str, name: &str) -> String {
     if at.is_empty() {
         name.to_owned()
     } else {
         format!("{at}.{name}")
-    }
-}
-
-pub(crate) fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = names.collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
     }
 }

@@ -5,7 +5,7 @@
 //! keys, a field seen several times as an array. Strings that are not UTF-8 print as
 //! `{"hex": "..."}`. A length-delimited protobuf field prints as a message when its bytes read
 //! as one whole message, else as a string or hex. Everything is bounded: lengths against the
-//! buffer, nesting at [`MAX_DEPTH`](crate::MAX_DEPTH).
+//! buffer, nesting at [`MAX_DEPTH`].
 
 use serde_json::{Map, Value};
 use sluice_thrift::field::{read_pb_field, wire, Scalar};
@@ -32,7 +32,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn malformed(&self, at: &str, reason: &str) -> Error {
         Error::Malformed {
-            at: format!("{} (byte {})", crate::thrift::here(at), self.pos),
+            at: format!("{} (byte {})", crate::names::here(at), self.pos),
             reason: reason.to_owned(),
         }
     }
