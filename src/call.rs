@@ -896,20 +896,24 @@ async fn stream(
                 let msg = body
                     .encode(&text)
                     .map_err(|f| Failure::new(f.code, format!("request {n}: {}", f.message)))?;
-                send.send(msg)
-                    .await
-                    .map_err(|_| Failure::new(exit::TRANSPORT, "the stream closed while sending"))
+                // A stream the server already ended takes no more: the receiver reports how
+                // it ended, so sending just stops.
+                Ok::<bool, Failure>(send.send(msg).await.is_ok())
             }
         };
         if !many {
-            send_one(read_one(args.data.as_deref())?, 1).await?;
+            if !send_one(read_one(args.data.as_deref())?, 1).await? {
+                return Ok(());
+            }
         } else if let Some(d) = args.data.as_deref() {
             let text = read_input(Some(d))?;
             let mut n = 0;
             for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
                 n += 1;
                 let v = v.map_err(|e| usage(format!("request {n}: invalid JSON: {e}")))?;
-                send_one(v.to_string(), n).await?;
+                if !send_one(v.to_string(), n).await? {
+                    return Ok(());
+                }
             }
         } else {
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -923,7 +927,9 @@ async fn stream(
                     continue;
                 }
                 n += 1;
-                send_one(line, n).await?;
+                if !send_one(line, n).await? {
+                    return Ok(());
+                }
             }
         }
         let _ = send.close_send().await;

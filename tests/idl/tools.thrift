@@ -42,6 +42,8 @@ service EchoService {
     // `sluice echo` waits 300 ms before answering a method named Sleep<N>.
     EchoResponse Sleep300(1: EchoRequest req)
     EchoResponse EchoBidi(1: EchoRequest req) (streaming.mode="bidirectional")
+    // `sluice echo` echoes one message, then ends the stream with an error.
+    EchoResponse EchoBidiFail(1: EchoRequest req) (streaming.mode="bidirectional")
     EchoResponse EchoClient(1: EchoRequest req) (streaming.mode="client")
     EchoResponse EchoServer(1: EchoRequest req) (streaming.mode="server")
 }

@@ -283,6 +283,44 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
         out.lines(),
         [json!({"message": "s"}), json!({"message": "s"})]
     );
+    // A TTStream error end: what came before it is printed, then the error, exit 4.
+    let out = call(
+        &[&addr, "EchoService/EchoBidiFail", "--idl", &tools],
+        Some("{\"message\":\"a\"}\n{\"message\":\"b\"}\n"),
+    );
+    assert_eq!(out.code, APPLICATION, "{}", out.describe());
+    assert_eq!(out.lines(), [json!({"message": "a"})]);
+    assert!(
+        out.stderr.contains(
+            "the stream ended with error type 6 (INTERNAL_ERROR): biz error: echo: injected stream failure after 1 messages"
+        ),
+        "{}",
+        out.describe()
+    );
+    // A namespaced service name finds the IDL's service.
+    let out = call(
+        &[
+            &addr,
+            "tools.EchoService/Echo",
+            "--idl",
+            &tools,
+            "-d",
+            r#"{"req":{"message":"ns"}}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.code, OK, "{}", out.describe());
+    assert_eq!(out.json(), json!({"message": "ns"}));
+    // A reply with neither a success field nor a declared exception (the echo of empty
+    // arguments) is unreadable as the IDL's result: exit 6, with what came back.
+    let out = call(&[&addr, "Echo", "--idl", &tools, "-d", "{}"], None);
+    assert_eq!(out.code, 6, "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("no success field and no declared exception"),
+        "{}",
+        out.describe()
+    );
     // A declared exception: printed as JSON, exit 5.
     let out = call(
         &[

@@ -541,14 +541,17 @@ impl ThriftIdl {
     pub fn service(&self, name: Option<&str>) -> Result<&Service, Error> {
         let known = || join(self.services.iter().map(|s| s.name.as_str()));
         match name {
+            // Exact, then by the last segment on either side: `base.Svc` (an included file's
+            // service) answers to `Svc`, and `Svc` to a namespaced `echo.Svc`.
             Some(n) => self
                 .services
                 .iter()
                 .find(|s| s.name == n)
                 .or_else(|| {
+                    let short = n.rsplit('.').next();
                     self.services
                         .iter()
-                        .find(|s| s.name.rsplit('.').next() == Some(n))
+                        .find(|s| s.name.rsplit('.').next() == short)
                 })
                 .ok_or_else(|| Error::UnknownService {
                     name: n.to_owned(),
