@@ -321,6 +321,28 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
         "{}",
         out.describe()
     );
+    // The request from a file (-d @file), the service name sent as `isn`.
+    let file = std::env::temp_dir().join(format!("sluice-call-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"req": {"message": "from a file"}}"#).unwrap();
+    let at = format!("@{}", file.display());
+    let out = call(
+        &[
+            &addr,
+            "Echo",
+            "--idl",
+            &tools,
+            "-d",
+            &at,
+            "--service-name",
+            "Renamed",
+            "-v",
+        ],
+        None,
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out.code, OK, "{}", out.describe());
+    assert_eq!(out.json(), json!({"message": "from a file"}));
+    assert!(out.stderr.contains("> isn: Renamed"), "{}", out.describe());
     // A declared exception: printed as JSON, exit 5.
     let out = call(
         &[
