@@ -606,27 +606,32 @@ fn show_reply(m: &Method<'_>, body: &[u8], out: Output) -> Result<Option<String>
         )
     };
     match m {
-        Method::Thrift(t, f, _) => match t.decode_result(f, body).map_err(bad)? {
-            Outcome::Success(v) => {
-                out.json(&v);
-                Ok(None)
-            }
-            Outcome::Exception {
-                field,
-                type_name,
-                value,
-            } => {
-                let mut o = serde_json::Map::new();
-                o.insert(field.clone(), value);
-                out.json(&Value::Object(o));
-                Ok(Some(format!(
-                    "the method threw its declared exception {field} ({type_name})"
-                )))
-            }
-        },
+        Method::Thrift(t, f, _) => {
+            let (v, declared) = outcome(t.decode_result(f, body).map_err(bad)?);
+            out.json(&v);
+            Ok(declared)
+        }
         Method::Proto(p) => {
             out.json(&p.decode_response(body).map_err(bad)?);
             Ok(None)
+        }
+    }
+}
+
+/// A thrift result as printed: the success value, or `{"<field>": exception}` with the message
+/// that says which declared exception it is.
+fn outcome(o: Outcome) -> (Value, Option<String>) {
+    match o {
+        Outcome::Success(v) => (v, None),
+        Outcome::Exception {
+            field,
+            type_name,
+            value,
+        } => {
+            let message = format!("the method threw its declared exception {field} ({type_name})");
+            let mut obj = serde_json::Map::new();
+            obj.insert(field, value);
+            (Value::Object(obj), Some(message))
         }
     }
 }
@@ -742,23 +747,7 @@ impl StreamBody<'_> {
                 Some(r) => idl.decode_struct(*r, b).map(|v| (v, None)),
                 None => sluice_idl::untyped::thrift_struct(b).map(|(v, _)| (v, None)),
             },
-            StreamBody::ThriftStructs(idl, f) => match idl.decode_result(f, b)? {
-                Outcome::Success(v) => Ok((v, None)),
-                Outcome::Exception {
-                    field,
-                    type_name,
-                    value,
-                } => {
-                    let mut o = serde_json::Map::new();
-                    o.insert(field.clone(), value);
-                    Ok((
-                        Value::Object(o),
-                        Some(format!(
-                            "the method threw its declared exception {field} ({type_name})"
-                        )),
-                    ))
-                }
-            },
+            StreamBody::ThriftStructs(idl, f) => idl.decode_result(f, b).map(outcome),
             StreamBody::Proto(p) => p.decode_response(b).map(|v| (v, None)),
         }
     }

@@ -47,6 +47,16 @@ impl Out {
             .collect()
     }
 
+    /// Asserts that stderr says `what`.
+    #[track_caller]
+    fn stderr_has(&self, what: &str) {
+        assert!(
+            self.stderr.contains(what),
+            "no {what:?} in:\n{}",
+            self.describe()
+        );
+    }
+
     fn describe(&self) -> String {
         format!(
             "exit {}\n-- stdout --\n{}-- stderr --\n{}",
@@ -173,16 +183,8 @@ fn call_speaks_ttheader_framed_and_buffered_to_a_volo_thrift_server() {
         );
         assert_eq!(fail.code, APPLICATION, "{t}: {}", fail.describe());
         assert!(fail.stdout.is_empty(), "{}", fail.describe());
-        assert!(
-            fail.stderr.contains(sluice_volo_fixtures::FAIL_MESSAGE),
-            "{}",
-            fail.describe()
-        );
-        assert!(
-            fail.stderr.contains("exception: type "),
-            "{}",
-            fail.describe()
-        );
+        fail.stderr_has(sluice_volo_fixtures::FAIL_MESSAGE);
+        fail.stderr_has("exception: type ");
     }
     // Metainfo reaches the server (the default transport is TTHeader), stdin carries the
     // request, and -vv shows both frames.
@@ -202,11 +204,7 @@ fn call_speaks_ttheader_framed_and_buffered_to_a_volo_thrift_server() {
     );
     assert_eq!(out.code, OK, "{}", out.describe());
     assert_eq!(out.json(), json!({"message": "hi|tenant=gold|hop=h1"}));
-    assert!(
-        out.stderr.contains("> RPC_PERSIST_TENANT: gold"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("> RPC_PERSIST_TENANT: gold");
     assert!(
         out.stderr.contains("> request frame ("),
         "{}",
@@ -214,11 +212,7 @@ fn call_speaks_ttheader_framed_and_buffered_to_a_volo_thrift_server() {
     );
     assert!(out.stderr.contains("< reply frame ("), "{}", out.describe());
     // volo writes the message type as the raw byte 2, shown escaped.
-    assert!(
-        out.stderr.contains("< 22 (MsgType): \\u{2}"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("< 22 (MsgType): \\u{2}");
 }
 
 #[test]
@@ -290,13 +284,7 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
     );
     assert_eq!(out.code, APPLICATION, "{}", out.describe());
     assert_eq!(out.lines(), [json!({"message": "a"})]);
-    assert!(
-        out.stderr.contains(
-            "the stream ended with error type 6 (INTERNAL_ERROR): biz error: echo: injected stream failure after 1 messages"
-        ),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("the stream ended with error type 6 (INTERNAL_ERROR): biz error: echo: injected stream failure after 1 messages");
     // A namespaced service name finds the IDL's service.
     let out = call(
         &[
@@ -342,7 +330,7 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(out.code, OK, "{}", out.describe());
     assert_eq!(out.json(), json!({"message": "from a file"}));
-    assert!(out.stderr.contains("> isn: Renamed"), "{}", out.describe());
+    out.stderr_has("> isn: Renamed");
     // A declared exception: printed as JSON, exit 5.
     let out = call(
         &[
@@ -397,11 +385,7 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
     }
     let out = call(&[&addr, "EchoFail", "--idl", &proto, "-d", "{}"], None);
     assert_eq!(out.code, APPLICATION, "{}", out.describe());
-    assert!(
-        out.stderr.contains("injected failure for EchoFail"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("injected failure for EchoFail");
 }
 
 #[test]
@@ -421,11 +405,7 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(
-        out.stderr.contains("bad.thrift at line 7"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("bad.thrift at line 7");
     let out = call(
         &[
             &addr,
@@ -438,7 +418,7 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(out.stderr.contains("bad.proto:7:"), "{}", out.describe());
+    out.stderr_has("bad.proto:7:");
     // A JSON field the IDL does not have, and JSON that is not JSON.
     let out = call(
         &[
@@ -463,7 +443,7 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(out.stderr.contains("line 2"), "{}", out.describe());
+    out.stderr_has("line 2");
     let out = call(
         &[
             &addr,
@@ -476,7 +456,7 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(out.stderr.contains("mesage"), "{}", out.describe());
+    out.stderr_has("mesage");
     // A method the IDL does not have; a stream over a ping-pong transport.
     let out = call(&[&addr, "Nope", "--idl", &tools], None);
     assert_eq!(out.code, USAGE, "{}", out.describe());
@@ -490,22 +470,14 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(
-        out.stderr.contains("streaming method"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("streaming method");
     // A bad line in a stream stops the call and names the line.
     let out = call(
         &[&addr, "EchoBidi", "--idl", &tools],
         Some("{\"message\":\"a\"}\n{\"message\": 5}\n"),
     );
     assert_eq!(out.code, USAGE, "{}", out.describe());
-    assert!(
-        out.stderr.contains("request 2: message: expected a string"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("request 2: message: expected a string");
     // A downstream that is down, for ping-pong and both stream families.
     let down = free_addr().to_string();
     for t in ["ttheader", "ttstream", "grpc"] {
@@ -533,11 +505,7 @@ fn call_errors_are_clear_and_classed_by_exit_code() {
         None,
     );
     assert_eq!(out.code, TRANSPORT, "{}", out.describe());
-    assert!(
-        out.stderr.contains("within the timeout"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("within the timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -612,16 +580,8 @@ fn call_speaks_protobuf_grpc_to_a_grpcio_server() {
         out.json(),
         json!({"message": "grpcio: hi", "tenant": "gold", "tier": "SILVER", "delta": -7})
     );
-    assert!(
-        out.stderr.contains("> rpc-persist-tenant: gold"),
-        "{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.contains("< x-served-by: grpcio"),
-        "{}",
-        out.describe()
-    );
+    out.stderr_has("> rpc-persist-tenant: gold");
+    out.stderr_has("< x-served-by: grpcio");
     // Bidi (gRPC is the default for a proto stream), client and server streams.
     let out = call(
         &[&addr, "EchoService/EchoBidi", "--idl", &proto],
