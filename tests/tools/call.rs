@@ -360,6 +360,24 @@ fn call_speaks_every_stream_kind_and_kitex_protobuf_to_sluice_echo() {
         "{}",
         out.describe()
     );
+    // TTHeader without the inner length, and Buffered.
+    for t in ["ttheader-unframed", "buffered"] {
+        let out = call(
+            &[
+                &addr,
+                "Echo",
+                "--idl",
+                &tools,
+                "--transport",
+                t,
+                "-d",
+                r#"{"req":{"message":"u"}}"#,
+            ],
+            None,
+        );
+        assert_eq!(out.code, OK, "{t}: {}", out.describe());
+        assert_eq!(out.json(), json!({"message": "u"}), "{t}");
+    }
     // Kitex protobuf over TTHeader (the default for a .proto) and Framed.
     for t in ["ttheader", "framed"] {
         let out = call(

@@ -140,6 +140,20 @@ fn decode_names_fields_with_an_idl_and_reads_hex_on_stdin() {
         frames[0]["message"]["payload"]["req"]["message"],
         "kx00000000.0000|"
     );
+    // Kitex protobuf by field number without an IDL, by name with the .proto.
+    let pb = captures_dir().join("pb-unary").join("conn0.c2s.bin");
+    let (frames, out) = decode(&pb, &[]);
+    assert!(out.status.success());
+    let first = &frames[0]["message"];
+    assert_eq!(first["codec"], "kitex-protobuf");
+    assert_eq!(first["payload"]["1"], "kx00000000.0000|");
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idl/echo.proto");
+    let (frames, out) = decode(&pb, &["--idl", proto.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(
+        frames[0]["message"]["payload"],
+        serde_json::json!({"message": "kx00000000.0000|"})
+    );
     // The same frame as hex text on stdin, in the text form.
     let bytes = std::fs::read(&path).unwrap();
     let hex: String = bytes[..178].iter().map(|b| format!("{b:02x} ")).collect();
