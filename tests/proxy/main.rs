@@ -2,6 +2,7 @@
 //! in-process downstreams.
 
 mod admin;
+mod convert;
 mod discovery;
 mod grpc;
 mod kitex_replay;

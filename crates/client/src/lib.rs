@@ -91,6 +91,48 @@ impl FromStr for Transport {
     }
 }
 
+/// The family a forwarded stream leaves in, for a downstream that speaks another one than its
+/// callers (`stream_protocol` in the proxy's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StreamProtocol {
+    /// The caller's own: TTStream to TTStream, gRPC to gRPC.
+    #[default]
+    Preserve,
+    /// TTStream, whatever the caller spoke (gRPC thrift streams are converted).
+    TTStream,
+    /// gRPC (`application/grpc+thrift`), whatever the caller spoke (TTStream streams are
+    /// converted).
+    Grpc,
+}
+
+impl StreamProtocol {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamProtocol::Preserve => "preserve",
+            StreamProtocol::TTStream => "ttstream",
+            StreamProtocol::Grpc => "grpc",
+        }
+    }
+}
+
+impl FromStr for StreamProtocol {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "preserve" => Ok(StreamProtocol::Preserve),
+            "ttstream" => Ok(StreamProtocol::TTStream),
+            "grpc" => Ok(StreamProtocol::Grpc),
+            other => Err(UnknownName {
+                what: "stream protocol",
+                name: other.to_owned(),
+                expected: "preserve, ttstream or grpc",
+            }),
+        }
+    }
+}
+
 /// A configuration name (a transport) that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {name:?} (expected {expected})")]
@@ -166,6 +208,9 @@ pub struct ClientConfig {
     /// optional client certificate. The handshake is part of connecting (within
     /// [`connect_timeout`](Self::connect_timeout)). Default none: plain TCP.
     pub tls: Option<ClientTls>,
+    /// The family streams to this downstream leave in (read by a proxy: each client speaks
+    /// its own family). Default [`StreamProtocol::Preserve`].
+    pub stream_protocol: StreamProtocol,
 }
 
 impl ClientConfig {
@@ -190,6 +235,7 @@ impl ClientConfig {
             max_frame_size: sluice_ttheader::DEFAULT_MAX_FRAME_SIZE,
             first_response_timeout: Duration::from_secs(30),
             tls: None,
+            stream_protocol: StreamProtocol::Preserve,
         }
     }
 

@@ -193,6 +193,7 @@ struct RawDownstream {
     failure_backoff_ms: Option<u64>,
     first_response_timeout_ms: Option<u64>,
     hash_key: Option<String>,
+    stream_protocol: Option<String>,
     consecutive_failures: Option<u32>,
     base_ejection_ms: Option<u64>,
     max_ejection_ms: Option<u64>,
@@ -925,6 +926,11 @@ impl Config {
             c.idle_timeout = ms(d.idle_timeout_ms, 60_000);
             c.failure_backoff = ms(d.failure_backoff_ms, 1000);
             c.first_response_timeout = ms(d.first_response_timeout_ms, 30_000);
+            if let Some(p) = &d.stream_protocol {
+                c.stream_protocol = p.parse().map_err(|e: sluice_client::UnknownName| {
+                    err(key("stream_protocol"), e.to_string())
+                })?;
+            }
             c.hash_key = d.hash_key.clone();
             if c.hash_key.as_deref() == Some("") {
                 return Err(err(key("hash_key"), "must not be empty"));

@@ -22,6 +22,15 @@ pub fn not_configured(downstream: &str) -> ProxyError {
     )
 }
 
+/// A stream that cannot be converted to the family the downstream's `stream_protocol` names
+/// (answered as UNIMPLEMENTED, as a call nothing serves).
+pub(crate) fn unsupported_conversion(downstream: &str, why: &str) -> ProxyError {
+    ProxyError::new(
+        ErrorKind::NoRoute,
+        format!("sluice: downstream {downstream:?} cannot take this stream: {why}"),
+    )
+}
+
 /// A ping-pong call to the downstream failed.
 pub(crate) fn call_failed(e: ClientError) -> ProxyError {
     let (kind, retry_safe) = match &e {

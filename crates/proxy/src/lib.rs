@@ -14,6 +14,7 @@
 mod access_log;
 mod clients;
 pub mod config;
+mod convert;
 mod discovery;
 pub mod error;
 mod forwarder;

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_client::{ClientConfig, OpenStream};
+use sluice_client::{ClientConfig, OpenStream, StreamProtocol};
 use sluice_http2::{Code, OpenRequest, Reason};
 use sluice_server::ProxyError;
 use sluice_stream::{
@@ -23,6 +23,7 @@ use sluice_thrift::ExceptionKind;
 use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
+use crate::convert;
 use crate::error;
 use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
@@ -96,20 +97,23 @@ fn family(protocol: &Protocol) -> Family {
 }
 
 impl<P: Phases> Forwarder<P> {
-    /// The client of a configured downstream for a stream of `protocol`.
+    /// The client of a configured downstream for a stream of `protocol`: of the caller's
+    /// family, or of the one the downstream's `stream_protocol` names.
     fn stream_client(
         &self,
         protocol: &Protocol,
         downstream: &str,
         dc: &ClientConfig,
     ) -> StreamClient {
-        match protocol {
-            Protocol::TTStream => {
-                StreamClient::TTStream(self.clients.ttstream(downstream, || dc.clone()))
-            }
-            Protocol::Grpc { .. } => {
-                StreamClient::Grpc(self.clients.grpc(downstream, || dc.clone()))
-            }
+        let ttstream = match dc.stream_protocol {
+            StreamProtocol::Preserve => matches!(protocol, Protocol::TTStream),
+            StreamProtocol::TTStream => true,
+            StreamProtocol::Grpc => false,
+        };
+        if ttstream {
+            StreamClient::TTStream(self.clients.ttstream(downstream, || dc.clone()))
+        } else {
+            StreamClient::Grpc(self.clients.grpc(downstream, || dc.clone()))
         }
     }
 
@@ -182,8 +186,48 @@ impl<P: Phases> Forwarder<P> {
                     let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
                     error::open_failed(downstream, e, overloaded)
                 }),
-            // A client is made for the caller's own family.
-            _ => Err(crate::error::not_configured(downstream)),
+            // Converted: a gRPC thrift stream leaves as TTStream (the message is the bare struct
+            // in both), with its metadata as Kitex metainfo. The deadline stays the
+            // forwarder's to enforce (TTStream carries none).
+            (Protocol::Grpc { content_type, .. }, StreamClient::TTStream(c)) => {
+                if !content_type.contains("thrift") {
+                    return Err(error::unsupported_conversion(
+                        downstream,
+                        "protobuf over TTStream is not supported (Kitex's own binary generic \
+                         client fails with \"unexpected Args writer type\")",
+                    ));
+                }
+                c.open(OpenStream {
+                    method: renamed.unwrap_or_else(|| req.method.clone()),
+                    service: req.service.clone(),
+                    headers: convert::grpc_to_ttstream(&headers),
+                    hash: target.hash,
+                })
+                .await
+                .map_err(|e| {
+                    let overloaded = matches!(e, sluice_client::Error::Overloaded { .. });
+                    error::open_failed(downstream, e, overloaded)
+                })
+            }
+            // Converted: a TTStream stream leaves as gRPC thrift, `/Service/Method`.
+            (Protocol::TTStream, StreamClient::Grpc(c)) => {
+                let method = renamed.as_deref().unwrap_or(&req.method);
+                c.open_hashed(
+                    &OpenRequest {
+                        path: format!("/{}/{method}", req.service),
+                        content_type: "application/grpc+thrift".into(),
+                        authority: req.service.clone(),
+                        headers: convert::ttstream_to_grpc(&headers),
+                        deadline: target.deadline,
+                    },
+                    target.hash,
+                )
+                .await
+                .map_err(|e| {
+                    let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
+                    error::open_failed(downstream, e, overloaded)
+                })
+            }
         }
     }
 
@@ -334,6 +378,12 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             // task's). Boxing each measured dearer per stream with 50 callers: past a few streams
             // at once, every allocation of a kilobyte goes past the allocator's per-thread cache.
             let renamed = self.phases.rewrite_method(&info, &target);
+            // What leaves in the other family has its metadata mapped on the way back.
+            let convert = match (&req.protocol, &client) {
+                (Protocol::Grpc { .. }, Some(StreamClient::TTStream(_))) => Convert::FromTTStream,
+                (Protocol::TTStream, Some(StreamClient::Grpc(_))) => Convert::FromGrpc,
+                _ => Convert::No,
+            };
             let opening = self.observed().then(Instant::now);
             let down = match self
                 .open_downstream(&req, &target, client, headers, renamed)
@@ -365,6 +415,7 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                 deadline,
                 first_response_timeout,
                 first,
+                convert,
             };
             // Only the splice is awaited: what it returns is reported here, so the future holds
             // the stream's state once.
@@ -471,6 +522,8 @@ impl EventSink for ToDownstream {
 
 /// Downstream events, handed to the upstream stream as they are read.
 struct ToUpstream<P> {
+    /// The downstream's metadata mapped to the caller's family, for a converted stream.
+    convert: Convert,
     up: ServerSend,
     down: ClientSend,
     protocol: Protocol,
@@ -541,7 +594,7 @@ impl<P: Phases> EventSink for ToUpstream<P> {
         self.first.downstream_answered();
         match ev {
             Event::Headers(md) => {
-                let mut md = forwardable(md);
+                let mut md = forwardable(self.convert.metadata(md));
                 self.phases
                     .response_filter(&self.info.borrow(), &mut Metainfo::Stream(&mut md));
                 let _ = self.up.push(Event::Headers(md));
@@ -572,7 +625,8 @@ impl<P: Phases> EventSink for ToUpstream<P> {
                 if end.error.is_none() {
                     self.ended_ok.store(true, Ordering::Relaxed);
                 }
-                end.trailers = forwardable(std::mem::take(&mut end.trailers));
+                end.trailers =
+                    forwardable(self.convert.metadata(std::mem::take(&mut end.trailers)));
                 self.phases.response_filter(
                     &self.info.borrow(),
                     &mut Metainfo::Stream(&mut end.trailers),
@@ -606,6 +660,8 @@ struct Splice<'a, P> {
     first_response_timeout: Duration,
     /// What routing read of the caller's side: sent on before the rest.
     first: First,
+    /// How the downstream's headers and trailers reach the caller.
+    convert: Convert,
 }
 
 impl<P: Phases> Splice<'_, P> {
@@ -695,6 +751,7 @@ impl<P: Phases> Splice<'_, P> {
             bytes: bytes.clone(),
         }));
         let to_up = Arc::new(ToUpstream {
+            convert: self.convert,
             up: up_tx.clone(),
             down: down_tx.clone(),
             protocol: self.protocol.clone(),
@@ -823,5 +880,26 @@ async fn first_message(up: &mut ServerStream, deadline: Option<Instant>) -> Opti
         Ok(Ok(None)) => Some(First::HalfClosed),
         Ok(Err(_reset)) => None,
         Err(_) => Some(First::NotRead),
+    }
+}
+
+/// How a downstream's metadata reaches the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Convert {
+    /// Same family: as it is.
+    No,
+    /// A TTStream downstream, a gRPC caller.
+    FromTTStream,
+    /// A gRPC downstream, a TTStream caller.
+    FromGrpc,
+}
+
+impl Convert {
+    fn metadata(self, md: Metadata) -> Metadata {
+        match self {
+            Convert::No => md,
+            Convert::FromTTStream => convert::ttstream_to_grpc(&md),
+            Convert::FromGrpc => convert::grpc_to_ttstream(&md),
+        }
     }
 }

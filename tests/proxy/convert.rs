@@ -1,0 +1,289 @@
+//! Streams converted between families (`stream_protocol` on a downstream): gRPC thrift callers
+//! to a TTStream downstream and TTStream callers to a gRPC downstream, through the binary, with
+//! every mode, metainfo, errors, cancel and deadlines mapped as docs/protocols.md says.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{ClientConfig, Endpoint, OpenStream, TTStreamClient};
+use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
+use sluice_stream::{ClientRecv, Incoming, Metadata, Reset, ResetCode, StatusCode, StreamEnd};
+
+use crate::support::{start_echo, Sluice};
+
+fn config(listener: &str, down: std::net::SocketAddr, protocol: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "{listener}"
+[[routes]]
+service = "*"
+downstream = "down"
+[downstreams.down]
+endpoints = ["{down}"]
+stream_protocol = "{protocol}"
+"#
+    )
+}
+
+/// A bare `EchoRequest{1: text}`: a TTStream data payload and a thrift gRPC stream message.
+fn msg(text: &str) -> Bytes {
+    let mut v = vec![0x0b, 0x00, 0x01];
+    v.extend_from_slice(&(text.len() as i32).to_be_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    Bytes::from(v)
+}
+
+async fn drain(rx: &mut ClientRecv) -> (Vec<Bytes>, Result<StreamEnd, Reset>) {
+    let mut msgs = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the stream ends in time")
+        {
+            Incoming::Headers(_) => {}
+            Incoming::Message(m) => msgs.push(m),
+            Incoming::End(e) => return (msgs, Ok(e)),
+            Incoming::Reset(r) => return (msgs, Err(r)),
+        }
+    }
+}
+
+fn grpc_open(method: &str, content_type: &str, deadline: Option<Instant>) -> OpenRequest {
+    let mut headers = Metadata::new();
+    headers.push("rpc-persist-tenant", "gold");
+    headers.push("rpc-transit-kx-req-id", "g-1");
+    headers.push("x-user", "u1");
+    OpenRequest {
+        path: format!("/EchoService/{method}"),
+        content_type: content_type.into(),
+        authority: "EchoService".into(),
+        headers,
+        deadline,
+    }
+}
+
+fn kv(h: &[(String, String)], k: &str) -> Option<String> {
+    h.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_thrift_callers_reach_a_ttstream_downstream() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
+    let c = GrpcClient::new(GrpcClientConfig::new(vec![sluice.addr]));
+    let thrift = "application/grpc+thrift";
+    // Every mode: (method, messages sent, messages expected back).
+    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
+        ("Echo", vec!["u"], vec!["u"]),
+        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
+        ("EchoClient", vec!["a", "b"], vec!["b"]),
+        ("EchoServer", vec!["s"], vec!["s", "s"]),
+    ];
+    for (method, sent, want) in cases {
+        let (tx, mut rx) = c
+            .open(&grpc_open(method, thrift, None))
+            .await
+            .unwrap()
+            .split();
+        for m in &sent {
+            tx.send(msg(m)).await.unwrap();
+        }
+        tx.close_send().await.unwrap();
+        let (got, end) = drain(&mut rx).await;
+        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
+        assert_eq!(got, want, "{method}");
+        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
+        assert!(end.error.is_none(), "{method}: {end:?}");
+        // The TTStream server saw the gRPC metadata as Kitex metainfo.
+        let seen = handler.last_str_kvs();
+        assert_eq!(
+            kv(&seen, "RPC_PERSIST_TENANT").as_deref(),
+            Some("gold"),
+            "{seen:?}"
+        );
+        assert_eq!(
+            kv(&seen, "RPC_TRANSIT_KX_REQ_ID").as_deref(),
+            Some("g-1"),
+            "{seen:?}"
+        );
+        assert_eq!(kv(&seen, "x-user").as_deref(), Some("u1"), "{seen:?}");
+        assert_eq!(kv(&seen, "isn").as_deref(), Some("EchoService"), "{seen:?}");
+    }
+    // A TTStream error end (exception type 6) is a gRPC status with its message.
+    let (tx, mut rx) = c
+        .open(&grpc_open("EchoBidiFail", thrift, None))
+        .await
+        .unwrap()
+        .split();
+    tx.send(msg("x")).await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    assert_eq!(got, [msg("x")]);
+    let e = end.unwrap().error.expect("an error status");
+    assert_eq!(e.code.to_grpc(), 2, "TTStream type 6 is UNKNOWN: {e:?}");
+    assert_eq!(
+        e.message,
+        "biz error: echo: injected stream failure after 1 messages"
+    );
+    // A caller's cancel (RST_STREAM CANCEL) is a TTStream RST 12007 downstream.
+    let before = handler.resets_seen().len();
+    let (tx, mut rx) = c
+        .open(&grpc_open("EchoBidi", thrift, None))
+        .await
+        .unwrap()
+        .split();
+    tx.send(msg("c")).await.unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap(),
+        Incoming::Headers(_) | Incoming::Message(_)
+    ));
+    tx.reset(Reset {
+        code: ResetCode::Http2(8),
+        message: "cancel".into(),
+        cancel_path: None,
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handler.resets_seen().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel reached the TTStream server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        handler.resets_seen()[before].code,
+        ResetCode::TTStream(12007)
+    );
+    // The caller's deadline is kept by the proxy (TTStream carries none): DEADLINE_EXCEEDED.
+    let (tx, mut rx) = c
+        .open(&grpc_open(
+            "EchoBidi",
+            thrift,
+            Some(Instant::now() + Duration::from_millis(300)),
+        ))
+        .await
+        .unwrap()
+        .split();
+    let started = Instant::now();
+    let (_, end) = drain(&mut rx).await;
+    drop(tx);
+    let code = match end {
+        Ok(e) => e.error.map(|e| e.code.to_grpc()),
+        Err(r) => panic!("reset {r:?}"),
+    };
+    assert_eq!(code, Some(4), "DEADLINE_EXCEEDED");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Protobuf over TTStream is refused, naming why.
+    let (tx, mut rx) = c
+        .open(&grpc_open("Echo", "application/grpc", None))
+        .await
+        .unwrap()
+        .split();
+    let _ = tx.send(Bytes::from_static(&[0x0a, 0x01, b'x'])).await;
+    let _ = tx.close_send().await;
+    let (_, end) = drain(&mut rx).await;
+    let e = end.unwrap().error.expect("refused");
+    assert_eq!(e.code.to_grpc(), 12, "UNIMPLEMENTED: {e:?}");
+    assert!(
+        e.message
+            .contains("protobuf over TTStream is not supported"),
+        "{}",
+        e.message
+    );
+}
+
+fn tt_open(method: &str) -> OpenStream {
+    let mut headers = Metadata::new();
+    headers.push("RPC_PERSIST_TENANT", "gold");
+    headers.push("RPC_TRANSIT_KX_REQ_ID", "t-1");
+    OpenStream {
+        hash: None,
+        method: method.into(),
+        service: "EchoService".into(),
+        headers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttstream_callers_reach_a_grpc_downstream() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config("ttstream", echo, "grpc"));
+    let c = TTStreamClient::new(ClientConfig::new(
+        "sluice",
+        vec![Endpoint {
+            addr: sluice.addr,
+            weight: 1,
+        }],
+    ));
+    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
+        ("Echo", vec!["u"], vec!["u"]),
+        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
+        ("EchoClient", vec!["a", "b"], vec!["b"]),
+        ("EchoServer", vec!["s"], vec!["s", "s"]),
+    ];
+    for (method, sent, want) in cases {
+        let (tx, mut rx) = c.open(tt_open(method)).await.unwrap().split();
+        for m in &sent {
+            tx.send(msg(m)).await.unwrap();
+        }
+        tx.close_send().await.unwrap();
+        let (got, end) = drain(&mut rx).await;
+        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
+        assert_eq!(got, want, "{method}");
+        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
+        assert!(end.error.is_none(), "{method}: {end:?}");
+        // The gRPC server saw the metainfo as Kitex's gRPC metadata.
+        let seen = handler.last_str_kvs();
+        assert_eq!(
+            kv(&seen, "rpc-persist-tenant").as_deref(),
+            Some("gold"),
+            "{seen:?}"
+        );
+        assert_eq!(
+            kv(&seen, "rpc-transit-kx-req-id").as_deref(),
+            Some("t-1"),
+            "{seen:?}"
+        );
+    }
+    // A gRPC error status is a TTStream exception end with its message.
+    let (tx, mut rx) = c.open(tt_open("EchoBidiFail")).await.unwrap().split();
+    tx.send(msg("x")).await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    assert_eq!(got, [msg("x")]);
+    let e = end.unwrap().error.expect("an error end");
+    assert_eq!(e.code, StatusCode::TTStream(6), "{e:?}");
+    assert_eq!(
+        e.message,
+        "biz error: echo: injected stream failure after 1 messages"
+    );
+    // A TTStream caller's cancel is an RST_STREAM CANCEL downstream.
+    let before = handler.resets_seen().len();
+    let (tx, mut rx) = c.open(tt_open("EchoBidi")).await.unwrap().split();
+    tx.send(msg("c")).await.unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap(),
+        Incoming::Headers(_) | Incoming::Message(_)
+    ));
+    tx.reset(Reset {
+        code: ResetCode::TTStream(12007),
+        message: "cancel".into(),
+        cancel_path: None,
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handler.resets_seen().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel reached the gRPC server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handler.resets_seen()[before].code, ResetCode::Http2(8));
+}
