@@ -287,3 +287,116 @@ async fn ttstream_callers_reach_a_grpc_downstream() {
     }
     assert_eq!(handler.resets_seen()[before].code, ResetCode::Http2(8));
 }
+
+/// The grpcio raw-bytes thrift server of `tests/peers/grpcio_thrift_echo.py`, its address and
+/// its stdout lines; `None` (the test skips) without grpcio unless `SLUICE_REQUIRE_GRPCIO`.
+fn grpcio_thrift_echo() -> Option<(
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+)> {
+    use std::io::BufRead;
+    let python = std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var_os("SLUICE_REQUIRE_GRPCIO").is_some() {
+            panic!("SLUICE_REQUIRE_GRPCIO is set but grpcio is not usable");
+        }
+        println!("skipped: grpcio not installed (pip install grpcio)");
+        return None;
+    }
+    let mut child = std::process::Command::new(&python)
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/peers/grpcio_thrift_echo.py"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the grpcio server");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("grpcio said {first:?}"))
+        .parse()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Some((child, addr, rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttstream_callers_reach_a_grpcio_server() {
+    let Some((mut peer, grpcio, said)) = grpcio_thrift_echo() else {
+        return;
+    };
+    let sluice = Sluice::start(&config("ttstream", grpcio, "grpc"));
+    let c = TTStreamClient::new(ClientConfig::new(
+        "sluice",
+        vec![Endpoint {
+            addr: sluice.addr,
+            weight: 1,
+        }],
+    ));
+    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
+        ("Echo", vec!["u"], vec!["u"]),
+        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
+        ("EchoClient", vec!["a", "b"], vec!["b"]),
+        ("EchoServer", vec!["s"], vec!["s", "s"]),
+    ];
+    for (method, sent, want) in cases {
+        let (tx, mut rx) = c.open(tt_open(method)).await.unwrap().split();
+        for m in &sent {
+            tx.send(msg(m)).await.unwrap();
+        }
+        tx.close_send().await.unwrap();
+        let (got, end) = drain(&mut rx).await;
+        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
+        assert_eq!(got, want, "{method}");
+        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
+        assert!(end.error.is_none(), "{method}: {end:?}");
+        // grpcio's trailing metadata comes back as TTStream trailer keys.
+        assert_eq!(
+            end.trailers.get_str("x-seen-tenant"),
+            Some("gold"),
+            "{method}: {end:?}"
+        );
+        assert_eq!(
+            end.trailers.get_str("biz-status"),
+            Some("0"),
+            "{method}: {end:?}"
+        );
+    }
+    // INTERNAL from grpcio is a TTStream exception type 6 with grpcio's message.
+    let (tx, mut rx) = c.open(tt_open("EchoBidiFail")).await.unwrap().split();
+    tx.send(msg("x")).await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    assert_eq!(got, [msg("x")]);
+    let e = end.unwrap().error.expect("an error end");
+    assert_eq!(e.code, StatusCode::TTStream(6), "{e:?}");
+    assert_eq!(e.message, "grpcio: bidi failure");
+    // A TTStream cancel cancels the grpcio call.
+    let (tx, _rx) = c.open(tt_open("EchoWait")).await.unwrap().split();
+    tx.send(msg("w")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tx.reset(Reset {
+        code: ResetCode::TTStream(12007),
+        message: "cancel".into(),
+        cancel_path: None,
+    })
+    .await;
+    let line = said
+        .recv_timeout(Duration::from_secs(10))
+        .expect("grpcio saw the cancel");
+    assert_eq!(line, "cancelled EchoWait");
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
