@@ -400,3 +400,66 @@ async fn ttstream_callers_reach_a_grpcio_server() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+/// h2 (an independent HTTP/2 implementation) as the gRPC thrift caller: raw
+/// `application/grpc+thrift` frames through Sluice to a TTStream downstream and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
+    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/EchoService/EchoBidi", sluice.addr))
+        .header("content-type", "application/grpc+thrift")
+        .header("te", "trailers")
+        .header("rpc-persist-tenant", "h2-gold")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(request, false).unwrap();
+    let mut framed = Vec::new();
+    for m in ["a", "b"] {
+        let m = msg(m);
+        framed.push(0u8);
+        framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&m);
+    }
+    body.send_data(Bytes::from(framed), true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/grpc+thrift"
+    );
+    let mut recv = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), recv.data())
+        .await
+        .unwrap()
+    {
+        let chunk = chunk.unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = recv.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    // Two gRPC messages, each the echoed bare struct.
+    let mut got = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 5 {
+        let n = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        got.push(Bytes::copy_from_slice(&rest[5..5 + n]));
+        rest = &rest[5 + n..];
+    }
+    assert_eq!(got, [msg("a"), msg("b")]);
+    let seen = handler.last_str_kvs();
+    assert_eq!(
+        kv(&seen, "RPC_PERSIST_TENANT").as_deref(),
+        Some("h2-gold"),
+        "{seen:?}"
+    );
+}
