@@ -463,3 +463,173 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
         "{seen:?}"
     );
 }
+
+/// `EchoRequest{1: text}` as an args struct (`0C 00 01 <req> 00`): a thrift gRPC unary message.
+fn args(text: &str) -> Bytes {
+    let mut v = vec![0x0c, 0x00, 0x01];
+    v.extend_from_slice(&msg(text));
+    v.push(0);
+    Bytes::from(v)
+}
+
+/// Sends one message and a half-close on `path`, returns the messages and the end.
+async fn unary(
+    c: &GrpcClient,
+    path: &str,
+    content_type: &str,
+    headers: Metadata,
+    body: Bytes,
+) -> (Vec<Bytes>, StreamEnd) {
+    let (tx, mut rx) = c
+        .open(&OpenRequest {
+            path: path.into(),
+            content_type: content_type.into(),
+            authority: "EchoService".into(),
+            headers,
+            deadline: None,
+        })
+        .await
+        .unwrap()
+        .split();
+    tx.send(body).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    (got, end.unwrap_or_else(|r| panic!("{path}: reset {r:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_calls_become_pingpong_calls_to_volo_thrift() {
+    let volo =
+        sluice_volo_fixtures::start_server(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let toml = config("grpc", volo, "preserve").replace(
+        "stream_protocol = \"preserve\"",
+        "grpc_unary = \"pingpong\"\ntransport = \"ttheader\"",
+    );
+    let sluice = Sluice::start(&toml);
+    let c = GrpcClient::new(GrpcClientConfig::new(vec![sluice.addr]));
+    let thrift = "application/grpc+thrift";
+    let mut md = Metadata::new();
+    md.push("rpc-persist-tenant", "gold");
+    // The args struct goes out as a CALL; the REPLY's result struct comes back.
+    let (got, end) = unary(&c, "/EchoService/Echo", thrift, md, args("hi")).await;
+    assert!(end.error.is_none(), "{end:?}");
+    let mut want = args("hi|tenant=gold").to_vec();
+    want[2] = 0; // field 0, success
+    assert_eq!(got, [Bytes::from(want)]);
+    // A TApplicationException is an error status with its message.
+    let (got, end) = unary(
+        &c,
+        "/EchoService/EchoFail",
+        thrift,
+        Metadata::new(),
+        args("x"),
+    )
+    .await;
+    assert!(got.is_empty());
+    let e = end.error.expect("an error status");
+    assert_eq!(e.code.to_grpc(), 2, "{e:?}");
+    assert_eq!(e.message, sluice_volo_fixtures::FAIL_MESSAGE);
+    // TTHeader too: the volo server says how the call arrived.
+    let (got, _) = unary(
+        &c,
+        "/EchoService/Echo",
+        thrift,
+        Metadata::new(),
+        args("?transport"),
+    )
+    .await;
+    let mut want = args("ttheader").to_vec();
+    want[2] = 0;
+    assert_eq!(got, [Bytes::from(want)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_calls_become_pingpong_calls_to_sluice_echo() {
+    let (echo, handler, _d) = start_echo().await;
+    let toml = config("grpc", echo, "preserve").replace(
+        "stream_protocol = \"preserve\"",
+        "grpc_unary = \"pingpong\"",
+    );
+    let sluice = Sluice::start(&toml);
+    let c = GrpcClient::new(GrpcClientConfig::new(vec![sluice.addr]));
+    // A declared exception is part of the result struct: it comes back as the message, status
+    // OK (the echo sends an args struct whose field is not 1 back as it is: field 2).
+    let raise = Bytes::from_static(&[0x0c, 0x00, 0x02, 0x08, 0x00, 0x01, 0, 0, 0, 7, 0x00, 0x00]);
+    let (got, end) = unary(
+        &c,
+        "/EchoService/Raise",
+        "application/grpc+thrift",
+        Metadata::new(),
+        raise.clone(),
+    )
+    .await;
+    assert!(end.error.is_none(), "{end:?}");
+    assert_eq!(got, [raise]);
+    // Protobuf: Kitex protobuf over TTHeader, the message as it is both ways.
+    let pb = Bytes::from_static(&[0x0a, 0x02, b'p', b'b']);
+    let mut md = Metadata::new();
+    md.push("rpc-transit-kx-req-id", "u-1");
+    let (got, end) = unary(
+        &c,
+        "/echo.EchoService/Echo",
+        "application/grpc",
+        md,
+        pb.clone(),
+    )
+    .await;
+    assert!(end.error.is_none(), "{end:?}");
+    assert_eq!(got, [pb.clone()]);
+    let seen = handler.last_str_kvs();
+    assert_eq!(
+        kv(&seen, "RPC_TRANSIT_KX_REQ_ID").as_deref(),
+        Some("u-1"),
+        "{seen:?}"
+    );
+    assert_eq!(kv(&seen, "isn").as_deref(), Some("EchoService"), "{seen:?}");
+    // Kitex protobuf's ErrorProto is an error status.
+    let (got, end) = unary(
+        &c,
+        "/echo.EchoService/EchoFail",
+        "application/grpc",
+        Metadata::new(),
+        pb.clone(),
+    )
+    .await;
+    assert!(got.is_empty());
+    let e = end.error.expect("an error status");
+    assert_eq!(e.code.to_grpc(), 2, "{e:?}");
+    assert_eq!(e.message, "biz error: echo: injected failure for EchoFail");
+    // A biz error (biz-status in the REPLY's header) is status 13 with the biz-* trailers.
+    let (got, end) = unary(
+        &c,
+        "/echo.EchoService/EchoBizError",
+        "application/grpc",
+        Metadata::new(),
+        pb.clone(),
+    )
+    .await;
+    assert!(got.is_empty());
+    let e = end.error.clone().expect("an error status");
+    assert_eq!(e.code.to_grpc(), 13, "{e:?}");
+    assert_eq!(e.message, "injected biz error");
+    assert_eq!(end.trailers.get_str("biz-status"), Some("502"));
+    // Two request messages are not a unary call.
+    let (tx, mut rx) = c
+        .open(&OpenRequest {
+            path: "/echo.EchoService/Echo".into(),
+            content_type: "application/grpc".into(),
+            authority: "EchoService".into(),
+            headers: Metadata::new(),
+            deadline: None,
+        })
+        .await
+        .unwrap()
+        .split();
+    tx.send(pb.clone()).await.unwrap();
+    tx.send(pb.clone()).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (_, end) = drain(&mut rx).await;
+    let e = end.unwrap().error.expect("refused");
+    assert_eq!(e.code.to_grpc(), 12, "{e:?}");
+    assert!(e.message.contains("one request message"), "{}", e.message);
+}

@@ -133,6 +133,33 @@ impl FromStr for StreamProtocol {
     }
 }
 
+/// How a gRPC unary call reaches a downstream (`grpc_unary` in the proxy's configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GrpcUnary {
+    /// As a stream of one message, as Kitex does.
+    #[default]
+    Stream,
+    /// As a ping-pong CALL on the downstream's `transport`: the gRPC message is the args struct
+    /// (thrift) or the request message (protobuf, as Kitex protobuf).
+    PingPong,
+}
+
+impl FromStr for GrpcUnary {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stream" => Ok(GrpcUnary::Stream),
+            "pingpong" => Ok(GrpcUnary::PingPong),
+            other => Err(UnknownName {
+                what: "grpc_unary",
+                name: other.to_owned(),
+                expected: "stream or pingpong",
+            }),
+        }
+    }
+}
+
 /// A configuration name (a transport) that is not one of the known ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {name:?} (expected {expected})")]
@@ -211,6 +238,9 @@ pub struct ClientConfig {
     /// The family streams to this downstream leave in (read by a proxy: each client speaks
     /// its own family). Default [`StreamProtocol::Preserve`].
     pub stream_protocol: StreamProtocol,
+    /// How gRPC unary calls reach this downstream (read by a proxy). Default
+    /// [`GrpcUnary::Stream`].
+    pub grpc_unary: GrpcUnary,
 }
 
 impl ClientConfig {
@@ -236,6 +266,7 @@ impl ClientConfig {
             first_response_timeout: Duration::from_secs(30),
             tls: None,
             stream_protocol: StreamProtocol::Preserve,
+            grpc_unary: GrpcUnary::Stream,
         }
     }
 

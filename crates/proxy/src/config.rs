@@ -194,6 +194,7 @@ struct RawDownstream {
     first_response_timeout_ms: Option<u64>,
     hash_key: Option<String>,
     stream_protocol: Option<String>,
+    grpc_unary: Option<String>,
     consecutive_failures: Option<u32>,
     base_ejection_ms: Option<u64>,
     max_ejection_ms: Option<u64>,
@@ -929,6 +930,11 @@ impl Config {
             if let Some(p) = &d.stream_protocol {
                 c.stream_protocol = p.parse().map_err(|e: sluice_client::UnknownName| {
                     err(key("stream_protocol"), e.to_string())
+                })?;
+            }
+            if let Some(u) = &d.grpc_unary {
+                c.grpc_unary = u.parse().map_err(|e: sluice_client::UnknownName| {
+                    err(key("grpc_unary"), e.to_string())
                 })?;
             }
             c.hash_key = d.hash_key.clone();

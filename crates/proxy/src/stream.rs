@@ -12,14 +12,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_client::{ClientConfig, OpenStream, StreamProtocol};
+use sluice_client::{Call, CallOptions, ClientConfig, GrpcUnary, OpenStream, StreamProtocol};
 use sluice_http2::{Code, OpenRequest, Reason};
 use sluice_server::ProxyError;
+use sluice_sniff::Codec;
 use sluice_stream::{
-    ClientSend, ClientStream, Closed, Event, EventSink, Metadata, Protocol, Reset, ResetCode,
-    ServerSend, ServerStream, StatusCode, StreamEnd, StreamRequest, StreamingHandler,
+    ClientSend, ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, Protocol, Reset,
+    ResetCode, ServerSend, ServerStream, StatusCode, StreamEnd, StreamRequest, StreamingHandler,
 };
-use sluice_thrift::ExceptionKind;
+use sluice_thrift::kitex_pb::ErrorProto;
+use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
 use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
@@ -62,6 +64,8 @@ fn trace_keys(protocol: &Protocol) -> &'static [&'static str; 2] {
 enum StreamClient {
     TTStream(Arc<sluice_client::TTStreamClient>),
     Grpc(Arc<sluice_http2::GrpcClient>),
+    /// gRPC unary calls made ping-pong calls (`grpc_unary = "pingpong"`).
+    PingPong(Arc<sluice_client::GenericClient>),
 }
 
 /// The destination service a stream names: gRPC `destination-service`, else `:authority`
@@ -105,6 +109,9 @@ impl<P: Phases> Forwarder<P> {
         downstream: &str,
         dc: &ClientConfig,
     ) -> StreamClient {
+        if matches!(protocol, Protocol::Grpc { .. }) && dc.grpc_unary == GrpcUnary::PingPong {
+            return StreamClient::PingPong(self.clients.pingpong(downstream, || dc.clone()));
+        }
         let ttstream = match dc.stream_protocol {
             StreamProtocol::Preserve => matches!(protocol, Protocol::TTStream),
             StreamProtocol::TTStream => true,
@@ -209,6 +216,10 @@ impl<P: Phases> Forwarder<P> {
                     error::open_failed(downstream, e, overloaded)
                 })
             }
+            (_, StreamClient::PingPong(_)) => Err(error::unsupported_conversion(
+                downstream,
+                "a ping-pong downstream takes gRPC unary calls only",
+            )),
             // Converted: a TTStream stream leaves as gRPC thrift, `/Service/Method`.
             (Protocol::TTStream, StreamClient::Grpc(c)) => {
                 let method = renamed.as_deref().unwrap_or(&req.method);
@@ -229,6 +240,149 @@ impl<P: Phases> Forwarder<P> {
                 })
             }
         }
+    }
+
+    /// A gRPC unary call made a ping-pong call (`grpc_unary = "pingpong"`): the one request
+    /// message becomes a CALL's body (thrift: the args struct; protobuf: the Kitex protobuf
+    /// message), the REPLY's body the one response message, an EXCEPTION an error status.
+    async fn unary_to_pingpong(
+        &self,
+        req: &StreamRequest,
+        mut up: ServerStream,
+        first: First,
+        call: UnaryCall<'_>,
+    ) {
+        let UnaryCall {
+            info,
+            target,
+            client,
+            headers,
+            renamed,
+        } = call;
+        let protocol = &req.protocol;
+        let refuse = |up, e| self.refuse_stream(info, up, protocol, e, None);
+        let not_unary = || {
+            error::unsupported_conversion(
+                &target.downstream,
+                "grpc_unary = \"pingpong\" takes one request message and a half-close",
+            )
+        };
+        let message = match first {
+            First::Message(m) => m,
+            First::HalfClosed => return refuse(up, not_unary()).await,
+            First::NotRead => match first_message(&mut up, target.deadline).await {
+                Some(First::Message(m)) => m,
+                Some(_) => return refuse(up, not_unary()).await,
+                None => return,
+            },
+        };
+        // The half-close must follow: a second message means a streaming call.
+        match first_message(&mut up, target.deadline).await {
+            Some(First::HalfClosed) => {}
+            Some(_) => return refuse(up, not_unary()).await,
+            None => return,
+        }
+        let codec = match protocol {
+            Protocol::Grpc { content_type, .. } if content_type.contains("thrift") => Codec::Thrift,
+            _ => Codec::KitexProtobuf,
+        };
+        let mut header = sluice_ttheader::Header::default();
+        for (k, v) in convert::grpc_to_ttstream(&headers).iter() {
+            header
+                .str_kvs
+                .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+        }
+        header
+            .str_kvs
+            .insert(str_key::IDL_SERVICE_NAME, req.service.clone());
+        let bytes_in = message.len() as u64;
+        let mut call = Call {
+            method: renamed.unwrap_or_else(|| req.method.clone()),
+            msg_type: MessageType::Call,
+            codec,
+            args: message,
+            header,
+            deadline: target.deadline,
+        };
+        let sent = Instant::now();
+        let result = client
+            .call_with(
+                &mut call,
+                CallOptions {
+                    hash: target.hash,
+                    retry: None,
+                },
+            )
+            .await;
+        let took = sent.elapsed();
+        let reply = match result {
+            Ok(Some(r)) => r,
+            Ok(None) => return refuse(up, not_unary()).await,
+            Err(e) => return refuse(up, error::call_failed(e)).await,
+        };
+        let mut trailers = Metadata::new();
+        for (k, v) in reply.header.str_kvs.iter() {
+            trailers.push(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+        }
+        let trailers = convert::ttstream_to_grpc(&trailers);
+        let end = if reply.msg_type == MessageType::Exception {
+            // The exception's type and message as a status (mapped as a TTStream error end is).
+            let (kind, message) = match codec {
+                Codec::Thrift => ApplicationException::decode(&reply.body)
+                    .map(|(e, _)| (e.kind.0, e.message))
+                    .unwrap_or((
+                        6,
+                        "sluice: the downstream's exception could not be read".into(),
+                    )),
+                Codec::KitexProtobuf => ErrorProto::decode(&reply.body)
+                    .map(|e| (e.type_id, e.message))
+                    .unwrap_or((6, "sluice: the downstream's error could not be read".into())),
+            };
+            StreamEnd {
+                error: Some(ErrorStatus {
+                    code: StatusCode::TTStream(kind),
+                    message,
+                }),
+                trailers,
+            }
+        } else {
+            match trailers.get_str("biz-status").filter(|s| *s != "0") {
+                // A Kitex business error: status 13 with the biz-* trailers, as Kitex's gRPC
+                // server answers one.
+                Some(_) => StreamEnd {
+                    error: Some(ErrorStatus {
+                        code: StatusCode::Grpc(13),
+                        message: trailers.get_str("biz-message").unwrap_or("").to_owned(),
+                    }),
+                    trailers,
+                },
+                None => {
+                    if up.send(reply.body.clone()).await.is_err() {
+                        return;
+                    }
+                    StreamEnd {
+                        error: None,
+                        trailers,
+                    }
+                }
+            }
+        };
+        let ok = end.error.is_none();
+        let bytes_out = if ok { reply.body.len() as u64 } else { 0 };
+        up.finish(end).await;
+        self.phases.logging(info, None);
+        self.finish(
+            info,
+            Done {
+                ok,
+                downstream: Some((ok, took)),
+                endpoint: reply.endpoint,
+                bytes_in,
+                bytes_out,
+                retries: reply.attempts.saturating_sub(1),
+                ..Done::new(protocol_name(protocol))
+            },
+        );
     }
 
     /// Ends the caller's stream with `e` (after the error phase), counts and logs it.
@@ -383,6 +537,19 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
                 (Protocol::Grpc { .. }, Some(StreamClient::TTStream(_))) => Convert::FromTTStream,
                 (Protocol::TTStream, Some(StreamClient::Grpc(_))) => Convert::FromGrpc,
                 _ => Convert::No,
+            };
+            let client = match client {
+                Some(StreamClient::PingPong(c)) => {
+                    let call = UnaryCall {
+                        info: &info,
+                        target: &target,
+                        client: c,
+                        headers,
+                        renamed,
+                    };
+                    return Box::pin(self.unary_to_pingpong(&req, up, first, call)).await;
+                }
+                other => other,
             };
             let opening = self.observed().then(Instant::now);
             let down = match self
@@ -902,4 +1069,13 @@ impl Convert {
             Convert::FromGrpc => convert::grpc_to_ttstream(&md),
         }
     }
+}
+
+/// What [`Forwarder::unary_to_pingpong`] needs of a routed gRPC unary call.
+struct UnaryCall<'a> {
+    info: &'a CallInfo<'a>,
+    target: &'a Target<'a>,
+    client: Arc<sluice_client::GenericClient>,
+    headers: Metadata,
+    renamed: Option<String>,
 }
