@@ -578,7 +578,7 @@ async fn grpc_unary_calls_become_pingpong_calls_to_sluice_echo() {
     )
     .await;
     assert!(end.error.is_none(), "{end:?}");
-    assert_eq!(got, [pb.clone()]);
+    assert_eq!(got, std::slice::from_ref(&pb));
     let seen = handler.last_str_kvs();
     assert_eq!(
         kv(&seen, "RPC_TRANSIT_KX_REQ_ID").as_deref(),
