@@ -633,3 +633,89 @@ async fn grpc_unary_calls_become_pingpong_calls_to_sluice_echo() {
     assert_eq!(e.code.to_grpc(), 12, "{e:?}");
     assert!(e.message.contains("one request message"), "{}", e.message);
 }
+
+/// One TTHeader request (thrift or Kitex protobuf) through `addr`, and its reply.
+async fn ttheader_call(
+    addr: std::net::SocketAddr,
+    pb: bool,
+    method: &str,
+    body: &[u8],
+    header: &sluice_ttheader::Header,
+) -> crate::support::RawReply {
+    use tokio::io::AsyncWriteExt;
+    let shape = crate::support::Shape::TTHeader {
+        framed: true,
+        flags: 0,
+    };
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&crate::support::request(
+        shape,
+        header,
+        pb,
+        method,
+        sluice_thrift::MessageType::Call,
+        5,
+        body,
+    ))
+    .await
+    .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    crate::support::read_reply(&mut s, &mut buf, shape, Duration::from_secs(10))
+        .await
+        .expect("a reply")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttheader_callers_reach_a_grpc_only_downstream() {
+    use sluice_thrift::MessageType;
+    let Some((mut peer, grpcio, _said)) = grpcio_thrift_echo() else {
+        return;
+    };
+    let (echo, _h, _d) = start_echo().await;
+    let toml = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{{port}}"
+cluster = "ttstream"
+[[routes]]
+service = "EchoService"
+method = "EchoPb"
+downstream = "pb"
+[[routes]]
+service = "*"
+downstream = "thrift"
+[downstreams.thrift]
+endpoints = ["{grpcio}"]
+transport = "grpc"
+[downstreams.pb]
+endpoints = ["{echo}"]
+transport = "grpc"
+grpc_package = "echo"
+"#
+    );
+    let sluice = Sluice::start(&toml);
+    let mut h = sluice_ttheader::Header::default();
+    h.str_kvs.insert("isn", "EchoService");
+    h.str_kvs.insert("RPC_PERSIST_TENANT", "gold");
+    // Thrift: the args struct is the gRPC message, the grpcio echo's answer the REPLY body,
+    // its trailers the reply's string keys.
+    let r = ttheader_call(sluice.addr, false, "Echo", &args("hi"), &h).await;
+    assert_eq!(r.msg_type, MessageType::Reply);
+    assert_eq!(r.body, args("hi"));
+    let f = r.header.unwrap();
+    assert_eq!(f.header.str_kvs.get_str("x-seen-tenant"), Some("gold"));
+    assert_eq!(f.header.str_kvs.get_str("biz-status"), Some("0"));
+    // An error status is a TApplicationException of the nearest type.
+    let r = ttheader_call(sluice.addr, false, "EchoBidiFail", &args("x"), &h).await;
+    assert_eq!(r.msg_type, MessageType::Exception);
+    let (e, _) = sluice_thrift::ApplicationException::decode(&r.body).unwrap();
+    assert_eq!(e.kind.0, 6, "INTERNAL is an internal error");
+    assert_eq!(e.message, "grpcio: bidi failure");
+    // Kitex protobuf: the message as it is, to `/echo.EchoService/EchoPb`.
+    let pb = [0x0a, 0x02, b'p', b'b'];
+    let r = ttheader_call(sluice.addr, true, "EchoPb", &pb, &h).await;
+    assert_eq!(r.msg_type, MessageType::Reply, "{r:?}");
+    assert_eq!(&r.body[..], &pb[..]);
+    let _ = peer.kill();
+    let _ = peer.wait();
+}

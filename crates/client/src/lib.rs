@@ -241,6 +241,14 @@ pub struct ClientConfig {
     /// How gRPC unary calls reach this downstream (read by a proxy). Default
     /// [`GrpcUnary::Stream`].
     pub grpc_unary: GrpcUnary,
+    /// The downstream speaks gRPC only (`transport = "grpc"` in the proxy's configuration):
+    /// a proxy makes each ping-pong call to it a gRPC unary call (read by a proxy; this
+    /// client does not). Default false.
+    pub grpc_only: bool,
+    /// With [`grpc_only`](Self::grpc_only): the protobuf package put before the service name in
+    /// a converted Kitex protobuf call's `:path` (`/<package>.<Service>/<Method>`; TTHeader
+    /// carries the service name alone). Default none.
+    pub grpc_package: Option<String>,
 }
 
 impl ClientConfig {
@@ -267,6 +275,8 @@ impl ClientConfig {
             tls: None,
             stream_protocol: StreamProtocol::Preserve,
             grpc_unary: GrpcUnary::Stream,
+            grpc_only: false,
+            grpc_package: None,
         }
     }
 

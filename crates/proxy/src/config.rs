@@ -195,6 +195,7 @@ struct RawDownstream {
     hash_key: Option<String>,
     stream_protocol: Option<String>,
     grpc_unary: Option<String>,
+    grpc_package: Option<String>,
     consecutive_failures: Option<u32>,
     base_ejection_ms: Option<u64>,
     max_ejection_ms: Option<u64>,
@@ -898,11 +899,26 @@ impl Config {
             };
             sources.insert(name.clone(), source);
             let mut c = ClientConfig::new(name.clone(), endpoints);
-            if let Some(t) = &d.transport {
-                c.transport = t
-                    .parse::<Transport>()
-                    .map_err(|e| err(key("transport"), e.to_string()))?;
+            match d.transport.as_deref() {
+                // A gRPC-only downstream: ping-pong calls to it become gRPC unary calls.
+                Some("grpc") => c.grpc_only = true,
+                Some(t) => {
+                    c.transport = t.parse::<Transport>().map_err(|e| {
+                        err(
+                            key("transport"),
+                            format!("{e}, or grpc for a gRPC-only downstream"),
+                        )
+                    })?
+                }
+                None => {}
             }
+            if d.grpc_package.is_some() && !c.grpc_only {
+                return Err(err(
+                    key("grpc_package"),
+                    "applies with transport = \"grpc\" only",
+                ));
+            }
+            c.grpc_package = d.grpc_package.clone();
             if let Some(b) = &d.balance {
                 c.balance = b
                     .parse::<Balance>()
@@ -1397,7 +1413,23 @@ impl Config {
                     t.insert("tags".into(), Value::Table(tags));
                 }
             }
-            t.insert("transport".into(), text(d.transport.as_str()));
+            t.insert(
+                "transport".into(),
+                text(if d.grpc_only {
+                    "grpc"
+                } else {
+                    d.transport.as_str()
+                }),
+            );
+            if d.stream_protocol != sluice_client::StreamProtocol::Preserve {
+                t.insert("stream_protocol".into(), text(d.stream_protocol.as_str()));
+            }
+            if d.grpc_unary == sluice_client::GrpcUnary::PingPong {
+                t.insert("grpc_unary".into(), text("pingpong"));
+            }
+            if let Some(p) = &d.grpc_package {
+                t.insert("grpc_package".into(), text(p));
+            }
             t.insert("balance".into(), text(d.balance.as_str()));
             t.insert("multiplex".into(), Value::Boolean(d.multiplex));
             t.insert("connect_timeout_ms".into(), ms(d.connect_timeout));
@@ -1576,7 +1608,7 @@ impl Config {
             let _ = writeln!(
                 s,
                 "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]{}{}",
-                d.transport.as_str(),
+                if d.grpc_only { "grpc" } else { d.transport.as_str() },
                 d.balance,
                 d.multiplex,
                 d.connect_timeout,

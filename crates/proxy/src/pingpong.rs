@@ -169,7 +169,15 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             hash: target.hash,
             retry: target.policy.and_then(|p| p.retry.as_ref()),
         };
-        let result = client.call_with(&mut call, options).await;
+        let result = if dc.grpc_only {
+            // Boxed: only calls to a gRPC-only downstream carry the stream's state.
+            Box::pin(self.call_over_grpc(&target, dc, &call, &req.service)).await
+        } else {
+            client
+                .call_with(&mut call, options)
+                .await
+                .map_err(error::call_failed)
+        };
         // One clock read serves both the downstream call's and the whole request's duration.
         let answered = sent.map(|t| (t, Instant::now()));
         let took = answered.map(|(t, now)| now - t).unwrap_or_default();
@@ -235,7 +243,7 @@ impl<P: Phases> DefaultHandler for Forwarder<P> {
             }
             Err(e) => self.refuse(
                 &info,
-                error::call_failed(e),
+                e,
                 Done {
                     downstream: Some((false, took)),
                     ..done
@@ -265,5 +273,110 @@ impl<P: Phases> Forwarder<P> {
             },
         );
         e.to_response()
+    }
+}
+
+impl<P: Phases> Forwarder<P> {
+    /// A ping-pong call to a gRPC-only downstream (`transport = "grpc"`), made a gRPC unary
+    /// call: `/<Service>/<Method>` (protobuf: with the downstream's `grpc_package`), the args
+    /// struct (thrift, `application/grpc+thrift`) or the request message (Kitex protobuf,
+    /// `application/grpc`) as the one message, the string keys as metadata (metainfo as Kitex
+    /// maps it). The response message is the REPLY's body; an error status becomes an
+    /// EXCEPTION (`TApplicationException` or `ErrorProto`) of the status's nearest type.
+    async fn call_over_grpc(
+        &self,
+        target: &crate::route::Target<'_>,
+        dc: &sluice_client::ClientConfig,
+        call: &Call,
+        service: &str,
+    ) -> Result<Option<sluice_client::Reply>, sluice_server::ProxyError> {
+        use sluice_stream::{Incoming, Metadata, StatusCode};
+
+        let downstream = &*target.downstream;
+        let client = self.clients.grpc(downstream, || dc.clone());
+        let (path, content_type) = match call.codec {
+            Codec::Thrift => (
+                format!("/{service}/{}", call.method),
+                "application/grpc+thrift",
+            ),
+            Codec::KitexProtobuf => (
+                match &dc.grpc_package {
+                    Some(p) => format!("/{p}.{service}/{}", call.method),
+                    None => format!("/{service}/{}", call.method),
+                },
+                "application/grpc",
+            ),
+        };
+        let mut md = Metadata::new();
+        for (k, v) in call.header.str_kvs.iter() {
+            md.push(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+        }
+        let req = sluice_http2::OpenRequest {
+            path,
+            content_type: content_type.into(),
+            authority: service.to_owned(),
+            headers: crate::convert::ttstream_to_grpc(&md),
+            deadline: target.deadline,
+        };
+        let stream = client.open_hashed(&req, target.hash).await.map_err(|e| {
+            let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
+            error::open_failed(downstream, e, overloaded)
+        })?;
+        let (tx, mut rx) = stream.split();
+        let gone =
+            |why: &str| error::downstream_reset(downstream, why, sluice_stream::ResetCode::Gone);
+        if tx.send(call.args.clone()).await.is_err() || tx.close_send().await.is_err() {
+            return Err(gone("the gRPC stream closed before the request was sent"));
+        }
+        let mut message = None;
+        let end = loop {
+            match rx.recv().await {
+                Incoming::Headers(_) => {}
+                Incoming::Message(m) => {
+                    if message.replace(m).is_some() {
+                        return Err(gone("a unary call answered with more than one message"));
+                    }
+                }
+                Incoming::End(end) => break end,
+                Incoming::Reset(r) => {
+                    return Err(error::downstream_reset(downstream, &r.message, r.code))
+                }
+            }
+        };
+        let mut header = Header::default();
+        let trailers = crate::convert::grpc_to_ttstream(&end.trailers);
+        for (k, v) in trailers.iter() {
+            header
+                .str_kvs
+                .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+        }
+        let (msg_type, body) = match (end.error, message) {
+            (None, Some(m)) => (MessageType::Reply, m),
+            (None, None) => return Err(gone("the gRPC call ended without a response message")),
+            (Some(e), _) => {
+                let kind = StatusCode::to_ttstream(e.code);
+                let mut b = bytes::BytesMut::new();
+                match call.codec {
+                    Codec::Thrift => sluice_thrift::ApplicationException::new(
+                        sluice_thrift::ExceptionKind(kind),
+                        e.message,
+                    )
+                    .encode(&mut b),
+                    Codec::KitexProtobuf => sluice_thrift::kitex_pb::ErrorProto {
+                        type_id: kind,
+                        message: e.message,
+                    }
+                    .encode(&mut b),
+                }
+                (MessageType::Exception, b.freeze())
+            }
+        };
+        Ok(Some(sluice_client::Reply {
+            msg_type,
+            body,
+            header,
+            endpoint: None,
+            attempts: 1,
+        }))
     }
 }
