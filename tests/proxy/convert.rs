@@ -719,3 +719,50 @@ grpc_package = "echo"
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+#[test]
+fn conversion_settings_are_checked_and_described() {
+    let base = |extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:1"
+cluster = "grpc"
+[[routes]]
+service = "*"
+downstream = "d"
+[downstreams.d]
+endpoints = ["127.0.0.1:2"]
+{extra}
+"#
+        )
+    };
+    let c = sluice_proxy::Config::from_toml(&base(
+        "stream_protocol = \"ttstream\"\ngrpc_unary = \"pingpong\"",
+    ))
+    .unwrap();
+    let d = c.describe();
+    assert!(d.contains("streams leave as ttstream"), "{d}");
+    assert!(d.contains("protobuf over TTStream is not supported"), "{d}");
+    assert!(
+        d.contains("gRPC unary calls leave as ping-pong calls over ttheader"),
+        "{d}"
+    );
+    for (extra, want) in [
+        ("stream_protocol = \"h3\"", "unknown stream protocol \"h3\""),
+        ("grpc_unary = \"both\"", "unknown grpc_unary \"both\""),
+        (
+            "grpc_package = \"echo\"",
+            "applies with transport = \"grpc\" only",
+        ),
+        ("transport = \"quic\"", "or grpc for a gRPC-only downstream"),
+    ] {
+        let e = sluice_proxy::Config::from_toml(&base(extra))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let c = sluice_proxy::Config::from_toml(&base("transport = \"grpc\"\ngrpc_package = \"echo\""))
+        .unwrap();
+    assert!(c.describe().contains("transport=grpc"), "{}", c.describe());
+}

@@ -1631,6 +1631,25 @@ impl Config {
                     ),
                 }
             );
+            match d.stream_protocol {
+                sluice_client::StreamProtocol::Preserve => {}
+                p => {
+                    let _ = writeln!(s, "  streams leave as {}", p.as_str());
+                }
+            }
+            if d.stream_protocol == sluice_client::StreamProtocol::TTStream {
+                let _ = writeln!(
+                    s,
+                    "  note: gRPC protobuf streams to {name} are refused: protobuf over TTStream is not supported (Kitex's own binary generic client fails with \"unexpected Args writer type\"); gRPC thrift streams are converted"
+                );
+            }
+            if d.grpc_unary == sluice_client::GrpcUnary::PingPong {
+                let _ = writeln!(
+                    s,
+                    "  gRPC unary calls leave as ping-pong calls over {}",
+                    d.transport.as_str()
+                );
+            }
         }
         let _ = writeln!(
             s,
