@@ -18,9 +18,11 @@
 //! events then go from that side's connection reader straight into a sink that hands them to
 //! the other side, with no task of its own in between.
 //!
-//! Protocol families are never converted: a TTStream stream is forwarded to a TTStream
-//! downstream, a gRPC stream to a gRPC downstream, so [`StreamEnd`] and [`Metadata`] carry each
-//! protocol's own values through unchanged.
+//! [`StreamEnd`] and [`Metadata`] carry each protocol's own values: a stream forwarded within
+//! its family passes them through unchanged. A forwarder that converts between families (a
+//! downstream's `stream_protocol` in the proxy) maps the metadata keys itself; status and reset
+//! codes are typed by family ([`StatusCode`], [`ResetCode`]) and each driver turns another
+//! family's code into its nearest own one when it writes it.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
