@@ -586,6 +586,30 @@ async fn grpc_unary_calls_become_pingpong_calls_to_sluice_echo() {
         "{seen:?}"
     );
     assert_eq!(kv(&seen, "isn").as_deref(), Some("EchoService"), "{seen:?}");
+    // The gRPC deadline goes on as the TTHeader timeout (int key 12, in ms).
+    let (tx, mut rx) = c
+        .open(&OpenRequest {
+            path: "/echo.EchoService/Echo".into(),
+            content_type: "application/grpc".into(),
+            authority: "EchoService".into(),
+            headers: Metadata::new(),
+            deadline: Some(Instant::now() + Duration::from_secs(5)),
+        })
+        .await
+        .unwrap()
+        .split();
+    tx.send(pb.clone()).await.unwrap();
+    tx.close_send().await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    assert_eq!(got, std::slice::from_ref(&pb));
+    assert!(end.unwrap().error.is_none());
+    let timeout: u64 = handler
+        .last_int_kvs()
+        .iter()
+        .find(|(k, _)| *k == 12)
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("RPCTimeout sent");
+    assert!((4000..=5000).contains(&timeout), "{timeout} ms");
     // Kitex protobuf's ErrorProto is an error status.
     let (got, end) = unary(
         &c,
