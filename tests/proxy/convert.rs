@@ -401,17 +401,18 @@ async fn ttstream_callers_reach_a_grpcio_server() {
     let _ = peer.wait();
 }
 
-/// h2 (an independent HTTP/2 implementation) as the gRPC thrift caller: raw
-/// `application/grpc+thrift` frames through Sluice to a TTStream downstream and back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
-    let (echo, handler, _d) = start_echo().await;
-    let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
-    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+/// One gRPC thrift call made with h2: the messages (gRPC-framed) and half-close, then what came
+/// back: the messages and `grpc-status` / `grpc-message`.
+async fn h2_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    sent: &[&str],
+) -> (Vec<Bytes>, String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{}/EchoService/EchoBidi", sluice.addr))
+    let request = http::Request::post(format!("http://{addr}/EchoService/{method}"))
         .header("content-type", "application/grpc+thrift")
         .header("te", "trailers")
         .header("rpc-persist-tenant", "h2-gold")
@@ -419,7 +420,7 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
         .unwrap();
     let (resp, mut body) = send.send_request(request, false).unwrap();
     let mut framed = Vec::new();
-    for m in ["a", "b"] {
+    for m in sent {
         let m = msg(m);
         framed.push(0u8);
         framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
@@ -431,10 +432,6 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers().get("content-type").unwrap(),
-        "application/grpc+thrift"
-    );
     let mut recv = resp.into_body();
     let mut data = Vec::new();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), recv.data())
@@ -446,8 +443,12 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
         data.extend_from_slice(&chunk);
     }
     let trailers = recv.trailers().await.unwrap().expect("trailers");
-    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
-    // Two gRPC messages, each the echoed bare struct.
+    let text = |k: &str| {
+        trailers
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
     let mut got = Vec::new();
     let mut rest = &data[..];
     while rest.len() >= 5 {
@@ -455,12 +456,69 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
         got.push(Bytes::copy_from_slice(&rest[5..5 + n]));
         rest = &rest[5 + n..];
     }
-    assert_eq!(got, [msg("a"), msg("b")]);
-    let seen = handler.last_str_kvs();
+    (got, text("grpc-status"), text("grpc-message"))
+}
+
+/// h2 (an independent HTTP/2 implementation) as the gRPC thrift caller: raw
+/// `application/grpc+thrift` frames through Sluice to a TTStream downstream and back, in every
+/// mode, with an error end and a cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
+    let (echo, handler, _d) = start_echo().await;
+    let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
+    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
+        ("Echo", vec!["u"], vec!["u"]),
+        ("EchoBidi", vec!["a", "b"], vec!["a", "b"]),
+        ("EchoClient", vec!["a", "b"], vec!["b"]),
+        ("EchoServer", vec!["s"], vec!["s", "s"]),
+    ];
+    for (method, sent, want) in cases {
+        let (got, status, _) = h2_call(sluice.addr, method, &sent).await;
+        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
+        assert_eq!(got, want, "{method}");
+        assert_eq!(status, "0", "{method}");
+        let seen = handler.last_str_kvs();
+        assert_eq!(
+            kv(&seen, "RPC_PERSIST_TENANT").as_deref(),
+            Some("h2-gold"),
+            "{seen:?}"
+        );
+    }
+    // The TTStream error end: grpc-status 2 and the exception's message (percent-encoded).
+    let (got, status, message) = h2_call(sluice.addr, "EchoBidiFail", &["x"]).await;
+    assert_eq!(got, [msg("x")]);
+    assert_eq!(status, "2");
+    assert!(message.contains("injected stream failure"), "{message}");
+    // h2's RST_STREAM CANCEL is a TTStream RST 12007 downstream.
+    let before = handler.resets_seen().len();
+    let tcp = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/EchoService/EchoBidi", sluice.addr))
+        .header("content-type", "application/grpc+thrift")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(request, false).unwrap();
+    let m = msg("c");
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&m);
+    body.send_data(Bytes::from(framed), false).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), resp).await;
+    body.send_reset(h2::Reason::CANCEL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handler.resets_seen().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cancel reached the TTStream server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
-        kv(&seen, "RPC_PERSIST_TENANT").as_deref(),
-        Some("h2-gold"),
-        "{seen:?}"
+        handler.resets_seen()[before].code,
+        ResetCode::TTStream(12007)
     );
 }
 
