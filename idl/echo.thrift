@@ -11,9 +11,15 @@ struct EchoResponse {
     1: string message
 }
 
+exception EchoError {
+    1: i32 code
+    2: string message
+}
+
 service EchoService {
     EchoResponse Echo(1: EchoRequest req)
     EchoResponse EchoFail(1: EchoRequest req)
+    EchoResponse EchoRaise(1: EchoRequest req) throws (1: EchoError err)
     oneway void EchoOneway(1: EchoRequest req)
     EchoResponse EchoBidi(1: EchoRequest req) (streaming.mode="bidirectional")
     EchoResponse EchoClient(1: EchoRequest req) (streaming.mode="client")

@@ -587,6 +587,30 @@ async fn grpc_unary_calls_become_pingpong_calls_to_volo_thrift() {
     let e = end.error.expect("an error status");
     assert_eq!(e.code.to_grpc(), 2, "{e:?}");
     assert_eq!(e.message, sluice_volo_fixtures::FAIL_MESSAGE);
+    // A declared exception stays in the result struct: status OK, the struct as volo wrote it.
+    let (got, end) = unary(
+        &c,
+        "/EchoService/EchoRaise",
+        thrift,
+        Metadata::new(),
+        args("boom"),
+    )
+    .await;
+    assert!(end.error.is_none(), "{end:?}");
+    let idl = sluice_idl::ThriftIdl::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idl/echo.thrift"),
+        &[],
+    )
+    .unwrap();
+    let raise = idl.function(None, "EchoRaise").unwrap();
+    assert_eq!(
+        idl.decode_result(raise, &got[0]).unwrap(),
+        sluice_idl::Outcome::Exception {
+            field: "err".into(),
+            type_name: "EchoError".into(),
+            value: serde_json::json!({"code": sluice_volo_fixtures::RAISE_CODE, "message": "boom"}),
+        }
+    );
     // TTHeader too: the volo server says how the call arrived.
     let (got, _) = unary(
         &c,

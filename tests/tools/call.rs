@@ -186,6 +186,24 @@ fn call_speaks_ttheader_framed_and_buffered_to_a_volo_thrift_server() {
         fail.stderr_has(sluice_volo_fixtures::FAIL_MESSAGE);
         fail.stderr_has("exception: type ");
     }
+    // volo's declared exception: printed as JSON, exit 5.
+    let out = call(
+        &[
+            &addr,
+            "EchoRaise",
+            "--idl",
+            &echo,
+            "-d",
+            r#"{"req":{"message":"boom"}}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.code, DECLARED, "{}", out.describe());
+    assert_eq!(
+        out.json(),
+        json!({"err": {"code": sluice_volo_fixtures::RAISE_CODE, "message": "boom"}})
+    );
+    out.stderr_has("declared exception err (EchoError)");
     // Metainfo reaches the server (the default transport is TTHeader), stdin carries the
     // request, and -vv shows both frames.
     let out = call(

@@ -8,7 +8,8 @@
 //! (`RPC_TRANSIT_HOP`, which a volo server files as an upstream value), then
 //! `|traceparent=<v>` when it carries the transient key [`TRACEPARENT_KEY`]
 //! (`RPC_TRANSIT_traceparent`, as Kitex's OpenTelemetry tracer sends it). `EchoFail` always
-//! answers with an application exception whose message is [`FAIL_MESSAGE`]. An `Echo` of exactly
+//! answers with an application exception whose message is [`FAIL_MESSAGE`], and `EchoRaise`
+//! with its declared exception `EchoError { code: RAISE_CODE, message: <the request's> }`. An `Echo` of exactly
 //! [`TRANSPORT_QUERY`] answers instead with the framing the server detected for that request
 //! (`"ttheader"`, `"framed"` or `"buffered"`). volo-build ignores
 //! the `streaming.mode` annotations of the IDL and generates those methods as plain
@@ -48,8 +49,8 @@ pub mod gen {
 pub use gen::echo_gen::echo;
 
 use echo::{
-    EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceRequestRecv,
-    EchoServiceServer,
+    EchoError, EchoRequest, EchoResponse, EchoService, EchoServiceClient,
+    EchoServiceEchoRaiseException, EchoServiceRequestRecv, EchoServiceServer,
 };
 
 /// The persistent metainfo key the server reports back in `Echo` replies.
@@ -64,6 +65,10 @@ pub const TRACEPARENT_KEY: &str = "traceparent";
 
 /// The `Echo` message that asks the server which framing the request arrived in.
 pub const TRANSPORT_QUERY: &str = "?transport";
+
+/// The `code` of the declared `EchoError` every `EchoRaise` throws (its `message` is the
+/// request's).
+pub const RAISE_CODE: i32 = 7;
 
 /// The application exception message of every `EchoFail` reply.
 pub const FAIL_MESSAGE: &str = "volo echo server: EchoFail always fails";
@@ -119,6 +124,19 @@ impl EchoService for EchoHandler {
             ApplicationExceptionKind::INTERNAL_ERROR,
             FAIL_MESSAGE,
         )))
+    }
+
+    async fn echo_raise(
+        &self,
+        req: EchoRequest,
+    ) -> Result<volo_thrift::MaybeException<EchoResponse, EchoServiceEchoRaiseException>, ServerError>
+    {
+        Ok(volo_thrift::MaybeException::Exception(
+            EchoServiceEchoRaiseException::Err(EchoError {
+                code: Some(RAISE_CODE),
+                message: req.message,
+            }),
+        ))
     }
 
     async fn echo_oneway(&self, _req: EchoRequest) -> Result<(), ServerError> {
