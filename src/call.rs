@@ -20,7 +20,7 @@ use sluice_idl::{Idl, Outcome, ProtoMethod, StreamingMode, ThriftIdl};
 use sluice_sniff::Codec;
 use sluice_stream::{Incoming, Metadata, StatusCode};
 use sluice_thrift::kitex_pb::ErrorProto;
-use sluice_thrift::{ApplicationException, MessageType};
+use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
 use sluice_ttheader::{int_key, Header};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -682,23 +682,7 @@ fn printable(b: &[u8]) -> String {
 
 /// The name of a TApplicationException / Kitex error type id.
 fn exception_name(kind: i32) -> &'static str {
-    match kind {
-        0 => "UNKNOWN",
-        1 => "UNKNOWN_METHOD",
-        2 => "INVALID_MESSAGE_TYPE",
-        3 => "WRONG_METHOD_NAME",
-        4 => "BAD_SEQUENCE_ID",
-        5 => "MISSING_RESULT",
-        6 => "INTERNAL_ERROR",
-        7 => "PROTOCOL_ERROR",
-        8 => "INVALID_TRANSFORM",
-        9 => "INVALID_PROTOCOL",
-        10 => "UNSUPPORTED_CLIENT_TYPE",
-        20 => "UNKNOWN_SERVICE",
-        21 => "NO_SERVICE_NAME",
-        12000..=12999 => "TTSTREAM",
-        _ => "APPLICATION",
-    }
+    ExceptionKind(kind).name().unwrap_or("APPLICATION")
 }
 
 /// How a stream's messages are encoded and shown.
@@ -810,26 +794,29 @@ async fn stream(
     let left = || deadline.saturating_duration_since(Instant::now());
     let timed_out = || Failure::new(exit::TRANSPORT, format!("{addr}: the call timed out"));
     let mut md = Metadata::new();
+    // The client that opens the stream lives as long as the call: it owns the connection.
+    let tt_client;
+    let grpc_client;
     let stream = if transport == "ttstream" {
         for (k, v) in meta.kitex() {
             md.push(k, v);
         }
         print_metadata(&out, ">", "stream headers", &md);
-        let client = sluice_client::TTStreamClient::new(
+        tt_client = sluice_client::TTStreamClient::new(
             sluice_client::ClientConfig::new(
                 "call",
                 vec![sluice_client::Endpoint { addr, weight: 1 }],
             )
             .with_connect_timeout(left()),
         );
-        let open = client.open(sluice_client::OpenStream {
+        let open = tt_client.open(sluice_client::OpenStream {
             method: m.name().to_owned(),
             service: isn.to_owned(),
             hash: None,
             headers: md,
         });
         match tokio::time::timeout(left(), open).await {
-            Ok(Ok(s)) => (s, Keep::TTStream(client)),
+            Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Failure::new(exit::TRANSPORT, e.to_string())),
             Err(_) => return Err(timed_out()),
         }
@@ -852,7 +839,7 @@ async fn stream(
             format!("> :path {path}\n> content-type: {content_type}\n> :authority {isn}"),
         );
         print_metadata(&out, ">", "metadata", &md);
-        let client = sluice_http2::GrpcClient::new(
+        grpc_client = sluice_http2::GrpcClient::new(
             sluice_http2::GrpcClientConfig::new(vec![addr]).with_connect_timeout(left()),
         );
         let req = sluice_http2::OpenRequest {
@@ -862,14 +849,13 @@ async fn stream(
             headers: md,
             deadline: Some(deadline),
         };
-        let open = client.open(&req);
+        let open = grpc_client.open(&req);
         match tokio::time::timeout(left(), open).await {
-            Ok(Ok(s)) => (s, Keep::Grpc(client)),
+            Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(Failure::new(exit::TRANSPORT, e.to_string())),
             Err(_) => return Err(timed_out()),
         }
     };
-    let (stream, _client) = stream;
     out.info(
         1,
         format!("* stream open to {addr} in {}", human(started.elapsed())),
@@ -1010,33 +996,7 @@ async fn stream(
     }
 }
 
-/// Keeps a stream's client (and so its connection) alive while the stream runs.
-enum Keep {
-    TTStream(#[allow(dead_code)] sluice_client::TTStreamClient),
-    Grpc(#[allow(dead_code)] sluice_http2::GrpcClient),
-}
-
+/// The name of a gRPC status code.
 fn grpc_code_name(c: u32) -> &'static str {
-    [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ]
-    .get(c as usize)
-    .copied()
-    .unwrap_or("?")
+    sluice_http2::Code::new(c).name().unwrap_or("?")
 }

@@ -298,15 +298,7 @@ impl Decoder<'_> {
 
     fn thrift_body(&self, method: &str, body: &[u8], reply: bool) -> Value {
         if let Some(Idl::Thrift(t)) = self.idl {
-            if let Ok(f) = t.function(None, method).or_else(|_| {
-                t.services
-                    .iter()
-                    .find_map(|s| s.functions.iter().find(|f| f.name == method))
-                    .ok_or(sluice_idl::Error::FieldPath {
-                        path: String::new(),
-                        reason: String::new(),
-                    })
-            }) {
+            if let Some(f) = t.find_function(method) {
                 let r = if reply {
                     t.decode_struct(f.result, body)
                 } else {
@@ -382,11 +374,7 @@ impl Decoder<'_> {
     /// response struct (from the server), by name with a thrift IDL.
     fn bare_struct(&self, method: &str, body: &[u8]) -> Value {
         if let Some(Idl::Thrift(t)) = self.idl {
-            let f = t
-                .services
-                .iter()
-                .find_map(|s| s.functions.iter().find(|f| f.name == method));
-            let idx = f.and_then(|f| {
+            let idx = t.find_function(method).and_then(|f| {
                 let from = if self.from_server { f.result } else { f.args };
                 t.structs[from]
                     .fields

@@ -51,6 +51,35 @@ async fn drain(rx: &mut ClientRecv) -> (Vec<Bytes>, Result<StreamEnd, Reset>) {
     }
 }
 
+/// Every stream mode: (method, messages sent, messages the echo sends back).
+const MODES: [(&str, &[&str], &[&str]); 4] = [
+    ("Echo", &["u"], &["u"]),
+    ("EchoBidi", &["a", "b", "c"], &["a", "b", "c"]),
+    ("EchoClient", &["a", "b"], &["b"]),
+    ("EchoServer", &["s"], &["s", "s"]),
+];
+
+/// Sends `sent` and a half-close on `stream`, checks that `want` came back and the stream
+/// ended without an error, and returns the end (for its trailers).
+async fn exchange(
+    stream: sluice_stream::ClientStream,
+    method: &str,
+    sent: &[&str],
+    want: &[&str],
+) -> StreamEnd {
+    let (tx, mut rx) = stream.split();
+    for m in sent {
+        tx.send(msg(m)).await.unwrap();
+    }
+    tx.close_send().await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
+    assert_eq!(got, want, "{method}");
+    let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
+    assert!(end.error.is_none(), "{method}: {end:?}");
+    end
+}
+
 fn grpc_open(method: &str, content_type: &str, deadline: Option<Instant>) -> OpenRequest {
     let mut headers = Metadata::new();
     headers.push("rpc-persist-tenant", "gold");
@@ -75,28 +104,9 @@ async fn grpc_thrift_callers_reach_a_ttstream_downstream() {
     let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
     let c = GrpcClient::new(GrpcClientConfig::new(vec![sluice.addr]));
     let thrift = "application/grpc+thrift";
-    // Every mode: (method, messages sent, messages expected back).
-    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
-        ("Echo", vec!["u"], vec!["u"]),
-        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
-        ("EchoClient", vec!["a", "b"], vec!["b"]),
-        ("EchoServer", vec!["s"], vec!["s", "s"]),
-    ];
-    for (method, sent, want) in cases {
-        let (tx, mut rx) = c
-            .open(&grpc_open(method, thrift, None))
-            .await
-            .unwrap()
-            .split();
-        for m in &sent {
-            tx.send(msg(m)).await.unwrap();
-        }
-        tx.close_send().await.unwrap();
-        let (got, end) = drain(&mut rx).await;
-        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
-        assert_eq!(got, want, "{method}");
-        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
-        assert!(end.error.is_none(), "{method}: {end:?}");
+    for (method, sent, want) in MODES {
+        let stream = c.open(&grpc_open(method, thrift, None)).await.unwrap();
+        exchange(stream, method, sent, want).await;
         // The TTStream server saw the gRPC metadata as Kitex metainfo.
         let seen = handler.last_str_kvs();
         assert_eq!(
@@ -220,23 +230,8 @@ async fn ttstream_callers_reach_a_grpc_downstream() {
             weight: 1,
         }],
     ));
-    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
-        ("Echo", vec!["u"], vec!["u"]),
-        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
-        ("EchoClient", vec!["a", "b"], vec!["b"]),
-        ("EchoServer", vec!["s"], vec!["s", "s"]),
-    ];
-    for (method, sent, want) in cases {
-        let (tx, mut rx) = c.open(tt_open(method)).await.unwrap().split();
-        for m in &sent {
-            tx.send(msg(m)).await.unwrap();
-        }
-        tx.close_send().await.unwrap();
-        let (got, end) = drain(&mut rx).await;
-        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
-        assert_eq!(got, want, "{method}");
-        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
-        assert!(end.error.is_none(), "{method}: {end:?}");
+    for (method, sent, want) in MODES {
+        exchange(c.open(tt_open(method)).await.unwrap(), method, sent, want).await;
         // The gRPC server saw the metainfo as Kitex's gRPC metadata.
         let seen = handler.last_str_kvs();
         assert_eq!(
@@ -346,23 +341,8 @@ async fn ttstream_callers_reach_a_grpcio_server() {
             weight: 1,
         }],
     ));
-    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
-        ("Echo", vec!["u"], vec!["u"]),
-        ("EchoBidi", vec!["a", "b", "c"], vec!["a", "b", "c"]),
-        ("EchoClient", vec!["a", "b"], vec!["b"]),
-        ("EchoServer", vec!["s"], vec!["s", "s"]),
-    ];
-    for (method, sent, want) in cases {
-        let (tx, mut rx) = c.open(tt_open(method)).await.unwrap().split();
-        for m in &sent {
-            tx.send(msg(m)).await.unwrap();
-        }
-        tx.close_send().await.unwrap();
-        let (got, end) = drain(&mut rx).await;
-        let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
-        assert_eq!(got, want, "{method}");
-        let end = end.unwrap_or_else(|r| panic!("{method}: reset {r:?}"));
-        assert!(end.error.is_none(), "{method}: {end:?}");
+    for (method, sent, want) in MODES {
+        let end = exchange(c.open(tt_open(method)).await.unwrap(), method, sent, want).await;
         // grpcio's trailing metadata comes back as TTStream trailer keys.
         assert_eq!(
             end.trailers.get_str("x-seen-tenant"),
@@ -466,14 +446,8 @@ async fn h2_call(
 async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
     let (echo, handler, _d) = start_echo().await;
     let sluice = Sluice::start(&config("grpc", echo, "ttstream"));
-    let cases: [(&str, Vec<&str>, Vec<&str>); 4] = [
-        ("Echo", vec!["u"], vec!["u"]),
-        ("EchoBidi", vec!["a", "b"], vec!["a", "b"]),
-        ("EchoClient", vec!["a", "b"], vec!["b"]),
-        ("EchoServer", vec!["s"], vec!["s", "s"]),
-    ];
-    for (method, sent, want) in cases {
-        let (got, status, _) = h2_call(sluice.addr, method, &sent).await;
+    for (method, sent, want) in MODES {
+        let (got, status, _) = h2_call(sluice.addr, method, sent).await;
         let want: Vec<Bytes> = want.iter().map(|m| msg(m)).collect();
         assert_eq!(got, want, "{method}");
         assert_eq!(status, "0", "{method}");

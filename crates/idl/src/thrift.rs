@@ -581,6 +581,14 @@ impl ThriftIdl {
             })
     }
 
+    /// The method `method` of whichever service has it (the main file's first): for bytes
+    /// that name a method but not its service, such as a thrift envelope.
+    pub fn find_function(&self, method: &str) -> Option<&Function> {
+        self.services
+            .iter()
+            .find_map(|s| s.functions.iter().find(|f| f.name == method))
+    }
+
     /// Encodes `json` (an object of the method's arguments by name) as its args struct.
     pub fn encode_args(&self, f: &Function, json: &Value) -> Result<BytesMut, Error> {
         let mut out = BytesMut::new();

@@ -79,6 +79,18 @@ pub(crate) fn open_failed(
         .retry_safe(true)
 }
 
+/// A TTStream stream to the downstream could not be opened.
+pub(crate) fn ttstream_open_failed(downstream: &str, e: ClientError) -> ProxyError {
+    let overloaded = matches!(e, ClientError::Overloaded { .. });
+    open_failed(downstream, e, overloaded)
+}
+
+/// A gRPC stream to the downstream could not be opened.
+pub(crate) fn grpc_open_failed(downstream: &str, e: sluice_http2::GrpcClientError) -> ProxyError {
+    let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
+    open_failed(downstream, e, overloaded)
+}
+
 /// A route's rate limit refused the request.
 pub(crate) fn rate_limited(downstream: &str, limiter: &crate::config::RateLimiter) -> ProxyError {
     ProxyError::new(

@@ -318,10 +318,10 @@ impl<P: Phases> Forwarder<P> {
             headers: crate::convert::ttstream_to_grpc(&md),
             deadline: target.deadline,
         };
-        let stream = client.open_hashed(&req, target.hash).await.map_err(|e| {
-            let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
-            error::open_failed(downstream, e, overloaded)
-        })?;
+        let stream = client
+            .open_hashed(&req, target.hash)
+            .await
+            .map_err(|e| error::grpc_open_failed(downstream, e))?;
         let (tx, mut rx) = stream.split();
         let gone =
             |why: &str| error::downstream_reset(downstream, why, sluice_stream::ResetCode::Gone);

@@ -52,7 +52,8 @@ pub struct RequestHead<'a> {
     /// discovering route looks up, before [`service`](Self::service).
     pub destination: Option<&'a str>,
     /// The request's payload, for payload routes: a thrift args struct or a protobuf request
-    /// message. `None` for streams (payload routes never match them).
+    /// message (a gRPC stream's first message when a protobuf payload route asked for it).
+    /// `None` for other streams: payload routes never match them.
     pub payload: Option<Payload<'a>>,
     metainfo: &'a (dyn Fn(&str) -> Option<&'a [u8]> + Sync),
 }

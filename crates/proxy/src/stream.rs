@@ -157,10 +157,7 @@ impl<P: Phases> Forwarder<P> {
                     hash: target.hash,
                 })
                 .await
-                .map_err(|e| {
-                    let overloaded = matches!(e, sluice_client::Error::Overloaded { .. });
-                    error::open_failed(downstream, e, overloaded)
-                }),
+                .map_err(|e| error::ttstream_open_failed(downstream, e)),
             (
                 Protocol::Grpc {
                     path,
@@ -189,10 +186,7 @@ impl<P: Phases> Forwarder<P> {
                     target.hash,
                 )
                 .await
-                .map_err(|e| {
-                    let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
-                    error::open_failed(downstream, e, overloaded)
-                }),
+                .map_err(|e| error::grpc_open_failed(downstream, e)),
             // Converted: a gRPC thrift stream leaves as TTStream (the message is the bare struct
             // in both), with its metadata as Kitex metainfo. The deadline stays the
             // forwarder's to enforce (TTStream carries none).
@@ -211,10 +205,7 @@ impl<P: Phases> Forwarder<P> {
                     hash: target.hash,
                 })
                 .await
-                .map_err(|e| {
-                    let overloaded = matches!(e, sluice_client::Error::Overloaded { .. });
-                    error::open_failed(downstream, e, overloaded)
-                })
+                .map_err(|e| error::ttstream_open_failed(downstream, e))
             }
             (_, StreamClient::PingPong(_)) => Err(error::unsupported_conversion(
                 downstream,
@@ -234,10 +225,7 @@ impl<P: Phases> Forwarder<P> {
                     target.hash,
                 )
                 .await
-                .map_err(|e| {
-                    let overloaded = matches!(e, sluice_http2::GrpcClientError::Overloaded { .. });
-                    error::open_failed(downstream, e, overloaded)
-                })
+                .map_err(|e| error::grpc_open_failed(downstream, e))
             }
         }
     }

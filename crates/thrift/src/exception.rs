@@ -46,6 +46,28 @@ impl ExceptionKind {
     pub const TTSTREAM_CANCELED_BY_DOWNSTREAM: Self = Self(12009);
     /// TTStream: the stream's deadline passed (12015).
     pub const TTSTREAM_TIMEOUT: Self = Self(12015);
+
+    /// The type's name as Apache thrift and Kitex spell it (`INTERNAL_ERROR`), `TTSTREAM` for
+    /// TTStream's 12000-12999 range, `None` for any other id.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "UNKNOWN",
+            1 => "UNKNOWN_METHOD",
+            2 => "INVALID_MESSAGE_TYPE",
+            3 => "WRONG_METHOD_NAME",
+            4 => "BAD_SEQUENCE_ID",
+            5 => "MISSING_RESULT",
+            6 => "INTERNAL_ERROR",
+            7 => "PROTOCOL_ERROR",
+            8 => "INVALID_TRANSFORM",
+            9 => "INVALID_PROTOCOL",
+            10 => "UNSUPPORTED_CLIENT_TYPE",
+            20 => "UNKNOWN_SERVICE",
+            21 => "NO_SERVICE_NAME",
+            12000..=12999 => "TTSTREAM",
+            _ => return None,
+        })
+    }
 }
 
 /// A `TApplicationException`: a message and a type id.
