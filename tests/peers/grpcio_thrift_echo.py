@@ -13,7 +13,7 @@ of `/EchoService/`:
   EchoWait        nothing until the caller cancels; then prints `cancelled EchoWait` on stdout.
 
 It also sends back, as trailing metadata, `x-seen-tenant` with the `rpc-persist-tenant` the call
-carried, and `biz-status: 0`.
+carried, `x-time-remaining` (seconds left of its `grpc-timeout`, or `none`), and `biz-status: 0`.
 """
 
 import sys
@@ -28,7 +28,13 @@ def tenant(ctx):
 
 
 def trailers(ctx):
-    ctx.set_trailing_metadata((("x-seen-tenant", tenant(ctx)), ("biz-status", "0")))
+    left = ctx.time_remaining()
+    ctx.set_trailing_metadata((
+        ("x-seen-tenant", tenant(ctx)),
+        ("biz-status", "0"),
+        # Seconds left of the call's grpc-timeout when it arrived ("none" without one).
+        ("x-time-remaining", "none" if left is None else f"{left:.3f}"),
+    ))
 
 
 def echo(it, ctx):

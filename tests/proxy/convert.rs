@@ -333,7 +333,12 @@ async fn ttstream_callers_reach_a_grpcio_server() {
     let Some((mut peer, grpcio, said)) = grpcio_thrift_echo() else {
         return;
     };
-    let sluice = Sluice::start(&config("ttstream", grpcio, "grpc"));
+    // TTStream carries no deadline: the route's timeout goes to grpcio as grpc-timeout.
+    let toml = config("ttstream", grpcio, "grpc").replace(
+        "downstream = \"down\"\n",
+        "downstream = \"down\"\ntimeout_ms = 5000\n",
+    );
+    let sluice = Sluice::start(&toml);
     let c = TTStreamClient::new(ClientConfig::new(
         "sluice",
         vec![Endpoint {
@@ -343,6 +348,16 @@ async fn ttstream_callers_reach_a_grpcio_server() {
     ));
     for (method, sent, want) in MODES {
         let end = exchange(c.open(tt_open(method)).await.unwrap(), method, sent, want).await;
+        let left: f64 = end
+            .trailers
+            .get_str("x-time-remaining")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (3.0..=5.0).contains(&left),
+            "{method}: {left} s left of 5 s"
+        );
         // grpcio's trailing metadata comes back as TTStream trailer keys.
         assert_eq!(
             end.trailers.get_str("x-seen-tenant"),
