@@ -242,6 +242,17 @@ downstream = "d"
         "{}",
         ok.describe()
     );
+    // The effective configuration (`/config`) reads back with its include directories.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idl");
+    let with_dirs = sluice_proxy::Config::from_toml(&base(&format!(
+        "method = \"Echo\"\nidl = \"{thrift}\"\ninclude_dirs = [\"{}\"]\nfield = \"req.tenant\"\nequals = \"x\"",
+        dir.display()
+    )))
+    .unwrap();
+    let toml = with_dirs.to_toml();
+    assert!(toml.contains("include_dirs"), "{toml}");
+    let again = sluice_proxy::Config::from_toml(&toml).unwrap();
+    assert_eq!(again.to_toml(), toml);
 }
 
 /// gRPC with protobuf: the route reads the stream's first message, and that message (and

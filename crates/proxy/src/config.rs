@@ -380,18 +380,15 @@ fn payload_match(
             "missing: a payload route reads the arguments of one method",
         ));
     };
-    let dirs: Vec<std::path::PathBuf> = r
-        .include_dirs
-        .iter()
-        .flatten()
-        .map(std::path::PathBuf::from)
-        .collect();
+    let include_dirs = r.include_dirs.clone().unwrap_or_default();
+    let dirs: Vec<std::path::PathBuf> = include_dirs.iter().map(std::path::PathBuf::from).collect();
     let loaded = sluice_idl::Idl::load(std::path::Path::new(idl), &dirs)
         .map_err(|e| err(key("idl"), e.to_string()))?;
     let matcher = sluice_idl::FieldMatch::new(&loaded, service, method, field, equals)
         .map_err(|e| err(key("field"), e.to_string()))?;
     Ok(Some(PayloadMatch {
         idl: idl.clone(),
+        include_dirs,
         field: field.clone(),
         equals: equals.clone(),
         matcher,
@@ -577,6 +574,8 @@ pub struct HeaderMatch {
 pub struct PayloadMatch {
     /// The IDL file, as configured.
     pub idl: String,
+    /// More directories for its includes and imports, as configured.
+    pub include_dirs: Vec<String>,
     /// The path as configured (`req.tenant`).
     pub field: String,
     /// The value as configured.
@@ -1353,6 +1352,10 @@ impl Config {
                 }
                 if let Some(p) = &r.payload {
                     t.insert("idl".into(), text(&p.idl));
+                    if !p.include_dirs.is_empty() {
+                        let dirs = p.include_dirs.iter().map(text).collect();
+                        t.insert("include_dirs".into(), Value::Array(dirs));
+                    }
                     t.insert("field".into(), text(&p.field));
                     t.insert("equals".into(), text(&p.equals));
                 }
