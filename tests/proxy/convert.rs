@@ -860,4 +860,52 @@ endpoints = ["127.0.0.1:2"]
     let c = sluice_proxy::Config::from_toml(&base("transport = \"grpc\"\ngrpc_package = \"echo\""))
         .unwrap();
     assert!(c.describe().contains("transport=grpc"), "{}", c.describe());
+    // A protobuf payload route on a streaming method matches gRPC protobuf streams only: to a
+    // downstream whose streams leave as TTStream, every one would be refused, so the
+    // configuration is.
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idl/echo.proto");
+    let payload_route = |method: &str, protocol: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:1"
+cluster = "grpc"
+[[routes]]
+service = "echo.EchoService"
+method = "{method}"
+idl = "{}"
+field = "message"
+equals = "gold"
+downstream = "d"
+[downstreams.d]
+endpoints = ["127.0.0.1:2"]
+stream_protocol = "{protocol}"
+"#,
+            proto.display()
+        )
+    };
+    for method in ["EchoBidi", "EchoClient", "EchoServer"] {
+        let e = sluice_proxy::Config::from_toml(&payload_route(method, "ttstream"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].downstream"), "{method}: {e}");
+        assert!(
+            e.contains("protobuf over TTStream is not supported")
+                && e.contains("unexpected Args writer type"),
+            "{method}: {e}"
+        );
+        // Preserved or gRPC-bound streams are fine.
+        for ok in ["preserve", "grpc"] {
+            sluice_proxy::Config::from_toml(&payload_route(method, ok)).unwrap();
+        }
+    }
+    // A unary protobuf method also matches Kitex protobuf ping-pong calls, which a TTStream
+    // downstream takes: allowed, with the note.
+    let c = sluice_proxy::Config::from_toml(&payload_route("Echo", "ttstream")).unwrap();
+    assert!(
+        c.describe()
+            .contains("protobuf over TTStream is not supported"),
+        "{}",
+        c.describe()
+    );
 }

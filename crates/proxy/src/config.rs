@@ -344,7 +344,36 @@ impl PartialEq for Etcd {
     }
 }
 
-/// A route's retries and rate limit, from its keys.
+/// Refuses a route that can only send protobuf streams to a downstream whose streams leave as
+/// TTStream. A protobuf payload route on a streaming method matches gRPC protobuf streams and
+/// nothing else (payload routes never read TTStream streams), and every one of them would be
+/// refused per stream; other routes to such a downstream may carry thrift streams, which
+/// convert, so `describe` only notes them.
+fn refuse_pb_over_ttstream(
+    payload: Option<&PayloadMatch>,
+    downstream: Option<&str>,
+    downstreams: &BTreeMap<String, ClientConfig>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let (Some(p), Some(name)) = (payload, downstream) else {
+        return Ok(());
+    };
+    let converting = downstreams
+        .get(name)
+        .is_some_and(|d| d.stream_protocol == sluice_client::StreamProtocol::TTStream);
+    if converting && p.matcher.is_protobuf() && p.streaming != sluice_idl::StreamingMode::Unary {
+        return Err(err(
+            key("downstream"),
+            format!(
+                "{name} has stream_protocol = \"ttstream\" and this route matches only gRPC protobuf streams: \
+                 protobuf over TTStream is not supported (Kitex's own binary generic client fails with \
+                 \"unexpected Args writer type\")"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A route's `idl` / `field` / `equals`: all three or none, with a method to read the
 /// arguments of.
 fn payload_match(
@@ -386,15 +415,23 @@ fn payload_match(
         .map_err(|e| err(key("idl"), e.to_string()))?;
     let matcher = sluice_idl::FieldMatch::new(&loaded, service, method, field, equals)
         .map_err(|e| err(key("field"), e.to_string()))?;
+    // The method exists: the matcher was built from it.
+    let streaming = match &loaded {
+        sluice_idl::Idl::Thrift(t) => t.function(service, method).map(|f| f.streaming),
+        sluice_idl::Idl::Proto(p) => p.method(service, method).map(|m| m.streaming()),
+    }
+    .map_err(|e| err(key("method"), e.to_string()))?;
     Ok(Some(PayloadMatch {
         idl: idl.clone(),
         include_dirs,
         field: field.clone(),
         equals: equals.clone(),
         matcher,
+        streaming,
     }))
 }
 
+/// A route's retries and rate limit, from its keys.
 fn route_policy(r: &RawRoute, key: &dyn Fn(&str) -> String) -> Result<RoutePolicy, ConfigError> {
     let (mut on_reset, mut on_unavailable, mut on_timeout) = (false, false, false);
     for (i, why) in r.retry_on.iter().flatten().enumerate() {
@@ -582,6 +619,9 @@ pub struct PayloadMatch {
     pub equals: String,
     /// The compiled condition.
     pub matcher: sluice_idl::FieldMatch,
+    /// The method's streaming mode in the IDL: a protobuf route on a streaming method can only
+    /// ever match gRPC protobuf streams.
+    pub streaming: sluice_idl::StreamingMode,
 }
 
 /// A route: the first that matches a request wins.
@@ -1204,6 +1244,12 @@ impl Config {
             }
             let policy = route_policy(r, &key)?;
             let payload = payload_match(r, service.as_deref(), &key)?;
+            refuse_pb_over_ttstream(
+                payload.as_ref(),
+                r.downstream.as_deref(),
+                &downstreams,
+                &key,
+            )?;
             routes.push(Route {
                 payload,
                 policy: Arc::new(policy),
