@@ -9,6 +9,8 @@ use sluice_client::{ClientConfig, Endpoint, OpenStream, TTStreamClient};
 use sluice_http2::{GrpcClient, GrpcClientConfig, OpenRequest};
 use sluice_stream::{ClientRecv, Incoming, Metadata, Reset, ResetCode, StatusCode, StreamEnd};
 
+use sluice_server::echo::EchoHandler;
+
 use crate::support::{start_echo, Sluice};
 
 fn config(listener: &str, down: std::net::SocketAddr, protocol: &str) -> String {
@@ -98,6 +100,44 @@ fn kv(h: &[(String, String)], k: &str) -> Option<String> {
     h.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
 }
 
+/// Sends one message on an `EchoBidiFail` stream, which the echo fails after echoing it, and
+/// returns the error end.
+async fn failed_end(stream: sluice_stream::ClientStream) -> sluice_stream::ErrorStatus {
+    let (tx, mut rx) = stream.split();
+    tx.send(msg("x")).await.unwrap();
+    let (got, end) = drain(&mut rx).await;
+    assert_eq!(got, [msg("x")]);
+    end.unwrap().error.expect("an error end")
+}
+
+/// Sends one message, waits for the first thing back, then resets the stream with `code`.
+async fn cancel_after_first(stream: sluice_stream::ClientStream, code: ResetCode) {
+    let (tx, mut rx) = stream.split();
+    tx.send(msg("c")).await.unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap(),
+        Incoming::Headers(_) | Incoming::Message(_)
+    ));
+    tx.reset(Reset {
+        code,
+        message: "cancel".into(),
+        cancel_path: None,
+    })
+    .await;
+}
+
+/// The code of the first reset the echo sees after its `before`th, within 5 s.
+async fn reset_seen(handler: &EchoHandler, before: usize) -> ResetCode {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handler.resets_seen().len() == before {
+        assert!(Instant::now() < deadline, "the cancel reached the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handler.resets_seen()[before].code
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_thrift_callers_reach_a_ttstream_downstream() {
     let (echo, handler, _d) = start_echo().await;
@@ -123,15 +163,12 @@ async fn grpc_thrift_callers_reach_a_ttstream_downstream() {
         assert_eq!(kv(&seen, "isn").as_deref(), Some("EchoService"), "{seen:?}");
     }
     // A TTStream error end (exception type 6) is a gRPC status with its message.
-    let (tx, mut rx) = c
-        .open(&grpc_open("EchoBidiFail", thrift, None))
-        .await
-        .unwrap()
-        .split();
-    tx.send(msg("x")).await.unwrap();
-    let (got, end) = drain(&mut rx).await;
-    assert_eq!(got, [msg("x")]);
-    let e = end.unwrap().error.expect("an error status");
+    let e = failed_end(
+        c.open(&grpc_open("EchoBidiFail", thrift, None))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(e.code.to_grpc(), 2, "TTStream type 6 is UNKNOWN: {e:?}");
     assert_eq!(
         e.message,
@@ -139,34 +176,10 @@ async fn grpc_thrift_callers_reach_a_ttstream_downstream() {
     );
     // A caller's cancel (RST_STREAM CANCEL) is a TTStream RST 12007 downstream.
     let before = handler.resets_seen().len();
-    let (tx, mut rx) = c
-        .open(&grpc_open("EchoBidi", thrift, None))
-        .await
-        .unwrap()
-        .split();
-    tx.send(msg("c")).await.unwrap();
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap(),
-        Incoming::Headers(_) | Incoming::Message(_)
-    ));
-    tx.reset(Reset {
-        code: ResetCode::Http2(8),
-        message: "cancel".into(),
-        cancel_path: None,
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.resets_seen().len() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the cancel reached the TTStream server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let stream = c.open(&grpc_open("EchoBidi", thrift, None)).await.unwrap();
+    cancel_after_first(stream, ResetCode::Http2(8)).await;
     assert_eq!(
-        handler.resets_seen()[before].code,
+        reset_seen(&handler, before).await,
         ResetCode::TTStream(12007)
     );
     // The caller's deadline is kept by the proxy (TTStream carries none): DEADLINE_EXCEEDED.
@@ -246,11 +259,7 @@ async fn ttstream_callers_reach_a_grpc_downstream() {
         );
     }
     // A gRPC error status is a TTStream exception end with its message.
-    let (tx, mut rx) = c.open(tt_open("EchoBidiFail")).await.unwrap().split();
-    tx.send(msg("x")).await.unwrap();
-    let (got, end) = drain(&mut rx).await;
-    assert_eq!(got, [msg("x")]);
-    let e = end.unwrap().error.expect("an error end");
+    let e = failed_end(c.open(tt_open("EchoBidiFail")).await.unwrap()).await;
     assert_eq!(e.code, StatusCode::TTStream(6), "{e:?}");
     assert_eq!(
         e.message,
@@ -258,29 +267,9 @@ async fn ttstream_callers_reach_a_grpc_downstream() {
     );
     // A TTStream caller's cancel is an RST_STREAM CANCEL downstream.
     let before = handler.resets_seen().len();
-    let (tx, mut rx) = c.open(tt_open("EchoBidi")).await.unwrap().split();
-    tx.send(msg("c")).await.unwrap();
-    assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap(),
-        Incoming::Headers(_) | Incoming::Message(_)
-    ));
-    tx.reset(Reset {
-        code: ResetCode::TTStream(12007),
-        message: "cancel".into(),
-        cancel_path: None,
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.resets_seen().len() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the cancel reached the gRPC server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(handler.resets_seen()[before].code, ResetCode::Http2(8));
+    let stream = c.open(tt_open("EchoBidi")).await.unwrap();
+    cancel_after_first(stream, ResetCode::TTStream(12007)).await;
+    assert_eq!(reset_seen(&handler, before).await, ResetCode::Http2(8));
 }
 
 /// The grpcio raw-bytes thrift server of `tests/peers/grpcio_thrift_echo.py`, its address and
@@ -371,11 +360,7 @@ async fn ttstream_callers_reach_a_grpcio_server() {
         );
     }
     // INTERNAL from grpcio is a TTStream exception type 6 with grpcio's message.
-    let (tx, mut rx) = c.open(tt_open("EchoBidiFail")).await.unwrap().split();
-    tx.send(msg("x")).await.unwrap();
-    let (got, end) = drain(&mut rx).await;
-    assert_eq!(got, [msg("x")]);
-    let e = end.unwrap().error.expect("an error end");
+    let e = failed_end(c.open(tt_open("EchoBidiFail")).await.unwrap()).await;
     assert_eq!(e.code, StatusCode::TTStream(6), "{e:?}");
     assert_eq!(e.message, "grpcio: bidi failure");
     // A TTStream cancel cancels the grpcio call.
@@ -497,16 +482,8 @@ async fn an_h2_grpc_thrift_caller_reaches_a_ttstream_downstream() {
     body.send_data(Bytes::from(framed), false).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), resp).await;
     body.send_reset(h2::Reason::CANCEL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.resets_seen().len() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the cancel reached the TTStream server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     assert_eq!(
-        handler.resets_seen()[before].code,
+        reset_seen(&handler, before).await,
         ResetCode::TTStream(12007)
     );
 }
