@@ -15,12 +15,15 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use sluice_client::codec::{encode_request, ReplyDecoder};
 use sluice_client::{Call, Transport};
+use sluice_http2::content_type::GrpcCodec;
+use sluice_http2::headers::{RPC_PERSIST_PREFIX, RPC_TRANSIT_PREFIX};
 use sluice_idl::thrift::{Function, Ty};
 use sluice_idl::{Idl, Outcome, ProtoMethod, StreamingMode, ThriftIdl};
 use sluice_sniff::Codec;
 use sluice_stream::{Incoming, Metadata, StatusCode};
 use sluice_thrift::kitex_pb::ErrorProto;
 use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
+use sluice_ttheader::metainfo::{PERSIST_PREFIX, TRANSIT_PREFIX};
 use sluice_ttheader::{int_key, Header};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -154,7 +157,7 @@ pub(crate) async fn run(args: CallArgs) -> ExitCode {
 }
 
 async fn call(args: &CallArgs) -> Result<(), Failure> {
-    let timeout = parse_duration(&args.timeout).map_err(usage)?;
+    let timeout = parse_timeout(&args.timeout).map_err(usage)?;
     let (service, method) = match args.method.rsplit_once('/') {
         Some((s, m)) => (Some(s).filter(|s| !s.is_empty()), m),
         None => (None, args.method.as_str()),
@@ -242,10 +245,10 @@ impl Meta {
     fn kitex(&self) -> Vec<(String, String)> {
         let mut v = Vec::new();
         for (k, val) in &self.persistent {
-            v.push((format!("RPC_PERSIST_{k}"), val.clone()));
+            v.push((format!("{PERSIST_PREFIX}{k}"), val.clone()));
         }
         for (k, val) in &self.transient {
-            v.push((format!("RPC_TRANSIT_{k}"), val.clone()));
+            v.push((format!("{TRANSIT_PREFIX}{k}"), val.clone()));
         }
         v.extend(self.raw.iter().cloned());
         v
@@ -256,10 +259,10 @@ impl Meta {
         let key = |k: &str| k.to_ascii_lowercase().replace('_', "-");
         let mut v = Vec::new();
         for (k, val) in &self.persistent {
-            v.push((format!("rpc-persist-{}", key(k)), val.clone()));
+            v.push((format!("{RPC_PERSIST_PREFIX}{}", key(k)), val.clone()));
         }
         for (k, val) in &self.transient {
-            v.push((format!("rpc-transit-{}", key(k)), val.clone()));
+            v.push((format!("{RPC_TRANSIT_PREFIX}{}", key(k)), val.clone()));
         }
         v.extend(self.raw.iter().cloned());
         v
@@ -328,27 +331,16 @@ async fn resolve(address: &str) -> Result<SocketAddr, Failure> {
         .ok_or_else(|| usage(format!("cannot resolve {address:?} (expected host:port)")))
 }
 
-/// Parses `500ms`, `3s`, `1.5s`, `2m` (a bare number is seconds).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (expected e.g. 500ms, 3s, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s or m)")),
-    };
-    if !(secs > 0.0 && secs < 86_400.0) {
-        return Err(format!("duration {s:?} out of range"));
+/// Parses `--timeout`: `500ms`, `3s`, `1m`, `1m 30s`; more than nothing, less than a day.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("--timeout {s:?}: {e} (expected e.g. 500ms, 3s, 1m)"))?;
+    if d.is_zero() || d >= Duration::from_secs(86_400) {
+        return Err(format!(
+            "--timeout {s:?}: out of range (more than 0, less than a day)"
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 /// The request text: `-d`, `-d @file`, or stdin (`{}` when stdin is a terminal).
@@ -489,12 +481,13 @@ async fn pingpong(
         }
         let dec = ReplyDecoder::new(64 << 20);
         let mut buf = BytesMut::with_capacity(4096);
+        // Every byte read, for -vv only: the decoder consumes `buf`.
+        let mut seen = BytesMut::new();
         loop {
-            let before = buf.clone();
             match dec.decode(&mut buf, transport) {
                 Ok(Some(r)) => {
-                    let used = before.len() - buf.len();
-                    return Ok(Some((r, before.freeze().slice(..used))));
+                    let used = seen.len().saturating_sub(buf.len());
+                    return Ok(Some((r, seen.freeze().slice(..used))));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -504,7 +497,11 @@ async fn pingpong(
                     ))
                 }
             }
-            if conn.read_buf(&mut buf).await? == 0 {
+            let n = conn.read_buf(&mut buf).await?;
+            if out.verbose >= 2 {
+                seen.extend_from_slice(&buf[buf.len() - n..]);
+            }
+            if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     if buf.is_empty() {
@@ -827,11 +824,11 @@ async fn stream(
         let (path, content_type) = match m {
             Method::Thrift(..) => (
                 format!("/{}/{}", m.service_name(), m.name()),
-                "application/grpc+thrift",
+                GrpcCodec::Thrift.content_type(),
             ),
             Method::Proto(p) => (
                 format!("/{}/{}", p.service_full_name(), p.name()),
-                "application/grpc",
+                GrpcCodec::Protobuf.content_type(),
             ),
         };
         out.info(

@@ -463,6 +463,18 @@ fn text(f: &Value) -> String {
             }
         }
     }
+    // A TTStream frame's or a message's exception and payload, after its own line.
+    let body = |s: &mut String, v: &Value| {
+        if let Some(e) = v.get("exception") {
+            s.push_str(&format!(
+                "  exception type {}: {}\n",
+                e["type"], e["message"]
+            ));
+        }
+        if let Some(p) = v.get("payload") {
+            s.push_str(&format!("  {p}\n"));
+        }
+    };
     if let Some(st) = f.get("stream") {
         s.push_str(&format!(
             "  ttstream {} stream {} method {}\n",
@@ -470,15 +482,7 @@ fn text(f: &Value) -> String {
             st["stream_id"],
             st["method"]
         ));
-        if let Some(e) = st.get("exception") {
-            s.push_str(&format!(
-                "  exception type {}: {}\n",
-                e["type"], e["message"]
-            ));
-        }
-        if let Some(p) = st.get("payload") {
-            s.push_str(&format!("  {p}\n"));
-        }
+        body(&mut s, st);
     }
     if let Some(m) = f.get("message") {
         s.push_str(&format!(
@@ -488,15 +492,7 @@ fn text(f: &Value) -> String {
             m["method"],
             m["seq_id"]
         ));
-        if let Some(e) = m.get("exception") {
-            s.push_str(&format!(
-                "  exception type {}: {}\n",
-                e["type"], e["message"]
-            ));
-        }
-        if let Some(p) = m.get("payload") {
-            s.push_str(&format!("  {p}\n"));
-        }
+        body(&mut s, m);
     }
     if let Some(st) = f.get("struct") {
         s.push_str(&format!("  {st}\n"));

@@ -410,21 +410,21 @@ impl EndpointState {
             // read after the request: a read that returns bytes ends the wait); once the reply
             // started, it is read to its end (or the call's deadline). Boxed: only routes with
             // a per-try timeout pay for the timer's state.
-            let got = if per_try.is_some() && conn.buf.is_empty() {
-                let within = per_try.unwrap_or_default();
-                match Box::pin(tokio::time::timeout(
-                    within,
-                    conn.stream.read_buf(&mut conn.buf),
-                ))
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Failure::BeforeReply(ConnectionError::TryTimeout(within)))
+            let got = match per_try {
+                Some(within) if conn.buf.is_empty() => {
+                    match Box::pin(tokio::time::timeout(
+                        within,
+                        conn.stream.read_buf(&mut conn.buf),
+                    ))
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(Failure::BeforeReply(ConnectionError::TryTimeout(within)))
+                        }
                     }
                 }
-            } else {
-                conn.stream.read_buf(&mut conn.buf).await
+                _ => conn.stream.read_buf(&mut conn.buf).await,
             };
             match got {
                 Ok(0) if conn.buf.is_empty() => {

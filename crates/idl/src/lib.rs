@@ -74,6 +74,7 @@ impl Idl {
 pub struct FieldMatch {
     path: Steps,
     expected: Expected,
+    streaming: StreamingMode,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +138,7 @@ impl FieldMatch {
                 Ok(Self {
                     path: Steps::Thrift(steps),
                     expected,
+                    streaming: f.streaming,
                 })
             }
             Idl::Proto(p) => {
@@ -162,6 +164,7 @@ impl FieldMatch {
                 Ok(Self {
                     path: Steps::Pb(steps),
                     expected,
+                    streaming: m.streaming(),
                 })
             }
         }
@@ -171,6 +174,11 @@ impl FieldMatch {
     /// for a thrift one.
     pub fn is_protobuf(&self) -> bool {
         matches!(self.path, Steps::Pb(_))
+    }
+
+    /// The streaming mode of the method the condition reads the arguments of.
+    pub fn streaming(&self) -> StreamingMode {
+        self.streaming
     }
 
     /// True when the field is present in `payload` (a thrift args struct, or a protobuf

@@ -344,6 +344,15 @@ impl PartialEq for Etcd {
     }
 }
 
+/// A downstream's `transport` as configured: `grpc` for a gRPC-only one.
+fn transport_name(d: &ClientConfig) -> &'static str {
+    if d.grpc_only {
+        "grpc"
+    } else {
+        d.transport.as_str()
+    }
+}
+
 /// Refuses a route that can only send protobuf streams to a downstream whose streams leave as
 /// TTStream. A protobuf payload route on a streaming method matches gRPC protobuf streams and
 /// nothing else (payload routes never read TTStream streams), and every one of them would be
@@ -361,13 +370,16 @@ fn refuse_pb_over_ttstream(
     let converting = downstreams
         .get(name)
         .is_some_and(|d| d.stream_protocol == sluice_client::StreamProtocol::TTStream);
-    if converting && p.matcher.is_protobuf() && p.streaming != sluice_idl::StreamingMode::Unary {
+    if converting
+        && p.matcher.is_protobuf()
+        && p.matcher.streaming() != sluice_idl::StreamingMode::Unary
+    {
         return Err(err(
             key("downstream"),
             format!(
-                "{name} has stream_protocol = \"ttstream\" and this route matches only gRPC protobuf streams: \
-                 protobuf over TTStream is not supported (Kitex's own binary generic client fails with \
-                 \"unexpected Args writer type\")"
+                "{name} has stream_protocol = \"ttstream\" and this route matches only gRPC \
+                 protobuf streams: {}",
+                crate::convert::PB_OVER_TTSTREAM
             ),
         ));
     }
@@ -415,19 +427,12 @@ fn payload_match(
         .map_err(|e| err(key("idl"), e.to_string()))?;
     let matcher = sluice_idl::FieldMatch::new(&loaded, service, method, field, equals)
         .map_err(|e| err(key("field"), e.to_string()))?;
-    // The method exists: the matcher was built from it.
-    let streaming = match &loaded {
-        sluice_idl::Idl::Thrift(t) => t.function(service, method).map(|f| f.streaming),
-        sluice_idl::Idl::Proto(p) => p.method(service, method).map(|m| m.streaming()),
-    }
-    .map_err(|e| err(key("method"), e.to_string()))?;
     Ok(Some(PayloadMatch {
         idl: idl.clone(),
         include_dirs,
         field: field.clone(),
         equals: equals.clone(),
         matcher,
-        streaming,
     }))
 }
 
@@ -619,9 +624,6 @@ pub struct PayloadMatch {
     pub equals: String,
     /// The compiled condition.
     pub matcher: sluice_idl::FieldMatch,
-    /// The method's streaming mode in the IDL: a protobuf route on a streaming method can only
-    /// ever match gRPC protobuf streams.
-    pub streaming: sluice_idl::StreamingMode,
 }
 
 /// A route: the first that matches a request wins.
@@ -1462,14 +1464,7 @@ impl Config {
                     t.insert("tags".into(), Value::Table(tags));
                 }
             }
-            t.insert(
-                "transport".into(),
-                text(if d.grpc_only {
-                    "grpc"
-                } else {
-                    d.transport.as_str()
-                }),
-            );
+            t.insert("transport".into(), text(transport_name(d)));
             if d.stream_protocol != sluice_client::StreamProtocol::Preserve {
                 t.insert("stream_protocol".into(), text(d.stream_protocol.as_str()));
             }
@@ -1657,7 +1652,7 @@ impl Config {
             let _ = writeln!(
                 s,
                 "downstream {name}: transport={} balance={:?} multiplex={} connect_timeout={:?} request_timeout={:?} endpoints=[{}]{}{}",
-                if d.grpc_only { "grpc" } else { d.transport.as_str() },
+                transport_name(d),
                 d.balance,
                 d.multiplex,
                 d.connect_timeout,
@@ -1689,7 +1684,8 @@ impl Config {
             if d.stream_protocol == sluice_client::StreamProtocol::TTStream {
                 let _ = writeln!(
                     s,
-                    "  note: gRPC protobuf streams to {name} are refused: protobuf over TTStream is not supported (Kitex's own binary generic client fails with \"unexpected Args writer type\"); gRPC thrift streams are converted"
+                    "  note: gRPC protobuf streams to {name} are refused: {}; gRPC thrift streams are converted",
+                    crate::convert::PB_OVER_TTSTREAM
                 );
             }
             if d.grpc_unary == sluice_client::GrpcUnary::PingPong {

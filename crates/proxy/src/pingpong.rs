@@ -4,11 +4,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_client::{Call, CallOptions};
+use sluice_http2::content_type::GrpcCodec;
 use sluice_server::{DefaultHandler, Request, Response, ResponseBody, Transport};
 use sluice_sniff::Codec;
 use sluice_thrift::MessageType;
 use sluice_ttheader::{int_key, str_key, Header, IntKvs, StrKvs};
 
+use crate::convert;
 use crate::error;
 use crate::forwarder::{Done, Forwarder};
 use crate::observe::Active;
@@ -290,32 +292,25 @@ impl<P: Phases> Forwarder<P> {
         call: &Call,
         service: &str,
     ) -> Result<Option<sluice_client::Reply>, sluice_server::ProxyError> {
-        use sluice_stream::{Incoming, Metadata, StatusCode};
+        use sluice_stream::{Incoming, StatusCode};
 
         let downstream = &*target.downstream;
         let client = self.clients.grpc(downstream, || dc.clone());
-        let (path, content_type) = match call.codec {
-            Codec::Thrift => (
-                format!("/{service}/{}", call.method),
-                "application/grpc+thrift",
-            ),
+        let (path, codec) = match call.codec {
+            Codec::Thrift => (format!("/{service}/{}", call.method), GrpcCodec::Thrift),
             Codec::KitexProtobuf => (
                 match &dc.grpc_package {
                     Some(p) => format!("/{p}.{service}/{}", call.method),
                     None => format!("/{service}/{}", call.method),
                 },
-                "application/grpc",
+                GrpcCodec::Protobuf,
             ),
         };
-        let mut md = Metadata::new();
-        for (k, v) in call.header.str_kvs.iter() {
-            md.push(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
-        }
         let req = sluice_http2::OpenRequest {
             path,
-            content_type: content_type.into(),
+            content_type: codec.content_type().into(),
             authority: service.to_owned(),
-            headers: crate::convert::ttstream_to_grpc(&md),
+            headers: convert::str_kvs_to_grpc(&call.header.str_kvs),
             deadline: target.deadline,
         };
         let stream = client
@@ -343,33 +338,17 @@ impl<P: Phases> Forwarder<P> {
                 }
             }
         };
-        let mut header = Header::default();
-        let trailers = crate::convert::grpc_to_ttstream(&end.trailers);
-        for (k, v) in trailers.iter() {
-            header
-                .str_kvs
-                .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
-        }
+        let header = Header {
+            str_kvs: convert::grpc_to_str_kvs(&end.trailers),
+            ..Header::default()
+        };
         let (msg_type, body) = match (end.error, message) {
             (None, Some(m)) => (MessageType::Reply, m),
             (None, None) => return Err(gone("the gRPC call ended without a response message")),
-            (Some(e), _) => {
-                let kind = StatusCode::to_ttstream(e.code);
-                let mut b = bytes::BytesMut::new();
-                match call.codec {
-                    Codec::Thrift => sluice_thrift::ApplicationException::new(
-                        sluice_thrift::ExceptionKind(kind),
-                        e.message,
-                    )
-                    .encode(&mut b),
-                    Codec::KitexProtobuf => sluice_thrift::kitex_pb::ErrorProto {
-                        type_id: kind,
-                        message: e.message,
-                    }
-                    .encode(&mut b),
-                }
-                (MessageType::Exception, b.freeze())
-            }
+            (Some(e), _) => (
+                MessageType::Exception,
+                convert::exception_body(call.codec, StatusCode::to_ttstream(e.code), e.message),
+            ),
         };
         Ok(Some(sluice_client::Reply {
             msg_type,

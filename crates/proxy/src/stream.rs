@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_client::{Call, CallOptions, ClientConfig, GrpcUnary, OpenStream, StreamProtocol};
+use sluice_http2::content_type::{GrpcCodec, GrpcContentType};
 use sluice_http2::{Code, OpenRequest, Reason};
 use sluice_server::ProxyError;
 use sluice_sniff::Codec;
@@ -20,8 +21,7 @@ use sluice_stream::{
     ClientSend, ClientStream, Closed, ErrorStatus, Event, EventSink, Metadata, Protocol, Reset,
     ResetCode, ServerSend, ServerStream, StatusCode, StreamEnd, StreamRequest, StreamingHandler,
 };
-use sluice_thrift::kitex_pb::ErrorProto;
-use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
+use sluice_thrift::{ExceptionKind, MessageType};
 use sluice_ttheader::str_key;
 use tokio::sync::oneshot;
 
@@ -190,12 +190,11 @@ impl<P: Phases> Forwarder<P> {
             // Converted: a gRPC thrift stream leaves as TTStream (the message is the bare struct
             // in both), with its metadata as Kitex metainfo. The deadline stays the
             // forwarder's to enforce (TTStream carries none).
-            (Protocol::Grpc { content_type, .. }, StreamClient::TTStream(c)) => {
-                if !content_type.contains("thrift") {
+            (protocol @ Protocol::Grpc { .. }, StreamClient::TTStream(c)) => {
+                if grpc_codec(protocol) != Some(GrpcCodec::Thrift) {
                     return Err(error::unsupported_conversion(
                         downstream,
-                        "protobuf over TTStream is not supported (Kitex's own binary generic \
-                         client fails with \"unexpected Args writer type\")",
+                        convert::PB_OVER_TTSTREAM,
                     ));
                 }
                 c.open(OpenStream {
@@ -217,7 +216,7 @@ impl<P: Phases> Forwarder<P> {
                 c.open_hashed(
                     &OpenRequest {
                         path: format!("/{}/{method}", req.service),
-                        content_type: "application/grpc+thrift".into(),
+                        content_type: GrpcCodec::Thrift.content_type().into(),
                         authority: req.service.clone(),
                         headers: convert::ttstream_to_grpc(&headers),
                         deadline: target.deadline,
@@ -270,16 +269,14 @@ impl<P: Phases> Forwarder<P> {
             Some(_) => return refuse(up, not_unary()).await,
             None => return,
         }
-        let codec = match protocol {
-            Protocol::Grpc { content_type, .. } if content_type.contains("thrift") => Codec::Thrift,
+        let codec = match grpc_codec(protocol) {
+            Some(GrpcCodec::Thrift) => Codec::Thrift,
             _ => Codec::KitexProtobuf,
         };
-        let mut header = sluice_ttheader::Header::default();
-        for (k, v) in convert::grpc_to_ttstream(&headers).iter() {
-            header
-                .str_kvs
-                .insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
-        }
+        let mut header = sluice_ttheader::Header {
+            str_kvs: convert::grpc_to_str_kvs(&headers),
+            ..sluice_ttheader::Header::default()
+        };
         header
             .str_kvs
             .insert(str_key::IDL_SERVICE_NAME, req.service.clone());
@@ -308,24 +305,10 @@ impl<P: Phases> Forwarder<P> {
             Ok(None) => return refuse(up, not_unary()).await,
             Err(e) => return refuse(up, error::call_failed(e)).await,
         };
-        let mut trailers = Metadata::new();
-        for (k, v) in reply.header.str_kvs.iter() {
-            trailers.push(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
-        }
-        let trailers = convert::ttstream_to_grpc(&trailers);
+        let trailers = convert::str_kvs_to_grpc(&reply.header.str_kvs);
         let end = if reply.msg_type == MessageType::Exception {
             // The exception's type and message as a status (mapped as a TTStream error end is).
-            let (kind, message) = match codec {
-                Codec::Thrift => ApplicationException::decode(&reply.body)
-                    .map(|(e, _)| (e.kind.0, e.message))
-                    .unwrap_or((
-                        6,
-                        "sluice: the downstream's exception could not be read".into(),
-                    )),
-                Codec::KitexProtobuf => ErrorProto::decode(&reply.body)
-                    .map(|e| (e.type_id, e.message))
-                    .unwrap_or((6, "sluice: the downstream's error could not be read".into())),
-            };
+            let (kind, message) = convert::read_exception(codec, &reply.body);
             StreamEnd {
                 error: Some(ErrorStatus {
                     code: StatusCode::TTStream(kind),
@@ -427,8 +410,8 @@ impl<P: Phases> StreamingHandler for Forwarder<P> {
             // now (boxed: only these streams pay for the wait's state) and sent on first.
             let mut up = up;
             let first = match &req.protocol {
-                Protocol::Grpc { content_type, .. }
-                    if is_protobuf(content_type)
+                protocol @ Protocol::Grpc { .. }
+                    if grpc_codec(protocol) == Some(GrpcCodec::Protobuf)
                         && self
                             .state
                             .load()
@@ -1004,12 +987,15 @@ async fn wait_end(
 /// caller's deadline is nearer).
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
-/// True for the protobuf gRPC content types (`application/grpc`, `application/grpc+proto`).
-fn is_protobuf(content_type: &str) -> bool {
-    matches!(
-        content_type,
-        "application/grpc" | "application/grpc+proto" | ""
-    )
+/// The codec of a gRPC stream, by Kitex's rule (thrift for the subtype `thrift`, else
+/// protobuf); `None` for TTStream.
+fn grpc_codec(protocol: &Protocol) -> Option<GrpcCodec> {
+    match protocol {
+        Protocol::Grpc { content_type, .. } => {
+            Some(GrpcContentType::parse(content_type).map_or(GrpcCodec::Protobuf, |c| c.codec()))
+        }
+        Protocol::TTStream => None,
+    }
 }
 
 /// What routing read of a caller's stream before routing it.
