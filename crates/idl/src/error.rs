@@ -52,12 +52,14 @@ pub enum Error {
         /// The name as written.
         name: String,
     },
-    /// Typedefs that refer to each other in a loop.
-    #[error("{file}: typedef {name:?} refers to itself")]
-    TypedefLoop {
+    /// Typedefs, or services through `extends`, that refer to each other in a loop.
+    #[error("{file}: {kind} {name:?} refers to itself")]
+    Loop {
         /// The file.
         file: PathBuf,
-        /// The typedef.
+        /// `typedef` or `service`.
+        kind: &'static str,
+        /// The typedef or service.
         name: String,
     },
     /// No service of that name.

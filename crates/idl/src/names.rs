@@ -10,11 +10,16 @@ pub(crate) fn here(at: &str) -> String {
 }
 
 /// Names as a comma-separated list, or `none`.
-pub(crate) fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = names.collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
+pub(crate) fn join<S: AsRef<str>>(names: impl Iterator<Item = S>) -> String {
+    let mut out = String::new();
+    for n in names {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(n.as_ref());
     }
+    if out.is_empty() {
+        out.push_str("none");
+    }
+    out
 }

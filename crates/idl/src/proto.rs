@@ -114,14 +114,11 @@ impl ProtoIdl {
         let found = s.methods().find(|m| m.name() == method);
         match found {
             Some(desc) => Ok(ProtoMethod { desc }),
-            None => {
-                let names: Vec<String> = s.methods().map(|m| m.name().to_owned()).collect();
-                Err(Error::UnknownMethod {
-                    service: s.full_name().to_owned(),
-                    method: method.to_owned(),
-                    known: join(names.iter().map(String::as_str)),
-                })
-            }
+            None => Err(Error::UnknownMethod {
+                service: s.full_name().to_owned(),
+                method: method.to_owned(),
+                known: join(s.methods().map(|m| m.name().to_owned())),
+            }),
         }
     }
 }
@@ -185,13 +182,7 @@ impl ProtoMethod {
                 err(format!(
                     "{} has no field {name:?} (it has: {})",
                     msg.full_name(),
-                    join(
-                        msg.fields()
-                            .map(|f| f.name().to_owned())
-                            .collect::<Vec<_>>()
-                            .iter()
-                            .map(String::as_str)
-                    )
+                    join(msg.fields().map(|f| f.name().to_owned()))
                 ))
             })?;
             steps.push(f.number());

@@ -242,6 +242,32 @@ enum Named {
     Typedef(usize, usize),
 }
 
+/// A path as written (`base.Base`).
+fn written(p: &ast::Path) -> String {
+    let segs: Vec<&str> = p.segments.iter().map(|s| s.as_str()).collect();
+    segs.join(".")
+}
+
+/// Where the name a path in `file` refers to lives: `Name` in `file` itself, `scope.Name` in
+/// the file `file` includes as `scope`. The parser may keep a dotted name as one segment, so
+/// it is split here.
+fn scoped<'p>(files: &[File], file: usize, p: &'p ast::Path) -> Result<(usize, &'p str), Error> {
+    let parts: Vec<&str> = p
+        .segments
+        .iter()
+        .flat_map(|s| s.as_str().split('.'))
+        .collect();
+    let found = match parts.as_slice() {
+        [name] => Some((file, *name)),
+        [scope, name] => files[file].includes.get(*scope).map(|&f| (f, *name)),
+        _ => None,
+    };
+    found.ok_or_else(|| Error::UnknownType {
+        file: files[file].path.clone(),
+        name: written(p),
+    })
+}
+
 struct Resolver<'a> {
     files: &'a [File],
     /// (file, name) -> what it is.
@@ -282,31 +308,20 @@ impl Resolver<'_> {
     }
 
     fn path(&self, file: usize, p: &ast::Path, depth: usize) -> Result<Ty, Error> {
-        let segs: Vec<&str> = p.segments.iter().map(|s| s.as_str()).collect();
-        let written = segs.join(".");
+        let (in_file, name) = scoped(self.files, file, p)?;
         let unknown = || Error::UnknownType {
             file: self.files[file].path.clone(),
-            name: written.clone(),
-        };
-        // `Name` in this file, or `scope.Name` in an included file. The parser may keep a
-        // dotted name as one segment, so split it here.
-        let parts: Vec<&str> = segs.iter().flat_map(|s| s.split('.')).collect();
-        let (in_file, name) = match parts.as_slice() {
-            [name] => (file, *name),
-            [scope, name] => (
-                *self.files[file].includes.get(*scope).ok_or_else(unknown)?,
-                *name,
-            ),
-            _ => return Err(unknown()),
+            name: written(p),
         };
         match self.names.get(&(in_file, name.to_owned())) {
             Some(Named::Struct(i)) => Ok(Ty::Struct(*i)),
             Some(Named::Enum(i)) => Ok(Ty::Enum(*i)),
             Some(Named::Typedef(f, item)) => {
                 if depth > 32 {
-                    return Err(Error::TypedefLoop {
+                    return Err(Error::Loop {
                         file: self.files[file].path.clone(),
-                        name: written,
+                        kind: "typedef",
+                        name: written(p),
                     });
                 }
                 match &self.files[*f].ast.items[*item] {
@@ -432,37 +447,20 @@ impl ThriftIdl {
             let mut chain = vec![(f, s)];
             let (mut cf, mut cs) = (f, s);
             while let Some(parent) = &cs.extends {
-                let parts: Vec<&str> = parent
-                    .segments
-                    .iter()
-                    .flat_map(|x| x.as_str().split('.'))
-                    .collect();
-                let (pf, pname) = match parts.as_slice() {
-                    [n] => (cf, *n),
-                    [scope, n] => (
-                        *files[cf]
-                            .includes
-                            .get(*scope)
-                            .ok_or_else(|| Error::UnknownType {
-                                file: files[cf].path.clone(),
-                                name: parts.join("."),
-                            })?,
-                        *n,
-                    ),
-                    _ => break,
-                };
+                let (pf, pname) = scoped(&files, cf, parent)?;
                 let Some(&(_, ps)) = raw
                     .iter()
                     .find(|(rf, rs)| *rf == pf && rs.name.as_str() == pname)
                 else {
                     return Err(Error::UnknownType {
                         file: files[cf].path.clone(),
-                        name: parts.join("."),
+                        name: written(parent),
                     });
                 };
                 if chain.len() > 32 {
-                    return Err(Error::TypedefLoop {
+                    return Err(Error::Loop {
                         file: files[cf].path.clone(),
+                        kind: "service",
                         name: pname.to_owned(),
                     });
                 }
@@ -591,9 +589,7 @@ impl ThriftIdl {
 
     /// Encodes `json` (an object of the method's arguments by name) as its args struct.
     pub fn encode_args(&self, f: &Function, json: &Value) -> Result<BytesMut, Error> {
-        let mut out = BytesMut::new();
-        self.write_struct(f.args, json, "", &mut out, 0)?;
-        Ok(out)
+        self.encode_struct(f.args, json)
     }
 
     /// Encodes `json` as the struct `idx` (a value of one of the IDL's structs).
@@ -605,8 +601,7 @@ impl ThriftIdl {
 
     /// Decodes an args struct as JSON by the method's argument names.
     pub fn decode_args(&self, f: &Function, body: &[u8]) -> Result<Value, Error> {
-        let mut r = Reader::new(body);
-        self.read_struct(f.args, &mut r, "", 0)
+        self.decode_struct(f.args, body)
     }
 
     /// Decodes the struct `idx` from `body`.
@@ -619,34 +614,36 @@ impl ThriftIdl {
     pub fn decode_result(&self, f: &Function, body: &[u8]) -> Result<Outcome, Error> {
         let v = self.decode_struct(f.result, body)?;
         let def = &self.structs[f.result];
-        let Value::Object(map) = v else {
+        let Value::Object(mut map) = v else {
             return Ok(Outcome::Success(Value::Null));
         };
         let void = def.by_id(0).is_none();
         if map.is_empty() && void {
             return Ok(Outcome::Success(Value::Null));
         }
-        let all = Value::Object(map.clone());
-        for (k, v) in map {
-            if k == "success" {
-                return Ok(Outcome::Success(v));
-            }
-            if let Some(fd) = def.by_name(&k) {
-                let type_name = match &fd.ty {
-                    Ty::Struct(i) => self.structs[*i].name.clone(),
-                    _ => k.clone(),
-                };
-                return Ok(Outcome::Exception {
-                    field: k,
-                    type_name,
-                    value: v,
-                });
-            }
+        if let Some(v) = map.remove("success") {
+            return Ok(Outcome::Success(v));
         }
-        // Kitex's MISSING_RESULT: neither the success field nor a declared exception.
-        Err(Error::Malformed {
-            at: def.name.clone(),
-            reason: format!("no success field and no declared exception in the result: {all}"),
+        // Fields the IDL does not declare are keyed by id and type, so they match no name.
+        let declared = map.iter().find_map(|(k, _)| def.by_name(k));
+        let Some(fd) = declared else {
+            // Kitex's MISSING_RESULT: neither the success field nor a declared exception.
+            return Err(Error::Malformed {
+                at: def.name.clone(),
+                reason: format!(
+                    "no success field and no declared exception in the result: {}",
+                    Value::Object(map)
+                ),
+            });
+        };
+        let type_name = match &fd.ty {
+            Ty::Struct(i) => self.structs[*i].name.clone(),
+            _ => fd.name.clone(),
+        };
+        Ok(Outcome::Exception {
+            value: map.remove(&fd.name).unwrap_or(Value::Null),
+            field: fd.name.clone(),
+            type_name,
         })
     }
 

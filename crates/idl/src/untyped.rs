@@ -302,8 +302,8 @@ fn pb_value(buf: &[u8], depth: usize) -> Result<Value, Error> {
                 Ok(m) if !b.is_empty() && !looks_like_text(b) => m,
                 _ => string_value(b),
             },
-            (_, Scalar::Int(n)) if f.wire_type == wire::VARINT => Value::from(n as u64),
             (wire::I32, Scalar::Int(n)) => Value::from(n as u32),
+            // Varints and fixed64 fields as their raw 64 bits.
             (_, Scalar::Int(n)) => Value::from(n as u64),
             (_, other) => Value::String(format!("{other:?}")),
         };

@@ -160,6 +160,36 @@ fn a_missing_include_is_named() {
     std::fs::write(&f, "struct A { 1: Missing b }\n").unwrap();
     let e = Idl::load(&f, &[]).unwrap_err();
     assert!(e.to_string().ends_with("unknown type \"Missing\""), "{e}");
+    // Loops are refused, naming what loops.
+    std::fs::write(&f, "typedef B A\ntypedef A B\nstruct S { 1: A a }\n").unwrap();
+    let e = Idl::load(&f, &[]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Loop {
+                kind: "typedef",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("refers to itself"), "{e}");
+    std::fs::write(&f, "service P extends Q {}\nservice Q extends P {}\n").unwrap();
+    let e = Idl::load(&f, &[]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Loop {
+                kind: "service",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A parent service that does not exist.
+    std::fs::write(&f, "service P extends Nowhere {}\n").unwrap();
+    let e = Idl::load(&f, &[]).unwrap_err();
+    assert!(e.to_string().ends_with("unknown type \"Nowhere\""), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -7,6 +7,7 @@
 //! [`pb_field`] does the same for a protobuf message by field numbers. Nothing is allocated and
 //! nothing past the field is read.
 
+use crate::envelope::read_i32;
 use crate::skip::skip_value;
 use crate::{ttype, Error};
 
@@ -76,15 +77,11 @@ fn scalar(buf: &[u8], t: u8) -> Result<Scalar<'_>, Error> {
             let b = need(2)?;
             Scalar::Int(i16::from_be_bytes([b[0], b[1]]) as i64)
         }
-        ttype::I32 => {
-            let b = need(4)?;
-            Scalar::Int(i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64)
-        }
+        ttype::I32 => Scalar::Int(read_i32(buf, 0)? as i64),
         ttype::I64 => Scalar::Int(i64::from_be_bytes(eight(need(8)?))),
         ttype::DOUBLE => Scalar::Double(f64::from_be_bytes(eight(need(8)?))),
         ttype::STRING => {
-            let b = need(4)?;
-            let n = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            let n = read_i32(buf, 0)?;
             if n < 0 {
                 return Err(Error::NegativeLength(n));
             }

@@ -13,6 +13,7 @@
 use bytes::BufMut;
 
 use crate::envelope::{self, MessageHeader, MessageType, KITEX_PB_MAGIC};
+use crate::field::{read_pb_field, wire, Scalar};
 use crate::Error;
 
 /// Reads the Kitex protobuf envelope at the start of `buf` (which starts at the magic).
@@ -50,35 +51,19 @@ impl ErrorProto {
     }
 
     /// Reads the protobuf encoding; unknown fields are skipped, the last value of a field wins.
-    pub fn decode(mut buf: &[u8]) -> Result<Self, Error> {
+    pub fn decode(buf: &[u8]) -> Result<Self, Error> {
         let mut out = Self {
             type_id: 0,
             message: String::new(),
         };
-        while !buf.is_empty() {
-            let key = get_varint(&mut buf)?;
-            let (field, wire) = (key >> 3, key & 7);
-            match wire {
-                0 => {
-                    let v = get_varint(&mut buf)?;
-                    if field == 1 {
-                        out.type_id = v as i32;
-                    }
-                }
-                2 => {
-                    let n = get_varint(&mut buf)?;
-                    if n > buf.len() as u64 {
-                        return Err(Error::Malformed("ErrorProto length past the end"));
-                    }
-                    let (v, rest) = buf.split_at(n as usize);
-                    if field == 2 {
-                        out.message = String::from_utf8_lossy(v).into_owned();
-                    }
-                    buf = rest;
-                }
-                1 => buf = buf.get(8..).ok_or(Error::Malformed("truncated fixed64"))?,
-                5 => buf = buf.get(4..).ok_or(Error::Malformed("truncated fixed32"))?,
-                _ => return Err(Error::Malformed("unsupported protobuf wire type")),
+        let mut pos = 0;
+        while pos < buf.len() {
+            let f = read_pb_field(buf, &mut pos)?;
+            match (f.number, f.value) {
+                // int32 is sign-extended to 64 bits on the wire: its low 32 bits are the value.
+                (1, Scalar::Int(v)) if f.wire_type == wire::VARINT => out.type_id = v as i32,
+                (2, Scalar::Bytes(b)) => out.message = String::from_utf8_lossy(b).into_owned(),
+                _ => {}
             }
         }
         Ok(out)
@@ -97,21 +82,6 @@ fn put_varint<B: BufMut>(dst: &mut B, mut v: u64) {
         v >>= 7;
     }
     dst.put_u8(v as u8);
-}
-
-fn get_varint(buf: &mut &[u8]) -> Result<u64, Error> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = buf
-            .split_first()
-            .ok_or(Error::Malformed("truncated varint"))?;
-        *buf = rest;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(Error::Malformed("varint longer than 10 bytes"))
 }
 
 #[cfg(test)]
