@@ -21,8 +21,7 @@ use sluice_idl::thrift::{Function, Ty};
 use sluice_idl::{Idl, Outcome, ProtoMethod, StreamingMode, ThriftIdl};
 use sluice_sniff::Codec;
 use sluice_stream::{Incoming, Metadata, StatusCode};
-use sluice_thrift::kitex_pb::ErrorProto;
-use sluice_thrift::{ApplicationException, ExceptionKind, MessageType};
+use sluice_thrift::{ExceptionKind, MessageType};
 use sluice_ttheader::metainfo::{PERSIST_PREFIX, TRANSIT_PREFIX};
 use sluice_ttheader::{int_key, Header};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -554,26 +553,8 @@ async fn pingpong(
         ));
     }
     if reply.msg_type == MessageType::Exception {
-        let (kind, message) = match codec {
-            Codec::Thrift => match ApplicationException::decode(&reply.body) {
-                Ok((e, _)) => (e.kind.0, e.message),
-                Err(e) => {
-                    return Err(Failure::new(
-                        exit::PROTOCOL,
-                        format!("an EXCEPTION whose body is not a TApplicationException: {e}"),
-                    ))
-                }
-            },
-            Codec::KitexProtobuf => match ErrorProto::decode(&reply.body) {
-                Ok(e) => (e.type_id, e.message),
-                Err(e) => {
-                    return Err(Failure::new(
-                        exit::PROTOCOL,
-                        format!("an EXCEPTION whose body is not a Kitex ErrorProto: {e}"),
-                    ))
-                }
-            },
-        };
+        let (kind, message) = crate::decode::exception_of(codec, &reply.body)
+            .map_err(|e| Failure::new(exit::PROTOCOL, format!("an EXCEPTION whose body is {e}")))?;
         return Err(Failure::new(
             exit::APPLICATION,
             format!(

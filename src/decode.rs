@@ -277,14 +277,7 @@ impl Decoder<'_> {
         m.insert("seq_id".into(), json!(env.seq_id));
         let reply = !env.msg_type.is_request();
         if env.msg_type == MessageType::Exception {
-            let (t, message) = match codec {
-                Codec::Thrift => ApplicationException::decode(body)
-                    .map(|(e, _)| (e.kind.0, e.message))
-                    .map_err(|e| format!("bad TApplicationException: {e}"))?,
-                Codec::KitexProtobuf => ErrorProto::decode(body)
-                    .map(|e| (e.type_id, e.message))
-                    .map_err(|e| format!("bad ErrorProto: {e}"))?,
-            };
+            let (t, message) = exception_of(codec, body)?;
             m.insert("exception".into(), json!({"type": t, "message": message}));
             return Ok(Value::Object(m));
         }
@@ -309,9 +302,7 @@ impl Decoder<'_> {
                 }
             }
         }
-        untyped::thrift_struct(body)
-            .map(|(v, _)| v)
-            .unwrap_or_else(|e| json!({"undecoded": e.to_string(), "hex": untyped::to_hex(body)}))
+        untyped_thrift(body)
     }
 
     fn pb_body(&self, method: &str, body: &[u8], reply: bool) -> Value {
@@ -327,8 +318,7 @@ impl Decoder<'_> {
                 }
             }
         }
-        untyped::pb_message(body)
-            .unwrap_or_else(|e| json!({"undecoded": e.to_string(), "hex": untyped::to_hex(body)}))
+        untyped::pb_message(body).unwrap_or_else(|e| undecoded(&e, body))
     }
 
     fn stream_frame(&self, f: StreamFrame) -> Value {
@@ -351,15 +341,12 @@ impl Decoder<'_> {
             }
         } else if !f.payload.is_empty() {
             if f.kind.carries_exception() {
-                match ApplicationException::decode(&f.payload) {
-                    Ok((e, _)) => {
-                        s.insert(
-                            "exception".into(),
-                            json!({"type": e.kind.0, "message": e.message}),
-                        );
+                match exception_of(Codec::Thrift, &f.payload) {
+                    Ok((t, message)) => {
+                        s.insert("exception".into(), json!({"type": t, "message": message}));
                     }
                     Err(e) => {
-                        s.insert("payload_error".into(), json!(e.to_string()));
+                        s.insert("payload_error".into(), json!(e));
                     }
                 }
             } else {
@@ -389,9 +376,31 @@ impl Decoder<'_> {
                 return v;
             }
         }
-        untyped::thrift_struct(body)
-            .map(|(v, _)| v)
-            .unwrap_or_else(|e| json!({"undecoded": e.to_string(), "hex": untyped::to_hex(body)}))
+        untyped_thrift(body)
+    }
+}
+
+/// A thrift struct by field id and type, or its bytes with why they are not one.
+fn untyped_thrift(body: &[u8]) -> Value {
+    untyped::thrift_struct(body)
+        .map(|(v, _)| v)
+        .unwrap_or_else(|e| undecoded(&e, body))
+}
+
+fn undecoded(e: &sluice_idl::Error, body: &[u8]) -> Value {
+    json!({"undecoded": e.to_string(), "hex": untyped::to_hex(body)})
+}
+
+/// The type and message of an EXCEPTION body: a `TApplicationException` (thrift) or a Kitex
+/// `ErrorProto` (protobuf).
+pub(crate) fn exception_of(codec: Codec, body: &[u8]) -> Result<(i32, String), String> {
+    match codec {
+        Codec::Thrift => ApplicationException::decode(body)
+            .map(|(e, _)| (e.kind.0, e.message))
+            .map_err(|e| format!("not a TApplicationException: {e}")),
+        Codec::KitexProtobuf => ErrorProto::decode(body)
+            .map(|e| (e.type_id, e.message))
+            .map_err(|e| format!("not a Kitex ErrorProto: {e}")),
     }
 }
 
