@@ -6,11 +6,12 @@ use std::time::Duration;
 /// decimal below (`850 ns`, `27.6 µs`, `276 µs`, `3.2 ms`, `12.0 s`).
 pub(crate) fn duration(d: Duration) -> String {
     let ns = d.as_nanos() as f64;
-    let (v, unit) = if ns < 1e3 {
+    // A unit ends where its value would print as 1000: 999.7 µs is `1.0 ms`, not `1000 µs`.
+    let (v, unit) = if ns < 999.5 {
         (ns, "ns")
-    } else if ns < 1e6 {
+    } else if ns < 999.5e3 {
         (ns / 1e3, "µs")
-    } else if ns < 1e9 {
+    } else if ns < 999.5e6 {
         (ns / 1e6, "ms")
     } else {
         (ns / 1e9, "s")
@@ -34,6 +35,8 @@ mod tests {
             (Duration::from_micros(276), "276 µs"),
             (Duration::from_micros(3_210), "3.2 ms"),
             (Duration::from_micros(99_960), "100 ms"),
+            (Duration::from_nanos(999_700), "1.0 ms"),
+            (Duration::from_nanos(999_400), "999 µs"),
             (Duration::from_millis(1_400), "1.4 s"),
             (Duration::from_secs(125), "125 s"),
             (Duration::ZERO, "0 ns"),
